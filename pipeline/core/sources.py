@@ -1,0 +1,123 @@
+"""Source discovery and content digests with a verified stat fast path.
+
+A file's digest is xxh3-128 of its bytes. Re-reading thousands of session files on
+every run would dominate a no-op run, so a stat cache maps (size, mtime_ns, inode) to
+the digest; any change in those three forces a re-read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.hashing import digest_json, xxh3_128_file
+from pipeline.core.store import atomic_write_text
+
+SOURCE_KINDS = ("claude-code", "codex", "outcomes")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> SourceSpec:
+        kind, sep, path = text.partition(":")
+        if not sep or kind not in SOURCE_KINDS or not path:
+            raise ValueError(
+                f"--source must be KIND:PATH with KIND in {', '.join(SOURCE_KINDS)}; got {text!r}"
+            )
+        return cls(kind=kind, path=Path(path).expanduser())
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    kind: str
+    path: Path  # absolute, for reading
+    display_path: str  # as recorded in tables (home folded to ~ when configured)
+    size: int
+    digest: str
+
+
+def display_path(path: Path, fold_home: bool) -> str:
+    text = path.as_posix()
+    if fold_home:
+        home = Path.home().as_posix().rstrip("/")
+        if home and (text == home or text.startswith(home + "/")):
+            return "~" + text[len(home) :]
+    return text
+
+
+def discover(spec: SourceSpec) -> list[Path]:
+    root = spec.path.resolve()
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*.jsonl") if p.is_file())
+
+
+class StatCache:
+    """(path) -> (size, mtime_ns, inode, digest), persisted as JSON under data/cache/."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, list[object]] = {}
+        self.dirty = False
+        if path.exists():
+            try:
+                self.entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def digest(self, file: Path) -> tuple[int, str]:
+        stat = file.stat()
+        key = file.as_posix()
+        fingerprint = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        cached = self.entries.get(key)
+        if cached is not None and cached[:3] == fingerprint:
+            return stat.st_size, str(cached[3])
+        digest = xxh3_128_file(file)
+        self.entries[key] = [*fingerprint, digest]
+        self.dirty = True
+        return stat.st_size, digest
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True))
+            self.dirty = False
+
+
+def resolve_sources(
+    specs: Iterable[SourceSpec], cache: StatCache, fold_home: bool = True
+) -> list[SourceFile]:
+    files: dict[tuple[str, str], SourceFile] = {}
+    for spec in specs:
+        for path in discover(spec):
+            size, digest = cache.digest(path)
+            shown = display_path(path, fold_home)
+            files[(spec.kind, shown)] = SourceFile(spec.kind, path, shown, size, digest)
+    cache.save()
+    return [files[key] for key in sorted(files)]
+
+
+def manifest_digest(files: Iterable[SourceFile]) -> str:
+    """Digest of (kind, recorded path, content digest) over all files, order-free."""
+    return digest_json(sorted([f.kind, f.display_path, f.digest] for f in files))
+
+
+def default_specs() -> list[SourceSpec]:
+    specs = []
+    for kind, folder in (("claude-code", "~/.claude/projects"), ("codex", "~/.codex/sessions")):
+        path = Path(folder).expanduser()
+        if path.is_dir():
+            specs.append(SourceSpec(kind, path))
+    return specs
+
+
+def env_root() -> Path:
+    return Path(os.environ.get("TRACELAKE_ROOT") or ".").resolve()

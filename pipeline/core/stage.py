@@ -1,0 +1,102 @@
+"""What a stage is: a declared, versioned, pure function over lake tables.
+
+A stage module defines a pydantic ``Config`` and ``run(ctx) -> StageResult``. The runner
+owns everything around it: cache keys, reading inputs, canonicalising and writing
+outputs, receipts, signing and count conservation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from pipeline.core.sources import SourceFile
+from pipeline.core.store import LakeLayout
+from schemas.receipt import ObjectRef
+from schemas.tables import TableSpec
+
+T = TypeVar("T")
+
+
+@dataclass
+class StageResult:
+    """What a stage hands back. ``tables`` must hold every declared output."""
+
+    tables: dict[str, pa.Table]
+    records_in: int
+    records_out: int
+    quarantined: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    validation_errors: list[str] = field(default_factory=list)
+
+
+class Tracker:
+    """Progress reporting seam: the CLI plugs in rich bars, tests plug in nothing."""
+
+    def track(self, items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+        yield from items
+
+
+@dataclass
+class StageContext:
+    layout: LakeLayout
+    config: BaseModel
+    inputs: dict[str, ObjectRef]
+    sources: dict[str, list[SourceFile]]
+    recorded_at: str
+    workers: int
+    tracker: Tracker
+    scratch: Path  # content-keyed cache area this stage may use (data/cache/<stage>)
+
+    def path(self, name: str) -> Path:
+        return self.layout.root / self.inputs[name].path
+
+    def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path(name), columns=columns)
+
+
+@dataclass
+class ExportContext:
+    """Where a stage materialises files for external clients, every run (hit or not)."""
+
+    layout: LakeLayout
+    config: BaseModel
+    run_id: str
+    outputs: dict[str, ObjectRef]
+    export_dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.layout.root / self.outputs[name].path
+
+    def table(self, name: str) -> pa.Table:
+        return pq.read_table(self.path(name))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: str
+    config_model: type[BaseModel]
+    inputs: tuple[str, ...]
+    outputs: tuple[TableSpec, ...]
+    run: Callable[[StageContext], StageResult]
+    source_kinds: tuple[str, ...] = ()
+    # Writes exports/<run_id>/... from the stage's own output tables.
+    materialize: Callable[[ExportContext], None] | None = None
+    # Re-reads what the stage wrote (tables and exports); returns violations.
+    validate: Callable[[ExportContext], list[str]] | None = None
+
+    @property
+    def quarantine_table(self) -> str:
+        return f"{self.name.replace('-', '_')}_quarantine"
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (*(spec.name for spec in self.outputs), self.quarantine_table)

@@ -1,0 +1,174 @@
+"""DuckDB over a run: one view per table, a `quarantine` union, `receipts`, `lineage`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.core.receipts import list_runs, load_run_receipts, load_summary, resolve_run
+from pipeline.core.store import LakeLayout
+from schemas.receipt import StageReceipt
+
+RECEIPT_COLUMNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("stage_version", pa.string()),
+        ("status", pa.string()),
+        ("cache_hit", pa.bool_()),
+        ("cache_key", pa.string()),
+        ("config_hash", pa.string()),
+        ("records_in", pa.int64()),
+        ("records_out", pa.int64()),
+        ("quarantined", pa.int64()),
+        ("filtered", pa.int64()),
+        ("quarantined_by_reason", pa.string()),
+        ("filtered_by_reason", pa.string()),
+        ("validation_passed", pa.bool_()),
+        ("validation_errors", pa.string()),
+        ("started_at", pa.string()),
+        ("finished_at", pa.string()),
+        ("duration_s", pa.float64()),
+        ("recorded_at", pa.string()),
+        ("git_sha", pa.string()),
+        ("tracelake_version", pa.string()),
+    ]
+)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
+    rows = [
+        {
+            "run_id": r.run_id,
+            "stage": r.stage,
+            "stage_version": r.stage_version,
+            "status": r.status,
+            "cache_hit": r.cache_hit,
+            "cache_key": r.cache_key,
+            "config_hash": r.config_hash,
+            "records_in": r.records_in,
+            "records_out": r.records_out,
+            "quarantined": sum(r.quarantined.values()),
+            "filtered": sum(r.filtered.values()),
+            "quarantined_by_reason": json.dumps(r.quarantined, sort_keys=True),
+            "filtered_by_reason": json.dumps(r.filtered, sort_keys=True),
+            "validation_passed": r.validation.passed,
+            "validation_errors": json.dumps(r.validation.errors),
+            "started_at": r.timings.started_at,
+            "finished_at": r.timings.finished_at,
+            "duration_s": r.timings.duration_s,
+            "recorded_at": r.recorded_at,
+            "git_sha": r.git_sha,
+            "tracelake_version": r.tracelake_version,
+        }
+        for r in receipts
+    ]
+    return pa.Table.from_pylist(rows, schema=RECEIPT_COLUMNS)
+
+
+def define_views(con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str) -> list[str]:
+    """Create the run's views on ``con``; returns the view names."""
+    summary = load_summary(layout, run_id)
+    names: list[str] = []
+    for name, ref in summary.tables.items():
+        path = (layout.root / ref.path).resolve().as_posix().replace("'", "''")
+        con.execute(f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT * FROM read_parquet('{path}')")
+        names.append(name)
+    quarantines = [n for n in names if n.endswith("_quarantine")]
+    if quarantines:
+        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {_quote(n)}" for n in quarantines)
+        con.execute(f"CREATE OR REPLACE VIEW quarantine AS {union}")
+        names.append("quarantine")
+    receipts = receipts_table(load_run_receipts(layout, run_id))
+    con.register("_receipts_arrow", receipts)
+    con.execute("CREATE OR REPLACE TABLE receipts AS SELECT * FROM _receipts_arrow")
+    con.unregister("_receipts_arrow")
+    history: list[StageReceipt] = []
+    for rid in list_runs(layout):
+        history.extend(load_run_receipts(layout, rid))
+    con.register("_history_arrow", receipts_table(history))
+    con.execute("CREATE OR REPLACE TABLE receipt_history AS SELECT * FROM _history_arrow")
+    con.unregister("_history_arrow")
+    names += ["receipts", "receipt_history"]
+    lineage_sql = _lineage_sql(set(names))
+    if lineage_sql:
+        con.execute(lineage_sql)
+        names.append("lineage")
+    return names
+
+
+def _lineage_sql(tables: set[str]) -> str | None:
+    try:
+        from pipeline.lineage import lineage_view_sql
+    except ImportError:
+        return None
+    return lineage_view_sql(tables)
+
+
+def connect(root: Path, run_id: str | None = None) -> tuple[duckdb.DuckDBPyConnection, str]:
+    layout = LakeLayout(root.resolve())
+    resolved = resolve_run(layout, run_id)
+    con = duckdb.connect()
+    define_views(con, layout, resolved)
+    return con, resolved
+
+
+def write_lake_db(layout: LakeLayout, run_id: str) -> Path:
+    """Persist the latest run's views into data/lake.duckdb (built aside, then renamed)."""
+    layout.data.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-lake-", suffix=".duckdb", dir=layout.data)
+    os.close(fd)
+    os.unlink(tmp_name)
+    try:
+        con = duckdb.connect(tmp_name)
+        try:
+            define_views(con, layout, run_id)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(tmp_name, layout.duckdb_file)
+    finally:
+        for leftover in (tmp_name, tmp_name + ".wal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return layout.duckdb_file
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    cursor = con.execute(sql)
+    columns = [d[0] for d in cursor.description] if cursor.description else []
+    return columns, cursor.fetchall()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def format_json(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    return json.dumps([{c: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows], ensure_ascii=False, indent=2)
+
+
+def format_csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([[_jsonable(v) for v in row] for row in rows])
+    return buffer.getvalue()

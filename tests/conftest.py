@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated signing key, and the real teich sessions fetched at test time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(__file__).parent / ".cache"
+TEICH_VERSION = "0.3.6"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_signing_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Never touch the developer's real key; one throwaway key per test session."""
+    key_dir = tmp_path_factory.getbasetemp() / "signing"
+    monkeypatch.setenv("TRACELAKE_SIGNING_KEY", str(key_dir / "signing-key.pem"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def teich_examples() -> Path:
+    """The real Claude Code 2.1.77 and Codex 0.130.0 sessions from the teich sdist.
+
+    They hold real home paths and names, so they are fetched into an ignored folder,
+    never committed.
+    """
+    target = CACHE / f"teich-{TEICH_VERSION}" / "examples"
+    if (target / "example_claude_code.jsonl").exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "teich",
+         f"teich=={TEICH_VERSION}", "-d", str(CACHE)],
+        check=True,
+    )
+    with tarfile.open(CACHE / f"teich-{TEICH_VERSION}.tar.gz") as archive:
+        members = [m for m in archive.getmembers() if "/examples/" in m.name and m.isfile()]
+        archive.extractall(CACHE, members=members, filter="data")
+    return target
