@@ -159,6 +159,22 @@ def _binary_payload(arr: pa.Array) -> Iterable[memoryview]:
     yield memoryview(data_buf)[start:end]
 
 
+def type_name(typ: pa.DataType) -> str:
+    """A layout-free type name: string and large_string (etc.) are the same logical type."""
+    if pa.types.is_dictionary(typ):
+        return type_name(typ.value_type)
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return "utf8"
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+        return "binary"
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return f"list<{type_name(typ.value_type)}>"
+    if pa.types.is_struct(typ):
+        inner = ",".join(f"{f.name}:{type_name(f.type)}" for f in typ)
+        return f"struct<{inner}>"
+    return str(typ)
+
+
 def table_digest(table: pa.Table) -> str:
     """xxh3-128 over schema names and types plus each column's canonical encoding.
 
@@ -168,7 +184,7 @@ def table_digest(table: pa.Table) -> str:
     hasher.update(b"tracelake-table-v1")
     hasher.update(struct.pack("<q", table.num_rows))
     for field in table.schema:
-        hasher.update(canonical_json([field.name, str(field.type)]))
+        hasher.update(canonical_json([field.name, type_name(field.type)]))
         column = table.column(field.name)
         arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
         _feed_array(arr, hasher)

@@ -113,19 +113,22 @@ def canonicalize(table: pa.Table, schema: pa.Schema, sort_keys: Sequence[str]) -
 
 
 def write_parquet(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write with fixed settings; the only key-value metadata is what the caller passes."""
-    table = table.replace_schema_metadata(metadata or {})
+    """Write with fixed settings; the only key-value metadata is what the caller passes
+    (no ``ARROW:schema``, whose bytes vary with the writer's version)."""
+    table = table.replace_schema_metadata(None)
     with atomic_path(path) as tmp:
-        pq.write_table(
-            table,
+        with pq.ParquetWriter(
             tmp,
+            table.schema,
             compression=PARQUET_COMPRESSION,
             compression_level=PARQUET_COMPRESSION_LEVEL,
-            row_group_size=PARQUET_ROW_GROUP_SIZE,
             use_dictionary=True,
             write_statistics=True,
             store_schema=False,
-        )
+        ) as writer:
+            writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_SIZE)
+            if metadata:
+                writer.add_key_value_metadata(dict(sorted(metadata.items())))
 
 
 def put_table(

@@ -1,0 +1,141 @@
+"""Rows of the scoring and export tables. Field descriptions are the data dictionary.
+
+Nested conversation fields (``messages``, ``tools``, ``prompt``, ``chosen`` ...) are JSON
+strings in Parquet: their shapes vary per row (tool arguments, schemas), which Arrow
+loaders either merge into null-padded structs or refuse. The JSONL files under
+``exports/`` carry the same values as real nested objects.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.tables import TableSpec
+
+CATEGORIES = ("accepted", "partially_accepted", "rejected", "needs_human_review")
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskRow(_Row):
+    """One human prompt and all the agent's work until the next human prompt."""
+
+    task_id: str = Field(description="H(session_id, prompt_number) = prompts.prompt_id.")
+    session_id: str
+    prompt_number: int
+    prompt_message_id: str
+    prompt_text: str
+    seq_start: int = Field(description="seq of the prompt's message in its session.")
+    seq_end: int = Field(description="seq of the next prompt's message, or n_messages + 1.")
+    source_kind: str
+    source_file: str
+    cwd: str | None
+    subagent_session_ids: list[str] = Field(
+        description="Subagent sessions spawned by a tool call of this task."
+    )
+
+
+class ScoreRow(_Row):
+    task_id: str
+    session_id: str
+    prompt_number: int
+    source_kind: str
+    source_file: str
+    category: str = Field(description="accepted, partially_accepted, rejected, needs_human_review")
+    rule: str = Field(description="The rule of docs/SCORING.md that decided the category.")
+    reasons: list[str] = Field(description="Every marker that fired, in rule order.")
+    scorer_version: str
+    n_tool_calls: int = Field(description="Calls of the task, its subagents included.")
+    n_tool_errors: int = Field(description="Calls whose structural is_error is true.")
+    unrecovered_error: bool = Field(description="The task's last call with a result failed.")
+    final_text_answer: bool = Field(
+        description="The last assistant message has text and no tool call."
+    )
+    interrupted: bool
+    loop: bool = Field(description="N or more identical consecutive calls (canonical args).")
+    empty_args_calls: int = Field(description="Calls with `{}` or a required argument missing.")
+    in_args_repetition: bool = Field(description="An argument value repeats a line > N times.")
+    user_correction: bool = Field(description="The next prompt pushes back, or an interrupt.")
+    tests_passed: int | None = Field(description="Passed count of the task's last test run.")
+    tests_failed: int | None = Field(description="Failed count of the task's last test run.")
+    outcome: str | None = Field(description="pass, fail or partial from --source outcomes.")
+    outcome_note: str | None
+
+
+class SftRow(_Row):
+    row_id: str = Field(description="H(task_id, 'sft'): one row per task.")
+    task_id: str
+    session_id: str
+    source_kind: str
+    category: str
+    scorer_version: str
+    split: str = Field(description="train or valid, by hash of session_id.")
+    cap_category: str = Field(description="Dominant tool (or Bash command) used by the cap.")
+    messages: str = Field(description="JSON: OpenAI/TRL messages.")
+    tools: str = Field(description="JSON: the JSON Schemas of the tools the row uses.")
+    n_messages: int
+    n_tool_calls: int
+    has_thinking: bool
+
+
+class RagRow(_Row):
+    doc_id: str = Field(description="H(task_id, 'rag').")
+    task_id: str
+    session_id: str
+    source_file: str
+    source_kind: str
+    category: str
+    scorer_version: str
+    cwd: str | None
+    prompt: str
+    steps: str = Field(description="JSON list of {tool, args} with the key arguments only.")
+    files_touched: list[str]
+    final_answer: str
+    text: str = Field(description="The playbook rendered as one markdown document.")
+
+
+class PreferenceRow(_Row):
+    pair_id: str = Field(description="H(chosen_task_id, rejected_task_id).")
+    prompt: str = Field(description="JSON: the shared prompt messages.")
+    chosen: str = Field(description="JSON: the chosen completion messages.")
+    rejected: str = Field(description="JSON: the rejected completion messages.")
+    tools: str = Field(description="JSON: schemas of the tools either side uses.")
+    chosen_task_id: str
+    rejected_task_id: str
+    chosen_category: str
+    rejected_category: str
+    pair_source: str = Field(description="branch_sibling or same_prompt")
+    scorer_version: str
+
+
+class KtoRow(_Row):
+    row_id: str = Field(description="H(task_id, 'kto').")
+    task_id: str
+    session_id: str
+    category: str
+    label: bool = Field(description="True for accepted, False for rejected.")
+    prompt: str = Field(description="JSON: prompt messages.")
+    completion: str = Field(description="JSON: completion messages.")
+    tools: str
+    scorer_version: str
+
+
+class ToolSchemaRow(_Row):
+    name: str
+    source_kind: str
+    n_calls: int = Field(description="Observed calls the schema was derived from.")
+    required: list[str]
+    schema_json: str = Field(description="JSON: an OpenAI function tool schema.")
+
+
+SCORING_TABLES = {
+    "tasks": TableSpec("tasks", TaskRow, ("session_id", "prompt_number", "task_id")),
+    "scores": TableSpec("scores", ScoreRow, ("session_id", "prompt_number", "task_id")),
+}
+SFT = TableSpec("sft", SftRow, ("split", "session_id", "task_id"))
+TOOL_SCHEMAS = TableSpec("tool_schemas", ToolSchemaRow, ("source_kind", "name"))
+RAG = TableSpec("rag", RagRow, ("session_id", "task_id"))
+PREFERENCE = TableSpec("preference", PreferenceRow, ("chosen_task_id", "rejected_task_id"))
+KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
