@@ -109,7 +109,6 @@ class SubagentRow(_Row):
     source_file: str
 
 
-QUARANTINE_SCHEMA_MODEL = QuarantineRow
 
 COLLECT_TABLES: dict[str, TableSpec] = {
     "sessions": TableSpec("sessions", SessionRow, ("session_id", "source_file")),

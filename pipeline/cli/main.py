@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import ROOT_HELP, RichTracker, console, fail, load_config_file, resolve_root
+from pipeline.cli.common import (
+    ROOT_HELP,
+    RichTracker,
+    console,
+    fail,
+    load_config_file,
+    resolve_root,
+)
 from pipeline.core.errors import TracelakeError
 
 app = typer.Typer(

@@ -26,10 +26,30 @@ from pipeline.core.errors import ConservationError, TracelakeError
 from pipeline.core.hashing import digest_json
 from pipeline.core.receipts import RUN_FILE, SUMMARY_FILE, cached_receipt, run_hash, write_receipt
 from pipeline.core.signing import load_or_create_key
-from pipeline.core.sources import SourceFile, SourceSpec, StatCache, manifest_digest, resolve_sources
+from pipeline.core.sources import (
+    SourceFile,
+    SourceSpec,
+    StatCache,
+    manifest_digest,
+    resolve_sources,
+)
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult, Tracker
-from pipeline.core.store import LakeLayout, atomic_write_text, canonicalize, object_intact, put_table
-from schemas.receipt import InputRef, ObjectRef, RunSummary, StageReceipt, StageStatus, Timings, Validation
+from pipeline.core.store import (
+    LakeLayout,
+    atomic_write_text,
+    canonicalize,
+    object_intact,
+    put_table,
+)
+from schemas.receipt import (
+    InputRef,
+    ObjectRef,
+    RunSummary,
+    StageReceipt,
+    StageStatus,
+    Timings,
+    Validation,
+)
 from schemas.records import QUARANTINE
 
 DATASET_TABLES = ("sft", "rag", "preference")
@@ -53,11 +73,11 @@ def git_sha() -> str | None:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def new_run_id() -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{stamp}-{secrets.token_hex(2)}"
 
 

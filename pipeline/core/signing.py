@@ -12,7 +12,7 @@ import base64
 import json
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -75,7 +75,8 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """securesystemslib's default keyid, so standard tooling matches signatures to keys."""
-    return cast(str, SSlibKey.from_crypto(public_key).keyid)
+    keyid: str = SSlibKey.from_crypto(public_key).keyid
+    return keyid
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
