@@ -30,8 +30,8 @@ from pipeline.core.sources import (
     SourceFile,
     SourceSpec,
     StatCache,
-    manifest_digest,
     resolve_sources,
+    save_manifest,
 )
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult, Tracker
 from pipeline.core.store import (
@@ -180,9 +180,8 @@ class Runner:
             self._resolve_sources(stage.source_kinds, fold_home)
             for kind in stage.source_kinds:
                 files = self.sources[kind]
-                refs.append(
-                    InputRef(name=f"source:{kind}", xxh3_128=manifest_digest(files), rows=len(files))
-                )
+                digest = save_manifest(self.layout.cache, files)  # deep verify re-reads these
+                refs.append(InputRef(name=f"source:{kind}", xxh3_128=digest, rows=len(files)))
         for name in stage.inputs:
             ref = self.tables[name]
             refs.append(InputRef(name=name, xxh3_128=ref.xxh3_128, sha256=ref.sha256, rows=ref.rows))

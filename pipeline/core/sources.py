@@ -121,3 +121,28 @@ def default_specs() -> list[SourceSpec]:
 
 def env_root() -> Path:
     return Path(os.environ.get("TRACELAKE_ROOT") or ".").resolve()
+
+
+def manifest_path(cache_dir: Path, digest: str) -> Path:
+    return cache_dir / "manifests" / f"{digest}.json"
+
+
+def save_manifest(cache_dir: Path, files: list[SourceFile]) -> str:
+    """Record which files a manifest digest stands for, so `receipts verify --deep` can
+    re-read exactly those files later. Content-addressed: written once per distinct set."""
+    digest = manifest_digest(files)
+    path = manifest_path(cache_dir, digest)
+    if not path.exists():
+        rows = [[f.kind, f.path.as_posix(), f.display_path, f.size, f.digest] for f in files]
+        atomic_write_text(path, json.dumps(rows, sort_keys=True))
+    return digest
+
+
+def load_manifest(cache_dir: Path, digest: str) -> list[SourceFile] | None:
+    path = manifest_path(cache_dir, digest)
+    try:
+        rows = json.loads(path.read_text())
+        files = [SourceFile(str(k), Path(p), str(d), int(s), str(h)) for k, p, d, s, h in rows]
+    except (OSError, ValueError, TypeError):
+        return None
+    return files if manifest_digest(files) == digest else None

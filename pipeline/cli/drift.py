@@ -1,0 +1,112 @@
+"""`tracelake drift`: compare a run with an earlier one; exit 0 / 1 (drift) / 2 (tool failed).
+
+Any crash maps to exit 2, never 1: CI must not mistake a broken tool for drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from pipeline.cli.common import ROOT_HELP, fail, load_config_file, resolve_root
+from schemas.drift import DriftReport
+
+TOOL_FAILURE = 2
+
+
+def _public_key(pubkey: Path | None) -> Ed25519PublicKey | None:
+    """An explicit PEM, else the local signing key if one exists (never create one here)."""
+    from pipeline.core.signing import default_key_path, load_or_create_key, load_public_key
+
+    if pubkey is not None:
+        return load_public_key(pubkey.read_bytes())
+    path = default_key_path()
+    return load_or_create_key(path).public_key() if path.exists() else None
+
+
+def _run_drift(
+    run_id: str | None,
+    against: str | None,
+    warn_pct: float | None,
+    alert_pct: float | None,
+    min_abs_change: int | None,
+    fail_on: str | None,
+    output_format: str,
+    root: Path | None,
+    config: Path | None,
+    pubkey: Path | None,
+) -> tuple[DriftReport, int]:
+    from pipeline.core.store import LakeLayout
+    from pipeline.drift import (
+        compute_drift,
+        exit_code,
+        resolve_fail_on,
+        resolve_thresholds,
+        write_report,
+    )
+
+    if output_format not in ("md", "json"):
+        raise ValueError(f"--format must be md or json; got {output_format!r}")
+    config_data = load_config_file(config)
+    thresholds = resolve_thresholds(
+        {"warn_pct": warn_pct, "alert_pct": alert_pct, "min_abs_change": min_abs_change},
+        config=config_data,
+    )
+    gate = resolve_fail_on(fail_on, config_data)
+    layout = LakeLayout(resolve_root(root))
+    report = compute_drift(layout, run_id, against, thresholds, _public_key(pubkey))
+    write_report(layout, report)
+    return report, exit_code(report.severity, gate)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("drift")
+    def drift(
+        run_id: Annotated[str | None, typer.Argument(help="Run to check (default: latest).")] = None,
+        against: Annotated[
+            str | None, typer.Option("--against", help="Earlier run (default: the run before RUN_ID).")
+        ] = None,
+        warn_pct: Annotated[
+            float | None, typer.Option("--warn-pct", help="Swing % for warn (default 20).")
+        ] = None,
+        alert_pct: Annotated[
+            float | None, typer.Option("--alert-pct", help="Swing % for alert (default 50).")
+        ] = None,
+        min_abs_change: Annotated[
+            int | None,
+            typer.Option("--min-abs-change", help="Minimum absolute change for a swing (default 5)."),
+        ] = None,
+        fail_on: Annotated[
+            str | None,
+            typer.Option("--fail-on", help="warn, alert or never: severity that exits 1 (default alert)."),
+        ] = None,
+        output_format: Annotated[str, typer.Option("--format", help="md or json")] = "md",
+        root: Annotated[Path | None, typer.Option("--root", help=ROOT_HELP)] = None,
+        config: Annotated[
+            Path | None, typer.Option("--config", help="TOML config; thresholds from its [drift] table.")
+        ] = None,
+        pubkey: Annotated[
+            Path | None, typer.Option("--pubkey", help="PEM public key for signature checks.")
+        ] = None,
+    ) -> None:
+        """Compare a run with an earlier one: count swings, new failure kinds, firewall
+        breaches, nondeterminism, failed stages, bad signatures. Writes drift.json and
+        drift.md into receipts/<run_id>/. Exit 0 below --fail-on, 1 at it, 2 on tool failure.
+        Thresholds: flag > $TRACELAKE_DRIFT_WARN_PCT / _ALERT_PCT / _MIN_ABS_CHANGE > [drift] > default."""
+        try:
+            report, code = _run_drift(
+                run_id, against, warn_pct, alert_pct, min_abs_change, fail_on,
+                output_format, root, config, pubkey,
+            )
+        except Exception as exc:  # every tool failure is exit 2, distinct from drift
+            raise fail(f"drift: {type(exc).__name__}: {exc}", TOOL_FAILURE) from exc
+        if output_format == "json":
+            typer.echo(report.model_dump_json(indent=2))
+        else:
+            from pipeline.drift import markdown
+
+            typer.echo(markdown(report), nl=False)
+        raise typer.Exit(code)
