@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         output_format: Annotated[str, typer.Option("--format", help="md or json")] = "md",
         root: Annotated[Path | None, typer.Option("--root", help=ROOT_HELP)] = None,
         config: Annotated[
-            Path | None, typer.Option("--config", help="TOML config; thresholds from its [drift] table.")
+            Path | None, typer.Option("--config", help="TOML config; thresholds from its drift table.")
         ] = None,
         pubkey: Annotated[
             Path | None, typer.Option("--pubkey", help="PEM public key for signature checks.")
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         """Compare a run with an earlier one: count swings, new failure kinds, firewall
         breaches, nondeterminism, failed stages, bad signatures. Writes drift.json and
         drift.md into receipts/<run_id>/. Exit 0 below --fail-on, 1 at it, 2 on tool failure.
-        Thresholds: flag > $TRACELAKE_DRIFT_WARN_PCT / _ALERT_PCT / _MIN_ABS_CHANGE > [drift] > default."""
+        Thresholds: flag > $TRACELAKE_DRIFT_WARN_PCT / _ALERT_PCT / _MIN_ABS_CHANGE > the config file's drift table > default."""
         try:
             report, code = _run_drift(
                 run_id, against, warn_pct, alert_pct, min_abs_change, fail_on,

@@ -17,6 +17,8 @@ from pipeline.cli.common import (
     load_config_file,
     resolve_root,
 )
+from pipeline.cli.drift import register as register_drift
+from pipeline.cli.synth import register as register_synth
 from pipeline.core.errors import TracelakeError
 
 app = typer.Typer(
@@ -334,21 +336,8 @@ def sql(
         console.print(f"{len(rows)} row(s)")
 
 
-def _register_optional() -> None:
-    """Feature modules add their own commands."""
-    import importlib
-
-    for module_name in ("pipeline.cli.synth", "pipeline.cli.drift"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(app)
-
-
-_register_optional()
+register_synth(app)
+register_drift(app)
 
 
 if __name__ == "__main__":
