@@ -56,8 +56,9 @@ class MessageRow(_Row):
     is_meta: bool
     is_compact_summary: bool
     model: str | None
+    prompt_id: str | None = Field(description="The human prompt this message answers (line order).")
     source_file: str
-    line_no: int
+    line_no: int = Field(description="1-based line of the message's first record.")
 
 
 class ToolCallRow(_Row):
@@ -79,6 +80,7 @@ class ToolCallRow(_Row):
     is_sidechain: bool
     timestamp: str | None
     source_file: str
+    line_no: int = Field(description="1-based line of the tool_use record.")
 
 
 class PromptRow(_Row):
@@ -89,6 +91,7 @@ class PromptRow(_Row):
     timestamp: str | None
     message_id: str
     source_file: str
+    line_no: int
 
 
 class BranchRow(_Row):

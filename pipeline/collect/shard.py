@@ -1,0 +1,369 @@
+"""One source file -> one cached shard of Parquet tables (runs in worker processes).
+
+A shard is a pure function of (stage version, config, source kind, display path, file
+bytes), so its key is a digest of exactly those and a cached shard is reused as is.
+Workers receive paths, write their shard themselves (temp dir + rename, so a crash
+never leaves half a shard) and return only small stats. Everything that needs more
+than one file (duplicates across files, positions within a session, subagent links)
+is left to ``merge``; shard tables therefore carry a few ``_``-prefixed helper columns.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import xxhash
+
+from pipeline.collect.content import RedactGate
+from pipeline.collect.lines import BLANK, OVERSIZED, decode_json, iter_lines
+from pipeline.collect.redact import Redactor
+from pipeline.core.hashing import digest_json, xxh3_128_file
+
+STAGE_NAME = "collect"
+PARSER_VERSION = "2"  # bump when shard contents change for the same input bytes
+_STR = pa.large_string()
+_INT = pa.int64()
+_BOOL = pa.bool_()
+
+SHARD_SCHEMAS: dict[str, pa.Schema] = {
+    "sessions": pa.schema(
+        [
+            ("session_id", _STR), ("source_kind", _STR), ("source_file", _STR),
+            ("agent_version", _STR), ("cwd", _STR), ("git_branch", _STR), ("model", _STR),
+            ("title", _STR), ("started_at", _STR), ("ended_at", _STR), ("is_subagent", _BOOL),
+            ("agent_id", _STR), ("_root_session_id", _STR), ("_meta_tool_use_id", _STR),
+            ("_spawn_digest", _STR),
+        ]
+    ),
+    "messages": pa.schema(
+        [
+            ("session_id", _STR), ("message_id", _STR), ("parent_id", _STR), ("role", _STR),
+            ("text", _STR), ("thinking", _STR), ("content_json", _STR), ("timestamp", _STR),
+            ("is_sidechain", _BOOL), ("is_meta", _BOOL), ("is_compact_summary", _BOOL),
+            ("model", _STR), ("source_file", _STR), ("line_no", _INT), ("_prompt_line", _INT),
+        ]
+    ),
+    "tool_calls": pa.schema(
+        [
+            ("session_id", _STR), ("tool_use_id", _STR), ("message_id", _STR),
+            ("turn_subindex", _INT), ("name", _STR), ("input_json", _STR),
+            ("input_truncated_bytes", _INT), ("has_result", _BOOL), ("is_error", _BOOL),
+            ("result_text", _STR), ("result_truncated_bytes", _INT), ("error_kind", _STR),
+            ("exit_code", _INT), ("is_sidechain", _BOOL), ("timestamp", _STR),
+            ("source_file", _STR), ("line_no", _INT), ("_prompt_line", _INT),
+            ("_agent_id", _STR), ("_spawn_digest", _STR),
+        ]
+    ),
+    "prompts": pa.schema(
+        [
+            ("session_id", _STR), ("text", _STR), ("timestamp", _STR), ("message_id", _STR),
+            ("source_file", _STR), ("line_no", _INT),
+        ]
+    ),
+    "branches": pa.schema(
+        [
+            ("session_id", _STR), ("parent_message_id", _STR), ("child_message_id", _STR),
+            ("kind", _STR), ("child_rank", _INT), ("is_active", _BOOL), ("source_file", _STR),
+        ]
+    ),
+    "quarantine": pa.schema(
+        [
+            ("stage", _STR), ("source_file", _STR), ("line_no", _INT), ("record_id", _STR),
+            ("session_id", _STR), ("reason", _STR), ("detail", _STR),
+        ]
+    ),
+    # One row per mapped or counted line: the cross-file duplicate check runs on these.
+    "lines": pa.schema(
+        [
+            ("source_file", _STR), ("line_no", _INT), ("key", _STR), ("chash", pa.uint64()),
+            ("outcome", _STR), ("session_id", _STR),
+        ]
+    ),
+}
+
+# Quarantine reasons that account for a whole input line; any other reason is a row set
+# aside below the line (the line itself is still counted once, as mapped).
+LINE_REASONS = frozenset(
+    {
+        "malformed_json", "not_an_object", "invalid_utf8", "oversized_line",
+        "missing_session_id", "unknown_entry_type", "conflicting_duplicate", "invalid_record",
+    }
+)
+_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    """The config values a worker needs (plain, picklable)."""
+
+    fold_home: bool
+    max_line_bytes: int
+    max_input_bytes: int
+    max_result_bytes: int
+    max_content_bytes: int
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    kind: str
+    path: str
+    display_path: str
+    key: str
+    shard_dir: str
+    meta_path: str | None
+    settings: CollectSettings
+
+
+class Shard:
+    """Column lists for every shard table plus the line tallies of one file."""
+
+    def __init__(self, kind: str, source_file: str, settings: CollectSettings) -> None:
+        self.kind = kind
+        self.source_file = source_file
+        self.settings = settings
+        self.redactor = Redactor(fold_home=settings.fold_home)
+        self.gate = RedactGate(self.redactor, Redactor(fold_home=settings.fold_home))
+        self.cols: dict[str, dict[str, list[Any]]] = {
+            name: {f.name: [] for f in schema} for name, schema in SHARD_SCHEMAS.items()
+        }
+        self._line_cols = [self.cols["lines"][f.name] for f in SHARD_SCHEMAS["lines"]]
+        self.lines: Counter[str] = Counter()
+        self.repairs: Counter[str] = Counter()
+
+    def add(self, table: str, **values: Any) -> None:
+        cols = self.cols[table]
+        for name, column in cols.items():
+            column.append(values.get(name))
+
+    def add_line(self, line_no: int, key: str, chash: int, outcome: str, session_id: str | None) -> None:
+        """The per-line hot path: direct appends instead of ``add``'s keyword dict."""
+        cols = self._line_cols
+        cols[0].append(self.source_file)
+        cols[1].append(line_no)
+        cols[2].append(key)
+        cols[3].append(chash)
+        cols[4].append(outcome)
+        cols[5].append(session_id)
+
+    def quarantine(
+        self,
+        line_no: int | None,
+        reason: str,
+        detail: str | None,
+        record_id: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        """A line-level reason also takes the line's tally slot; others are set-asides."""
+        if reason in LINE_REASONS:
+            self.lines[f"quarantined:{reason}"] += 1
+        if detail is not None:
+            detail = self.redactor.redact(detail[:_DETAIL_CHARS])
+        self.add(
+            "quarantine", stage=STAGE_NAME, source_file=self.source_file, line_no=line_no,
+            record_id=record_id, session_id=session_id, reason=reason, detail=detail,
+        )
+
+    def tables(self) -> dict[str, pa.Table]:
+        out = {}
+        for name, schema in SHARD_SCHEMAS.items():
+            cols = self.cols[name]
+            out[name] = pa.table(
+                {f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema
+            )
+        return out
+
+
+def shard_key(kind: str, display_path: str, digest: str, meta_digest: str | None,
+              settings: CollectSettings, stage_version: str) -> str:
+    return digest_json(
+        {
+            "stage": STAGE_NAME, "version": stage_version, "parser": PARSER_VERSION,
+            "config": vars(settings), "kind": kind, "path": display_path,
+            "digest": digest, "meta": meta_digest,
+        }
+    )
+
+
+def meta_path_for(path: Path) -> Path | None:
+    """Claude subagent sidecar: ``agent-<id>.meta.json`` beside ``agent-<id>.jsonl``."""
+    if not path.name.startswith("agent-"):
+        return None
+    meta = path.with_name(path.name[: -len(".jsonl")] + ".meta.json")
+    return meta if meta.is_file() else None
+
+
+def meta_digest(meta: Path | None) -> str | None:
+    return xxh3_128_file(meta) if meta is not None else None
+
+
+def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
+    """Feed every line of ``path`` to the format parser; every line lands in one tally."""
+    from pipeline.collect.claude_code import ClaudeFile
+    from pipeline.collect.codex import CodexFile
+
+    parser: ClaudeFile | CodexFile
+    if shard.kind == "codex":
+        parser = CodexFile(shard)
+    else:
+        parser = ClaudeFile(shard, path, meta)
+    seen: dict[str, int] = {}
+    lines = shard.lines
+    for line_no, raw, problem in iter_lines(path, shard.settings.max_line_bytes, shard.repairs):
+        if problem == BLANK:
+            lines["blank_line"] += 1
+            continue
+        if problem == OVERSIZED:
+            shard.quarantine(line_no, "oversized_line",
+                             f"{raw.decode()} bytes > max_line_bytes {shard.settings.max_line_bytes}")
+            continue
+        chash = xxhash.xxh3_64_intdigest(raw)
+        obj, reason = decode_json(raw, shard.repairs)
+        if reason is None and not isinstance(obj, dict):
+            reason = "not_an_object"
+        if reason is not None:
+            # A broken line copied verbatim into another file is a duplicate, not news.
+            key = f"h:{chash:016x}"
+            if key in seen:
+                lines["exact_duplicate"] += 1
+                continue
+            seen[key] = chash
+            detail = _preview(raw) if reason != "not_an_object" else f"JSON {type(obj).__name__}: {_preview(raw)}"
+            shard.quarantine(line_no, reason, detail)
+            shard.add_line(line_no, key, chash, f"quarantined:{reason}", None)
+            continue
+        key = _record_key(obj, chash)
+        prior = seen.get(key)
+        if prior is not None:
+            if prior == chash:
+                lines["exact_duplicate"] += 1
+            else:
+                shard.quarantine(line_no, "conflicting_duplicate",
+                                 "record id reused with different content; first copy kept",
+                                 record_id=key)
+            continue
+        seen[key] = chash
+        outcome, session_id = parser.feed(line_no, obj)
+        if outcome is None:  # the parser quarantined the line (and tallied it) itself
+            outcome = f"quarantined:{shard.cols['quarantine']['reason'][-1]}"
+        else:
+            lines[outcome] += 1
+        shard.add_line(line_no, key, chash, outcome, session_id)
+    parser.finish()
+
+
+def _record_key(obj: dict[str, Any], chash: int) -> str:
+    """A record's identity: (sessionId, uuid) where it has one, else its bytes.
+
+    The session is part of the key because a session copied under a new id keeps its
+    uuids: those records are new records of another session, not duplicates.
+    """
+    uuid = obj.get("uuid")
+    if isinstance(uuid, str) and uuid:
+        session = obj.get("sessionId")
+        return f"{session}:{uuid}" if isinstance(session, str) else uuid
+    return f"h:{chash:016x}"
+
+
+def _preview(raw: bytes) -> str:
+    return raw[:120].decode("utf-8", "replace")
+
+
+def build_shard(task: ShardTask) -> dict[str, Any]:
+    """Worker entry: parse one file, write its shard atomically, return its stats."""
+    final = shard_path(Path(task.shard_dir), task.key)
+    if final.is_file():
+        return {"key": task.key, "cached": True, **read_container(final, tables=False)[1]}
+    meta = None
+    if task.meta_path is not None:
+        try:
+            loaded = orjson.loads(Path(task.meta_path).read_bytes())
+            meta = loaded if isinstance(loaded, dict) else None
+        except (OSError, orjson.JSONDecodeError):
+            meta = None
+    shard = Shard(task.kind, task.display_path, task.settings)
+    shard.source_file = shard.redactor.redact(task.display_path)
+    parse_into(shard, Path(task.path), meta)
+    stats = {
+        "lines": dict(shard.lines),
+        "repairs": dict(shard.repairs),
+        "redactions": dict(shard.redactor.counts),
+        "bytes": Path(task.path).stat().st_size,
+    }
+    write_container(final, split_heavy(shard.tables()), stats)
+    return {"key": task.key, "cached": False, **stats}
+
+
+# Big text columns travel in their own streams so the merge can hold them without also
+# holding the light columns' buffers (see merge._load).
+HEAVY_COLUMNS = {"messages": ("text", "thinking", "content_json"), "tool_calls": ("input_json", "result_text")}
+
+
+def split_heavy(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    out = dict(tables)
+    for name, columns in HEAVY_COLUMNS.items():
+        out[f"{name}__heavy"] = tables[name].select(list(columns))
+        out[name] = tables[name].drop_columns(list(columns))
+    return out
+
+
+def shard_path(shard_dir: Path, key: str) -> Path:
+    return shard_dir / key[:2] / f"{key}.shard"
+
+
+# A shard is one file: an 8-byte header length, a JSON header (stats and the byte range
+# of each table) and one Arrow IPC stream per table. One file instead of one Parquet
+# file per table keeps a corpus of thousands of small sessions from being I/O bound.
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # lz4 costs 3x the write time here
+
+
+def write_container(target: Path, tables: dict[str, pa.Table], stats: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename): a crash never leaves half a shard."""
+    blobs: list[bytes] = []
+    ranges: dict[str, list[int]] = {}
+    offset = 0
+    for name, table in tables.items():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+            writer.write_table(table)
+        blob = sink.getvalue().to_pybytes()
+        ranges[name] = [offset, len(blob)]
+        offset += len(blob)
+        blobs.append(blob)
+    header = orjson.dumps({"stats": stats, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(len(header).to_bytes(8, "little"))
+            handle.write(header)
+            for blob in blobs:
+                handle.write(blob)
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+def read_container(path: Path, tables: bool = True) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    """Each table gets its own buffer, so dropping one table frees its memory."""
+    out: dict[str, pa.Table] = {}
+    with path.open("rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = orjson.loads(handle.read(size))
+        if tables:
+            base = 8 + size
+            for name, (start, length) in header["tables"].items():
+                handle.seek(base + start)
+                out[name] = pa.ipc.open_stream(pa.py_buffer(handle.read(length))).read_all()
+    return out, header["stats"]
+
+
+def read_shard(shard_dir: Path, key: str) -> dict[str, pa.Table]:
+    return read_container(shard_path(shard_dir, key))[0]

@@ -1,0 +1,157 @@
+"""collect: Claude Code transcripts and Codex rollouts -> sessions, messages, tool calls,
+prompts, branches, subagents (+ quarantine).
+
+Every input line lands in exactly one tally: mapped, counted (a known non-message
+entry), exact duplicate, blank, or quarantined with a reason. Files are parsed in worker
+processes into cached per-file shards keyed by content, so adding sessions re-parses only
+new or changed files; the merge over all shards is what makes the result independent of
+file order, worker count and which shards came from cache.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.collect.merge import merge_shards
+from pipeline.collect.shard import (
+    CollectSettings,
+    ShardTask,
+    build_shard,
+    meta_digest,
+    meta_path_for,
+    shard_key,
+    shard_path,
+)
+from pipeline.core.stage import Stage, StageContext, StageResult
+from schemas.records import COLLECT_TABLES
+
+VERSION = "1"
+
+
+class CollectConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fold_home: bool = Field(True, description="Write paths under the home directory as ~/...")
+    max_line_bytes: int = Field(
+        4 * 1024 * 1024, gt=0,
+        description="Lines longer than this are quarantined as oversized_line without parsing.",
+    )
+    max_input_bytes: int = Field(
+        16 * 1024, gt=0, description="tool_calls.input_json is cut above this many UTF-8 bytes."
+    )
+    max_result_bytes: int = Field(
+        16 * 1024, gt=0, description="tool_calls.result_text is cut above this many UTF-8 bytes."
+    )
+    max_content_bytes: int = Field(
+        64 * 1024, gt=0,
+        description="Any single string inside messages.content_json is cut above this many bytes.",
+    )
+
+
+def _settings(config: CollectConfig) -> CollectSettings:
+    return CollectSettings(
+        fold_home=config.fold_home, max_line_bytes=config.max_line_bytes,
+        max_input_bytes=config.max_input_bytes, max_result_bytes=config.max_result_bytes,
+        max_content_bytes=config.max_content_bytes,
+    )
+
+
+def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
+    tasks = []
+    shard_dir = ctx.scratch / "shards"
+    for kind in ("claude-code", "codex"):
+        for source in ctx.sources.get(kind, []):
+            meta = meta_path_for(source.path) if kind == "claude-code" else None
+            key = shard_key(kind, source.display_path, source.digest, meta_digest(meta), settings, VERSION)
+            tasks.append(
+                ShardTask(
+                    kind=kind, path=str(source.path), display_path=source.display_path, key=key,
+                    shard_dir=str(shard_dir), meta_path=str(meta) if meta else None, settings=settings,
+                )
+            )
+    # Merge order is by recorded path, never by discovery or completion order.
+    tasks.sort(key=lambda t: (t.display_path, t.kind))
+    return tasks
+
+
+def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]]:
+    pending = [t for t in tasks if not shard_path(Path(t.shard_dir), t.key).is_file()]
+    results: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        if task not in pending:
+            results[task.key] = build_shard(task)  # cached: reads only the stats header
+    progress = ctx.tracker.track(range(len(pending)), total=len(pending), description="collect")
+    if ctx.workers <= 1 or len(pending) <= 1:
+        for task, _ in zip(pending, progress, strict=False):
+            results[task.key] = build_shard(task)
+    else:
+        # Big files first so one late giant does not leave a worker idle at the end.
+        order = sorted(pending, key=lambda t: -Path(t.path).stat().st_size)
+        with ProcessPoolExecutor(max_workers=ctx.workers) as pool:
+            for stats, _ in zip(pool.map(build_shard, order, chunksize=1), progress, strict=False):
+                results[stats["key"]] = stats
+    return [results[t.key] for t in tasks]
+
+
+def run(ctx: StageContext) -> StageResult:
+    config = ctx.config
+    assert isinstance(config, CollectConfig)
+    settings = _settings(config)
+    tasks = _tasks(ctx, settings)
+    stats = _build_all(ctx, tasks)
+    shard_lines: Counter[str] = Counter()
+    repairs: Counter[str] = Counter()
+    redactions: Counter[str] = Counter()
+    for s in stats:
+        shard_lines.update(s["lines"])
+        repairs.update(s["repairs"])
+        redactions.update(s["redactions"])
+    # A path appearing twice (same file under two kinds) would duplicate its shard.
+    keys = list(dict.fromkeys(t.key for t in tasks))
+    merged = merge_shards(ctx.scratch / "shards", keys, shard_lines)
+    redactions.update(merged.redactions)
+    lines = merged.lines
+    records_in = sum(lines.values())
+    quarantined = {k.split(":", 1)[1]: n for k, n in lines.items() if k.startswith("quarantined:")}
+    filtered = {k: n for k, n in lines.items() if k.startswith("counted:")}
+    for name in ("exact_duplicate", "blank_line"):
+        if lines.get(name):
+            filtered[name] = lines[name]
+    files = {
+        "total": len(tasks),
+        "parsed": sum(1 for s in stats if not s["cached"]),
+        "cached": sum(1 for s in stats if s["cached"]),
+        "bytes": sum(int(s["bytes"]) for s in stats),
+        "empty": sum(1 for s in stats if not s["lines"]),
+    }
+    return StageResult(
+        tables=merged.tables,
+        records_in=records_in,
+        records_out=lines.get("mapped", 0),
+        quarantined=dict(sorted(quarantined.items())),
+        filtered=dict(sorted(filtered.items())),
+        stats={
+            "files": files,
+            "lines": dict(sorted(lines.items())),
+            "repairs": dict(sorted(repairs.items())),
+            "redactions": dict(sorted(redactions.items())),
+            "set_aside": merged.set_aside,
+            "rows": {name: t.num_rows for name, t in sorted(merged.tables.items())},
+        },
+    )
+
+
+STAGE = Stage(
+    name="collect",
+    version=VERSION,
+    config_model=CollectConfig,
+    inputs=(),
+    outputs=tuple(COLLECT_TABLES.values()),
+    run=run,
+    source_kinds=("claude-code", "codex"),
+)

@@ -1,0 +1,169 @@
+"""Bad input: every line lands in exactly one tally, nothing crashes, nothing leaks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+from collect_helpers import all_text, collect
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+SESSION = "5a1b2c3d-0000-4000-8000-000000000001"
+
+
+def _user(uuid: str, text: str, parent: str | None = None, session: str = SESSION) -> bytes:
+    return orjson.dumps({
+        "type": "user", "uuid": uuid, "parentUuid": parent, "sessionId": session,
+        "timestamp": "2026-01-01T00:00:00.000Z", "cwd": "/work/project",
+        "message": {"role": "user", "content": text},
+    })
+
+
+def _assistant(uuid: str, parent: str, msg_id: str, block: dict, session: str = SESSION) -> bytes:  # type: ignore[type-arg]
+    return orjson.dumps({
+        "type": "assistant", "uuid": uuid, "parentUuid": parent, "sessionId": session,
+        "timestamp": "2026-01-01T00:00:01.000Z",
+        "message": {"id": msg_id, "role": "assistant", "model": "claude-x", "content": [block]},
+    })
+
+
+def _result(uuid: str, parent: str, tool_use_id: str, text: str, is_error: bool = False) -> bytes:
+    return orjson.dumps({
+        "type": "user", "uuid": uuid, "parentUuid": parent, "sessionId": SESSION,
+        "timestamp": "2026-01-01T00:00:02.000Z",
+        "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": tool_use_id, "content": text, "is_error": is_error}]},
+    })
+
+
+def test_bad_input_corpus_is_fully_accounted(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "proj"
+    src.mkdir(parents=True)
+    big = b'{"type":"user","pad":"' + b"x" * (5 * 1024 * 1024) + b'"}'
+    lines = [
+        _user("u1", "fix the bug"),                                           # 1 mapped
+        b"",                                                                   # 2 blank
+        _assistant("a1", "u1", "m1", {"type": "tool_use", "id": "t1", "name": "Bash",
+                                      "input": {"command": "ls /nope"}}),      # 3 mapped
+        _result("r1", "a1", "t1", "ls: /nope: No such file or directory", True),  # 4 mapped
+        _result("r2", "a1", "t-orphan", "nobody called me"),                   # 5 mapped + set aside
+        b'{"type":"user","uuid":"n1","sessionId":"' + SESSION.encode() + b'","message":{"role":"user","content":"a\x00b"}}',  # 6 NUL repaired
+        b'{"type":"user","text":"caf\xe9"}',                                   # 7 invalid utf-8
+        big,                                                                   # 8 oversized
+        b'[1, 2, 3]',                                                          # 9 not an object
+        b"garbage {{{",                                                        # 10 malformed
+        b'{"type":"queue-operation","operation":"enqueue","sessionId":"' + SESSION.encode() + b'"}',  # 11 counted
+        b'{"type":"mystery","uuid":"q1"}',                                     # 12 unknown type
+        _user("u1", "fix the bug"),                                            # 13 exact duplicate
+        _user("u1", "something else"),                                         # 14 conflicting duplicate
+        b'{"type":"user","uuid":"x9","message":{"role":"user","content":"hi"}}',  # 15 no session id
+        b'{"type":"assistant","uuid":"a2","sessionId":"' + SESSION.encode() + b'","message":{"id":"m2","content":[{"type":"text","text":"torn',  # 16 torn
+    ]
+    (src / "s1.jsonl").write_bytes(b"\n".join(lines))  # no final newline
+    (src / "empty.jsonl").write_bytes(b"")
+    lake = collect(tmp_path / "lake", [("claude-code", tmp_path / "src")])
+    r = lake.receipt
+    assert r.records_in == 16
+    assert r.records_out == 5
+    assert r.quarantined == {
+        "conflicting_duplicate": 1, "invalid_utf8": 1, "malformed_json": 2, "missing_session_id": 1,
+        "not_an_object": 1, "oversized_line": 1, "unknown_entry_type": 1,
+    }
+    assert r.filtered == {"blank_line": 1, "counted:queue-operation": 1, "exact_duplicate": 1}
+    assert r.stats["set_aside"] == {"unpaired_tool_result": 1}
+    assert r.stats["repairs"]["nul_bytes_stripped"] == 1
+    assert r.stats["files"]["empty"] == 1
+    calls = lake.tables["tool_calls"].to_pylist()
+    assert [(c["tool_use_id"], c["is_error"], c["error_kind"]) for c in calls] == [("t1", True, "file_not_found")]
+    quarantine = lake.tables["collect_quarantine"].to_pylist()
+    oversized = [q for q in quarantine if q["reason"] == "oversized_line"]
+    assert oversized[0]["line_no"] == 8 and "bytes" in oversized[0]["detail"]
+    assert all(len(q["detail"] or "") < 400 for q in quarantine)
+    messages = {m["message_id"]: m for m in lake.tables["messages"].to_pylist()}
+    assert messages["n1"]["text"] == "ab"
+    assert messages["u1"]["text"] == "fix the bug"  # the first copy is kept
+
+
+_VALID = [
+    _user("v1", "hello"),
+    _assistant("v2", "v1", "mv", {"type": "text", "text": "hi"}),
+    _assistant("v3", "v2", "mv", {"type": "tool_use", "id": "tv", "name": "Read", "input": {"p": 1}}),
+    _result("v4", "v3", "tv", "ok"),
+    b'{"type":"last-prompt","sessionId":"' + SESSION.encode() + b'"}',
+    b'{"type":"system","subtype":"compact_boundary","uuid":"v5","sessionId":"' + SESSION.encode() + b'"}',
+]
+_INVALID = [b"", b"   ", b"{", b"[]", b'"str"', b"\xff\xfe", b"null", b'{"type":"weird"}', b"\x00\x00",
+            b'{"type":"user","uuid":"v1","sessionId":"other"}']
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    files=st.lists(
+        st.lists(st.sampled_from(_VALID + _INVALID), max_size=12), min_size=1, max_size=3
+    ),
+    final_newline=st.booleans(),
+)
+def test_count_conservation_property(tmp_path_factory, files: list[list[bytes]], final_newline: bool) -> None:  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("prop")
+    src = base / "src"
+    src.mkdir()
+    expected = 0
+    for index, lines in enumerate(files):
+        data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+        (src / f"f{index}.jsonl").write_bytes(data)
+        expected += data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    lake = collect(base / "lake", [("claude-code", src)], workers=1)
+    r = lake.receipt
+    assert r.records_in == expected
+    assert r.records_in == r.records_out + sum(r.quarantined.values()) + sum(r.filtered.values())
+    line_reasons = [q["reason"] for q in lake.tables["collect_quarantine"].to_pylist()
+                    if q["reason"] not in r.stats["set_aside"]]
+    assert len(line_reasons) == sum(r.quarantined.values())
+
+
+def test_planted_secrets_never_reach_the_lake(tmp_path: Path) -> None:
+    secrets = {
+        "aws": "AKIAQWERTYUIOPASDFGH",
+        "github": "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8",
+        "anthropic": "sk-ant-api03-" + "Zx9" * 30,
+    }
+    home = str(Path.home())
+    src = tmp_path / "src" / "proj"
+    src.mkdir(parents=True)
+    lines = [
+        orjson.dumps({"type": "user", "uuid": "p1", "parentUuid": None, "sessionId": SESSION,
+                      "cwd": f"{home}/code/app", "message": {"role": "user",
+                      "content": f"deploy with key {secrets['aws']} please"}}),
+        _assistant("p2", "p1", "mm", {"type": "tool_use", "id": "ts", "name": "Bash",
+                                      "input": {"command": f"export GH={secrets['github']} && git push"}}),
+        _result("p3", "p2", "ts", f"token {secrets['anthropic']} rejected"),
+        b'{"broken json with ' + secrets["github"].encode() + b" and " + home.encode(),
+    ]
+    (src / "leak.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    codex = tmp_path / "codex"
+    codex.mkdir()
+    rollout = [
+        {"timestamp": "t0", "type": "session_meta", "payload": {"id": "cx-1", "cwd": f"{home}/code"}},
+        {"timestamp": "t1", "type": "event_msg", "payload": {"type": "user_message",
+                                                              "message": f"use {secrets['aws']}"}},
+        {"timestamp": "t2", "type": "response_item", "payload": {
+            "type": "function_call", "name": "exec_command", "call_id": "c1",
+            "arguments": json.dumps({"cmd": f"curl -H 'x: {secrets['anthropic']}'"})}},
+        {"timestamp": "t3", "type": "response_item", "payload": {
+            "type": "function_call_output", "call_id": "c1", "output": f"Exit code: 1\n{secrets['github']}"}},
+    ]
+    (codex / "rollout.jsonl").write_bytes(b"\n".join(orjson.dumps(x) for x in rollout))
+    lake = collect(tmp_path / "lake", [("claude-code", tmp_path / "src"), ("codex", codex)])
+    text = all_text(lake.tables)
+    for value in secrets.values():
+        assert value not in text
+    assert home not in text
+    for path in lake.root.rglob("*.parquet"):
+        data = path.read_bytes()
+        for value in secrets.values():
+            assert value.encode() not in data
+    assert lake.tables["tool_calls"].num_rows == 2
+    assert sum(lake.receipt.stats["redactions"].values()) >= 6
+    assert all(home not in repr(v) for v in lake.receipt.stats.values())
