@@ -8,15 +8,12 @@ loaders either merge into null-padded structs or refuse. The JSONL files under
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from schemas.records import _Row
 from schemas.tables import TableSpec
 
 CATEGORIES = ("accepted", "partially_accepted", "rejected", "needs_human_review")
-
-
-class _Row(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TaskRow(_Row):
@@ -127,7 +124,7 @@ class ToolSchemaRow(_Row):
     source_kind: str
     n_calls: int = Field(description="Observed calls the schema was derived from.")
     required: list[str]
-    schema_json: str = Field(description="JSON: an OpenAI function tool schema.")
+    tool_schema: str = Field(description="JSON: an OpenAI function tool schema.")
 
 
 SCORING_TABLES = {

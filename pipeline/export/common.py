@@ -1,0 +1,80 @@
+"""Small helpers every scoring and export stage shares."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from pipeline.core.hashing import digest_json
+from pipeline.core.stage import StageContext
+from schemas.records import QUARANTINE
+from schemas.tables import TableSpec, from_rows
+
+SCORER_VERSION = "1.0.0"
+
+# Category order: higher is better. Preference pairs need a strict improvement.
+CATEGORY_RANK = {"rejected": 0, "needs_human_review": 1, "partially_accepted": 2, "accepted": 3}
+
+
+def task_id_for(session_id: str, prompt_number: int) -> str:
+    """Positional task identity; equal to collect's prompts.prompt_id by construction."""
+    return digest_json([session_id, prompt_number])
+
+
+def row_id(*parts: str) -> str:
+    return digest_json(list(parts))
+
+
+def frame(ctx: StageContext, name: str) -> pl.DataFrame:
+    return pl.from_arrow(ctx.table(name))  # type: ignore[return-value]
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON with stable key order, for values stored as strings in Parquet."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def loads(text: str | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+def to_table(spec: TableSpec, rows: list[dict[str, Any]]) -> pa.Table:
+    return from_rows(spec, rows) if rows else spec.schema.empty_table()
+
+
+class Quarantine:
+    """Collects set-aside records with one reason each, and their per-reason counts."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.rows: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(
+        self,
+        reason: str,
+        record_id: str | None,
+        session_id: str | None = None,
+        detail: str | None = None,
+        source_file: str | None = None,
+        line_no: int | None = None,
+    ) -> None:
+        self.counts[reason] += 1
+        self.rows.append(
+            {
+                "stage": self.stage,
+                "source_file": source_file,
+                "line_no": line_no,
+                "record_id": record_id,
+                "session_id": session_id,
+                "reason": reason,
+                "detail": detail[:500] if detail else detail,
+            }
+        )
+
+    def table(self) -> pa.Table:
+        return to_table(QUARANTINE, self.rows)

@@ -1,0 +1,124 @@
+"""Exports as a trainer sees them: datasets.load_dataset, the Qwen chat template, TRL.
+
+Loading is not enough (nested shapes can load and still render wrongly), so every SFT,
+preference and KTO row is rendered through an offline Qwen tokenizer with TRL's training
+template, and through TRL's own ``apply_chat_template`` helpers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.exports.builders import Call, Corpus, good_task, run_pipeline
+
+
+def _corpus() -> Corpus:
+    corpus = Corpus()
+    prompt = "Add input validation to the signup form"
+    for i, answer in enumerate(["Validation added with a regex check.",
+                                "Added a schema validator and tests for the form."]):
+        s = good_task(corpus.session(f"good{i}"), prompt, answer)
+        s.messages[1]["thinking"] = f"I should read the form first ({i})."
+    corpus.session("bad").task(
+        prompt, ("", [Call("Bash", {"command": "npm test", "description": "run"}, "1 failed", True)]),
+        "It is failing.",
+    )
+    corpus.session("multi").task(
+        "Find every TODO in the repo and list them",
+        ("", [Call("Grep", {"pattern": "TODO", "path": "."}, "a.py:1: TODO x"),
+              Call("Glob", {"pattern": "**/*.md"}, "README.md")]),
+        ("", [Call("Read", {"file_path": "a.py", "limit": 20}, "# TODO x")]),
+        "Found one TODO in a.py.",
+    )
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("render") / "lake"
+    result = run_pipeline(_corpus(), root, {"export-sft": {"valid_fraction": 0.5}})
+    assert result.ok
+    return root / "exports" / result.run_id
+
+
+def _load(path: Path) -> Any:
+    from datasets import load_dataset
+
+    return load_dataset("json", data_files=str(path), split="train")
+
+
+def _plain(value: Any) -> Any:
+    """datasets may hand back a Json feature's values as JSON text: decode to objects."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def test_sft_loads_and_renders(exported: Path, qwen_tokenizer: Any) -> None:
+    from trl.data_utils import apply_chat_template, maybe_apply_chat_template
+
+    rows = []
+    for split in ("train", "valid"):
+        path = exported / "sft" / f"{split}.jsonl"
+        if path.stat().st_size:
+            rows += list(_load(path))
+    assert len(rows) == 3
+    for row in rows:
+        messages, tools = _plain(row["messages"]), _plain(row["tools"])
+        assert isinstance(messages, list) and isinstance(tools, list)
+        calls = [c for m in messages for c in (m.get("tool_calls") or [])]
+        assert all(isinstance(c["function"]["arguments"], dict) for c in calls)
+        text = qwen_tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+        body = text[text.index("<|im_start|>user"):]  # after the tools system block
+        assert body.count("<tool_call>") == len(calls)
+        assert body.count("<tool_response>") == sum(m["role"] == "tool" for m in messages)
+        for call in calls:  # the arguments survive as the object they were
+            assert json.dumps(call["function"]["arguments"], ensure_ascii=False) in text
+        for m in messages:
+            if m.get("reasoning_content"):
+                assert f"<think>\n{m['reasoning_content']}\n</think>" in text
+        ids = qwen_tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True)
+        assert len(ids["input_ids"]) > 20
+        masked = qwen_tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        assert sum(masked["assistant_masks"]) > 0  # the training template marks assistant spans
+        rendered = maybe_apply_chat_template({"messages": messages}, qwen_tokenizer, tools=tools)
+        assert rendered["text"] == text
+        assert apply_chat_template({"messages": messages}, qwen_tokenizer, tools=tools)["text"] == text
+
+
+def test_sft_parquet_holds_json_strings(exported: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(exported / "sft" / "train.parquet")
+    assert str(table.schema.field("messages").type) in ("large_string", "string")
+    assert isinstance(json.loads(table.column("messages")[0].as_py()), list)
+
+
+def test_preference_and_kto_load_and_render(exported: Path, qwen25_tokenizer: Any, qwen_tokenizer: Any) -> None:
+    from trl.data_utils import maybe_apply_chat_template
+
+    pairs = list(_load(exported / "preference" / "preference.jsonl"))
+    assert len(pairs) == 2
+    for row in pairs:
+        example = {k: _plain(row[k]) for k in ("prompt", "chosen", "rejected")}
+        tools = _plain(row["tools"])
+        for tokenizer in (qwen25_tokenizer, qwen_tokenizer):
+            out = maybe_apply_chat_template(example, tokenizer, tools=tools)
+            assert out["prompt"].endswith("<|im_start|>assistant\n")
+            assert "<tool_call>" in out["chosen"] + out["rejected"]
+            assert out["chosen"] != out["rejected"]
+    kto = list(_load(exported / "preference" / "kto.jsonl"))
+    assert sorted(r["label"] for r in kto) == [False, True, True, True]
+    for row in kto:
+        example = {"prompt": _plain(row["prompt"]), "completion": _plain(row["completion"])}
+        out = maybe_apply_chat_template(example, qwen_tokenizer, tools=_plain(row["tools"]))
+        assert out["completion"].strip()
+
+
+def test_rag_loads(exported: Path) -> None:
+    docs = list(_load(exported / "rag" / "playbooks.jsonl"))
+    assert len(docs) == 3 and all(d["text"].startswith("## Task") for d in docs)
