@@ -91,7 +91,9 @@ def define_views(con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str
         union = " UNION ALL BY NAME ".join(f"SELECT * FROM {_quote(n)}" for n in quarantines)
         con.execute(f"CREATE OR REPLACE VIEW quarantine AS {union}")
         names.append("quarantine")
-    receipts = receipts_table(load_run_receipts(layout, run_id))
+    order = {status.stage: i for i, status in enumerate(summary.stages)}
+    run_receipts = sorted(load_run_receipts(layout, run_id), key=lambda r: order.get(r.stage, 99))
+    receipts = receipts_table(run_receipts)
     con.register("_receipts_arrow", receipts)
     con.execute("CREATE OR REPLACE TABLE receipts AS SELECT * FROM _receipts_arrow")
     con.unregister("_receipts_arrow")

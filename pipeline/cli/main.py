@@ -116,7 +116,8 @@ def print_run(root: Path, run_id: str) -> None:
     summary = load_summary(layout, run_id)
     table = Table(title=f"run {run_id}")
     for column in ("stage", "status", "in", "out", "quarantined", "filtered", "cache hit", "time (s)"):
-        table.add_column(column, justify="right" if column not in ("stage", "status") else "left")
+        left = column in ("stage", "status")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for row in stage_rows(summary, load_run_receipts(layout, run_id)):
         status = str(row["status"])
         color = "green" if status == "ok" else "red"

@@ -204,13 +204,19 @@ class Runner:
         refs = []
         specs = {spec.name: spec for spec in stage.outputs}
         specs[stage.quarantine_table] = QUARANTINE
+        missing = [
+            n for n in stage.output_names
+            if ("quarantine" if n == stage.quarantine_table else n) not in result.tables
+        ]
+        if missing:
+            raise TracelakeError(f"{stage.name} did not produce tables {missing}")
         for name in stage.output_names:
             source_name = "quarantine" if name == stage.quarantine_table else name
-            if source_name not in result.tables:
-                raise TracelakeError(f"{stage.name} did not produce table {source_name!r}")
             spec = specs[name]
-            table = canonicalize(result.tables[source_name], spec.schema, spec.sort_keys)
+            # Pop, so each raw table is freed as soon as its canonical copy is written.
+            table = canonicalize(result.tables.pop(source_name), spec.schema, spec.sort_keys)
             refs.append(put_table(self.layout, name, table, metadata))
+            del table
         return result, refs
 
     def _export_and_validate(self, stage: Stage, config: BaseModel, outputs: list[ObjectRef]) -> list[str]:
