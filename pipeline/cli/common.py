@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +64,15 @@ class RichTracker(Tracker):
             for item in items:
                 yield item
                 progress.advance(task)
+
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with err_console.status(f"[bold]{name}[/bold] …", spinner="dots"):
+            yield
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

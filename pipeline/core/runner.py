@@ -306,7 +306,8 @@ class Runner:
                 failed.add(stage.name)
                 outcomes.append(StageOutcome(stage.name, "skipped_upstream_failed", None))
                 continue
-            outcome = self.run_stage(stage)
+            with self.options.tracker.stage(stage.name):
+                outcome = self.run_stage(stage)
             outcomes.append(outcome)
             if outcome.status != "ok":
                 failed.add(stage.name)

@@ -8,6 +8,7 @@ outputs, receipts, signing and count conservation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,11 @@ class Tracker:
 
     def track(self, items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
         yield from items
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Wraps one stage's execution (a spinner in the CLI)."""
+        yield
 
 
 @dataclass
