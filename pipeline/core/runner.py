@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import shutil
 import subprocess
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline import __version__
+from pipeline.core import exports
 from pipeline.core.errors import ConservationError, TracelakeError
 from pipeline.core.hashing import digest_json
 from pipeline.core.receipts import RUN_FILE, SUMMARY_FILE, cached_receipt, run_hash, write_receipt
@@ -219,19 +221,41 @@ class Runner:
             del table
         return result, refs
 
-    def _export_and_validate(self, stage: Stage, config: BaseModel, outputs: list[ObjectRef]) -> list[str]:
+    def _export_and_validate(
+        self, stage: Stage, config: BaseModel, outputs: list[ObjectRef], key: str, hit: bool
+    ) -> list[str]:
+        """Materialise and validate exports once per cache key; link them into the run."""
         if stage.materialize is None and stage.validate is None:
             return []
+        run_dir = self.layout.exports / self.run_id
+        keyed = exports.keyed_dir(self.layout, key)
+        if hit and exports.intact(keyed):
+            exports.link_into(keyed, run_dir)
+            return []
+        scratch = exports.scratch_dir(self.layout, key)
         ctx = ExportContext(
             layout=self.layout,
             config=config,
             run_id=self.run_id,
             outputs={ref.name: ref for ref in outputs},
-            export_dir=self.layout.exports / self.run_id,
+            export_dir=scratch,
         )
-        if stage.materialize is not None:
-            stage.materialize(ctx)
-        return stage.validate(ctx) if stage.validate is not None else []
+        try:
+            if stage.materialize is not None:
+                stage.materialize(ctx)
+            errors = stage.validate(ctx) if stage.validate is not None else []
+            if errors:
+                # Never publish what failed the firewall; keep it aside for inspection.
+                failed = run_dir / "_failed" / stage.name
+                if scratch.exists():
+                    exports.link_into(scratch, failed)
+                return errors
+            exports.seal(scratch, keyed)
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch)
+        exports.link_into(keyed, run_dir)
+        return []
 
     def run_stage(self, stage: Stage) -> StageOutcome:
         started_wall, started = utc_now(), time.perf_counter()
@@ -260,7 +284,7 @@ class Runner:
             errors = list(result.validation_errors)
         if error is None:
             try:
-                errors += self._export_and_validate(stage, config, outputs)
+                errors += self._export_and_validate(stage, config, outputs, key, hit)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
         passed = error is None and not errors

@@ -69,3 +69,34 @@ def square(ctx: StageContext) -> StageResult:
 MAKE = Stage("make", "1", MakeConfig, (), (NUMBERS,), make_numbers)
 SQUARE = Stage("square", "1", SquareConfig, ("numbers",), (SQUARES,), square)
 STAGES = [MAKE, SQUARE]
+
+
+class ExportConfig(BaseModel):
+    forbidden: str = "k9999"  # a key the firewall rejects if it shows up in the export
+
+
+def export_numbers(ctx: StageContext) -> StageResult:
+    numbers = ctx.table("numbers")
+    return StageResult(
+        tables={"exported": numbers, "quarantine": QUARANTINE.schema.empty_table()},
+        records_in=numbers.num_rows,
+        records_out=numbers.num_rows,
+    )
+
+
+def materialize(ctx):  # type: ignore[no-untyped-def]
+    CALLS["materialize"] += 1
+    out = ctx.export_dir / "numbers" / "rows.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(ctx.table("exported")["key"].to_pylist()) + "\n")
+
+
+def validate(ctx):  # type: ignore[no-untyped-def]
+    CALLS["validate"] += 1
+    text = (ctx.export_dir / "numbers" / "rows.txt").read_text()
+    return [f"forbidden key {ctx.config.forbidden}"] if ctx.config.forbidden in text.split() else []
+
+
+EXPORTED = TableSpec("exported", NumberRow, ("key",))
+EXPORT = Stage("export", "1", ExportConfig, ("numbers",), (EXPORTED,), export_numbers,
+               materialize=materialize, validate=validate)
