@@ -61,6 +61,40 @@ class ScoreRow(_Row):
     outcome_note: str | None
 
 
+class ConversationRow(_Row):
+    """A task as an OpenAI/TRL conversation, built once by score for every export."""
+
+    task_id: str
+    session_id: str
+    prompt_number: int
+    source_kind: str
+    prompt: str = Field(description="JSON: the prompt messages (one user message).")
+    completion: str = Field(
+        description="JSON: the agent's messages after the prompt (active branch, thinking kept)."
+    )
+    tool_names: list[str] = Field(description="Distinct tools called, in first-use order.")
+    n_messages: int
+    n_tool_calls: int
+    n_assistant_turns: int
+    has_thinking: bool
+    copied_context: bool = Field(description="Compaction summary or copied history inside.")
+    truncated_args: bool = Field(description="A call's input was truncated by collect.")
+    final_answer: str = Field(description="The last assistant message's text when it has no call.")
+    max_arg_chars: int = Field(description="Longest string argument value over the calls.")
+    max_repeated_line: int = Field(description="Most repeats of one line inside an argument value.")
+    empty_args_tool: str | None = Field(description="First call missing a required argument.")
+    cap_category: str = Field(description="Dominant tool (or Bash command) category.")
+    steps: str = Field(description="JSON list of {tool, args} (key arguments) for every call.")
+    files_touched: list[str]
+    secret_kinds: list[str] = Field(description="Secret kinds found in the conversation's strings.")
+    template_token: str | None = Field(description="First chat-template token found, if any.")
+    json_digests: list[str] = Field(
+        description="xxh3-128 of the prompt, completion and prompt + completion JSON (firewall lookups)."
+    )
+    text_digest: str = Field(description="xxh3-128 of the normalised text (exact duplicates).")
+    minhash: list[int] = Field(description="One-permutation MinHash signature (near duplicates).")
+
+
 class SftRow(_Row):
     row_id: str = Field(description="H(task_id, 'sft'): one row per task.")
     task_id: str
@@ -130,6 +164,8 @@ class ToolSchemaRow(_Row):
 SCORING_TABLES = {
     "tasks": TableSpec("tasks", TaskRow, ("session_id", "prompt_number", "task_id")),
     "scores": TableSpec("scores", ScoreRow, ("session_id", "prompt_number", "task_id")),
+    "conversations": TableSpec("conversations", ConversationRow, ("session_id", "prompt_number", "task_id")),
+    "tool_specs": TableSpec("tool_specs", ToolSchemaRow, ("source_kind", "name")),
 }
 SFT = TableSpec("sft", SftRow, ("split", "session_id", "task_id"))
 TOOL_SCHEMAS = TableSpec("tool_schemas", ToolSchemaRow, ("source_kind", "name"))

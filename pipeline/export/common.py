@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.core.hashing import digest_json
-from pipeline.core.stage import StageContext
+from pipeline.core.stage import ExportContext, StageContext
 from schemas.records import QUARANTINE
 from schemas.tables import TableSpec, from_rows
 
@@ -29,8 +31,22 @@ def row_id(*parts: str) -> str:
     return digest_json(list(parts))
 
 
-def frame(ctx: StageContext, name: str) -> pl.DataFrame:
-    return pl.from_arrow(ctx.table(name))  # type: ignore[return-value]
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file as a table. ``pq.ParquetFile`` rather than ``pq.read_table``: the
+    latter imports pyarrow.dataset (and pandas), ~0.2 s the first stage would pay."""
+    return pq.ParquetFile(path).read(columns=columns)
+
+
+def input_table(ctx: StageContext, name: str, columns: list[str] | None = None) -> pa.Table:
+    return read_table(ctx.path(name), columns)
+
+
+def output_table(ctx: ExportContext, name: str) -> pa.Table:
+    return read_table(ctx.path(name))
+
+
+def frame(ctx: StageContext, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+    return pl.from_arrow(input_table(ctx, name, columns))  # type: ignore[return-value]
 
 
 def dumps(obj: Any) -> str:

@@ -2,10 +2,22 @@
 
 Resumed and forked sessions copy whole conversations into new files, so one piece of
 work can appear many times; training on 200 copies of it weights it 200-fold. Exact
-duplicates share the xxh3 of their normalised text; near duplicates are found with
-MinHash LSH (datasketch) over character 8-gram shingles. Shingle hashing is vectorised
-in numpy over the UTF-8 bytes (no per-shingle Python call) and seeded, so the same
-input always collapses the same way. The first item in the caller's order is kept.
+duplicates share the xxh3 of their normalised text; near duplicates share enough of their
+character 8-gram shingles (MinHash estimate >= threshold, LSH banding for candidates).
+
+Signatures are computed for a whole batch at once in numpy, and by score for every
+conversation (exports reuse them unless they change a row or the signature settings):
+
+* texts are normalised as bytes (ASCII case and whitespace runs folded, trimmed);
+* shingles are the 8-byte windows of the normalised text (first ``max_chars`` bytes), hashed with one multiply; texts of 2 KiB and more keep a content-defined
+  1/8 of their shingles (hash below 2^61), which preserves Jaccard in expectation;
+* the signature is one-permutation MinHash: a second mix spreads each kept shingle over
+  ``num_perm`` bins and each bin keeps its minimum, O(shingles) rather than
+  O(shingles x num_perm); empty bins borrow the next non-empty bin (rotation
+  densification) so short texts are not "similar" by sharing empty bins.
+
+The seed enters both hashes, so the same input always collapses the same way. The first
+item in the caller's order is kept; a near duplicate is matched against kept items only.
 """
 
 from __future__ import annotations
@@ -14,48 +26,165 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
-from datasketch import MinHash, MinHashLSH
 from pydantic import BaseModel, ConfigDict, Field
 
-_MERSENNE = np.uint64((1 << 61) - 1)
-_MAX32 = np.uint64((1 << 32) - 1)
 SHINGLE = 8
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.split()).lower()
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads 8-byte windows over the 64-bit space."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def shingle_hashes(text: str, max_chars: int) -> np.ndarray:
-    data = text[:max_chars].encode("utf-8")
-    if len(data) < SHINGLE:
-        data = data.ljust(SHINGLE, b"\0")
-    raw = np.frombuffer(data, dtype=np.uint8)
-    windows = np.lib.stride_tricks.sliding_window_view(raw, SHINGLE)
-    packed = windows.copy().view("<u8").reshape(-1)
-    hashes = _mix(packed) & _MAX32
-    # Keep a fixed 1/8 of the shingle space (mod sampling): Jaccard is preserved in
-    # expectation and the signature costs an eighth. Short texts keep every shingle.
-    sampled = hashes[(hashes & np.uint64(7)) == 0]
-    return np.unique(sampled if sampled.size >= 256 else hashes)
-
+DENSE_BYTES = 2048  # shorter texts keep every shingle
+_C1 = np.uint64(0x9E3779B97F4A7C15)
+_C2 = np.uint64(0xBF58476D1CE4E5B9)
+_C3 = np.uint64(0x94D049BB133111EB)
+_SAMPLE = np.uint64(1 << 61)
+_MAX32 = np.uint64(0xFFFFFFFF)
+_EMPTY = np.uint64(1 << 32)
+_CHUNK_BYTES = 1 << 18  # texts are signed in ~256 KB batches: arrays stay in cache
 
 
 class DedupeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(0.85, gt=0, le=1, description="MinHash LSH Jaccard threshold.")
-    num_perm: int = Field(64, ge=16, description="MinHash permutations.")
-    seed: int = Field(1, description="MinHash seed (deterministic).")
+    num_perm: int = Field(64, ge=16, description="MinHash bins (one-permutation hashing).")
+    seed: int = Field(1, description="Hash seed (deterministic).")
     max_chars: int = Field(12_000, ge=100, description="Characters of each text shingled.")
+
+    def signature_params(self) -> tuple[int, int, int]:
+        return (self.num_perm, self.seed, self.max_chars)
+
+
+# Score signs every conversation with these; an export with other settings re-signs.
+DEFAULT_SIGNATURE = DedupeConfig().signature_params()
+
+
+# Byte map for normalisation: ASCII upper case to lower, ASCII whitespace (and the
+# \x1c-\x1f separators Python's str.split also splits on) to a space.
+_FOLD = np.arange(256, dtype=np.uint8)
+_FOLD[65:91] += 32
+_FOLD[[9, 10, 11, 12, 13, 28, 29, 30, 31]] = 32
+_SPACE = 32
+
+
+def _normalise(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fold case and whitespace runs, trim; returns (bytes, new ends) of the texts.
+
+    ``" ".join(text.split()).lower()`` for ASCII; non-ASCII bytes are compared as they are.
+    A space is kept when the next byte of its text is not a space (so trailing runs go)
+    and it is not the last space of a leading run.
+    """
+    folded = _FOLD[data]
+    space = folded == _SPACE
+    next_space = np.empty_like(space)
+    next_space[:-1] = space[1:]
+    if len(next_space):
+        next_space[-1] = True
+    nonempty = ends > starts
+    next_space[ends[nonempty] - 1] = True
+    keep = ~space | ~next_space
+    if not len(data):
+        return folded, np.zeros(len(starts), dtype=np.int64)
+    for i in np.flatnonzero(nonempty & space[np.minimum(starts, len(space) - 1)]).tolist():
+        run = int(np.argmin(space[starts[i] : ends[i]]))  # leading spaces (0: all spaces)
+        if run:
+            keep[starts[i] + run - 1] = False
+    counts = np.zeros(len(starts), dtype=np.int64)
+    if nonempty.any():
+        counts[nonempty] = np.add.reduceat(keep.view(np.uint8), starts[nonempty], dtype=np.int64)
+    return folded[keep], np.cumsum(counts)
+
+
+def dedupe_keys(texts: list[str], num_perm: int, seed: int, max_chars: int) -> tuple[list[str], np.ndarray]:
+    """(exact digest, MinHash signature) per text: xxh3-128 of the normalised text, and the
+    signature of its first ``max_chars`` normalised bytes."""
+    digests: list[str] = []
+    sigs = np.empty((len(texts), num_perm), dtype=np.uint32)
+    start = size = 0
+    for i, text in enumerate(texts):
+        size += len(text)
+        if size >= _CHUNK_BYTES or i == len(texts) - 1:
+            chunk_digests, sigs[start : i + 1] = _keys_chunk(texts[start : i + 1], num_perm, seed, max_chars)
+            digests += chunk_digests
+            start, size = i + 1, 0
+    return digests, sigs
+
+
+def _keys_chunk(texts: list[str], num_perm: int, seed: int, max_chars: int) -> tuple[list[str], np.ndarray]:
+    encoded = [t.encode("utf-8") for t in texts]
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    ends = np.cumsum(lengths)
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    norm, new_ends = _normalise(data, ends - lengths, ends)
+    buf = norm.tobytes()
+    bounds = [0, *new_ends.tolist()]
+    pieces = [buf[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
+    digests = [xxhash.xxh3_128_hexdigest(p) for p in pieces]
+    return digests, _sign_chunk([p[:max_chars] for p in pieces], num_perm, seed)
+
+
+def normalise(text: str) -> str:
+    """The normalisation dedupe applies, for one text (tests, debugging)."""
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    norm, _ = _normalise(data, np.array([0]), np.array([len(data)]))
+    return norm.tobytes().decode("utf-8", errors="replace")
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _C2
+        x = (x ^ (x >> np.uint64(27))) * _C3
+        return x ^ (x >> np.uint64(31))
+
+
+def _seed_word(seed: int) -> np.uint64:
+    return np.uint64(xxhash.xxh3_64_intdigest(f"minhash:{seed}".encode()))
+
+
+def _sign_chunk(texts: list[bytes], num_perm: int, seed: int) -> np.ndarray:
+    blobs = [t.ljust(SHINGLE, b"\0") for t in texts]
+    lengths = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs))
+    ends = np.cumsum(lengths)
+    data = np.frombuffer(b"".join(blobs) + b"\0" * SHINGLE, dtype=np.uint8)
+    # Every byte offset's 8-byte window as one little-endian word (an unaligned view).
+    hashed = np.ndarray(shape=(int(ends[-1]),), dtype="<u8", buffer=data, strides=(1,)).copy()
+    with np.errstate(over="ignore"):
+        hashed ^= _seed_word(seed)
+        hashed *= _C1
+    keep = hashed < _SAMPLE
+    dense = lengths < DENSE_BYTES
+    if dense.any():
+        keep |= np.repeat(dense, lengths)
+    for k in range(1, SHINGLE):  # windows running past their text's end
+        keep[ends - k] = False
+    pos = np.flatnonzero(keep)
+    owner = np.searchsorted(ends, pos, side="right")
+    mixed = _mix(hashed[pos] ^ _seed_word(seed + 1))
+    bins = (mixed >> np.uint64(32)) % np.uint64(num_perm)
+    flat = np.full(len(texts) * num_perm, _EMPTY, dtype=np.uint64)
+    np.minimum.at(flat, owner * num_perm + bins.astype(np.int64), mixed & _MAX32)
+    return _densify(flat.reshape(len(texts), num_perm))
+
+
+def _densify(sig: np.ndarray) -> np.ndarray:
+    """Empty bins take the next non-empty bin's value (circularly), offset by distance."""
+    empty = sig == _EMPTY
+    if empty.any():
+        filled = sig.copy()
+        todo = empty.copy()
+        for step in range(1, sig.shape[1]):
+            if not todo.any():
+                break
+            source = np.roll(sig, -step, axis=1)
+            take = todo & (source != _EMPTY)
+            filled[take] = (source[take] + np.uint64(step * 0x9E3779B1)) & _MAX32
+            todo &= ~take
+        filled[todo] = 0  # an empty text: all bins equal, so empty texts match each other
+        sig = filled
+    return sig.astype(np.uint32)
+
+
+def lsh_bands(num_perm: int) -> tuple[int, int]:
+    """(bands, rows): 8-row bands, leaning to recall (a pair at Jaccard 0.85 shares a band
+    with probability 0.92, at 0.92 with 0.997); every candidate is verified."""
+    rows = 8
+    return max(1, num_perm // rows), rows
 
 
 @dataclass
@@ -65,52 +194,50 @@ class DedupeResult:
     near: dict[str, str] = field(default_factory=dict)
 
 
+def collapse(ids: list[str], digests: list[str], sigs: np.ndarray, threshold: float) -> DedupeResult:
+    """Keep-first: an item is an exact duplicate of a kept item with its digest, else a near
+    duplicate of the first kept item (by id) sharing an LSH band with Jaccard >= threshold."""
+    result = DedupeResult()
+    if not ids:
+        return result
+    bands, rows = lsh_bands(sigs.shape[1])
+    keys = [np.ascontiguousarray(sigs[:, b * rows : (b + 1) * rows]).view(f"V{4 * rows}").ravel().tolist()
+            for b in range(bands)]
+    buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
+    seen: dict[str, str] = {}
+    for i, (item_id, dig) in enumerate(zip(ids, digests, strict=True)):
+        if dig in seen:
+            result.exact[item_id] = seen[dig]
+            continue
+        seen[dig] = item_id
+        candidates: set[int] = set()
+        for b in range(bands):
+            candidates.update(buckets[b].get(keys[b][i], ()))
+        match = None
+        for j in sorted(candidates, key=lambda k: ids[k]):
+            if float(np.mean(sigs[i] == sigs[j])) >= threshold:
+                match = ids[j]
+                break
+        if match is not None:
+            result.near[item_id] = match
+            continue
+        for b in range(bands):
+            buckets[b].setdefault(keys[b][i], []).append(i)
+        result.kept.append(item_id)
+    return result
+
+
 class Deduper:
-    @classmethod
-    def from_config(cls, config: DedupeConfig) -> Deduper:
-        return cls(config.threshold, config.num_perm, config.seed, config.max_chars)
+    """Signs and collapses raw texts in one call (for texts score has not signed)."""
 
-    def __init__(self, threshold: float, num_perm: int, seed: int, max_chars: int) -> None:
-        self.threshold = threshold
-        self.num_perm = num_perm
-        self.seed = seed
-        self.max_chars = max_chars
-        self._perms = MinHash(num_perm=num_perm, seed=seed, scheme="legacy").permutations
-        a, b = self._perms
-        self._a = np.asarray(a, dtype=np.uint64)
-        self._b = np.asarray(b, dtype=np.uint64)
+    def __init__(self, config: DedupeConfig) -> None:
+        self.config = config
 
-    def signature(self, text: str) -> MinHash:
-        hv = shingle_hashes(text, self.max_chars).reshape(-1, 1)
-        with np.errstate(over="ignore"):
-            phv = ((hv * self._a + self._b) % _MERSENNE) & _MAX32
-        values = phv.min(axis=0)
-        return MinHash(num_perm=self.num_perm, seed=self.seed, hashvalues=values, scheme="legacy",
-                       permutations=self._perms)
+    def sign(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        c = self.config
+        return dedupe_keys(texts, c.num_perm, c.seed, c.max_chars)
 
     def run(self, items: list[tuple[str, str]]) -> DedupeResult:
         """``items`` = (id, text) in keep-first order."""
-        result = DedupeResult()
-        seen: dict[str, str] = {}
-        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        signatures: dict[str, MinHash] = {}
-        for item_id, text in items:
-            norm = normalise(text)
-            digest = xxhash.xxh3_128_hexdigest(norm.encode("utf-8"))
-            if digest in seen:
-                result.exact[item_id] = seen[digest]
-                continue
-            seen[digest] = item_id
-            sig = self.signature(norm)
-            match = None
-            for other in sorted(lsh.query(sig)):
-                if sig.jaccard(signatures[other]) >= self.threshold:
-                    match = other
-                    break
-            if match is not None:
-                result.near[item_id] = match
-                continue
-            lsh.insert(item_id, sig)
-            signatures[item_id] = sig
-            result.kept.append(item_id)
-        return result
+        digests, sigs = self.sign([text for _, text in items])
+        return collapse([i for i, _ in items], digests, sigs, self.config.threshold)

@@ -2,21 +2,37 @@
 
 The stages filter before writing; these checks run again on the written Parquet and
 JSONL (``validate`` hooks), so a bug, a hand edit or a planted row fails the stage
-instead of reaching a trainer. The secret rescan is fail-closed: without collect's
-redaction patterns the check reports an error rather than passing silently.
+instead of reaching a trainer.
+
+Secrets are looked for **per string value** (message content, reasoning, tool names,
+argument keys and values): a secret lives inside one string, and a row's strings are a
+subset of its conversation's strings whatever an export removes (skip-listed tools,
+thinking), so a conversation score found clean stays clean in every export. The scan
+uses only collect's public redaction API: ``Redactor(fold_home=False).redact_many`` as
+a batch screen (one RE2 pass over all strings; with home folding off, a string comes
+back changed exactly when ``find_secrets`` finds something in it), then ``find_secrets``
+on the changed strings for their kinds. Without that API the check fails closed.
+
+Validation stays cheap without trusting the run: each written JSONL file must be
+byte-identical to the canonical rendering of the re-read Parquet table (one comparison;
+otherwise every file row is parsed and checked on its own), and each JSON field is
+either byte-identical to a conversation score scanned and found clean (a digest lookup
+against the re-read ``conversations`` table) or parsed and scanned in full.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
 
 from pipeline.export.common import Quarantine
-from pipeline.export.conversation import Conversation, conversation_text
 
 # Chat-template control tokens of the common open model families. Inside content they
 # either forge turns when rendered or (Qwen3's </think>) split a message in two.
@@ -45,18 +61,43 @@ def _find_secrets() -> Callable[[str], list[tuple[str, int, int]]]:
     return find_secrets  # type: ignore[no-any-return]
 
 
-def secret_kinds(text: str) -> list[str]:
-    """Kinds of secrets collect's redaction patterns find in ``text`` (sorted, distinct)."""
-    if not text:
-        return []
-    return sorted({kind for kind, _, _ in _find_secrets()(text)})
+def _screen() -> Callable[[Sequence[str | None]], list[str | None]] | None:
+    """collect's public batch redaction, used as a screen; None when it is not there."""
+    try:
+        from pipeline.collect.redact import Redactor
+    except ImportError:
+        return None
+    redact_many = getattr(Redactor(fold_home=False), "redact_many", None)
+    return redact_many if callable(redact_many) else None
 
 
-def template_token(text: str, tokens: Iterable[str] = TEMPLATE_TOKENS) -> str | None:
-    for token in tokens:
-        if token in text:
-            return token
-    return None
+def secret_kinds_many(texts: Sequence[str]) -> list[list[str]]:
+    """Sorted distinct secret kinds per text (collect's patterns), screened in one batch."""
+    find = _find_secrets()
+    screen = _screen()
+    if screen is None:  # no batch screen: every text goes through find_secrets
+        flagged: Iterable[int] = range(len(texts))
+    else:
+        screened = screen(list(texts))
+        flagged = [i for i, (a, b) in enumerate(zip(texts, screened, strict=True)) if a != b]
+    kinds: list[list[str]] = [[] for _ in texts]
+    for i in flagged:
+        if texts[i]:
+            kinds[i] = sorted({kind for kind, _, _ in find(texts[i])})
+    return kinds
+
+
+def first_tokens(texts: Sequence[str], tokens: Sequence[str]) -> list[str | None]:
+    """Per text, the first of ``tokens`` (in their order) it contains; one RE2 pass."""
+    found: list[str | None] = [None] * len(texts)
+    if not texts or not tokens:
+        return found
+    pattern = "|".join(re.escape(t) for t in tokens)
+    hits = pc.match_substring_regex(pa.array(texts, type=pa.large_string()), pattern).to_pylist()
+    for i, hit in enumerate(hits):
+        if hit:
+            found[i] = next(t for t in tokens if t in texts[i])
+    return found
 
 
 def walk_strings(value: Any) -> Iterator[str]:
@@ -72,17 +113,178 @@ def walk_strings(value: Any) -> Iterator[str]:
             yield from walk_strings(item)
 
 
-def content_strings(messages: list[dict[str, Any]]) -> Iterator[str]:
-    """Strings a trainer would tokenize: content, reasoning, tool names and arguments."""
+def content_strings(messages: Any) -> Iterator[str]:
+    """Strings a trainer would tokenize: content, reasoning, tool names and arguments.
+
+    A value that is not a message list (a planted or tools field) yields all its strings.
+    """
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        yield from walk_strings(messages)
+        return
     for message in messages:
         for key in ("content", "reasoning_content"):
             value = message.get(key)
             if isinstance(value, str):
                 yield value
         for call in message.get("tool_calls") or []:
-            function = call.get("function", {})
+            function = call.get("function", {}) if isinstance(call, dict) else {}
             yield from walk_strings(function.get("name"))
             yield from walk_strings(function.get("arguments"))
+
+
+def _message_strings(messages: list[dict[str, Any]], out: list[str]) -> None:
+    """content_strings for well-formed messages, appended to ``out`` (the hot path)."""
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        reasoning = message.get("reasoning_content")
+        if isinstance(reasoning, str):
+            out.append(reasoning)
+        for call in message.get("tool_calls") or ():
+            function = call["function"]
+            out.append(function["name"])
+            args = function["arguments"]
+            if isinstance(args, dict):
+                for key, value in args.items():
+                    out.append(key)
+                    if isinstance(value, str):
+                        out.append(value)
+                    else:
+                        out.extend(walk_strings(value))
+            else:
+                out.extend(walk_strings(args))
+
+
+class StringScan:
+    """Secret kinds and template tokens of many string groups, each distinct string once.
+
+    Groups share one flat list; the batch screen runs over the distinct strings and,
+    when none is flagged (the usual case), no group is looked at again.
+    """
+
+    def __init__(self, tokens: Sequence[str] = TEMPLATE_TOKENS) -> None:
+        self.tokens = tuple(tokens)
+        self._strings: list[str] = []
+        self._bounds: list[int] = [0]
+
+    def add(self, strings: Iterable[str]) -> int:
+        self._strings.extend(strings)
+        self._bounds.append(len(self._strings))
+        return len(self._bounds) - 2
+
+    def add_messages(self, messages: list[dict[str, Any]]) -> int:
+        """A conversation built by this package (fast path; ``add(content_strings(...))``
+        for anything read back from disk)."""
+        _message_strings(messages, self._strings)
+        self._bounds.append(len(self._strings))
+        return len(self._bounds) - 2
+
+    def text(self, group: int) -> str:
+        """The group's non-empty strings joined by newlines: what dedupe compares."""
+        return "\n".join([x for x in self._strings[self._bounds[group] : self._bounds[group + 1]] if x])
+
+    def results(self) -> list[tuple[list[str], str | None]]:
+        """(secret kinds, first template token) per group, in add order."""
+        unique = [u for u in set(self._strings) if u]
+        unique.sort()  # deterministic batches
+        kinds = secret_kinds_many(unique)
+        found = first_tokens(unique, self.tokens)
+        flagged = {u: (k, t) for u, k, t in zip(unique, kinds, found, strict=True) if k or t}
+        n_groups = len(self._bounds) - 1
+        if not flagged:
+            return [([], None)] * n_groups
+        rank = {t: i for i, t in enumerate(self.tokens)}
+        out: list[tuple[list[str], str | None]] = []
+        for g in range(n_groups):
+            hits = [flagged[x] for x in self._strings[self._bounds[g] : self._bounds[g + 1]] if x in flagged]
+            k = sorted({kind for kinds_, _ in hits for kind in kinds_})
+            toks = [t for _, t in hits if t is not None]
+            out.append((k, min(toks, key=lambda t: rank[t]) if toks else None))
+        return out
+
+
+def json_digest(value: str | bytes) -> str:
+    """xxh3-128 of a stored JSON value's UTF-8 bytes."""
+    return xxhash.xxh3_128_hexdigest(value.encode("utf-8") if isinstance(value, str) else value)
+
+
+class FieldScan:
+    """Firewall scan of written fields: each distinct value parsed (when JSON) and its
+    strings scanned once. Callers leave out values already known clean (see
+    ``inputs.known_clean_mask``)."""
+
+    def __init__(self, tokens: Sequence[str] = TEMPLATE_TOKENS) -> None:
+        self.scan = StringScan(tokens)
+        self.items: list[tuple[str, str, str, int, bool]] = []
+        self._groups: dict[Any, int] = {}  # a repeated value is parsed once
+
+    def add(self, where: str, key: str, field_name: str, value: Any, check_tokens: bool = True) -> None:
+        memo = value if isinstance(value, str) else None
+        if memo is not None and memo in self._groups:
+            group = self._groups[memo]
+        else:
+            parsed = value
+            if isinstance(value, str):
+                try:
+                    parsed = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    parsed = value
+            group = self.scan.add(content_strings(parsed))
+            if memo is not None:
+                self._groups[memo] = group
+        self.items.append((where, key, field_name, group, check_tokens))
+
+    def add_text(self, where: str, key: str, field_name: str, text: str | None, check_tokens: bool) -> None:
+        """A plain text field (not JSON): scanned as one string."""
+        self.items.append((where, key, field_name, self.scan.add([text or ""]), check_tokens))
+
+    def errors(self) -> list[str]:
+        results = self.scan.results()
+        out = []
+        for where, key, field_name, group, check in self.items:
+            kinds, token = results[group]
+            if kinds:
+                out.append(f"{where}: {key}: secret ({', '.join(kinds)}) in {field_name}")
+            if check and token:
+                out.append(f"{where}: {key}: template token {token!r} in {field_name}")
+        return out
+
+
+# --- JSONL files ------------------------------------------------------------------------
+
+
+def render_jsonl(table: pa.Table, json_fields: Sequence[str]) -> bytes:
+    """One sorted-key object a line; JSON-string columns embedded as real JSON.
+
+    The stored strings are already compact sorted-key JSON, so they go in verbatim
+    (``orjson.Fragment``, as UTF-8 bytes straight from Arrow): the line equals dumping the
+    parsed value, without parsing it or decoding it to Python text.
+    """
+    for name in json_fields:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, table.column(i).cast(pa.large_binary()))
+    rows = table.to_pylist()
+    lines = []
+    for row in rows:
+        for name in json_fields:
+            value = row[name]
+            row[name] = orjson.Fragment(value) if value else None
+        lines.append(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
+    return b"".join(line + b"\n" for line in lines)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Atomic JSONL write (sorted keys, one object a line); returns the row count."""
+    lines = [orjson.dumps(row, option=orjson.OPT_SORT_KEYS) for row in rows]
+    write_bytes(path, b"".join(line + b"\n" for line in lines))
+    return len(lines)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    from pipeline.core.store import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -93,102 +295,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def scan_texts(
-    texts: list[str], tokens: Iterable[str] = TEMPLATE_TOKENS, check_tokens: bool = True
-) -> tuple[list[list[str]], list[str | None]]:
-    """Secret kinds and first template token per text, vectorised over the batch.
-
-    collect's own RE2 gate (the one find_secrets applies to long texts) runs once over
-    the whole batch; only texts it cannot rule out go through find_secrets itself.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    find = _find_secrets()
-    candidates: Iterable[int] = range(len(texts))
-    from pipeline.collect import redact
-
-    gate, min_len = getattr(redact, "_SECRET_RE2", None), getattr(redact, "_RE2_MIN_LEN", None)
-    if isinstance(gate, str) and isinstance(min_len, int):
-        long_ids = [i for i, t in enumerate(texts) if len(t) >= min_len]
-        keep = set(range(len(texts))) - set(long_ids)
-        if long_ids:
-            arr = pa.array([texts[i] for i in long_ids], type=pa.large_string())
-            maybe = pc.match_substring_regex(arr, gate).to_pylist()
-            keep |= {i for i, hit in zip(long_ids, maybe, strict=True) if hit}
-        candidates = sorted(keep)
-    kinds: list[list[str]] = [[] for _ in texts]
-    for i in candidates:
-        if texts[i]:
-            kinds[i] = sorted({kind for kind, _, _ in find(texts[i])})
-    found: list[str | None] = [None] * len(texts)
-    tokens = tuple(tokens)
-    if check_tokens and texts and tokens:
-        arr = pa.array(texts, type=pa.large_string())
-        pattern = "|".join(re.escape(t) for t in tokens)
-        hits = pc.match_substring_regex(arr, pattern).to_pylist()
-        for i, hit in enumerate(hits):
-            if hit:
-                found[i] = template_token(texts[i], tokens)
-    return kinds, found
+def file_matches(path: Path, expected: bytes) -> bool:
+    """The written file holds exactly the canonical rendering of the table."""
+    return path.read_bytes() == expected
 
 
-def field_text(value: Any) -> str:
-    """The text of one row field: message strings for conversations, else its JSON text."""
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
-        return "\n".join(content_strings(value))
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
-
-
-class ViolationScan:
-    """Collects (where, row, field, value) and reports secrets and template tokens at once."""
-
-    def __init__(self, tokens: Iterable[str] = TEMPLATE_TOKENS) -> None:
-        self.tokens = tuple(tokens)
-        self.items: list[tuple[str, str, str, bool]] = []
-        self.texts: list[str] = []
-
-    def add(self, where: str, key: str, values: dict[str, Any], check_tokens: bool = True) -> None:
-        for field_name, value in values.items():
-            self.items.append((where, key, field_name, check_tokens))
-            self.texts.append(field_text(value))
-
-    def errors(self) -> list[str]:
-        # The table and the files hold the same values: scan each distinct text once.
-        unique = sorted(set(self.texts))
-        kinds_u, tokens_u = scan_texts(unique, self.tokens)
-        index = {text: i for i, text in enumerate(unique)}
-        kinds = [kinds_u[index[t]] for t in self.texts]
-        tokens = [tokens_u[index[t]] for t in self.texts]
-        out = []
-        for (where, key, field_name, check_tokens), k, token in zip(self.items, kinds, tokens, strict=True):
-            if k:
-                out.append(f"{where}: {key}: secret ({', '.join(k)}) in {field_name}")
-            if check_tokens and token:
-                out.append(f"{where}: {key}: template token {token!r} in {field_name}")
-        return out
-
-
-def screen(convs: list[Conversation], quarantine: Quarantine, tokens: list[str]) -> list[Conversation]:
-    """Set aside rows with chat-template tokens or secrets (one batched scan)."""
-    kinds, found = scan_texts([conversation_text(c.messages) for c in convs], tokens)
-    kept = []
-    for conv, k, token in zip(convs, kinds, found, strict=True):
+def screen_quarantine(
+    ids: list[tuple[str, str]], kinds: list[list[str]], tokens: list[str | None], quarantine: Quarantine
+) -> list[bool]:
+    """Quarantine rows with a template token or a secret; returns the keep mask."""
+    keep = []
+    for (task_id, session_id), k, token in zip(ids, kinds, tokens, strict=True):
         if token:
-            quarantine.add("template_token_in_content", conv.task_id, conv.session_id, token)
+            quarantine.add("template_token_in_content", task_id, session_id, token)
         elif k:
-            quarantine.add("secret_detected", conv.task_id, conv.session_id, ",".join(k))
-        else:
-            kept.append(conv)
-    return kept
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Atomic JSONL write (sorted keys, one object a line); returns the row count."""
-    from pipeline.core.store import atomic_write_bytes
-
-    lines = [orjson.dumps(row, option=orjson.OPT_SORT_KEYS) for row in rows]
-    atomic_write_bytes(path, b"".join(line + b"\n" for line in lines))
-    return len(lines)
+            quarantine.add("secret_detected", task_id, session_id, ",".join(k))
+        keep.append(not token and not k)
+    return keep

@@ -13,6 +13,7 @@ import shlex
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -177,21 +178,35 @@ def missing_required(args: dict[str, Any], required: Iterable[str]) -> bool:
     return False
 
 
-def _string_values(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _string_values(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _string_values(v)
+def _string_values(value: Any) -> list[str]:
+    """Every string value (not key) inside a JSON value; iterative, no generator frames."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return out
 
 
 def max_repeated_line(args: dict[str, Any]) -> int:
     """Highest count of one non-blank line inside any string argument value."""
+    return _max_repeat(_string_values(args))
+
+
+def arg_stats(args: dict[str, Any]) -> tuple[int, int]:
+    """(max_value_chars, max_repeated_line) in one walk over the argument values."""
+    texts = _string_values(args)
+    return max((len(t) for t in texts), default=0), _max_repeat(texts)
+
+
+def _max_repeat(texts: list[str]) -> int:
     best = 0
-    for text in _string_values(args):
+    for text in texts:
         if text.count("\n") < 3:
             continue
         counts: dict[str, int] = defaultdict(int)
@@ -221,13 +236,25 @@ def shell_command_text(name: str, args: dict[str, Any]) -> str | None:
     return cmd if isinstance(cmd, str) else None
 
 
+_SHLEX_SPECIAL = re.compile(r"[\"'\\#\x0b\x0c\x1c-\x1f\x85\xa0]|[^\x00-\x7f]")
+
+
+def _split_words(segment: str) -> list[str]:
+    """``shlex.split(segment, comments=True)``; plain ASCII without quotes, escapes or
+    comments splits the same on whitespace, which is most commands and far cheaper."""
+    if _SHLEX_SPECIAL.search(segment) is None:
+        return segment.split()
+    try:
+        return shlex.split(segment, comments=True)
+    except ValueError:
+        return segment.split()
+
+
+@lru_cache(maxsize=1 << 16)
 def first_command_token(command: str) -> str:
     """First non-flag, non-assignment token of the first command (``cd x &&`` skipped)."""
     for segment in re.split(r"&&|\|\||;|\n", command):
-        try:
-            tokens = shlex.split(segment, comments=True)
-        except ValueError:
-            tokens = segment.split()
+        tokens = _split_words(segment)
         tokens = [t for t in tokens if not t.startswith("-") and not _ENV_ASSIGN.match(t)]
         if not tokens:
             continue
@@ -267,10 +294,17 @@ def key_args(name: str, args: dict[str, Any], limit: int = 200) -> dict[str, Any
     return out
 
 
-def files_touched(name: str, args: dict[str, Any]) -> list[str]:
-    """Files a call wrote: edit tools' paths and apply_patch headers (also via shell)."""
+def files_touched(name: str, args: dict[str, Any], values: list[str] | None = None) -> list[str]:
+    """Files a call wrote: edit tools' paths and apply_patch headers (also via shell).
+    ``values`` = ``_string_values(args)`` when the caller already has them."""
     if name in EDIT_TOOLS:
         path = args.get("file_path", args.get("notebook_path"))
         return [path] if isinstance(path, str) and path else []
-    texts = [t for t in _string_values(args) if "*** " in t]
+    texts = [t for t in (values if values is not None else _string_values(args)) if "*** " in t]
     return [m.strip() for text in texts for m in _PATCH_FILE.findall(text) if m.strip()]
+
+
+def call_stats(name: str, args: dict[str, Any]) -> tuple[int, int, list[str]]:
+    """(max_value_chars, max_repeated_line, files_touched) in one walk over the values."""
+    texts = _string_values(args)
+    return max((len(t) for t in texts), default=0), _max_repeat(texts), files_touched(name, args, texts)

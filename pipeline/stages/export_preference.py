@@ -16,6 +16,7 @@ from itertools import combinations
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
@@ -24,15 +25,36 @@ from pipeline.export.common import (
     SCORER_VERSION,
     Quarantine,
     dumps,
+    frame,
     loads,
+    output_table,
     row_id,
-    to_table,
 )
-from pipeline.export.conversation import Conversation, conversation_text
-from pipeline.export.dedupe import DedupeConfig, Deduper
-from pipeline.export.firewall import TEMPLATE_TOKENS, ViolationScan, read_jsonl, screen, write_jsonl
-from pipeline.export.inputs import EXPORT_INPUTS, ExportInputs, load_inputs, split_known
+from pipeline.export.dedupe import DEFAULT_SIGNATURE, DedupeConfig
+from pipeline.export.firewall import (
+    TEMPLATE_TOKENS,
+    FieldScan,
+    file_matches,
+    json_digest,
+    read_jsonl,
+    render_jsonl,
+    screen_quarantine,
+    write_bytes,
+)
+from pipeline.export.inputs import (
+    COMPLETION,
+    EXPORT_INPUTS,
+    PROMPT,
+    ExportInputs,
+    dedupe_rows,
+    known_clean_mask,
+    load_inputs,
+    run_conversations,
+    select_candidates,
+    transform_rows,
+)
 from schemas.datasets import KTO, PREFERENCE
+from schemas.tables import TableSpec
 
 # (chosen, rejected) category pairs in priority order.
 PAIRINGS = (("accepted", "rejected"), ("accepted", "partially_accepted"))
@@ -56,13 +78,14 @@ def normalise_prompt(text: str) -> str:
     return _WS.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
 
 
-def pair_groups(inputs: ExportInputs, usable: set[str], min_chars: int) -> list[tuple[str, list[str]]]:
+def pair_groups(tasks: pl.DataFrame, branches: pl.DataFrame | None, usable: set[str],
+                min_chars: int) -> list[tuple[str, list[str]]]:
     """(pair_source, task_ids) groups of tasks that share their prompt context."""
-    tasks = inputs.attached.tasks.filter(pl.col("task_id").is_in(list(usable)))
+    tasks = tasks.filter(pl.col("task_id").is_in(sorted(usable)))
     groups: list[tuple[str, list[str]]] = []
-    if inputs.branches is not None and inputs.branches.height:
+    if branches is not None and branches.height:
         by_prompt = tasks.select("session_id", pl.col("prompt_message_id").alias("child_message_id"), "task_id")
-        sib = inputs.branches.join(by_prompt, on=["session_id", "child_message_id"], how="inner")
+        sib = branches.join(by_prompt, on=["session_id", "child_message_id"], how="inner")
         for _, part in sorted(sib.group_by("session_id", "parent_message_id"), key=lambda g: str(g[0])):
             ids = sorted(set(part["task_id"].to_list()))
             if len(ids) > 1:
@@ -94,50 +117,73 @@ def candidate_pairs(groups: list[tuple[str, list[str]]], category: dict[str, str
     return [(a, b, source) for _, _, a, b, source in ranked]
 
 
+_CONV_COLUMNS = ["source_kind", "prompt", "completion", "tool_names", "n_messages", "n_assistant_turns",
+                 "has_thinking", "copied_context", "secret_kinds", "template_token", "text_digest", "minhash",
+                 "json_digests"]
+
+
 def run(ctx: StageContext) -> StageResult:
     config: ExportPreferenceConfig = ctx.config  # type: ignore[assignment]
     quarantine = Quarantine("export-preference")
     filtered: Counter[str] = Counter()
-    inputs = load_inputs(ctx)
-    scored = inputs.scores.select("task_id", "session_id", "category")
-    category = dict(zip(scored["task_id"].to_list(), scored["category"].to_list(), strict=True))
-    candidates = split_known(inputs, scored["task_id"].to_list(), quarantine)
-    convs = inputs.conversations(set(candidates), config.keep_thinking)
-    order = inputs.attached.tasks.filter(pl.col("task_id").is_in(candidates)).sort("session_id", "prompt_number")
-    checked: list[Conversation] = []
-    for task_id in order["task_id"].to_list():
-        conv = convs[task_id]
-        if conv.n_assistant_turns == 0:
-            quarantine.add("empty_content", task_id, conv.session_id, "no assistant turn")
-        elif conv.copied_context:
-            quarantine.add("copied_context", task_id, conv.session_id, None)
+    inputs = load_inputs(ctx, _CONV_COLUMNS)
+    candidates = select_candidates(inputs, None, quarantine)
+    # The JSON halves stay in Arrow: output columns are gathered from them with `take`,
+    # never copied through Python strings (they are most of the stage's bytes).
+    halves = candidates.select("prompt", "completion").to_arrow()
+    params_differ = config.dedupe.signature_params() != DEFAULT_SIGNATURE
+    rows = candidates.drop("prompt", "completion").with_row_index("_i").to_dicts()
+    rows, _ = transform_rows(rows, inputs, config.keep_thinking, set(), TEMPLATE_TOKENS,
+                             rebuild_all=params_differ, halves=halves)
+    halves = _rebuilt_halves(rows, halves)
+    for row in rows:
+        row["completion_digest"] = (json_digest(halves["completion"][row["_i"]].as_py()) if row["rebuilt"]
+                                    else row["json_digests"][COMPLETION])
+    checked = []
+    for row in rows:
+        if row["n_assistant_turns"] == 0:
+            quarantine.add("empty_content", row["task_id"], row["session_id"], "no assistant turn")
+        elif row["copied_context"]:
+            quarantine.add("copied_context", row["task_id"], row["session_id"], None)
         else:
-            checked.append(conv)
-    usable = screen(checked, quarantine, list(TEMPLATE_TOKENS))
-    dd = Deduper.from_config(config.dedupe).run([(c.task_id, conversation_text(c.messages)) for c in usable])
+            checked.append(row)
+    keep = screen_quarantine([(r["task_id"], r["session_id"]) for r in checked],
+                             [r["secret_kinds"] for r in checked], [r["template_token"] for r in checked],
+                             quarantine)
+    usable = [r for r, ok in zip(checked, keep, strict=True) if ok]
+    dd = dedupe_rows(usable, config.dedupe)
     filtered["exact_duplicate"] += len(dd.exact)
     filtered["near_duplicate"] += len(dd.near)
-    kept = {c.task_id: c for c in usable if c.task_id in set(dd.kept)}
-    pairs_out, used = _pairs(inputs, kept, category, config, quarantine, filtered)
+    kept_ids = set(dd.kept)
+    kept = {r["task_id"]: r for r in usable if r["task_id"] in kept_ids}
+    category = dict(zip(inputs.scores["task_id"].to_list(), inputs.scores["category"].to_list(), strict=True))
+    tasks = frame(ctx, "tasks", columns=["task_id", "session_id", "prompt_message_id", "prompt_text", "cwd"])
+    branches = frame(ctx, "branches") if "branches" in ctx.inputs else None
+    groups = pair_groups(tasks, branches, set(kept), config.min_prompt_chars)
+    pairs_out, used = _pairs(inputs, groups, kept, category, config, quarantine, filtered)
     kto_rows = []
     if config.kto:
-        for conv in kept.values():
-            if category[conv.task_id] in ("accepted", "rejected"):
-                used.add(conv.task_id)
-                kto_rows.append(_kto_row(inputs, conv, category[conv.task_id]))
+        for row in kept.values():
+            if category[row["task_id"]] in ("accepted", "rejected"):
+                used.add(row["task_id"])
+                kto_rows.append(_kto_row(inputs, row, category[row["task_id"]]))
     filtered["no_pair_or_label"] += sum(1 for t in kept if t not in used)
-    n_candidates = len(pairs_out) + sum(v for k, v in filtered.items() if k == "pair_cap") + sum(
+    n_candidates = len(pairs_out) + filtered["pair_cap"] + sum(
         v for k, v in quarantine.counts.items() if k in ("invalid_preference_pairing", "self_pairing")
     )
+    pref_json = {"prompt": ("prompt", "_chosen_i"), "chosen": ("completion", "_chosen_i"),
+                 "rejected": ("completion", "_rejected_i")}
+    kto_json = {"prompt": ("prompt", "_i"), "completion": ("completion", "_i")}
     return StageResult(
-        tables={"preference": to_table(PREFERENCE, pairs_out), "kto": to_table(KTO, kto_rows),
+        tables={"preference": _table(PREFERENCE, pairs_out, halves, pref_json),
+                "kto": _table(KTO, kto_rows, halves, kto_json),
                 "quarantine": quarantine.table()},
-        records_in=scored.height + n_candidates,
+        records_in=inputs.scores.height + n_candidates,
         records_out=len(used) + len(pairs_out),
         quarantined=dict(quarantine.counts),
         filtered={k: v for k, v in filtered.items() if v},
         stats={
-            "tasks": scored.height,
+            "tasks": inputs.scores.height,
             "candidate_pairs": n_candidates,
             "pairs": len(pairs_out),
             "pair_sources": dict(sorted(Counter(p["pair_source"] for p in pairs_out).items())),
@@ -147,22 +193,47 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-def _pairs(inputs: ExportInputs, kept: dict[str, Conversation], category: dict[str, str],
-           config: ExportPreferenceConfig, quarantine: Quarantine,
+def _rebuilt_halves(rows: list[dict[str, Any]], halves: pa.Table) -> pa.Table:
+    """Halves with the rebuilt rows' JSON in place of the stored one (rare: non-default
+    thinking or dedupe settings)."""
+    if not any(r["rebuilt"] for r in rows):
+        return halves
+    prompts, completions = halves["prompt"].to_pylist(), halves["completion"].to_pylist()
+    for r in rows:
+        if r["rebuilt"]:
+            prompts[r["_i"]], completions[r["_i"]] = dumps(r["messages"][:1]), dumps(r["messages"][1:])
+    return pa.table({"prompt": pa.array(prompts, pa.large_string()),
+                     "completion": pa.array(completions, pa.large_string())})
+
+
+def _table(spec: TableSpec, rows: list[dict[str, Any]], halves: pa.Table,
+           json_columns: dict[str, tuple[str, str]]) -> pa.Table:
+    """Scalar columns from the rows; JSON columns gathered from the halves by row index."""
+    arrays = []
+    for f in spec.schema:
+        if f.name in json_columns:
+            source, index = json_columns[f.name]
+            taken = halves[source].take(pa.array([r[index] for r in rows], pa.int64()))
+            arrays.append(taken.cast(f.type).combine_chunks())
+        else:
+            arrays.append(pa.array([r[f.name] for r in rows], type=f.type))
+    return pa.Table.from_arrays(arrays, schema=spec.schema)
+
+
+def _pairs(inputs: ExportInputs, groups: list[tuple[str, list[str]]], kept: dict[str, dict[str, Any]],
+           category: dict[str, str], config: ExportPreferenceConfig, quarantine: Quarantine,
            filtered: Counter[str]) -> tuple[list[dict[str, Any]], set[str]]:
-    groups = pair_groups(inputs, set(kept), config.min_prompt_chars)
     per_task: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     used: set[str] = set()
     for chosen_id, rejected_id, source in candidate_pairs(groups, category):
-        pair_id = row_id(chosen_id, rejected_id)
         chosen, rejected = kept[chosen_id], kept[rejected_id]
-        chosen_json, rejected_json = dumps(chosen.completion_messages()), dumps(rejected.completion_messages())
         if chosen_id == rejected_id:
-            quarantine.add("self_pairing", pair_id, chosen.session_id, chosen_id)
+            quarantine.add("self_pairing", row_id(chosen_id, rejected_id), chosen["session_id"], chosen_id)
             continue
-        if chosen_json == rejected_json or not chosen.completion_messages() or not rejected.completion_messages():
-            quarantine.add("invalid_preference_pairing", pair_id, chosen.session_id,
+        if (chosen["completion_digest"] == rejected["completion_digest"]
+                or chosen["n_messages"] <= 1 or rejected["n_messages"] <= 1):
+            quarantine.add("invalid_preference_pairing", row_id(chosen_id, rejected_id), chosen["session_id"],
                            "identical or empty completions")
             continue
         if per_task[chosen_id] >= config.max_pairs_per_task or per_task[rejected_id] >= config.max_pairs_per_task:
@@ -171,13 +242,11 @@ def _pairs(inputs: ExportInputs, kept: dict[str, Conversation], category: dict[s
         per_task[chosen_id] += 1
         per_task[rejected_id] += 1
         used |= {chosen_id, rejected_id}
-        names = chosen.tool_names + rejected.tool_names
         rows.append({
-            "pair_id": pair_id,
-            "prompt": dumps(chosen.prompt_messages()),
-            "chosen": chosen_json,
-            "rejected": rejected_json,
-            "tools": dumps(inputs.tools_for(chosen.source_kind, names)),
+            "pair_id": row_id(chosen_id, rejected_id),
+            "_chosen_i": chosen["_i"],
+            "_rejected_i": rejected["_i"],
+            "tools": inputs.tools_json(chosen["source_kind"], chosen["tool_names"] + rejected["tool_names"]),
             "chosen_task_id": chosen_id,
             "rejected_task_id": rejected_id,
             "chosen_category": category[chosen_id],
@@ -188,16 +257,15 @@ def _pairs(inputs: ExportInputs, kept: dict[str, Conversation], category: dict[s
     return rows, used
 
 
-def _kto_row(inputs: ExportInputs, conv: Conversation, category: str) -> dict[str, Any]:
+def _kto_row(inputs: ExportInputs, row: dict[str, Any], category: str) -> dict[str, Any]:
     return {
-        "row_id": row_id(conv.task_id, "kto"),
-        "task_id": conv.task_id,
-        "session_id": conv.session_id,
+        "row_id": row_id(row["task_id"], "kto"),
+        "_i": row["_i"],
+        "task_id": row["task_id"],
+        "session_id": row["session_id"],
         "category": category,
         "label": category == "accepted",
-        "prompt": dumps(conv.prompt_messages()),
-        "completion": dumps(conv.completion_messages()),
-        "tools": dumps(inputs.tools_for(conv.source_kind, conv.tool_names)),
+        "tools": inputs.tools_json(row["source_kind"], row["tool_names"]),
         "scorer_version": SCORER_VERSION,
     }
 
@@ -210,72 +278,99 @@ _JSON_FIELDS = {"preference": ("prompt", "chosen", "rejected", "tools"),
 
 def materialize(ctx: ExportContext) -> None:
     for name, fields in _JSON_FIELDS.items():
-        rows = [{**r, **{f: loads(r[f]) for f in fields}} for r in ctx.table(name).to_pylist()]
-        write_jsonl(ctx.export_dir / "preference" / f"{name}.jsonl", rows)
+        path = ctx.export_dir / "preference" / f"{name}.jsonl"
+        write_bytes(path, render_jsonl(output_table(ctx, name), fields))
 
 
 def _as_json(value: Any) -> Any:
     return loads(value) if isinstance(value, str) else value
 
 
+def _check_rows(name: str, where: str, rows: list[dict[str, Any]], ids: set[str],
+                config: ExportPreferenceConfig, scan: FieldScan,
+                known: dict[str, list[bool]] | None = None) -> list[str]:
+    """Row checks for one source; ``known[field]`` marks values byte-identical to the
+    conversation score built (and scanned clean) for the row's task: not rescanned."""
+    errors: list[str] = []
+    fields = _JSON_FIELDS[name]
+    key_field = "pair_id" if name == "preference" else "row_id"
+    per_task: Counter[str] = Counter()
+    seen: set[str] = set()
+    known = known or {}
+    for i, r in enumerate(rows):
+        key = str(r.get(key_field) or "?")
+        if key in seen:
+            errors.append(f"{where}: {key}: duplicate id")
+        seen.add(key)
+        if key not in ids:
+            errors.append(f"{where}: {key}: row not in the {name} table")
+        for f in fields:
+            if not (f in known and known[f][i]):
+                scan.add(where, key, f, r.get(f))
+        if name == "preference":
+            errors += _check_pair(where, key, r)
+            per_task.update([str(r.get("chosen_task_id")), str(r.get("rejected_task_id"))])
+        elif bool(r.get("label")) != (r.get("category") == "accepted") or r.get("category") not in (
+            "accepted", "rejected"
+        ):
+            errors.append(f"{where}: {key}: label {r.get('label')!r} for {r.get('category')!r}")
+    errors += [f"{where}: task {t} in {n} pairs (max {config.max_pairs_per_task})"
+               for t, n in sorted(per_task.items()) if n > config.max_pairs_per_task]
+    return errors
+
+
 def validate(ctx: ExportContext) -> list[str]:
     config: ExportPreferenceConfig = ctx.config  # type: ignore[assignment]
     errors: list[str] = []
-    scan = ViolationScan()
+    scan = FieldScan()
+    conv = run_conversations(ctx)
     for name, fields in _JSON_FIELDS.items():
-        table_rows = ctx.table(name).to_pylist()
-        path = ctx.export_dir / "preference" / f"{name}.jsonl"
-        sources = {f"table {name}": table_rows}
-        if path.exists():
-            sources[path.name] = read_jsonl(path)
-            if len(sources[path.name]) != len(table_rows):
-                errors.append(f"{path.name} holds {len(sources[path.name])} rows, the table {len(table_rows)}")
-        else:
-            errors.append(f"missing export file {path}")
+        table = output_table(ctx, name)
+        table_rows = table.to_pylist()
         key_field = "pair_id" if name == "preference" else "row_id"
         ids = {r[key_field] for r in table_rows}
-        for where, rows in sources.items():
-            per_task: Counter[str] = Counter()
-            seen: set[str] = set()
-            for r in rows:
-                key = str(r.get(key_field) or "?")
-                # Table rows are scanned as their JSON text; file rows as parsed objects.
-                values = {f: r.get(f) for f in fields}
-                if key in seen:
-                    errors.append(f"{where}: {key}: duplicate id")
-                seen.add(key)
-                if key not in ids:
-                    errors.append(f"{where}: {key}: row not in the {name} table")
-                scan.add(where, key, values)
-                if name == "preference":
-                    errors += _check_pair(where, key, r, values)
-                    per_task.update([str(r.get("chosen_task_id")), str(r.get("rejected_task_id"))])
-                elif bool(r.get("label")) != (r.get("category") == "accepted") or r.get("category") not in (
-                    "accepted", "rejected"
-                ):
-                    errors.append(f"{where}: {key}: label {r.get('label')!r} for {r.get('category')!r}")
-            errors += [f"{where}: task {t} in {n} pairs (max {config.max_pairs_per_task})"
-                       for t, n in sorted(per_task.items()) if n > config.max_pairs_per_task]
+        errors += _check_rows(name, f"table {name}", table_rows, ids, config, scan,
+                              _known(name, table, conv))
+        path = ctx.export_dir / "preference" / f"{name}.jsonl"
+        if not path.exists():
+            errors.append(f"missing export file {path}")
+        elif not file_matches(path, render_jsonl(table, fields)):
+            rows = read_jsonl(path)
+            if len(rows) != len(table_rows):
+                errors.append(f"{path.name} holds {len(rows)} rows, the table {len(table_rows)}")
+            errors += _check_rows(name, path.name, rows, ids, config, scan)
     return errors + scan.errors()
 
 
-def _check_pair(where: str, key: str, r: dict[str, Any], values: dict[str, Any]) -> list[str]:
+def _known(name: str, table: pa.Table, conv: dict[str, list[str]] | None) -> dict[str, list[bool]]:
+    if name == "preference":
+        return {"prompt": known_clean_mask(table, conv, "prompt", "chosen_task_id", PROMPT),
+                "chosen": known_clean_mask(table, conv, "chosen", "chosen_task_id", COMPLETION),
+                "rejected": known_clean_mask(table, conv, "rejected", "rejected_task_id", COMPLETION)}
+    return {"prompt": known_clean_mask(table, conv, "prompt", "task_id", PROMPT),
+            "completion": known_clean_mask(table, conv, "completion", "task_id", COMPLETION)}
+
+
+def _check_pair(where: str, key: str, r: dict[str, Any]) -> list[str]:
     errors = []
     if not r.get("chosen_task_id") or not r.get("rejected_task_id"):
         errors.append(f"{where}: {key}: missing provenance")
     if r.get("chosen_task_id") == r.get("rejected_task_id"):
         errors.append(f"{where}: {key}: self-pair on task {r.get('chosen_task_id')}")
-    if dumps(_as_json(values["chosen"])) == dumps(_as_json(values["rejected"])):
+    chosen, rejected = r.get("chosen"), r.get("rejected")
+    same = chosen == rejected if isinstance(chosen, str) and isinstance(rejected, str) else (
+        dumps(_as_json(chosen)) == dumps(_as_json(rejected)))
+    if same:
         errors.append(f"{where}: {key}: chosen and rejected are identical")
-    chosen, rejected = r.get("chosen_category"), r.get("rejected_category")
-    if (chosen, rejected) not in PAIRINGS:
-        errors.append(f"{where}: {key}: pairing {chosen!r} over {rejected!r} is not allowed")
+    pairing = (r.get("chosen_category"), r.get("rejected_category"))
+    if pairing not in PAIRINGS:
+        errors.append(f"{where}: {key}: pairing {pairing[0]!r} over {pairing[1]!r} is not allowed")
     return errors
 
 
 STAGE = Stage(
     name="export-preference",
-    version="1.0.0",
+    version="1.1.0",
     config_model=ExportPreferenceConfig,
     inputs=EXPORT_INPUTS,
     outputs=(PREFERENCE, KTO),

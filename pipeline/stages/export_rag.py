@@ -10,17 +10,30 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
-from pipeline.export.common import SCORER_VERSION, Quarantine, dumps, loads, row_id, to_table
-from pipeline.export.conversation import Conversation
+from pipeline.export.common import (
+    SCORER_VERSION,
+    Quarantine,
+    dumps,
+    frame,
+    loads,
+    output_table,
+    row_id,
+)
 from pipeline.export.dedupe import DedupeConfig, Deduper
-from pipeline.export.firewall import ViolationScan, read_jsonl, scan_texts, write_jsonl
-from pipeline.export.inputs import EXPORT_INPUTS, load_inputs, split_known
-from pipeline.export.tools import files_touched, key_args
+from pipeline.export.firewall import (
+    FieldScan,
+    file_matches,
+    read_jsonl,
+    render_jsonl,
+    secret_kinds_many,
+    write_bytes,
+)
+from pipeline.export.inputs import EXPORT_INPUTS, load_inputs, select_candidates
 from schemas.datasets import RAG
+from schemas.tables import from_columns
 
 PLAYBOOKS = "playbooks.jsonl"
 
@@ -40,16 +53,10 @@ def allowed_categories(include_review: bool) -> set[str]:
     return base | {"needs_human_review"} if include_review else base
 
 
-def playbook(conv: Conversation, max_steps: int) -> tuple[list[dict[str, Any]], list[str]]:
-    steps = [{"tool": name, "args": key_args(name, args)} for name, args in conv.calls]
+def truncate_steps(steps: list[dict[str, Any]], max_steps: int) -> list[dict[str, Any]]:
     if len(steps) > max_steps:
-        steps = steps[:max_steps] + [{"tool": "…", "args": {"more_steps": len(steps) - max_steps}}]
-    touched: list[str] = []
-    for name, args in conv.calls:
-        for path in files_touched(name, args):
-            if path not in touched:
-                touched.append(path)
-    return steps, touched
+        return steps[:max_steps] + [{"tool": "…", "args": {"more_steps": len(steps) - max_steps}}]
+    return steps
 
 
 def render(prompt: str, steps: list[dict[str, Any]], touched: list[str], answer: str) -> str:
@@ -67,60 +74,54 @@ def run(ctx: StageContext) -> StageResult:
     config: ExportRagConfig = ctx.config  # type: ignore[assignment]
     quarantine = Quarantine("export-rag")
     filtered: Counter[str] = Counter()
-    inputs = load_inputs(ctx)
-    allowed = allowed_categories(config.include_review)
-    candidates, category_of = [], {}
-    for task_id, session_id, category in inputs.scores.select("task_id", "session_id", "category").iter_rows():
-        category_of[task_id] = category
-        if category in allowed:
-            candidates.append(task_id)
-        else:
-            quarantine.add("category_disallowed", task_id, session_id, category)
-    candidates = split_known(inputs, candidates, quarantine)
-    convs = inputs.conversations(set(candidates), keep_thinking=False)
-    tasks = inputs.attached.tasks.filter(pl.col("task_id").is_in(candidates)).sort("session_id", "prompt_number")
+    inputs = load_inputs(ctx, ["source_kind", "copied_context", "final_answer", "steps", "files_touched"])
+    candidates = select_candidates(inputs, allowed_categories(config.include_review), quarantine)
+    tasks = frame(ctx, "tasks", columns=["task_id", "source_file", "cwd", "prompt_text"])
+    candidates = candidates.join(tasks, on="task_id", how="left")  # type: ignore[arg-type]
+    candidates = candidates.sort("session_id", "prompt_number", "task_id")
     docs: list[dict[str, Any]] = []
-    for task in tasks.iter_rows(named=True):
-        conv = convs[task["task_id"]]
-        steps, touched = playbook(conv, config.max_steps)
-        if not task["source_file"] or not task["session_id"]:
-            quarantine.add("missing_provenance", task["task_id"], task["session_id"], "no source_file")
+    for task in candidates.to_dicts():
+        task_id, session_id = task["task_id"], task["session_id"]
+        steps = loads(task["steps"])
+        if not task["source_file"] or not session_id:
+            quarantine.add("missing_provenance", task_id, session_id, "no source_file")
             continue
-        if not task["prompt_text"].strip() or (not conv.final_answer.strip() and not steps):
-            quarantine.add("empty_content", task["task_id"], task["session_id"], "no answer and no steps")
+        prompt, answer = task["prompt_text"] or "", task["final_answer"]
+        if not prompt.strip() or (not answer.strip() and not steps):
+            quarantine.add("empty_content", task_id, session_id, "no answer and no steps")
             continue
-        if conv.copied_context:
-            quarantine.add("copied_context", task["task_id"], task["session_id"], None)
+        if task["copied_context"]:
+            quarantine.add("copied_context", task_id, session_id, None)
             continue
-        text = render(task["prompt_text"], steps, touched, conv.final_answer)
+        steps = truncate_steps(steps, config.max_steps)
+        touched = list(task["files_touched"])
         docs.append({
-            "doc_id": row_id(task["task_id"], "rag"),
-            "task_id": task["task_id"],
-            "session_id": task["session_id"],
+            "doc_id": row_id(task_id, "rag"),
+            "task_id": task_id,
+            "session_id": session_id,
             "source_file": task["source_file"],
             "source_kind": task["source_kind"],
-            "category": category_of[task["task_id"]],
+            "category": task["category"],
             "scorer_version": SCORER_VERSION,
             "cwd": task["cwd"],
-            "prompt": task["prompt_text"],
+            "prompt": prompt,
             "steps": dumps(steps),
             "files_touched": touched,
-            "final_answer": conv.final_answer,
-            "text": text,
+            "final_answer": answer,
+            "text": render(prompt, steps, touched, answer),
         })
-    kinds, _ = scan_texts([d["text"] for d in docs], check_tokens=False)
+    kinds = secret_kinds_many([d["text"] for d in docs])
     for doc, k in zip(docs, kinds, strict=True):
         if k:
             quarantine.add("secret_detected", doc["task_id"], doc["session_id"], ",".join(k))
     docs = [d for d, k in zip(docs, kinds, strict=True) if not k]
-    deduper = Deduper(config.dedupe.threshold, config.dedupe.num_perm, config.dedupe.seed,
-                      config.dedupe.max_chars)
-    dd = deduper.run([(d["task_id"], d["text"]) for d in docs])
+    dd = Deduper(config.dedupe).run([(d["task_id"], d["text"]) for d in docs])
     filtered["exact_duplicate"] += len(dd.exact)
     filtered["near_duplicate"] += len(dd.near)
     docs = [d for d in docs if d["task_id"] not in dd.exact and d["task_id"] not in dd.near]
     return StageResult(
-        tables={"rag": to_table(RAG, docs), "quarantine": quarantine.table()},
+        tables={"rag": from_columns(RAG, {n: [d[n] for d in docs] for n in RAG.schema.names}),
+                "quarantine": quarantine.table()},
         records_in=inputs.scores.height,
         records_out=len(docs),
         quarantined=dict(quarantine.counts),
@@ -133,46 +134,52 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def materialize(ctx: ExportContext) -> None:
-    rows = [{**r, "steps": loads(r["steps"])} for r in ctx.table("rag").to_pylist()]
-    write_jsonl(ctx.export_dir / "rag" / PLAYBOOKS, rows)
+    write_bytes(ctx.export_dir / "rag" / PLAYBOOKS, render_jsonl(output_table(ctx, "rag"), ("steps",)))
+
+
+def _check_rows(where: str, rows: list[dict[str, Any]], allowed: set[str], ids: set[str],
+                scan: FieldScan) -> list[str]:
+    errors: list[str] = []
+    seen: set[str] = set()
+    for r in rows:
+        key = str(r.get("doc_id") or r.get("task_id") or "?")
+        if r.get("category") == "rejected" or r.get("category") not in allowed:
+            errors.append(f"{where}: {key}: category {r.get('category')!r} not allowed in RAG")
+        if not (r.get("task_id") and r.get("session_id") and r.get("source_file")):
+            errors.append(f"{where}: {key}: missing provenance")
+        if key in seen:
+            errors.append(f"{where}: {key}: duplicate doc_id")
+        seen.add(key)
+        if key not in ids:
+            errors.append(f"{where}: {key}: row not in the rag table")
+        scan.add_text(where, key, "text", r.get("text"), check_tokens=False)
+        scan.add_text(where, key, "prompt", r.get("prompt"), check_tokens=False)
+    return errors
 
 
 def validate(ctx: ExportContext) -> list[str]:
     config: ExportRagConfig = ctx.config  # type: ignore[assignment]
     allowed = allowed_categories(config.include_review)
     errors: list[str] = []
-    scan = ViolationScan()
-    table_rows = ctx.table("rag").to_pylist()
-    path = ctx.export_dir / "rag" / PLAYBOOKS
-    sources = {"table rag": table_rows}
-    if path.exists():
-        sources[PLAYBOOKS] = read_jsonl(path)
-    else:
-        errors.append(f"missing export file {path}")
+    scan = FieldScan()
+    table = output_table(ctx, "rag")
+    table_rows = table.to_pylist()
     ids = {r["doc_id"] for r in table_rows}
-    for where, rows in sources.items():
-        seen: set[str] = set()
-        for r in rows:
-            key = str(r.get("doc_id") or r.get("task_id") or "?")
-            if r.get("category") == "rejected" or r.get("category") not in allowed:
-                errors.append(f"{where}: {key}: category {r.get('category')!r} not allowed in RAG")
-            if not (r.get("task_id") and r.get("session_id") and r.get("source_file")):
-                errors.append(f"{where}: {key}: missing provenance")
-            if key in seen:
-                errors.append(f"{where}: {key}: duplicate doc_id")
-            seen.add(key)
-            if key not in ids:
-                errors.append(f"{where}: {key}: row not in the rag table")
-            scan.add(where, key, {"text": r.get("text"), "prompt": r.get("prompt")}, check_tokens=False)
-    errors += scan.errors()
-    if PLAYBOOKS in sources and len(sources[PLAYBOOKS]) != len(table_rows):
-        errors.append(f"{PLAYBOOKS} holds {len(sources[PLAYBOOKS])} rows, the table {len(table_rows)}")
-    return errors
+    errors += _check_rows("table rag", table_rows, allowed, ids, scan)
+    path = ctx.export_dir / "rag" / PLAYBOOKS
+    if not path.exists():
+        errors.append(f"missing export file {path}")
+    elif not file_matches(path, render_jsonl(table, ("steps",))):
+        rows = read_jsonl(path)
+        errors += _check_rows(PLAYBOOKS, rows, allowed, ids, scan)
+        if len(rows) != len(table_rows):
+            errors.append(f"{PLAYBOOKS} holds {len(rows)} rows, the table {len(table_rows)}")
+    return errors + scan.errors()
 
 
 STAGE = Stage(
     name="export-rag",
-    version="1.0.0",
+    version="1.1.0",
     config_model=ExportRagConfig,
     inputs=EXPORT_INPUTS,
     outputs=(RAG,),

@@ -11,31 +11,47 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
-from pipeline.export.common import SCORER_VERSION, Quarantine, dumps, loads, row_id, to_table
-from pipeline.export.conversation import (
-    Conversation,
-    conversation_text,
-    dominant_category,
-    strip_tools,
+from pipeline.export.common import (
+    SCORER_VERSION,
+    Quarantine,
+    dumps,
+    input_table,
+    loads,
+    output_table,
+    read_table,
+    row_id,
 )
-from pipeline.export.dedupe import DedupeConfig, Deduper
+from pipeline.export.conversation import join_messages
+from pipeline.export.dedupe import DEFAULT_SIGNATURE, DedupeConfig
 from pipeline.export.firewall import (
     TEMPLATE_TOKENS,
-    ViolationScan,
+    FieldScan,
+    file_matches,
     read_jsonl,
-    screen,
+    render_jsonl,
+    screen_quarantine,
+    write_bytes,
     write_jsonl,
 )
-from pipeline.export.inputs import EXPORT_INPUTS, load_inputs, split_known
-from pipeline.export.tools import max_repeated_line, max_value_chars, missing_required
+from pipeline.export.inputs import (
+    EXPORT_INPUTS,
+    MESSAGES,
+    dedupe_rows,
+    known_clean_mask,
+    load_inputs,
+    run_conversations,
+    select_candidates,
+    transform_rows,
+)
 from schemas.datasets import SFT, TOOL_SCHEMAS
+from schemas.tables import from_columns
 
 DEFAULT_SKIP_TOOLS = [
     "TodoWrite", "TodoRead", "ExitPlanMode", "EnterPlanMode", "update_plan",
@@ -111,119 +127,121 @@ def apply_cap(categories: dict[str, str], cap: float, min_rows: int, seed: int) 
     return dropped
 
 
-def _check_row(conv: Conversation, config: ExportSftConfig, required: dict[str, list[str]],
-               source_kind: str) -> tuple[str, str, str] | None:
+def _check_row(row: dict[str, Any], config: ExportSftConfig) -> tuple[str, str, str] | None:
     """(kind, reason, detail) for the first problem of a row; kind = quarantine|filtered."""
-    if conv.n_assistant_turns == 0:
+    turns = row["n_assistant_turns"]
+    if turns == 0:
         return "quarantine", "empty_content", "no assistant turn"
-    if conv.copied_context:
+    if row["copied_context"]:
         return "quarantine", "copied_context", "compaction summary or copied history"
-    if conv.n_assistant_turns < config.min_assistant_turns:
-        return "filtered", "too_few_turns", str(conv.n_assistant_turns)
-    for name, args in conv.calls:
-        if missing_required(args, required.get(f"{source_kind}\0{name}", [])):
-            return "filtered", "empty_arguments", name
-    if conv.truncated_args or any(max_value_chars(a) > config.max_arg_chars for _, a in conv.calls):
+    if turns < config.min_assistant_turns:
+        return "filtered", "too_few_turns", str(turns)
+    if row["empty_args_tool"] is not None:
+        return "filtered", "empty_arguments", row["empty_args_tool"]
+    if row["truncated_args"] or row["max_arg_chars"] > config.max_arg_chars:
         return "filtered", "long_argument", ""
-    if any(max_repeated_line(a) > config.repeated_line_threshold for _, a in conv.calls):
+    if row["max_repeated_line"] > config.repeated_line_threshold:
         return "filtered", "repeated_lines", ""
     return None
+
+
+_CONV_COLUMNS = [
+    "source_kind", "prompt", "completion", "tool_names", "n_messages", "n_tool_calls",
+    "n_assistant_turns", "has_thinking", "copied_context", "truncated_args", "max_arg_chars",
+    "max_repeated_line", "empty_args_tool", "cap_category", "secret_kinds", "template_token",
+    "text_digest", "minhash",
+]
 
 
 def run(ctx: StageContext) -> StageResult:
     config: ExportSftConfig = ctx.config  # type: ignore[assignment]
     quarantine = Quarantine("export-sft")
     filtered: Counter[str] = Counter()
-    inputs = load_inputs(ctx)
-    schemas = inputs.schemas
-    required = {f"{k}\0{n}": v["required"] for (k, n), v in schemas.items()}
-    allowed = allowed_categories(config.include_partial)
-    scored = inputs.scores.select("task_id", "session_id", "category")
-    candidates: list[str] = []
-    category_of: dict[str, str] = {}
-    for task_id, session_id, category in scored.iter_rows():
-        category_of[task_id] = category
-        if category in allowed:
-            candidates.append(task_id)
-        else:
-            quarantine.add("category_disallowed", task_id, session_id, category)
-    candidates = split_known(inputs, candidates, quarantine)
-    convs = inputs.conversations(set(candidates), config.keep_thinking)
-    order = inputs.attached.tasks.filter(pl.col("task_id").is_in(candidates)).sort(
-        "session_id", "prompt_number"
+    inputs = load_inputs(ctx, _CONV_COLUMNS)
+    candidates = select_candidates(inputs, allowed_categories(config.include_partial), quarantine)
+    tokens = tuple(config.template_tokens)
+    params_differ = config.dedupe.signature_params() != DEFAULT_SIGNATURE
+    rows, removed_calls = transform_rows(
+        candidates.to_dicts(), inputs, config.keep_thinking, set(config.skip_tools), tokens,
+        rebuild_all=tokens != TEMPLATE_TOKENS or params_differ,
     )
-    checked: list[Conversation] = []
-    removed_calls = 0
-    for task_id in order["task_id"].to_list():
-        conv = convs[task_id]
-        removed_calls += strip_tools(conv, set(config.skip_tools))
-        problem = _check_row(conv, config, required, conv.source_kind)
+    checked = []
+    for row in rows:
+        problem = _check_row(row, config)
         if problem is None:
-            checked.append(conv)
+            checked.append(row)
         elif problem[0] == "quarantine":
-            quarantine.add(problem[1], task_id, conv.session_id, problem[2])
+            quarantine.add(problem[1], row["task_id"], row["session_id"], problem[2])
         else:
             filtered[problem[1]] += 1
-    survivors = screen(checked, quarantine, config.template_tokens)
-    deduper = Deduper(config.dedupe.threshold, config.dedupe.num_perm, config.dedupe.seed,
-                      config.dedupe.max_chars)
-    dd = deduper.run([(c.task_id, conversation_text(c.messages)) for c in survivors])
+    keep = screen_quarantine([(r["task_id"], r["session_id"]) for r in checked],
+                             [r["secret_kinds"] for r in checked], [r["template_token"] for r in checked],
+                             quarantine)
+    survivors = [r for r, ok in zip(checked, keep, strict=True) if ok]
+    dd = dedupe_rows(survivors, config.dedupe)
     filtered["exact_duplicate"] += len(dd.exact)
     filtered["near_duplicate"] += len(dd.near)
-    survivors = [c for c in survivors if c.task_id not in dd.exact and c.task_id not in dd.near]
-    cap_cats = {c.task_id: dominant_category(c) for c in survivors}
+    survivors = [r for r in survivors if r["task_id"] not in dd.exact and r["task_id"] not in dd.near]
+    cap_cats = {r["task_id"]: r["cap_category"] for r in survivors}
     capped = apply_cap(cap_cats, config.category_cap, config.cap_min_rows, config.seed)
     filtered["category_cap"] += len(capped)
-    rows = []
-    for conv in survivors:
-        if conv.task_id in capped:
+    out: dict[str, list[Any]] = {name: [] for name in SFT.schema.names}
+    for r in survivors:
+        if r["task_id"] in capped:
             continue
-        tools = inputs.tools_for(conv.source_kind, conv.tool_names)
-        rows.append({
-            "row_id": row_id(conv.task_id, "sft"),
-            "task_id": conv.task_id,
-            "session_id": conv.session_id,
-            "source_kind": conv.source_kind,
-            "category": category_of[conv.task_id],
+        if r["rebuilt"]:
+            messages = dumps(r["messages"])
+        else:
+            messages = join_messages(r["prompt"], r["completion"])
+        values = {
+            "row_id": row_id(r["task_id"], "sft"),
+            "task_id": r["task_id"],
+            "session_id": r["session_id"],
+            "source_kind": r["source_kind"],
+            "category": r["category"],
             "scorer_version": SCORER_VERSION,
-            "split": split_of(conv.session_id, config.valid_fraction, config.seed),
-            "cap_category": cap_cats[conv.task_id],
-            "messages": dumps(conv.messages),
-            "tools": dumps(tools),
-            "n_messages": len(conv.messages),
-            "n_tool_calls": conv.n_tool_calls,
-            "has_thinking": any("reasoning_content" in m for m in conv.messages),
-        })
-    schema_rows = [
-        {"name": n, "source_kind": k, "n_calls": v["n_calls"], "required": v["required"],
-         "tool_schema": dumps(v["schema"])}
-        for (k, n), v in sorted(schemas.items())
-    ]
+            "split": split_of(r["session_id"], config.valid_fraction, config.seed),
+            "cap_category": r["cap_category"],
+            "messages": messages,
+            "tools": inputs.tools_json(r["source_kind"], r["tool_names"]),
+            "n_messages": r["n_messages"],
+            "n_tool_calls": r["n_tool_calls"],
+            "has_thinking": r["has_thinking"],
+        }
+        for name, value in values.items():
+            out[name].append(value)
     warnings = []
     if not config.keep_thinking:
         warnings.append("thinking stripped (keep_thinking=false): error-recovery turns lose their reasoning")
     filtered = Counter({k: v for k, v in filtered.items() if v})
+    tool_schemas = input_table(ctx, "tool_specs")
     return StageResult(
-        tables={"sft": to_table(SFT, rows), "tool_schemas": to_table(TOOL_SCHEMAS, schema_rows),
+        tables={"sft": from_columns(SFT, out), "tool_schemas": tool_schemas,
                 "quarantine": quarantine.table()},
-        records_in=scored.height,
-        records_out=len(rows),
+        records_in=inputs.scores.height,
+        records_out=len(out["row_id"]),
         quarantined=dict(quarantine.counts),
         filtered=dict(filtered),
         stats={
             "include_partial": config.include_partial,
             "keep_thinking": config.keep_thinking,
             "warnings": warnings,
-            "splits": dict(Counter(r["split"] for r in rows)),
-            "categories": dict(Counter(r["category"] for r in rows)),
-            "cap_categories": dict(sorted(Counter(r["cap_category"] for r in rows).items())),
+            "splits": dict(Counter(out["split"])),
+            "categories": dict(Counter(out["category"])),
+            "cap_categories": dict(sorted(Counter(out["cap_category"]).items())),
             "skip_tool_calls_removed": removed_calls,
-            "tool_schemas": len(schema_rows),
+            "tool_schemas": tool_schemas.num_rows,
         },
     )
 
 
 # --- exports and firewall ---------------------------------------------------------------
+
+_JSON_FIELDS = ("messages", "tools")
+
+
+def _split(table: pa.Table, split: str) -> pa.Table:
+    return table.filter(pc.equal(table["split"], split))
 
 
 def _jsonl_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -232,13 +250,13 @@ def _jsonl_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def materialize(ctx: ExportContext) -> None:
     out = ctx.export_dir / "sft"
-    table = ctx.table("sft")
+    out.mkdir(parents=True, exist_ok=True)
+    table = output_table(ctx, "sft")
     for split in ("train", "valid"):
-        part = table.filter(pc.equal(table["split"], split))
-        out.mkdir(parents=True, exist_ok=True)
+        part = _split(table, split)
         pq.write_table(part, out / f"{split}.parquet", compression="zstd")
-        write_jsonl(out / f"{split}.jsonl", (_jsonl_row(r) for r in part.to_pylist()))
-    schemas = [loads(r["tool_schema"]) for r in ctx.table("tool_schemas").to_pylist()]
+        write_bytes(out / f"{split}.jsonl", render_jsonl(part, _JSON_FIELDS))
+    schemas = [loads(r) for r in output_table(ctx, "tool_schemas")["tool_schema"].to_pylist()]
     write_jsonl(out / "tool_schemas.jsonl", schemas)
 
 
@@ -251,8 +269,41 @@ def _check_messages(where: str, key: str, messages: Any) -> list[str]:
             errors.append(f"{where}: {key}: bad message {str(m)[:80]}")
             continue
         for call in m.get("tool_calls") or []:
-            if not isinstance(call.get("function", {}).get("arguments"), dict):
+            if not isinstance(call, dict) or not isinstance(call.get("function", {}).get("arguments"), dict):
                 errors.append(f"{where}: {key}: tool call arguments are not an object")
+    return errors
+
+
+def _check_rows(where: str, rows: list[dict[str, Any]], allowed: set[str], table_ids: set[str],
+                scan: FieldScan, sides: dict[str, set[str]], known: list[bool] | None = None) -> list[str]:
+    """Row checks for one source (the table, or a file that differs from it). ``known``
+    marks rows whose messages are byte-identical to a conversation score built and scanned
+    clean: well formed by construction, so neither parsed nor rescanned."""
+    errors: list[str] = []
+    seen: set[str] = set()
+    is_file = where.endswith((".jsonl", ".parquet"))
+    known = known or [False] * len(rows)
+    for r, is_known in zip(rows, known, strict=True):
+        key = str(r.get("row_id") or r.get("task_id") or "?")
+        if r.get("category") not in allowed:
+            errors.append(f"{where}: {key}: category {r.get('category')!r} not allowed in SFT")
+        if not r.get("task_id") or not r.get("session_id"):
+            errors.append(f"{where}: {key}: missing provenance")
+        if key in seen:
+            errors.append(f"{where}: {key}: duplicate row_id")
+        seen.add(key)
+        if key not in table_ids:
+            errors.append(f"{where}: {key}: row not in the sft table")
+        split = r.get("split")
+        if is_file and not where.startswith(str(split)):
+            errors.append(f"{where}: {key}: split {split!r} in the wrong file")
+        sides[str(r.get("session_id"))].add(str(split))
+        messages = r.get("messages")
+        if not is_known:
+            parsed = loads(messages) if isinstance(messages, str) else messages
+            errors += _check_messages(where, key, parsed)
+            scan.add(where, key, "messages", messages)
+        scan.add(where, key, "tools", r.get("tools"))
     return errors
 
 
@@ -260,44 +311,35 @@ def validate(ctx: ExportContext) -> list[str]:
     config: ExportSftConfig = ctx.config  # type: ignore[assignment]
     allowed = allowed_categories(config.include_partial)
     errors: list[str] = []
-    scan = ViolationScan(config.template_tokens)
-    table_rows = ctx.table("sft").to_pylist()
-    sources: dict[str, list[dict[str, Any]]] = {"table sft": table_rows}
-    out = ctx.export_dir / "sft"
-    for split in ("train", "valid"):
-        for suffix in ("jsonl", "parquet"):
-            path = out / f"{split}.{suffix}"
-            if not path.exists():
-                errors.append(f"missing export file {path}")
-                continue
-            if suffix == "jsonl":
-                sources[path.name] = read_jsonl(path)
-            else:
-                sources[path.name] = [_jsonl_row(r) for r in pq.read_table(path).to_pylist()]
+    tokens = tuple(config.template_tokens)
+    scan = FieldScan(tokens)
+    table = output_table(ctx, "sft")
+    table_rows = table.to_pylist()
     table_ids = {r["row_id"] for r in table_rows}
     sides: dict[str, set[str]] = defaultdict(set)
-    for where, rows in sources.items():
-        seen: set[str] = set()
-        for r in rows:
-            key = str(r.get("row_id") or r.get("task_id") or "?")
-            if r.get("category") not in allowed:
-                errors.append(f"{where}: {key}: category {r.get('category')!r} not allowed in SFT")
-            if not r.get("task_id") or not r.get("session_id"):
-                errors.append(f"{where}: {key}: missing provenance")
-            if key in seen:
-                errors.append(f"{where}: {key}: duplicate row_id")
-            seen.add(key)
-            if key not in table_ids:
-                errors.append(f"{where}: {key}: row not in the sft table")
-            split = r.get("split")
-            if where.endswith((".jsonl", ".parquet")) and not where.startswith(str(split)):
-                errors.append(f"{where}: {key}: split {split!r} in the wrong file")
-            sides[str(r.get("session_id"))].add(str(split))
-            messages = loads(r["messages"]) if isinstance(r.get("messages"), str) else r.get("messages")
-            tools = loads(r["tools"]) if isinstance(r.get("tools"), str) else r.get("tools")
-            errors += _check_messages(where, key, messages)
-            scan.add(where, key, {"messages": messages, "tools": tools})
-    n_files = sum(len(v) for k, v in sources.items() if k.endswith(".jsonl"))
+    conv = run_conversations(ctx) if tokens == TEMPLATE_TOKENS else None
+    known = known_clean_mask(table, conv, "messages", "task_id", MESSAGES)
+    errors += _check_rows("table sft", table_rows, allowed, table_ids, scan, sides, known)
+    out = ctx.export_dir / "sft"
+    n_files = 0
+    for split in ("train", "valid"):
+        part = _split(table, split)
+        jsonl, parquet = out / f"{split}.jsonl", out / f"{split}.parquet"
+        for path in (jsonl, parquet):
+            if not path.exists():
+                errors.append(f"missing export file {path}")
+        if jsonl.exists():
+            if file_matches(jsonl, render_jsonl(part, _JSON_FIELDS)):
+                n_files += part.num_rows
+            else:  # not the table's rendering: every line is checked on its own
+                rows = read_jsonl(jsonl)
+                n_files += len(rows)
+                errors += _check_rows(jsonl.name, rows, allowed, table_ids, scan, sides)
+        if parquet.exists():
+            written = read_table(parquet)
+            if not written.equals(part):
+                rows = [_jsonl_row(r) for r in written.to_pylist()]
+                errors += _check_rows(parquet.name, rows, allowed, table_ids, scan, sides)
     if n_files != len(table_rows):
         errors.append(f"sft jsonl files hold {n_files} rows, the table {len(table_rows)}")
     errors += scan.errors()
@@ -307,7 +349,7 @@ def validate(ctx: ExportContext) -> list[str]:
 
 STAGE = Stage(
     name="export-sft",
-    version="1.0.0",
+    version="1.1.0",
     config_model=ExportSftConfig,
     inputs=EXPORT_INPUTS,
     outputs=(SFT, TOOL_SCHEMAS),

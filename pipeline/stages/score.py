@@ -17,21 +17,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.core.sources import SourceFile
 from pipeline.core.stage import Stage, StageContext, StageResult
 from pipeline.export.common import SCORER_VERSION, Quarantine, frame, to_table
+from pipeline.export.conversation import CallFacts
 from pipeline.export.markers import (
     DEFAULT_CORRECTION_PATTERNS,
     INTERRUPT_MARKERS,
     compile_patterns,
     test_summary,
 )
+from pipeline.export.prepare import conversations_table, required_of, tool_specs_table
 from pipeline.export.tasks import assemble
 from pipeline.export.tools import (
     SHELL_TOOLS,
     derive_schemas,
-    max_repeated_line,
-    missing_required,
     parse_args,
 )
 from schemas.datasets import CATEGORIES, SCORING_TABLES
+
+# The stage's output version (tables and their contents); SCORER_VERSION is the rules'.
+STAGE_VERSION = "1.1.0"
 
 # Rule order is fixed; only each rule's category (or None = off) is configurable.
 RULE_ORDER = (
@@ -189,17 +192,12 @@ def read_outcomes(
 # --- markers ----------------------------------------------------------------------------
 
 
-def call_markers(calls: pl.DataFrame, config: ScoreConfig) -> pl.DataFrame:
+def call_markers(calls: pl.DataFrame, config: ScoreConfig, facts: CallFacts) -> pl.DataFrame:
     """Per-call flags that need parsed arguments or result text (one Python pass)."""
-    kinds = calls["source_kind"].to_list()
-    names = calls["name"].to_list()
-    parsed = [parse_args(s) for s in calls["input_json"].to_list()]
-    schemas = derive_schemas(zip(kinds, names, parsed, strict=True))
-    empty, repeated, passed, failed = [], [], [], []
-    for kind, name, args, result in zip(kinds, names, parsed, calls["result_text"].to_list(), strict=True):
-        required = schemas[(kind, name)]["required"]
-        empty.append(missing_required(args, required) if required else False)
-        repeated.append(max_repeated_line(args) > config.repeated_line_threshold)
+    empty = facts.missing
+    repeated = [n > config.repeated_line_threshold for n in facts.repeated]
+    passed, failed = [], []
+    for name, result in zip(facts.name, calls["result_text"].to_list(), strict=True):
         summary = test_summary(result) if name in SHELL_TOOLS else None
         passed.append(summary[0] if summary else None)
         failed.append(summary[1] if summary else None)
@@ -322,11 +320,15 @@ def decide(m: dict[str, Any], rules: dict[str, str | None]) -> tuple[str, str, l
 
 # --- stage ------------------------------------------------------------------------------
 
+# Score never needs the raw content_json (most of the messages table's bytes).
+MESSAGE_COLUMNS = ["session_id", "message_id", "parent_id", "seq", "role", "text", "thinking",
+                   "is_sidechain", "is_compact_summary"]
+
 
 def run(ctx: StageContext) -> StageResult:
     config: ScoreConfig = ctx.config  # type: ignore[assignment]
     quarantine = Quarantine("score")
-    sessions, messages = frame(ctx, "sessions"), frame(ctx, "messages")
+    sessions, messages = frame(ctx, "sessions"), frame(ctx, "messages", columns=MESSAGE_COLUMNS)
     prompts, tool_calls = frame(ctx, "prompts"), frame(ctx, "tool_calls")
     subagents = frame(ctx, "subagents")
     assembled = assemble(sessions, messages, prompts, tool_calls, subagents, quarantine)
@@ -336,7 +338,13 @@ def run(ctx: StageContext) -> StageResult:
     calls = assembled.calls.join(kinds, on="session_id", how="left").with_columns(
         pl.col("source_kind").fill_null("unknown")
     )
-    markers = task_markers(tasks, assembled.messages, call_markers(calls, config), config)
+    parsed = [parse_args(s) for s in calls["input_json"].to_list()]
+    kinds_list, names = calls["source_kind"].to_list(), calls["name"].to_list()
+    schemas = derive_schemas(zip(kinds_list, names, parsed, strict=True))
+    facts = CallFacts.of(kinds_list, names, parsed, required_of(schemas))
+    markers = task_markers(tasks, assembled.messages, call_markers(calls, config, facts), config)
+    branches = frame(ctx, "branches") if "branches" in ctx.inputs else None
+    conversations = conversations_table(tasks, assembled.messages, calls, parsed, branches, facts)
     outcomes, filtered, n_outcome_rows = read_outcomes(
         ctx.sources.get("outcomes", []), tasks, config, quarantine
     )
@@ -354,6 +362,8 @@ def run(ctx: StageContext) -> StageResult:
         tables={
             "tasks": tasks.to_arrow(),
             "scores": to_table(SCORING_TABLES["scores"], rows),
+            "conversations": conversations,
+            "tool_specs": tool_specs_table(schemas),
             "quarantine": quarantine.table(),
         },
         records_in=n_prompts + n_outcome_rows,
@@ -373,10 +383,11 @@ def run(ctx: StageContext) -> StageResult:
 
 STAGE = Stage(
     name="score",
-    version=SCORER_VERSION,
+    version=STAGE_VERSION,
     config_model=ScoreConfig,
-    inputs=("sessions", "messages", "tool_calls", "prompts", "subagents"),
-    outputs=(SCORING_TABLES["tasks"], SCORING_TABLES["scores"]),
+    inputs=("sessions", "messages", "tool_calls", "prompts", "subagents", "branches"),
+    outputs=(SCORING_TABLES["tasks"], SCORING_TABLES["scores"], SCORING_TABLES["conversations"],
+             SCORING_TABLES["tool_specs"]),
     run=run,
     source_kinds=("outcomes",),
 )
