@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -378,14 +379,29 @@ def test_no_secret_text_is_fast() -> None:
     assert mb_per_s > 15
 
 
-def test_short_string_needles_cover_every_detector() -> None:
-    """The short-string prefilter must be a superset: every match contains a needle."""
-    from pipeline.collect.redact import _NEEDLES
+_HOMES = st.sampled_from(
+    ["/home/bob", "/Users/carol/x", "C:\\Users\\dave\\y", "C:\\\\Users\\\\erin", "/srv/alice/z",
+     "/home/Shared", "/home/a/home/b", "x/home/zed", "~/q", "/srv/alicex"]
+)
 
-    for _, text, _, _ in POSITIVES:
-        for _kind, start, end in find_secrets(text):
-            window = text[max(0, start - 40) : end + 2].lower()
-            assert any(n in window for n in _NEEDLES), text
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_noise, st.sampled_from(_SECRETS), st.sampled_from(NEGATIVES), _HOMES), max_size=7))
+def test_screened_path_equals_the_full_loop(parts: list[str]) -> None:
+    """`redact` (fold, one RE2 screen, done) gives what the full detect-and-fold loop gives."""
+    text = "".join(parts)
+    fast, full = Redactor(home_dirs=["/srv/alice"]), Redactor(home_dirs=["/srv/alice"])
+    expected = full._redact_all(text) if len(text) >= 6 else text
+    assert fast.redact(text) == expected
+    assert fast.counts == full.counts
+
+
+def test_the_screen_sees_every_positive_with_or_without_homes() -> None:
+    redactor = Redactor(home_dirs=["/srv/alice"])
+    for secret in _SECRETS:
+        for text in (secret, f"/home/bob/{secret}", f"cd /srv/alice && export X={secret}"):
+            assert find_secrets(redactor._fold_count(text)[0]), text
+            assert redactor.redact(text) != text
 
 
 @settings(max_examples=200, deadline=None)
@@ -394,3 +410,88 @@ def test_short_path_agrees_with_long_path(parts: list[str]) -> None:
     text = "".join(parts)[:255]
     pad = "'" + " " * 300  # a quote ends every token; pushes the string past the short path
     assert Redactor().redact(text) + pad == Redactor().redact(text + pad)
+
+
+# --- one screen per record: the JSON-text screen ----------------------------------------
+
+_JSON_NOISE = st.text(
+    alphabet=st.sampled_from(
+        list(_ALNUM + " \n\t\r\"'`=:;,.-_/\\@[](){}$~+*#?!<>") + ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1f",
+                                                                  "\x7f", "é", "İ", "😀", "\u2028"]
+    ),
+    max_size=40,
+)
+# Pieces detectors are built from, so separators, quotes and tabs land inside matches.
+_FRAGMENTS = st.sampled_from(
+    ["password", "db_pwd", "aws_secret_access_key", "token", "api_key", "Authorization", "Bearer", "basic",
+     "https://", "user", ":", "@host", "=", ":=", "=>", "\t", "\t", " ", "\\", '"', "'", "`", "]",
+     "[REDACTED:x]", "\x01", "\x08", AWS_SECRET, ASSIGNED, BEARER, URL_PW, _rand(20)]
+)
+_WS_PIECE = st.sampled_from(["", " ", "\t", " \t", "\t\t"])
+_QUOTE = st.sampled_from(["", '"', "'", "`", '\\"', "\\'"])
+_VALUE = st.sampled_from([AWS_SECRET, ASSIGNED, BEARER, _rand(18) + "\x01" + _rand(4), _rand(9) + "é" + _rand(9)])
+# Secrets in the shapes the context detectors read: name, quote, spacing, separator, value.
+_SHAPED = st.one_of(
+    st.tuples(st.sampled_from(["password", "db_pwd", "aws_secret_access_key", "api_token", "KEY", "credential",
+                               "[REDACTED:openai_api_key]"]),
+              _QUOTE, _WS_PIECE, st.sampled_from(["=", ":", ":=", "=>"]), _WS_PIECE, _QUOTE, _VALUE),
+    st.tuples(st.sampled_from(["Authorization", "authorization"]), _QUOTE, _WS_PIECE, st.sampled_from([":", "="]),
+              _WS_PIECE, _QUOTE, st.sampled_from(["", "Bearer ", "token\t", "Basic "]), _VALUE),
+    st.tuples(st.sampled_from(["Bearer", "bearer"]), st.sampled_from([" ", "\t", " \t "]), _VALUE),
+    st.tuples(st.sampled_from(["https://", "redis://"]), st.sampled_from(["user", "u\x01x", "é"]), st.just(":"),
+              st.sampled_from([URL_PW, "p\x08ss", "pä55"]), st.just("@host")),
+).map("".join)
+# Homes right after characters JSON escapes: the JSON-text fold must step aside there.
+_HOME_EDGES = st.sampled_from(
+    ["\n/home/bob/x", "\x08:/home/eve", "b:/home/eve", "\\/home/zed", "\x1b/home/q", "\x1bb:/home/w",
+     "\\\n/home/k", '"/home/m', "\t/srv/alice/y", "\x1f/srv/alice", "x\u00e9/home/n", "/home/bob\n/home/al"]
+)
+_JSON_PIECES = st.lists(
+    st.one_of(_JSON_NOISE, _FRAGMENTS, _SHAPED, _SHAPED, st.sampled_from(_SECRETS), st.sampled_from(NEGATIVES),
+              _HOMES, _HOME_EDGES, _HOME_EDGES),
+    max_size=6,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_JSON_PIECES)
+def test_json_screen_fires_wherever_the_text_screen_does(text: str) -> None:
+    """On orjson's encoding of a string, the JSON screen is a superset of the text screen."""
+    redactor = Redactor(home_dirs=["/srv/alice", "C:\\Users\\zoe"])
+    if redactor._screen.hit(text):
+        assert redactor._json_screen.hit_bytes(orjson.dumps(text)), repr(text)
+
+
+@pytest.mark.parametrize("secret", _SECRETS)
+@pytest.mark.parametrize("wrap", ["{}", "a\\t{}", '"{}"', "x\n{}\ty", "\\\"{}\\\"", "\x01{}\x08"])
+def test_every_planted_secret_fires_the_json_screen(secret: str, wrap: str) -> None:
+    value = wrap.replace("{}", secret)
+    record = {"type": "tool_result", "content": [{"type": "text", "text": value}], "n": 3}
+    redactor = Redactor()
+    assert redactor._json_screen.hit_bytes(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    assert redactor.redact_obj(record) != record
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(
+    st.one_of(_JSON_PIECES, st.integers(-5, 5), st.none(), st.booleans()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_JSON_PIECES, inner, max_size=4)),
+    max_leaves=12,
+))
+def test_screened_records_equal_the_string_walk(value: object) -> None:
+    """redact_obj (screen the record's JSON, walk only on a hit) == walking every string."""
+    value = [value]  # a container, so the record-level screen and JSON fold are what run
+    screened, walked = Redactor(home_dirs=["/srv/alice"]), Redactor(home_dirs=["/srv/alice"])
+    out, data = screened.redact_json(value)
+    assert out == walked._walk(value)
+    assert screened.counts == walked.counts
+    if data is not None:
+        assert data == orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
+
+
+@pytest.mark.parametrize("edge", ["\n", "\x08:", "b:", "\\", "\x1b", "\x1bb:", "\\\n", '"', "\t", "é"])
+def test_homes_next_to_json_escapes_fold_as_in_each_string(edge: str) -> None:
+    record = {"a": "cd /home/bob/x", "b": [f"ls{edge}/home/eve/y", {"/home/zed": 1}]}
+    screened, walked = Redactor(home_dirs=[]), Redactor(home_dirs=[])
+    assert screened.redact_obj(record) == walked._walk(record)
+    assert screened.counts == walked.counts

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.collect.content import (
-    capped_dumps,
     cut_text,
     dumps,
+    joined_json,
     result_text,
     strip_blobs,
     text_digest,
@@ -62,6 +62,9 @@ class _Message:
     model: str | None = None
     prompt_line: int | None = None
     blocks: list[Any] = field(default_factory=list)
+    # The canonical JSON of ``blocks`` (the redaction screen serialises them anyway), as
+    # the comma-joined insides of each record's list; None once any record's is unknown.
+    json_parts: list[bytes] | None = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     thinkings: list[str] = field(default_factory=list)
     n_calls: int = 0
@@ -222,15 +225,16 @@ class ClaudeFile:
         self.message_order.append(message)
         return message
 
-    def _blocks(self, content: Any) -> list[Any]:
+    def _blocks(self, content: Any) -> tuple[list[Any], bytes | None]:
+        """Redacted content blocks and their canonical JSON when the redactor has it."""
         if isinstance(content, str):
             blocks: list[Any] = [{"type": "text", "text": content}]
         elif isinstance(content, list):
             blocks = strip_blobs(content)
         else:
             blocks = []
-        redacted: list[Any] = self.shard.gate.obj(blocks)
-        return redacted
+        redacted, data = self.redactor.redact_json(blocks)
+        return redacted, data
 
     def _assistant(self, line_no: int, obj: dict[str, Any], message: dict[str, Any], session_id: str,
                    uuid: str | None, parent: str | None) -> None:
@@ -249,8 +253,13 @@ class ClaudeFile:
             info = self.sessions[session_id]
             if info.model is None and model != "<synthetic>":
                 info.model = model
-        blocks = self._blocks(message.get("content"))
+        blocks, data = self._blocks(message.get("content"))
         merged.blocks.extend(blocks)
+        if merged.json_parts is not None:
+            if data is None:
+                merged.json_parts = None
+            elif len(data) > 2:  # "[]" adds nothing
+                merged.json_parts.append(data[1:-1])
         ts = obj.get("timestamp")
         for block in blocks:
             if not isinstance(block, dict):
@@ -286,7 +295,7 @@ class ClaudeFile:
 
     def _user(self, line_no: int, obj: dict[str, Any], message: dict[str, Any], session_id: str,
               uuid: str | None, parent: str | None) -> None:
-        blocks = self._blocks(message.get("content"))
+        blocks, data = self._blocks(message.get("content"))
         texts: list[str] = []
         has_result = False
         for block in blocks:
@@ -302,6 +311,7 @@ class ClaudeFile:
         message_id = uuid or f"L{line_no}"
         row = self._new_message(line_no, obj, session_id, message_id, parent, role)
         row.blocks = blocks
+        row.json_parts = None if data is None else [data[1:-1]] if len(data) > 2 else []
         row.texts = texts
         row.is_meta = bool(obj.get("isMeta"))
         row.is_compact_summary = bool(obj.get("isCompactSummary"))
@@ -347,7 +357,8 @@ class ClaudeFile:
         row = self._new_message(line_no, obj, session_id, message_id, parent, "system")
         body = {k: obj[k] for k in ("subtype", "error", "retryAttempt", "maxRetries", "content", "level")
                 if k in obj}
-        row.blocks = [self.shard.gate.obj(body)]
+        row.blocks = [self.redactor.redact_obj(body)]
+        row.json_parts = None
         content = obj.get("content")
         row.texts = [self.redactor.redact(content)] if isinstance(content, str) else ["API error"]
         if uuid is not None:
@@ -412,7 +423,7 @@ class ClaudeFile:
                 parent_id=self._resolve(m.parent_uuid, m.message_id), role=m.role,
                 text="\n".join(texts) if texts else None,
                 thinking="\n".join(thinking) if thinking else None,
-                content_json=capped_dumps(m.blocks, limit), timestamp=m.timestamp,
+                content_json=joined_json(m.json_parts, m.blocks, limit), timestamp=m.timestamp,
                 is_sidechain=m.is_sidechain, is_meta=m.is_meta,
                 is_compact_summary=m.is_compact_summary, model=m.model,
                 source_file=shard.source_file, line_no=m.line_no, _prompt_line=m.prompt_line,

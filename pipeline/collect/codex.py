@@ -117,7 +117,7 @@ class CodexFile:
             if kind == "event_msg":
                 self._user_event(line_no, payload, ts)
             else:
-                self._item(line_no, payload, item, ts)
+                self._item(line_no, payload, str(item), ts)  # mapped: one of ITEM_TYPES
             return "mapped", self.session_id
         if kind in ("compacted", "state") or obj.get("record_type") == "state":
             return f"counted:{kind if isinstance(kind, str) else 'state'}", self.session_id
@@ -166,7 +166,7 @@ class CodexFile:
         if item == "message":
             role = payload.get("role")
             content = payload.get("content")
-            blocks: list[Any] = self.shard.gate.obj(strip_blobs(content if isinstance(content, list) else []))
+            blocks: list[Any] = self.redactor.redact_obj(strip_blobs(content if isinstance(content, list) else []))
             texts = [str(b.get("text") or "") for b in blocks
                      if isinstance(b, dict) and b.get("type") in ("input_text", "output_text", "text")]
             if role == "assistant":
@@ -187,7 +187,7 @@ class CodexFile:
             block = dict(payload)
             if isinstance(block.get("encrypted_content"), str):
                 block["encrypted_content"] = f"[encrypted: {len(block['encrypted_content'])} chars]"
-            block = self.shard.gate.obj(block)
+            block = self.redactor.redact_obj(block)
             group.blocks.append(block)
             for key in ("summary", "content"):
                 parts = block.get(key)
@@ -229,8 +229,8 @@ class CodexFile:
         else:
             tool_input = payload.get("action")
             name = item.removesuffix("_call")
-        tool_input = self.shard.gate.obj(tool_input)
-        block = self.shard.gate.obj({k: v for k, v in payload.items() if k not in ("arguments", "input")})
+        tool_input = self.redactor.redact_obj(tool_input)
+        block = self.redactor.redact_obj({k: v for k, v in payload.items() if k not in ("arguments", "input")})
         block["input"] = tool_input
         group.blocks.append(block)
         if call_id in self.calls:
@@ -248,7 +248,7 @@ class CodexFile:
         output = payload.get("output")
         if isinstance(output, list):
             output = strip_blobs(output)
-        output = self.shard.gate.obj(output)
+        output = self.redactor.redact_obj(output)
         row.blocks = [{**{k: v for k, v in payload.items() if k != "output"}, "output": output}]
         raw_id = payload.get("call_id")
         if not isinstance(raw_id, str) or not raw_id:

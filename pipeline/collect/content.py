@@ -115,50 +115,6 @@ def result_text(content: Any) -> str | None:
     return dumps(content)
 
 
-def _strings(obj: Any, out: list[str]) -> None:
-    if isinstance(obj, str):
-        out.append(obj)
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            out.append(key)
-            if isinstance(value, str):
-                out.append(value)
-            elif value is not None and not isinstance(value, (bool, int, float)):
-                _strings(value, out)
-    elif isinstance(obj, list):
-        for value in obj:
-            _strings(value, out)
-
-
-class RedactGate:
-    """Redact a record's strings only when the record holds something to redact.
-
-    Calling the redactor once per string costs more than parsing. Its detectors see the
-    same matches in the record's strings joined by newlines (a non-word, non-path
-    separator) as in each string alone, so one call on the joined text decides whether
-    the per-string pass is needed. The gate uses its own Redactor so its trial run does
-    not inflate the receipt's redaction counts.
-    """
-
-    def __init__(self, redactor: Any, gate: Any) -> None:
-        self.redactor = redactor
-        self.gate = gate
-
-    def obj(self, value: Any) -> Any:
-        parts: list[str] = []
-        _strings(value, parts)
-        if not parts:
-            return value
-        joined = "\n".join(parts)
-        if self.gate.redact(joined) == joined:
-            return value
-        return self.redactor.redact_obj(value)
-
-    def text(self, value: str) -> str:
-        result: str = self.redactor.redact(value)
-        return result
-
-
 def capped_dumps(obj: Any, limit: int) -> str:
     """``dumps(cap_strings(obj, limit))``, walking the value only when some string can be long.
 
@@ -169,3 +125,17 @@ def capped_dumps(obj: Any, limit: int) -> str:
     if len(text) * 4 <= limit or len(text.encode("utf-8")) <= limit:
         return text
     return dumps(cap_strings(obj, limit))
+
+
+def joined_json(parts: list[bytes] | None, blocks: list[Any], limit: int) -> str:
+    """``capped_dumps(blocks, limit)`` from the blocks' JSON pieces, when they are known.
+
+    ``parts`` are the insides of orjson's sorted-key lists that make up ``blocks``; a list
+    serialises as its items joined by commas, so joining the insides is the same text.
+    """
+    if parts is None:
+        return capped_dumps(blocks, limit)
+    data = b"[" + b",".join(parts) + b"]"
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return dumps(cap_strings(blocks, limit))

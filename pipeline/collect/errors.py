@@ -40,6 +40,9 @@ ERROR_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
 )
 
+# One pass that fails wherever every kind fails (the same alternatives, same flags), so
+# the common "no known kind" result costs one scan instead of one per kind.
+_ANY_KIND = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in ERROR_KINDS), re.I)
 _SCAN_CHARS = 4096
 _EXIT_CODE = re.compile(r"(?:^|\n)\s*(?:Exit code:|Process exited with code)\s*(-?\d+)")
 _RUNNING = re.compile(r"Process running with session ID \d+")
@@ -53,6 +56,8 @@ def error_kind(is_error: bool | None, text: str | None) -> str | None:
     if not is_error:
         return None
     sample = (text or "")[:_SCAN_CHARS]
+    if _ANY_KIND.search(sample) is None:
+        return "tool_error"
     for kind, pattern in ERROR_KINDS:
         if pattern.search(sample):
             return kind

@@ -24,7 +24,9 @@ from pipeline.collect.shard import (
     LINE_REASONS,
     SHARD_SCHEMAS,
     STAGE_NAME,
-    read_shard,
+    container_path,
+    read_container,
+    read_ref,
 )
 from pipeline.core.hashing import digest_json
 from schemas.records import COLLECT_TABLES, QUARANTINE
@@ -40,29 +42,75 @@ class Merged:
     redactions: Counter[str] = field(default_factory=Counter)
 
 
-def _load(shard_dir: Path, keys: list[str]) -> tuple[dict[str, pl.DataFrame], dict[str, pa.Table]]:
-    """Light columns go to polars with a row number; big text columns never enter polars,
-    they are only filtered at the end (peak memory: one copy of the text, not several)."""
-    parts: dict[str, list[pa.Table]] = {}
+@dataclass
+class _Heavy:
+    """Where one table's big text columns live: read container by container at the end."""
+
+    name: str
+    shard_dir: Path
+    spans: list[tuple[str, int, int]]  # (container, first row, rows) per file, in merge order
+
+
+def _load(shard_dir: Path, keys: list[str]) -> tuple[dict[str, pl.DataFrame], dict[str, _Heavy]]:
+    """Light columns go to polars with a row number; big text columns are not read here.
+
+    They never enter polars: ``_final`` reads them container by container and keeps the
+    rows that survived, so the merge holds one copy of the text, and only at the end.
+    Each file's rows are a slice of its container (several files share one), taken in
+    ``keys`` order, which is what fixes the row order everything downstream relies on.
+    """
+    refs = []
     for key in keys:
-        for name, table in read_shard(shard_dir, key).items():
-            parts.setdefault(name, []).append(table)
+        ref = read_ref(shard_dir, key)
+        if ref is None:
+            raise FileNotFoundError(f"collect shard {key} is missing")
+        refs.append(ref)
+    containers: dict[str, dict[str, pa.Table]] = {}
+    light = list(SHARD_SCHEMAS)
+    for ref in refs:
+        if ref["container"] not in containers:
+            path = container_path(shard_dir, ref["container"])
+            containers[ref["container"]] = read_container(path, names=light)[0]
     frames: dict[str, pl.DataFrame] = {}
-    heavy: dict[str, pa.Table] = {}
+    heavy: dict[str, _Heavy] = {}
     for name, schema in SHARD_SCHEMAS.items():
+        spans = _coalesce([(r["container"], *r["rows"][name]) for r in refs if name in r["rows"]])
+        chunks = [containers[c][name].slice(start, rows) for c, start, rows in spans]
         if name in HEAVY_COLUMNS:
-            columns = list(HEAVY_COLUMNS[name])
-            chunks = parts.pop(f"{name}__heavy", [])
-            heavy[name] = pa.concat_tables(chunks) if chunks else schema.empty_table().select(columns)
+            columns = HEAVY_COLUMNS[name]
             schema = pa.schema([f for f in schema if f.name not in columns])
-        chunks = parts.pop(name, [])
+            heavy[name] = _Heavy(name, shard_dir, spans)
         table = pa.concat_tables(chunks).combine_chunks() if chunks else schema.empty_table()
-        del chunks  # free the shard buffers before polars makes its own copy
+        del chunks
+        for tables in containers.values():
+            tables.pop(name, None)  # the container's buffers go once every table is combined
         if name in HEAVY_COLUMNS:
-            table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+            table = table.append_column("_row", _arange(table.num_rows))
         frames[name] = pl.from_arrow(table)  # type: ignore[assignment]
         del table
     return frames, heavy
+
+
+def _coalesce(spans: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """Adjacent row ranges of one container as one range: consecutive files usually sit
+    side by side in their container, and Arrow and polars are slow on thousands of chunks."""
+    out: list[tuple[str, int, int]] = []
+    for container, start, rows in spans:
+        if out and out[-1][0] == container and out[-1][1] + out[-1][2] == start:
+            out[-1] = (container, out[-1][1], out[-1][2] + rows)
+        else:
+            out.append((container, start, rows))
+    return out
+
+
+def _arange(n: int) -> pa.Array:
+    """0..n-1 without ``pa.array`` (which imports pandas, ~0.4 s, to check its argument)."""
+    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.arange(n, dtype=np.int64))])
+
+
+def _bool_array(mask: np.ndarray) -> pa.Array:
+    bits = np.packbits(mask, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
 
 
 def _duplicates(lines: pl.DataFrame) -> pl.DataFrame:
@@ -235,15 +283,15 @@ def _link_subagents(sessions: pl.DataFrame, calls: pl.DataFrame) -> list[tuple[A
     by_agent: dict[tuple[str, str], dict[str, Any]] = {}
     by_id: dict[tuple[str, str], dict[str, Any]] = {}
     by_prompt: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for call in spawn_calls.select(
+    for spawn in spawn_calls.select(
         "session_id", "tool_use_id", "_agent_id", "_spawn_digest", "prompt_id"
     ).iter_rows(named=True):
-        root = roots.get(call["session_id"], call["session_id"])
-        if call["_agent_id"]:
-            by_agent.setdefault((root, call["_agent_id"]), call)
-        by_id.setdefault((root, call["tool_use_id"]), call)
-        if call["_spawn_digest"]:
-            by_prompt.setdefault((root, call["_spawn_digest"]), []).append(call)
+        root = roots.get(spawn["session_id"], spawn["session_id"])
+        if spawn["_agent_id"]:
+            by_agent.setdefault((root, spawn["_agent_id"]), spawn)
+        by_id.setdefault((root, spawn["tool_use_id"]), spawn)
+        if spawn["_spawn_digest"]:
+            by_prompt.setdefault((root, spawn["_spawn_digest"]), []).append(spawn)
     found: dict[str, tuple[dict[str, Any] | None, str]] = {}
     used: set[str] = set()
     rows = list(subs.select("session_id", "source_kind", "agent_id", "_root_session_id",
@@ -284,21 +332,44 @@ def _link_subagents(sessions: pl.DataFrame, calls: pl.DataFrame) -> list[tuple[A
     return out
 
 
-def _cast(frame: pl.DataFrame, schema: pa.Schema, heavy: pa.Table | None = None) -> pa.Table:
-    """Light columns from polars; heavy ones filtered (not gathered) from the shard data."""
-    names = [n for n in schema.names if heavy is None or n not in heavy.column_names]
+def _cast(frame: pl.DataFrame, schema: pa.Schema, heavy: _Heavy | None = None) -> pa.Table:
+    """Light columns from polars; heavy ones read shard by shard, keeping surviving rows."""
+    heavy_names = HEAVY_COLUMNS[heavy.name] if heavy is not None else ()
+    names = [n for n in schema.names if n not in heavy_names]
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     if heavy is not None:
         frame = frame.sort("_row")
-        if frame.height != heavy.num_rows:
-            mask = np.zeros(heavy.num_rows, dtype=bool)
-            mask[frame["_row"].to_numpy()] = True
-            heavy = heavy.filter(pa.array(mask))
+        mask = np.zeros(sum(rows for _, _, rows in heavy.spans), dtype=bool)
+        mask[frame["_row"].to_numpy()] = True
+        columns.update(_heavy_columns(heavy, mask))
     table = frame.select(names).to_arrow()
-    columns = {n: table.column(n) for n in names}
-    if heavy is not None:
-        columns.update({n: heavy.column(n) for n in heavy.column_names})
+    del frame
+    columns.update({n: table.column(n) for n in names})
     return pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
 
 
-def _final(frame: pl.DataFrame, name: str, heavy: pa.Table | None = None) -> pa.Table:
+def _heavy_columns(heavy: _Heavy, mask: np.ndarray) -> dict[str, pa.ChunkedArray]:
+    names = list(HEAVY_COLUMNS[heavy.name])
+    stream = f"{heavy.name}__heavy"
+    chunks: list[pa.Table] = []
+    loaded: tuple[str, pa.Table] | None = None  # containers come in runs: keep the last one
+    offset = 0
+    for container, start, rows in heavy.spans:
+        keep = mask[offset : offset + rows]
+        offset += rows
+        if not keep.any():
+            continue
+        if loaded is None or loaded[0] != container:
+            path = container_path(heavy.shard_dir, container)
+            loaded = (container, read_container(path, names=[stream])[0][stream])
+        table = loaded[1].slice(start, rows)
+        chunks.append(table if keep.all() else table.filter(_bool_array(keep)))
+    if not chunks:
+        empty = SHARD_SCHEMAS[heavy.name]
+        return {n: pa.chunked_array([], type=empty.field(n).type) for n in names}
+    merged = pa.concat_tables(chunks)
+    return {n: merged.column(n) for n in names}
+
+
+def _final(frame: pl.DataFrame, name: str, heavy: _Heavy | None = None) -> pa.Table:
     return _cast(frame, COLLECT_TABLES[name].schema, heavy)

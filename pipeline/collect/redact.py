@@ -8,10 +8,14 @@ Design (why it is shaped like this):
   pass, and a string with no secret returns after ~20 such passes with nothing else done.
   (Python's `re` has no multi-literal scan; one alternation of all families measured
   ~35 MB/s, the split families ~80-90 MB/s together.)
-* Strings of 192 KiB and more are first checked with one RE2 pass (pyarrow's regex
-  kernels are RE2), as is every row of `redact_many`. The RE2 pattern is the union of the
-  detectors with look-aheads dropped and counts loosened, so it is a strict superset: it
-  may say "maybe" wrongly, never "no" wrongly, and output never depends on the path taken.
+* Every string is first checked with one RE2 pass (google-re2, ~1 µs a call, 400+ MB/s;
+  `redact_many` uses pyarrow's RE2 kernels over a whole column). A JSON record is
+  screened once as a whole, on its orjson text, with the same pattern rewritten for
+  JSON escapes; its strings are walked only when that fires. The RE2 pattern is the
+  union of the detectors with look-aheads dropped and counts loosened, so it is a strict
+  superset: it may say "maybe" wrongly, never "no" wrongly, and output never depends on
+  the path taken. A string with a home in it is folded first and the folded text, which
+  is what the detectors see, is screened.
 * Validators (entropy, identifier and path shapes, word boundaries) run only on the rare
   regex hits, in Python.
 * `redact` repeats detection until nothing matches, so it is idempotent and
@@ -26,8 +30,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import orjson
+import re2
 
 __all__ = ["KINDS", "HOME_KIND", "Redactor", "find_secrets", "placeholder"]
 
@@ -60,8 +68,8 @@ def placeholder(kind: str) -> str:
 
 # Strings shorter than this cannot hold any detector's match nor a home path worth folding.
 _MIN_LEN = 6
-# From this size on, one RE2 pass (pyarrow's kernels; ~1 ms to compile, then ~0.5 GB/s)
-# beats ~20 `re` passes (~80 MB/s together), so a huge tool output is prefiltered first.
+# Texts from this size on are worth one batched pyarrow RE2 pass (~1 ms to compile, then
+# ~0.5 GB/s) before the detectors; the export firewall batches its rescans by this.
 _RE2_MIN_LEN = 192 * 1024
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -341,26 +349,6 @@ _DETECTORS: tuple[_Detector, ...] = (
 )
 
 
-# Lowercase literals that every match of some detector contains (checked by a test against
-# the detectors). Short strings try these in one alternation instead of ~20 passes: for a
-# short string the per-pass call overhead, not the scanning, is what costs.
-_NEEDLES: tuple[str, ...] = (
-    "-----begin ", "eyj", "sk-", "akia", "asia", "aiza",
-    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox",
-    "k_live_", "k_test_", "hf_", "://", "authorization", "bearer", "]",
-    "pass", "pwd", "secret", "token", "key", "credential",
-)  # fmt: skip
-_HOME_NEEDLES: tuple[str, ...] = ("/home/", "/users/", "\\users\\")
-_SHORT_LEN = 256
-
-
-def _needle_pattern(needles: Sequence[str]) -> re.Pattern[str]:
-    return re.compile("|".join(re.escape(n) for n in sorted(set(needles))))
-
-
-_SECRET_NEEDLES = _needle_pattern(_NEEDLES)
-
-
 @dataclass(frozen=True)
 class _Compiled:
     det: _Detector
@@ -403,6 +391,43 @@ def _re2_alternative(det: _Detector) -> str:
 
 
 _SECRET_RE2 = "|".join(_re2_alternative(d) for d in _DETECTORS)
+
+# The same superset, rewritten to match the JSON text orjson writes for a string (one
+# screen per record instead of one per string). orjson escapes only `"`, `\` and control
+# characters (`\n \t \r \b \f`, else `\u00XX`); everything else is written as is. So:
+# a tab the detectors allow is `\t`; a quote they allow is `\"` (or `\\\"` after a
+# backslash); and the negated classes, which admit control characters, also admit the
+# backslash their escapes start with. Each rewrite must apply where expected (checked at
+# import), and a property test holds `json screen ⊇ text screen` on orjson's output.
+_JSON_REWRITES: tuple[tuple[str, str], ...] = (
+    (r"[ \t]", r"(?: |\\t)"),
+    (r"(?:\\?[\"'])?", r"(?:(?:\\\\)?(?:\\\"|'))?"),
+    (r"(?:\\?[\"'`])?", r"(?:(?:\\\\)?(?:\\\"|'|`))?"),
+    (r"<>\\]", r"<>]"),
+)
+
+
+def _json_alternative(det: _Detector) -> str:
+    body = _re2_alternative(det)
+    for old, new in _JSON_REWRITES:
+        body = body.replace(old, new)
+    return body
+
+
+def _check_json_rewrites() -> None:
+    """Every escape-sensitive construct of the text patterns must have been rewritten."""
+    joined = "|".join(_json_alternative(d) for d in _DETECTORS)
+    for old, _new in _JSON_REWRITES:
+        if old not in _SECRET_RE2:
+            raise AssertionError(f"JSON rewrite {old!r} matches nothing: detectors changed?")
+        if old in joined:
+            raise AssertionError(f"JSON rewrite {old!r} left behind")
+    if r"\\]" in joined:
+        raise AssertionError("a class in the JSON screen still excludes the backslash")
+
+
+_check_json_rewrites()
+_SECRET_JSON_RE2 = "|".join(_json_alternative(d) for d in _DETECTORS)
 
 
 def _at_boundary(text: str, start: int) -> bool:
@@ -492,13 +517,57 @@ def _re2_may_match(texts: Sequence[str | None], pattern: str) -> list[bool]:
     return [bool(v) for v in mask.to_pylist()]
 
 
+class _Screen:
+    """One compiled RE2 search that only answers "may match" (no captures, no positions)."""
+
+    def __init__(self, pattern: str) -> None:
+        options = re2.Options()
+        options.max_mem = 64 << 20  # room for the union's DFA; RE2 falls back to its NFA, never to "no"
+        options.log_errors = False
+        options.never_capture = True
+        self._compiled = re2.compile(pattern, options)
+        # The public search() spends ~1.5 µs of Python per call (offset bookkeeping for
+        # match objects); the wrapped RE2 object answers the yes/no question directly.
+        # Kept behind a fallback so a google-re2 without it still works, only slower.
+        self._regexp = getattr(self._compiled, "_regexp", None)
+        self._unanchored = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+        if self._regexp is None or self._unanchored is None:
+            self._regexp = None
+
+    def hit(self, text: str) -> bool:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate cannot go to RE2: look with the detectors
+            return True
+        return self.hit_bytes(data)
+
+    def hit_bytes(self, data: bytes) -> bool:
+        if self._regexp is None:
+            return self._compiled.search(data) is not None
+        spans = self._regexp.Match(self._unanchored, data, 0, len(data))
+        return bool(spans[0][0] >= 0)
+
+
+_SECRET_SCREEN = _Screen(_SECRET_RE2)
+_CLEAN_MAX_LEN = 64
+_CLEAN_MAX_SIZE = 1 << 16
+
+
+@lru_cache(maxsize=16)
+def _screen_for(home_marks: tuple[str, ...], json: bool = False) -> _Screen:
+    """Secrets or any home mark, in text or (``json``) in orjson's JSON text.
+
+    Cached because a worker makes one Redactor per file.
+    """
+    if json:
+        marks = [re.escape(orjson.dumps(m).decode("utf-8")[1:-1]) for m in home_marks]
+        return _Screen("|".join([_SECRET_JSON_RE2, *marks]))
+    return _Screen("|".join([_SECRET_RE2, *(re.escape(m) for m in home_marks)]))
+
+
 def find_secrets(text: str) -> list[tuple[str, int, int]]:
     """(kind, start, end) of every secret, non-overlapping and in order; placeholders never match."""
-    if len(text) < _MIN_LEN:
-        return []
-    if len(text) < _SHORT_LEN and _SECRET_NEEDLES.search(text.lower()) is None:
-        return []
-    if len(text) >= _RE2_MIN_LEN and not _re2_may_match([text], _SECRET_RE2)[0]:
+    if len(text) < _MIN_LEN or not _SECRET_SCREEN.hit(text):
         return []
     return _resolve(_detect(text))
 
@@ -516,11 +585,13 @@ def _splice(text: str, spans: Sequence[tuple[str, int, int]], counts: Counter[st
 
 
 # Generic home directories. The user name is kept out of the lake; the rest of the path stays.
-_HOME_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"/home/[A-Za-z0-9._-]+", re.ASCII),
-    re.compile(r"/Users/[A-Za-z0-9._-]+", re.ASCII),
-    re.compile(r"\\(?:\\)?Users\\{1,2}[A-Za-z0-9._-]+", re.ASCII),
+# Each with a substring every match contains, checked first (`in` is far cheaper than `re`).
+_HOME_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("/home/", re.compile(r"/home/[A-Za-z0-9._-]+", re.ASCII)),
+    ("/Users/", re.compile(r"/Users/[A-Za-z0-9._-]+", re.ASCII)),
+    ("\\Users\\", re.compile(r"\\(?:\\)?Users\\{1,2}[A-Za-z0-9._-]+", re.ASCII)),
 )
+_HOME_MARKS = tuple(mark for mark, _ in _HOME_PATTERNS)
 _HOME_RE2 = r"/home/[A-Za-z0-9._-]|/Users/[A-Za-z0-9._-]|\\Users\\"
 _NOT_HOMES = frozenset({"Shared", "Public", "Default"})
 _DRIVE = re.compile(r"[A-Za-z]:", re.ASCII)
@@ -551,24 +622,41 @@ class Redactor:
         self.fold_home = fold_home
         self.counts: Counter[str] = Counter()
         self._homes = _home_literals(home_dirs) if fold_home else ()
-        re2 = [_SECRET_RE2]
+        re2_parts = [_SECRET_RE2]
         if fold_home:
-            re2.append(_HOME_RE2)
-            re2.extend(re.escape(h) for h in self._homes)
-        self._re2 = "|".join(re2)
+            re2_parts.append(_HOME_RE2)
+            re2_parts.extend(re.escape(h) for h in self._homes)
+        self._re2 = "|".join(re2_parts)
         self._min_len = min([_MIN_LEN, *(len(h) for h in self._homes)])
-        homes = (*_HOME_NEEDLES, *(h.lower() for h in self._homes)) if fold_home else ()
-        self._needles = _needle_pattern((*_NEEDLES, *homes))
+        # Every home fold needs one of these substrings (the patterns' literal parts).
+        self._home_marks = (*_HOME_MARKS, *self._homes) if fold_home else ()
+        self._screen = _screen_for(self._home_marks)
+        self._json_screen = _screen_for(self._home_marks, json=True)
+        self._clean: set[str] = set()
 
     def redact(self, text: str) -> str:
-        """The text with every secret replaced by its placeholder; idempotent."""
-        if len(text) < self._min_len:
+        """The text with every secret replaced by its placeholder; idempotent.
+
+        The common case costs one RE2 screen (secrets or homes); a string with a home and
+        no secret costs the fold and a second screen. Both return what ``_redact_all``
+        would: with the secret screen silent on the folded text the detectors find nothing
+        there, and a fold that is already stable ends the loop. Short strings found clean
+        (dict keys, tool names, ids: the same few again and again) are remembered, since
+        a clean string redacts to itself and counts nothing.
+        """
+        if len(text) < self._min_len or text in self._clean:
             return text
-        if len(text) < _SHORT_LEN and self._needles.search(text.lower()) is None:
+        if not self._screen.hit(text):  # no secret, no home
+            if len(text) <= _CLEAN_MAX_LEN:
+                if len(self._clean) >= _CLEAN_MAX_SIZE:
+                    self._clean.clear()
+                self._clean.add(text)
             return text
-        if len(text) >= _RE2_MIN_LEN and not _re2_may_match([text], self._re2)[0]:
-            return text
-        return self._redact_all(text)
+        folded, folds = self._fold_count(text)
+        if folds == 0 or _SECRET_SCREEN.hit(folded) or self._fold_count(folded)[1]:
+            return self._redact_all(text)
+        self.counts[HOME_KIND] += folds
+        return folded
 
     def _redact_all(self, text: str) -> str:
         # Replacing a secret or folding a home can change what the neighbours look like
@@ -588,14 +676,67 @@ class Redactor:
         return text
 
     def redact_obj(self, obj: Any) -> Any:
-        """A copy of a JSON-like value with every string redacted, dict keys included."""
+        """A JSON-like value with every string redacted, dict keys included.
+
+        Copy on write: a container in which nothing changed is returned as is, so the
+        common clean record allocates nothing.
+        """
+        return self.redact_json(obj)[0]
+
+    def redact_json(self, obj: Any) -> tuple[Any, bytes | None]:
+        """``(redact_obj(obj), its canonical JSON)``; the JSON is None when not at hand.
+
+        A container is first serialised (orjson, sorted keys: the form the lake stores)
+        and screened once as a whole; only when the screen fires are its strings walked
+        one by one. The JSON screen matches wherever the per-string screen matches on a
+        string inside, so a silent screen means no string would change.
+        """
+        if isinstance(obj, str):
+            return self.redact(obj), None
+        if not isinstance(obj, dict | list | tuple):
+            return obj, None
+        try:
+            data: bytes | None = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # beyond orjson (an int over 64 bits, a lone surrogate): walk
+            data = None
+        if data is not None and not self._json_screen.hit_bytes(data):
+            return obj, data
+        out = self._redact_list(list(obj)) if isinstance(obj, tuple) else self._walk(obj)
+        return out, data if out is obj else None
+
+    def _walk(self, obj: Any) -> Any:
         if isinstance(obj, str):
             return self.redact(obj)
         if isinstance(obj, dict):
-            return {self.redact_obj(k): self.redact_obj(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return [self.redact_obj(v) for v in obj]
+            return self._redact_dict(obj)
+        if isinstance(obj, list):
+            return self._redact_list(obj)
+        if isinstance(obj, tuple):
+            return self._redact_list(list(obj))
         return obj
+
+    def _redact_dict(self, obj: dict[Any, Any]) -> dict[Any, Any]:
+        redact, walk = self.redact, self._walk
+        changed = False
+        items = []
+        for key, value in obj.items():
+            new_key = redact(key) if isinstance(key, str) else key
+            new_value: Any
+            if isinstance(value, str):
+                new_value = redact(value)
+            elif value is None or isinstance(value, bool | int | float):
+                new_value = value
+            else:
+                new_value = walk(value)
+            changed = changed or new_key is not key or new_value is not value
+            items.append((new_key, new_value))
+        return dict(items) if changed else obj
+
+    def _redact_list(self, obj: list[Any]) -> list[Any]:
+        out = [self._walk(v) for v in obj]
+        if all(a is b for a, b in zip(out, obj, strict=True)):
+            return obj
+        return out
 
     def redact_many(self, texts: Sequence[str | None]) -> list[str | None]:
         """Redact a column: one RE2 pass (pyarrow) over all rows picks the rows to look at.
@@ -613,7 +754,16 @@ class Redactor:
         return out
 
     def _fold(self, text: str) -> str:
-        """Home directories to `~`; returns `text` itself when nothing changed."""
+        """Home directories to `~` (counted); returns `text` itself when nothing changed."""
+        folded, folds = self._fold_count(text)
+        if folds:
+            self.counts[HOME_KIND] += folds
+        return folded
+
+    def _fold_count(self, text: str) -> tuple[str, int]:
+        """(text with home directories as `~`, folds made); `text` itself when none."""
+        if not any(mark in text for mark in self._home_marks):
+            return text, 0
         spans: list[tuple[int, int]] = []
         for home in self._homes:
             if home not in text:
@@ -624,8 +774,8 @@ class Redactor:
                 if end >= len(text) or text[end] not in _NAME_CHARS:
                     spans.append(_home_span(text, pos, end))
                 pos = text.find(home, pos + 1)
-        for pattern in _HOME_PATTERNS:
-            if pattern.search(text) is None:
+        for mark, pattern in _HOME_PATTERNS:
+            if mark not in text:
                 continue
             for m in pattern.finditer(text):
                 name = m.group(0).replace("\\", "/").rsplit("/", 1)[-1]
@@ -633,18 +783,18 @@ class Redactor:
                     spans.append(_home_span(text, m.start(), m.end()))
         spans = [s for s in spans if s[0] >= 0]
         if not spans:
-            return text
+            return text, 0
         parts: list[str] = []
-        last = 0
+        last = folds = 0
         for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
             if start < last:
                 continue
             parts.append(text[last:start])
             parts.append("~")
-            self.counts[HOME_KIND] += 1
+            folds += 1
             last = end
         parts.append(text[last:])
-        return "".join(parts)
+        return "".join(parts), folds
 
 
 def _same(text: str) -> str:

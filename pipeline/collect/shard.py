@@ -2,8 +2,11 @@
 
 A shard is a pure function of (stage version, config, source kind, display path, file
 bytes), so its key is a digest of exactly those and a cached shard is reused as is.
-Workers receive paths, write their shard themselves (temp dir + rename, so a crash
-never leaves half a shard) and return only small stats. Everything that needs more
+Workers receive a run of files, write one container holding all their rows (temp file +
+rename, so a crash never leaves half a container), then one small ref per file naming
+the container and the file's row ranges, and return only small stats. Per-file keys
+keep caching per file; one container per run keeps the per-file costs (building Arrow
+tables, IPC streams, file opens in the merge) from dominating corpora of small files. Everything that needs more
 than one file (duplicates across files, positions within a session, subagent links)
 is left to ``merge``; shard tables therefore carry a few ``_``-prefixed helper columns.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +25,12 @@ import orjson
 import pyarrow as pa
 import xxhash
 
-from pipeline.collect.content import RedactGate
 from pipeline.collect.lines import BLANK, OVERSIZED, decode_json, iter_lines
 from pipeline.collect.redact import Redactor
 from pipeline.core.hashing import digest_json, xxh3_128_file
 
 STAGE_NAME = "collect"
-PARSER_VERSION = "2"  # bump when shard contents change for the same input bytes
+PARSER_VERSION = "4"  # bump when shard contents change for the same input bytes
 _STR = pa.large_string()
 _INT = pa.int64()
 _BOOL = pa.bool_()
@@ -121,18 +124,29 @@ class ShardTask:
     settings: CollectSettings
 
 
+Columns = dict[str, dict[str, list[Any]]]
+
+
+def empty_columns() -> Columns:
+    return {name: {f.name: [] for f in schema} for name, schema in SHARD_SCHEMAS.items()}
+
+
+def row_counts(cols: Columns) -> dict[str, int]:
+    return {name: len(cols[name][schema.names[0]]) for name, schema in SHARD_SCHEMAS.items()}
+
+
 class Shard:
     """Column lists for every shard table plus the line tallies of one file."""
 
-    def __init__(self, kind: str, source_file: str, settings: CollectSettings) -> None:
+    def __init__(
+        self, kind: str, source_file: str, settings: CollectSettings, cols: Columns | None = None
+    ) -> None:
         self.kind = kind
         self.source_file = source_file
         self.settings = settings
         self.redactor = Redactor(fold_home=settings.fold_home)
-        self.gate = RedactGate(self.redactor, Redactor(fold_home=settings.fold_home))
-        self.cols: dict[str, dict[str, list[Any]]] = {
-            name: {f.name: [] for f in schema} for name, schema in SHARD_SCHEMAS.items()
-        }
+        # Shared with the other files of a batch: rows are appended after theirs.
+        self.cols: Columns = cols if cols is not None else empty_columns()
         self._line_cols = [self.cols["lines"][f.name] for f in SHARD_SCHEMAS["lines"]]
         self.lines: Counter[str] = Counter()
         self.repairs: Counter[str] = Counter()
@@ -171,13 +185,19 @@ class Shard:
         )
 
     def tables(self) -> dict[str, pa.Table]:
-        out = {}
-        for name, schema in SHARD_SCHEMAS.items():
-            cols = self.cols[name]
-            out[name] = pa.table(
-                {f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema
-            )
-        return out
+        return columns_to_tables(self.cols)
+
+
+def columns_to_tables(cols: Columns) -> dict[str, pa.Table]:
+    """Non-empty tables only: most files have no quarantine, branch or prompt rows, and
+    the merge reads a missing table as empty."""
+    out = {}
+    for name, schema in SHARD_SCHEMAS.items():
+        table_cols = cols[name]
+        if not table_cols[schema.names[0]]:
+            continue
+        out[name] = pa.table([pa.array(table_cols[f.name], type=f.type) for f in schema], schema=schema)
+    return out
 
 
 def shard_key(kind: str, display_path: str, digest: str, meta_digest: str | None,
@@ -275,29 +295,74 @@ def _preview(raw: bytes) -> str:
     return raw[:120].decode("utf-8", "replace")
 
 
-def build_shard(task: ShardTask) -> dict[str, Any]:
-    """Worker entry: parse one file, write its shard atomically, return its stats."""
-    final = shard_path(Path(task.shard_dir), task.key)
-    if final.is_file():
-        return {"key": task.key, "cached": True, **read_container(final, tables=False)[1]}
-    meta = None
-    if task.meta_path is not None:
-        try:
-            loaded = orjson.loads(Path(task.meta_path).read_bytes())
-            meta = loaded if isinstance(loaded, dict) else None
-        except (OSError, orjson.JSONDecodeError):
-            meta = None
-    shard = Shard(task.kind, task.display_path, task.settings)
-    shard.source_file = shard.redactor.redact(task.display_path)
-    parse_into(shard, Path(task.path), meta)
-    stats = {
-        "lines": dict(shard.lines),
-        "repairs": dict(shard.repairs),
-        "redactions": dict(shard.redactor.counts),
-        "bytes": Path(task.path).stat().st_size,
-    }
-    write_container(final, split_heavy(shard.tables()), stats)
-    return {"key": task.key, "cached": False, **stats}
+def cached_stats(task: ShardTask) -> dict[str, Any] | None:
+    """The stats of an already built shard (its ref), or None when it must be built."""
+    shard_dir = Path(task.shard_dir)
+    ref = read_ref(shard_dir, task.key)
+    if ref is None or not container_path(shard_dir, ref["container"]).is_file():
+        return None
+    return {"key": task.key, "cached": True, **ref["stats"]}
+
+
+def build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
+    """Worker entry: parse a run of files into one container, then write one ref per file."""
+    cols = empty_columns()
+    members: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        before = row_counts(cols)
+        shard = Shard(task.kind, task.display_path, task.settings, cols)
+        shard.source_file = shard.redactor.redact(task.display_path)
+        parse_into(shard, Path(task.path), _read_meta(task.meta_path))
+        after = row_counts(cols)
+        rows = {n: [before[n], after[n] - before[n]] for n in after if after[n] > before[n]}
+        stats = {
+            "lines": dict(shard.lines),
+            "repairs": dict(shard.repairs),
+            "redactions": dict(shard.redactor.counts),
+            "bytes": Path(task.path).stat().st_size,
+        }
+        members[task.key] = {"stats": stats, "rows": rows}
+    shard_dir = Path(tasks[0].shard_dir)
+    name = f"{digest_json(sorted(members))}.batch"
+    write_container(shard_dir / "batches" / name, split_heavy(columns_to_tables(cols)), {})
+    for key, member in members.items():
+        _write_ref(shard_path(shard_dir, key), {"container": name, **member})
+    return [{"key": key, "cached": False, **member["stats"]} for key, member in members.items()]
+
+
+def _read_meta(meta_path: str | None) -> dict[str, Any] | None:
+    if meta_path is None:
+        return None
+    try:
+        loaded = orjson.loads(Path(meta_path).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _write_ref(target: Path, ref: dict[str, Any]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(orjson.dumps(ref, option=orjson.OPT_SORT_KEYS))
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+
+
+def read_ref(shard_dir: Path, key: str) -> dict[str, Any] | None:
+    """A file's ref: its container (under ``batches/``), stats and row ranges per table."""
+    try:
+        ref: dict[str, Any] = orjson.loads(shard_path(shard_dir, key).read_bytes())
+    except FileNotFoundError:
+        return None
+    return ref
+
+
+def container_path(shard_dir: Path, name: str) -> Path:
+    return shard_dir / "batches" / name
 
 
 # Big text columns travel in their own streams so the merge can hold them without also
@@ -308,13 +373,15 @@ HEAVY_COLUMNS = {"messages": ("text", "thinking", "content_json"), "tool_calls":
 def split_heavy(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
     out = dict(tables)
     for name, columns in HEAVY_COLUMNS.items():
-        out[f"{name}__heavy"] = tables[name].select(list(columns))
-        out[name] = tables[name].drop_columns(list(columns))
+        if name in tables:
+            out[f"{name}__heavy"] = tables[name].select(list(columns))
+            out[name] = tables[name].drop_columns(list(columns))
     return out
 
 
 def shard_path(shard_dir: Path, key: str) -> Path:
-    return shard_dir / key[:2] / f"{key}.shard"
+    """The ref of one file's shard (small JSON); the rows live in a batch container."""
+    return shard_dir / key[:2] / f"{key}.ref"
 
 
 # A shard is one file: an 8-byte header length, a JSON header (stats and the byte range
@@ -325,16 +392,16 @@ _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # lz4 costs 3x the writ
 
 def write_container(target: Path, tables: dict[str, pa.Table], stats: dict[str, Any]) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a shard."""
-    blobs: list[bytes] = []
+    blobs: list[pa.Buffer] = []
     ranges: dict[str, list[int]] = {}
     offset = 0
     for name, table in tables.items():
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
             writer.write_table(table)
-        blob = sink.getvalue().to_pybytes()
-        ranges[name] = [offset, len(blob)]
-        offset += len(blob)
+        blob = sink.getvalue()  # written as is: no copy into Python bytes
+        ranges[name] = [offset, blob.size]
+        offset += blob.size
         blobs.append(blob)
     header = orjson.dumps({"stats": stats, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -351,8 +418,13 @@ def write_container(target: Path, tables: dict[str, pa.Table], stats: dict[str, 
             os.unlink(tmp_name)
 
 
-def read_container(path: Path, tables: bool = True) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-    """Each table gets its own buffer, so dropping one table frees its memory."""
+def read_container(
+    path: Path, tables: bool = True, names: Sequence[str] | None = None
+) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    """The tables (those in ``names``, or all) and the stats of one shard.
+
+    Each table gets its own buffer, so dropping one table frees its memory.
+    """
     out: dict[str, pa.Table] = {}
     with path.open("rb") as handle:
         size = int.from_bytes(handle.read(8), "little")
@@ -360,10 +432,8 @@ def read_container(path: Path, tables: bool = True) -> tuple[dict[str, pa.Table]
         if tables:
             base = 8 + size
             for name, (start, length) in header["tables"].items():
+                if names is not None and name not in names:
+                    continue
                 handle.seek(base + start)
                 out[name] = pa.ipc.open_stream(pa.py_buffer(handle.read(length))).read_all()
     return out, header["stats"]
-
-
-def read_shard(shard_dir: Path, key: str) -> dict[str, pa.Table]:
-    return read_container(shard_path(shard_dir, key))[0]

@@ -10,6 +10,8 @@ file order, worker count and which shards came from cache.
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,11 +23,11 @@ from pipeline.collect.merge import merge_shards
 from pipeline.collect.shard import (
     CollectSettings,
     ShardTask,
-    build_shard,
+    build_batch,
+    cached_stats,
     meta_digest,
     meta_path_for,
     shard_key,
-    shard_path,
 )
 from pipeline.core.stage import Stage, StageContext, StageResult
 from schemas.records import COLLECT_TABLES
@@ -79,23 +81,77 @@ def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
     return tasks
 
 
+# A batch (one container) is a run of consecutive files of about this many bytes: big
+# enough that per-container costs vanish, small enough to balance two workers and keep a
+# worker's column lists small.
+_BATCH_BYTES = 8 << 20
+_BATCHES_PER_WORKER = 4
+
+
+def _batches(pending: list[ShardTask], workers: int) -> list[list[ShardTask]]:
+    """Consecutive files (display-path order, so the merge reads containers in order),
+    cut at ~``_BATCH_BYTES``, or finer when the total would leave a worker idle;
+    biggest first so one late giant does not leave a worker idle at the end."""
+    sizes = {t.key: Path(t.path).stat().st_size for t in pending}
+    target = min(_BATCH_BYTES, sum(sizes.values()) // max(1, workers * _BATCHES_PER_WORKER) + 1)
+    batches: list[list[ShardTask]] = []
+    current: list[ShardTask] = []
+    size = 0
+    for task in pending:
+        current.append(task)
+        size += sizes[task.key]
+        if size >= target:
+            batches.append(current)
+            current, size = [], 0
+    if current:
+        batches.append(current)
+    return sorted(batches, key=lambda b: -sum(sizes[t.key] for t in b))
+
+
 def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]]:
-    pending = [t for t in tasks if not shard_path(Path(t.shard_dir), t.key).is_file()]
     results: dict[str, dict[str, Any]] = {}
+    pending = []
     for task in tasks:
-        if task not in pending:
-            results[task.key] = build_shard(task)  # cached: reads only the stats header
+        cached = cached_stats(task)
+        if cached is None:
+            pending.append(task)
+        else:
+            results[task.key] = cached
+    batches = _batches(pending, ctx.workers)
     progress = ctx.tracker.track(range(len(pending)), total=len(pending), description="collect")
-    if ctx.workers <= 1 or len(pending) <= 1:
-        for task, _ in zip(pending, progress, strict=False):
-            results[task.key] = build_shard(task)
+    done = iter(progress)
+    if ctx.workers <= 1 or len(batches) <= 1:
+        for batch in batches:
+            _record(results, build_batch(batch), done)
     else:
-        # Big files first so one late giant does not leave a worker idle at the end.
-        order = sorted(pending, key=lambda t: -Path(t.path).stat().st_size)
-        with ProcessPoolExecutor(max_workers=ctx.workers) as pool:
-            for stats, _ in zip(pool.map(build_shard, order, chunksize=1), progress, strict=False):
-                results[stats["key"]] = stats
+        with ProcessPoolExecutor(max_workers=ctx.workers, initializer=_worker_init) as pool:
+            for stats_list in pool.map(build_batch, batches, chunksize=1):
+                _record(results, stats_list, done)
+    for _ in done:  # let the progress bar finish
+        pass
     return [results[t.key] for t in tasks]
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """Makes ``import pandas`` fail, as if it were not installed."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("collect workers do not use pandas", name=name)
+        return None
+
+
+def _worker_init() -> None:
+    """Pool workers only parse. pyarrow imports pandas (~0.4 s a process) on the first
+    ``pa.array`` just to check the argument's type; without pandas it skips that check."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+
+
+def _record(results: dict[str, dict[str, Any]], stats_list: list[dict[str, Any]], done: Any) -> None:
+    for stats in stats_list:
+        results[stats["key"]] = stats
+        next(done, None)
 
 
 def run(ctx: StageContext) -> StageResult:
