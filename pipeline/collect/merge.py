@@ -30,6 +30,7 @@ from pipeline.collect.shard import (
 )
 from pipeline.core.hashing import digest_json
 from schemas.records import COLLECT_TABLES, QUARANTINE
+from schemas.tables import TableSpec
 
 SPAWN_TOOLS = ("Task", "Agent")
 
@@ -108,11 +109,6 @@ def _arange(n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.arange(n, dtype=np.int64))])
 
 
-def _bool_array(mask: np.ndarray) -> pa.Array:
-    bits = np.packbits(mask, bitorder="little")
-    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
-
-
 def _duplicates(lines: pl.DataFrame) -> pl.DataFrame:
     """Lines whose key was already seen in an earlier file (by source_file, line_no)."""
     ordered = lines.sort(["source_file", "line_no"])
@@ -186,7 +182,7 @@ def merge_shards(shard_dir: Path, keys: list[str], shard_lines: Counter[str]) ->
         "prompts": _final(prompts, "prompts"),
         "branches": _final(branches, "branches"),
         "subagents": _final(subagents, "subagents"),
-        "quarantine": _cast(quarantine, QUARANTINE.schema),
+        "quarantine": _cast(quarantine, QUARANTINE),
     }
     set_aside = dict(
         sorted(Counter(r for r in quarantine["reason"].to_list() if r not in LINE_REASONS).items())
@@ -332,44 +328,72 @@ def _link_subagents(sessions: pl.DataFrame, calls: pl.DataFrame) -> list[tuple[A
     return out
 
 
-def _cast(frame: pl.DataFrame, schema: pa.Schema, heavy: _Heavy | None = None) -> pa.Table:
-    """Light columns from polars; heavy ones read shard by shard, keeping surviving rows."""
+def _cast(frame: pl.DataFrame, spec: TableSpec, heavy: _Heavy | None = None) -> pa.Table:
+    """Light columns from polars, heavy ones gathered from the shards, all in the table's
+    canonical order, so the runner's sort finds nothing to move (no copy of the text)."""
+    schema = spec.schema
+    frame = frame.sort(list(spec.sort_keys), nulls_last=True, maintain_order=True)
     heavy_names = HEAVY_COLUMNS[heavy.name] if heavy is not None else ()
     names = [n for n in schema.names if n not in heavy_names]
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     if heavy is not None:
-        frame = frame.sort("_row")
-        mask = np.zeros(sum(rows for _, _, rows in heavy.spans), dtype=bool)
-        mask[frame["_row"].to_numpy()] = True
-        columns.update(_heavy_columns(heavy, mask))
+        columns.update(_heavy_columns(heavy, frame["_row"].to_numpy()))
     table = frame.select(names).to_arrow()
     del frame
     columns.update({n: table.column(n) for n in names})
     return pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
 
 
-def _heavy_columns(heavy: _Heavy, mask: np.ndarray) -> dict[str, pa.ChunkedArray]:
+def _runs(order: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive row ids in ``order`` as (first id, length)."""
+    if len(order) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(order) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(order)]])
+    return [(int(order[a]), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+
+
+def _heavy_columns(heavy: _Heavy, order: np.ndarray) -> dict[str, pa.ChunkedArray]:
+    """The heavy columns of the rows ``order`` names, in that order.
+
+    Rows of one file stay contiguous in canonical order, so they are gathered as
+    zero-copy slices of each container; only a badly fragmented order falls back to a
+    take.
+    """
     names = list(HEAVY_COLUMNS[heavy.name])
     stream = f"{heavy.name}__heavy"
-    chunks: list[pa.Table] = []
-    loaded: tuple[str, pa.Table] | None = None  # containers come in runs: keep the last one
-    offset = 0
-    for container, start, rows in heavy.spans:
-        keep = mask[offset : offset + rows]
-        offset += rows
-        if not keep.any():
-            continue
-        if loaded is None or loaded[0] != container:
-            path = container_path(heavy.shard_dir, container)
-            loaded = (container, read_container(path, names=[stream])[0][stream])
-        table = loaded[1].slice(start, rows)
-        chunks.append(table if keep.all() else table.filter(_bool_array(keep)))
-    if not chunks:
+    if len(order) == 0:
         empty = SHARD_SCHEMAS[heavy.name]
         return {n: pa.chunked_array([], type=empty.field(n).type) for n in names}
+    span_starts = np.cumsum([0] + [rows for _, _, rows in heavy.spans])
+    loaded: dict[str, pa.Table] = {}
+
+    def container(name: str) -> pa.Table:
+        if name not in loaded:
+            path = container_path(heavy.shard_dir, name)
+            loaded[name] = read_container(path, names=[stream])[0][stream].select(names)
+        return loaded[name]
+
+    runs = _runs(order)
+    if len(runs) > max(64, len(order) // 8):
+        ordered = pa.concat_tables(
+            container(c).slice(start, rows) for c, start, rows in heavy.spans
+        ).take(pa.Array.from_buffers(pa.int64(), len(order), [None, pa.py_buffer(order.astype(np.int64))]))
+        return {n: ordered.column(n) for n in names}
+    chunks: list[pa.Table] = []
+    for first, length in runs:
+        while length:
+            span = int(np.searchsorted(span_starts, first, side="right")) - 1
+            name, start, rows = heavy.spans[span]
+            within = first - int(span_starts[span])
+            count = min(length, rows - within)
+            chunks.append(container(name).slice(start + within, count))
+            first += count
+            length -= count
     merged = pa.concat_tables(chunks)
     return {n: merged.column(n) for n in names}
 
 
 def _final(frame: pl.DataFrame, name: str, heavy: _Heavy | None = None) -> pa.Table:
-    return _cast(frame, COLLECT_TABLES[name].schema, heavy)
+    return _cast(frame, COLLECT_TABLES[name], heavy)

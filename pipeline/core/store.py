@@ -19,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core.hashing import sha256_file, table_digest
@@ -105,11 +107,22 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 
 def canonicalize(table: pa.Table, schema: pa.Schema, sort_keys: Sequence[str]) -> pa.Table:
-    """Fixed schema, one chunk, no dictionaries, stable order on ``sort_keys``."""
+    """Fixed schema, no dictionaries, stable order on ``sort_keys``.
+
+    Chunking is left alone: the digest and the Parquet writer do not depend on it.
+    """
     table = table.select(schema.names).cast(schema)
-    if sort_keys and table.num_rows:
-        table = table.sort_by([(key, "ascending") for key in sort_keys])
-    return table.combine_chunks()
+    if sort_keys and table.num_rows > 1:
+        # Sort the (small) key columns only; skip the costly take of wide text columns
+        # when the stage already produced canonical order.
+        keys = table.select(list(sort_keys))
+        order = pc.sort_indices(keys, sort_keys=[(key, "ascending") for key in sort_keys])
+        in_order = np.array_equal(
+            order.to_numpy(zero_copy_only=False), np.arange(table.num_rows)
+        )
+        if not in_order:
+            table = table.take(order)
+    return table
 
 
 def write_parquet(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -126,7 +139,11 @@ def write_parquet(table: pa.Table, path: Path, metadata: dict[str, str] | None =
             write_statistics=True,
             store_schema=False,
         ) as writer:
-            writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_SIZE)
+            # One contiguous chunk per row group: page boundaries follow chunk boundaries,
+            # so this keeps file bytes independent of how the table happens to be chunked.
+            for start in range(0, max(table.num_rows, 1), PARQUET_ROW_GROUP_SIZE):
+                group = table.slice(start, PARQUET_ROW_GROUP_SIZE).combine_chunks()
+                writer.write_table(group, row_group_size=PARQUET_ROW_GROUP_SIZE)
             if metadata:
                 writer.add_key_value_metadata(dict(sorted(metadata.items())))
 
