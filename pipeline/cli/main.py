@@ -341,5 +341,13 @@ register_synth(app)
 register_drift(app)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Console-script entry point (tests drive ``app`` directly)."""
+    from pipeline.core.imports import block_pandas
+
+    block_pandas()
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -15,11 +15,13 @@ import subprocess
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from pydantic import BaseModel
 
 from pipeline import __version__
@@ -203,7 +205,6 @@ class Runner:
         result = stage.run(ctx)
         check_conservation(stage, result)
         metadata = {"tracelake.recorded_at": self.recorded_at, "tracelake.stage": stage.name}
-        refs = []
         specs = {spec.name: spec for spec in stage.outputs}
         specs[stage.quarantine_table] = QUARANTINE
         missing = [
@@ -212,13 +213,23 @@ class Runner:
         ]
         if missing:
             raise TracelakeError(f"{stage.name} did not produce tables {missing}")
-        for name in stage.output_names:
-            source_name = "quarantine" if name == stage.quarantine_table else name
+
+        def store(name: str, raw: pa.Table) -> ObjectRef:
             spec = specs[name]
-            # Pop, so each raw table is freed as soon as its canonical copy is written.
-            table = canonicalize(result.tables.pop(source_name), spec.schema, spec.sort_keys)
-            refs.append(put_table(self.layout, name, table, metadata))
-            del table
+            return put_table(self.layout, name, canonicalize(raw, spec.schema, spec.sort_keys), metadata)
+
+        # Sorting, hashing and Parquet encoding release the GIL: two tables at a time keep
+        # both cores busy. Popping frees each raw table as soon as it is handed over.
+        with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool:
+            futures = [
+                pool.submit(
+                    store,
+                    name,
+                    result.tables.pop("quarantine" if name == stage.quarantine_table else name),
+                )
+                for name in stage.output_names
+            ]
+            refs = [future.result() for future in futures]
         return result, refs
 
     def _export_and_validate(

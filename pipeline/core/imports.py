@@ -1,0 +1,25 @@
+"""Keep optional heavy imports out of processes that never use them.
+
+pyarrow imports pandas (~0.3-0.4 s) the first time Python objects become an Arrow array,
+only to check whether they are pandas objects. The CLI and the collect workers never use
+pandas, so they make ``import pandas`` fail as if it were not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+from typing import Any
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("this tracelake process does not use pandas", name=name)
+        return None
+
+
+def block_pandas() -> None:
+    """Only for processes that own their imports (console script, pool workers)."""
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
