@@ -92,11 +92,6 @@ def xxh3_128_file(path: Path) -> str:
 # --- logical table digest -------------------------------------------------------------
 
 
-def _ints(values: pa.Array) -> bytes:
-    """Little-endian int64 bytes of an array without nulls."""
-    return bytes(values.cast(pa.int64()).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
-
-
 def _valid_mask(arr: pa.Array) -> np.ndarray:
     if arr.null_count == 0:
         return np.ones(len(arr), dtype=bool)
@@ -105,18 +100,18 @@ def _valid_mask(arr: pa.Array) -> np.ndarray:
 
 def _fixed_width(arr: pa.Array, numpy_type: str, arrow_type: pa.DataType) -> bytes:
     """Values with nulls written as zero, so only the validity section tells them apart."""
-    values = arr.cast(arrow_type).to_numpy(zero_copy_only=False)
+    typed = arr.cast(arrow_type)
     if arr.null_count:
-        values = np.where(_valid_mask(arr), values, 0)
-    return bytes(np.asarray(values).astype(numpy_type).tobytes())
+        typed = pc.fill_null(typed, 0)  # in Arrow: numpy would turn int64 into float64
+    return bytes(typed.to_numpy(zero_copy_only=False).astype(numpy_type).tobytes())
 
 
 def _lengths(arr: pa.Array, lengths: pa.Array) -> bytes:
     """Per-row lengths, -1 for nulls."""
-    values = lengths.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    typed = lengths.cast(pa.int64())
     if arr.null_count:
-        values = np.where(_valid_mask(arr), values, -1)
-    return bytes(np.asarray(values).astype("<i8").tobytes())
+        typed = pc.fill_null(typed, -1)
+    return bytes(typed.to_numpy(zero_copy_only=False).astype("<i8").tobytes())
 
 
 def _feed_column(chunks: list[pa.Array], typ: pa.DataType, hasher: Any) -> None:
@@ -146,7 +141,9 @@ def _feed_column(chunks: list[pa.Array], typ: pa.DataType, hasher: Any) -> None:
         for chunk in as_binary:
             hasher.update(_lengths(chunk, pc.binary_length(chunk)))
         for chunk in as_binary:
-            for payload in _binary_payload(chunk):
+            # Bytes under a null slot are undefined in Arrow: empty them before feeding.
+            clean = pc.fill_null(chunk, b"") if chunk.null_count else chunk
+            for payload in _binary_payload(clean):
                 hasher.update(payload)
         return
     if pa.types.is_boolean(typ):

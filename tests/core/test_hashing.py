@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -137,3 +138,16 @@ def test_parquet_bytes_do_not_depend_on_chunking(n: int, cuts: list[int]) -> Non
         write_parquet(chunked, many)
         assert hashlib.sha256(one.read_bytes()).digest() == hashlib.sha256(many.read_bytes()).digest()
     assert table_digest(chunked) == table_digest(table)
+
+
+def test_bytes_under_null_slots_and_big_ints_do_not_leak_into_the_digest() -> None:
+    # A null string slot whose offsets still span bytes (legal in Arrow).
+    offsets = pa.py_buffer(np.array([0, 3, 6], dtype="<i8").tobytes())
+    data = pa.py_buffer(b"abcxyz")
+    validity = pa.py_buffer(np.packbits([True, False], bitorder="little").tobytes())
+    dirty = pa.Array.from_buffers(pa.large_string(), 2, [validity, offsets, data])
+    clean = pa.array(["abc", None], pa.large_string())
+    assert table_digest(pa.table({"s": dirty})) == table_digest(pa.table({"s": clean}))
+    big = 2**53 + 1
+    with_null = pa.table({"i": pa.array([big, None], pa.int64())})
+    assert table_digest(with_null) != table_digest(pa.table({"i": pa.array([big - 1, None], pa.int64())}))
