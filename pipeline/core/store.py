@@ -75,8 +75,17 @@ class LakeLayout:
         return path.resolve().relative_to(self.root.resolve()).as_posix()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
+def atomic_path(target: Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path beside ``target``; rename it into place only on success.
 
     A crash (even ``kill -9``) leaves at most a ``.tmp-*`` file, never a partial target.
@@ -89,6 +98,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield tmp
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; published files follow the umask unless a mode is asked for.
+        tmp.chmod(mode if mode is not None else 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -96,10 +107,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
-    with atomic_path(target) as tmp:
+    with atomic_path(target, mode) as tmp:
         tmp.write_bytes(data)
-        if mode is not None:
-            tmp.chmod(mode)
 
 
 def atomic_write_text(target: Path, text: str) -> None:

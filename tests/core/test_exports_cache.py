@@ -45,3 +45,16 @@ def test_failed_validation_is_never_published(tmp_path: Path) -> None:
     assert (run_dir / "_failed" / "export" / "numbers" / "rows.txt").exists()
     receipt = result.outcomes[-1].receipt
     assert receipt is not None and receipt.validation.errors == ["forbidden key k0003"]
+
+
+def test_published_files_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    result = _run(tmp_path)
+    rows = tmp_path / "exports" / result.run_id / "numbers" / "rows.txt"
+    assert rows.stat().st_mode & 0o777 == expected
+    for ref in result.summary.tables.values():
+        assert (tmp_path / ref.path).stat().st_mode & 0o777 == expected
