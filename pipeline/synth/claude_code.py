@@ -403,28 +403,17 @@ class _Writer:
         return call
 
 
-class ClaudeCorpus:
-    """Generates session slots in order; slot ``i`` depends only on (seed, i, previous slot)."""
+class ClaudeCorpus(C.SlotCorpus):
+    fmt = "claude-code"
 
     def __init__(self, seed: int, malformed_rate: float, oversized_lines: int) -> None:
-        self.seed = seed
-        self.malformed_rate = malformed_rate
-        self.oversized_left = oversized_lines
-        self.malformed_turn = 0
+        super().__init__(seed, malformed_rate, oversized_lines)
         self.prev: SessionOut | None = None
-        pool_rng = random.Random(f"claude-code:{seed}:projects")
-        self.projects = [(pool_rng.choice(C.USERS), name, lang)
-                         for name, lang in pool_rng.sample(C.PROJECTS, len(C.PROJECTS))]
-        self.continuations: list[dict[str, Any]] = []
-        self.copies: list[dict[str, Any]] = []
 
     def slot(self, i: int) -> SessionOut:
-        rng = random.Random(f"claude-code:{self.seed}:{i}")
-        roll = rng.random()
+        rng, roll = self.slot_rng(i)
         prev = self.prev
-        # Slots 2, 22, 42... resume and 5, 25, 45... copy their predecessor when it allows,
-        # so even a small corpus holds both kinds of duplicate; others do so at random.
-        want = "resume" if i % 20 == 2 or roll < 0.03 else "copy" if i % 20 == 5 or roll < 0.06 else ""
+        want = self.duplicate_wish(i, roll, "resume")
         if prev is not None and prev.kind == "normal" and prev.turn_heads and want == "resume":
             out = self._resume(rng, prev)
         elif prev is not None and prev.kind == "normal" and want == "copy":

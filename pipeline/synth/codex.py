@@ -250,28 +250,17 @@ class _Writer:
         return self.exec("cat .env", body, out_tags=tuple("secret:" + k for k in kinds))
 
 
-class CodexCorpus:
-    """Session slots in order; slot ``i`` depends only on (seed, i, previous slot)."""
+class CodexCorpus(C.SlotCorpus):
+    fmt = "codex"
 
     def __init__(self, seed: int, malformed_rate: float, oversized_lines: int) -> None:
-        self.seed = seed
-        self.malformed_rate = malformed_rate
-        self.oversized_left = oversized_lines
-        self.malformed_turn = 0
+        super().__init__(seed, malformed_rate, oversized_lines)
         self.prev: CodexOut | None = None
-        pool_rng = random.Random(f"codex:{seed}:projects")
-        self.projects = [(pool_rng.choice(C.USERS), name, lang)
-                         for name, lang in pool_rng.sample(C.PROJECTS, len(C.PROJECTS))]
-        self.continuations: list[dict[str, Any]] = []
-        self.copies: list[dict[str, Any]] = []
 
     def slot(self, i: int) -> CodexOut:
-        rng = random.Random(f"codex:{self.seed}:{i}")
-        roll = rng.random()
+        rng, roll = self.slot_rng(i)
         prev = self.prev
-        # Slots 2, 22, 42... fork and 5, 25, 45... copy their predecessor when it allows,
-        # so even a small corpus holds both kinds of duplicate; others do so at random.
-        want = "fork" if i % 20 == 2 or roll < 0.03 else "copy" if i % 20 == 5 or roll < 0.06 else ""
+        want = self.duplicate_wish(i, roll, "fork")
         if prev is not None and prev.kind == "normal" and len(prev.turn_starts) >= 2 and want == "fork":
             out = self._fork(rng, prev)
         elif prev is not None and prev.kind == "normal" and want == "copy":

@@ -15,6 +15,7 @@ import re
 import string
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: fixed, never the wall clock.
 
@@ -521,3 +522,35 @@ def env_file(rng: random.Random, kinds: list[str], values: list[str]) -> str:
         lines.append(names[kind] + value + suffix)
     lines.append("LOG_LEVEL=debug")
     return "\n".join(lines)
+
+
+class SlotCorpus:
+    """Session slots in order; slot ``i`` depends only on (seed, i, previous slot).
+
+    Both formats share this: the per-slot rng, the project pool and the forced duplicate
+    slots (2, 22, 42... continue and 5, 25, 45... copy their predecessor), so even a
+    small corpus holds both kinds of duplicate.
+    """
+
+    fmt = ""
+
+    def __init__(self, seed: int, malformed_rate: float, oversized_lines: int) -> None:
+        self.seed = seed
+        self.malformed_rate = malformed_rate
+        self.oversized_left = oversized_lines
+        self.malformed_turn = 0
+        pool_rng = random.Random(f"{self.fmt}:{seed}:projects")
+        self.projects = [(pool_rng.choice(USERS), name, lang)
+                         for name, lang in pool_rng.sample(PROJECTS, len(PROJECTS))]
+        self.continuations: list[dict[str, Any]] = []
+        self.copies: list[dict[str, Any]] = []
+
+    def slot_rng(self, i: int) -> tuple[random.Random, float]:
+        rng = random.Random(f"{self.fmt}:{self.seed}:{i}")
+        return rng, rng.random()
+
+    @staticmethod
+    def duplicate_wish(i: int, roll: float, continuation: str) -> str:
+        if i % 20 == 2 or roll < 0.03:
+            return continuation
+        return "copy" if i % 20 == 5 or roll < 0.06 else ""
