@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,48 @@ def test_worker_count_and_source_order_do_not_change_tables(corpora: Path, tmp_p
     assert one.digests == two.digests
     assert one.receipt.records_in == two.receipt.records_in
     assert one.receipt.filtered == two.receipt.filtered
+
+
+def test_fork_server_workers_give_the_same_tables(
+    corpora: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start method used when fork is unsafe (threaded libraries loaded) changes nothing."""
+    one = collect(tmp_path / "one", [("claude-code", corpora / "cc"), ("codex", corpora / "cx")], workers=1)
+    monkeypatch.setenv("TRACELAKE_COLLECT_START", "forkserver")
+    served = collect(tmp_path / "served", [("claude-code", corpora / "cc"), ("codex", corpora / "cx")], workers=2)
+    assert served.digests == one.digests
+
+
+_DYING_WORKERS = """
+import json, os, sys
+if __name__ == "__mp_main__":
+    os._exit(3)  # every pool worker dies while it starts: the pool breaks
+from pathlib import Path
+from pipeline.core.runner import Runner, RunOptions
+from pipeline.core.sources import SourceSpec
+from pipeline.stages.collect import STAGE
+
+if __name__ == "__main__":
+    root, cc, cx = map(Path, sys.argv[1:4])
+    options = RunOptions(root=root, sources=[SourceSpec("claude-code", cc), SourceSpec("codex", cx)],
+                         workers=2, recorded_at="2026-01-01T00:00:00Z")
+    result = Runner([STAGE], options).run(["collect"])
+    print(json.dumps({"status": result.outcomes[0].status, "digests": dict(result.summary.stages[0].outputs)}))
+"""
+
+
+def test_a_broken_pool_falls_back_to_parsing_in_process(corpora: Path, tmp_path: Path) -> None:
+    script = tmp_path / "dying_workers.py"
+    script.write_text(_DYING_WORKERS)
+    env = {**os.environ, "TRACELAKE_COLLECT_START": "spawn"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "lake"), str(corpora / "cc"), str(corpora / "cx")],
+        capture_output=True, text=True, env=env, check=True, cwd=Path(__file__).parent.parent,
+    )
+    assert "worker pool broke" in done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    one = collect(tmp_path / "one", [("claude-code", corpora / "cc"), ("codex", corpora / "cx")], workers=1)
+    assert out["status"] == "ok" and out["digests"] == one.digests
 
 
 def test_incremental_equals_from_scratch(corpora: Path, tmp_path: Path) -> None:

@@ -444,7 +444,9 @@ _SHAPED = st.one_of(
 # Homes right after characters JSON escapes: the JSON-text fold must step aside there.
 _HOME_EDGES = st.sampled_from(
     ["\n/home/bob/x", "\x08:/home/eve", "b:/home/eve", "\\/home/zed", "\x1b/home/q", "\x1bb:/home/w",
-     "\\\n/home/k", '"/home/m', "\t/srv/alice/y", "\x1f/srv/alice", "x\u00e9/home/n", "/home/bob\n/home/al"]
+     "\\\n/home/k", '"/home/m', "\t/srv/alice/y", "\x1f/srv/alice", "x\u00e9/home/n", "/home/bob\n/home/al",
+     "\\n/home/v", "\\\\\n/home/v", "C:/Users/ann/x", "/home/Shared/x", "/home/Sharedx/y", "/home/a/home/b",
+     "//home/c", "\u00e9/Users/d", "a:/home/e", "\x0b/home/f", "/srv/alice/home/g"]
 )
 _JSON_PIECES = st.lists(
     st.one_of(_JSON_NOISE, _FRAGMENTS, _SHAPED, _SHAPED, st.sampled_from(_SECRETS), st.sampled_from(NEGATIVES),
@@ -489,9 +491,24 @@ def test_screened_records_equal_the_string_walk(value: object) -> None:
         assert data == orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
 
 
-@pytest.mark.parametrize("edge", ["\n", "\x08:", "b:", "\\", "\x1b", "\x1bb:", "\\\n", '"', "\t", "é"])
+@pytest.mark.parametrize(
+    "edge", ["\n", "\x08:", "b:", "\\", "\x1b", "\x1bb:", "\\\n", '"', "\t", "é", "\\n", "\\\\\n", "/", "x", ":", "\x0b"]
+)
 def test_homes_next_to_json_escapes_fold_as_in_each_string(edge: str) -> None:
     record = {"a": "cd /home/bob/x", "b": [f"ls{edge}/home/eve/y", {"/home/zed": 1}]}
     screened, walked = Redactor(home_dirs=[]), Redactor(home_dirs=[])
     assert screened.redact_obj(record) == walked._walk(record)
     assert screened.counts == walked.counts
+
+
+def test_common_home_records_fold_on_their_json() -> None:
+    """Grep-style results (homes after ``\\n``) and tool inputs take the JSON fold, not the walk."""
+    record = [
+        {"content": "/home/ann/src/a.py:3:x\n/home/ann/src/b.py:9:y", "is_error": False, "type": "tool_result"},
+        {"input": {"command": "ls /home/ann/src", "path": "/Users/bo/x"}, "name": "Bash", "type": "tool_use"},
+    ]
+    screened, walked = Redactor(home_dirs=[]), Redactor(home_dirs=[])
+    folded = screened._fold_json(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    assert folded is not None
+    assert folded[0] == walked._walk(record)
+    assert screened.counts == walked.counts == {HOME_KIND: 4}

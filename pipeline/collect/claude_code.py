@@ -48,7 +48,7 @@ SPAWN_TOOLS = frozenset({"Task", "Agent"})
 _USER_TEXT, _TOOL_RESULT, _ASSISTANT, _API_ERROR, _STRUCTURE = "u", "r", "a", "e", "s"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Message:
     session_id: str
     message_id: str
@@ -62,15 +62,15 @@ class _Message:
     model: str | None = None
     prompt_line: int | None = None
     blocks: list[Any] = field(default_factory=list)
-    # The canonical JSON of ``blocks`` (the redaction screen serialises them anyway), as
-    # the comma-joined insides of each record's list; None once any record's is unknown.
+    # The canonical JSON of ``blocks`` (the redaction screen serialises them anyway): one
+    # JSON list per record, joined at the end; None once any record's is unknown.
     json_parts: list[bytes] | None = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     thinkings: list[str] = field(default_factory=list)
     n_calls: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     message: _Message
     tool_use_id: str
@@ -84,7 +84,7 @@ class _Call:
     spawn_digest: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Result:
     is_error: bool
     text: str | None
@@ -93,7 +93,7 @@ class _Result:
     agent_id: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Session:
     root_session_id: str | None
     agent_id: str | None
@@ -132,9 +132,13 @@ class ClaudeFile:
     def feed(self, line_no: int, obj: dict[str, Any]) -> tuple[str | None, str | None]:
         """Map or count one record; returns (line outcome, session id) or (None, None)."""
         kind = obj.get("type")
-        uuid = obj.get("uuid") if isinstance(obj.get("uuid"), str) else None
-        parent = obj.get("parentUuid") if isinstance(obj.get("parentUuid"), str) else None
-        if kind in ("user", "assistant") or (kind == "system" and obj.get("subtype") in MAPPED_SYSTEM_SUBTYPES):
+        uuid = obj.get("uuid")
+        if not isinstance(uuid, str):
+            uuid = None
+        parent = obj.get("parentUuid")
+        if not isinstance(parent, str):
+            parent = None
+        if kind == "assistant" or kind == "user" or (kind == "system" and obj.get("subtype") in MAPPED_SYSTEM_SUBTYPES):
             session_id = self._session(obj)
             if session_id is None:
                 self.shard.quarantine(line_no, "missing_session_id", f"{kind} record without sessionId",
@@ -215,11 +219,10 @@ class ClaudeFile:
 
     def _new_message(self, line_no: int, obj: dict[str, Any], session_id: str, message_id: str,
                      parent: str | None, role: str) -> _Message:
-        ts = obj.get("timestamp") if isinstance(obj.get("timestamp"), str) else None
+        ts = obj.get("timestamp")
         message = _Message(
-            session_id=session_id, message_id=message_id, parent_uuid=parent, role=role,
-            timestamp=ts, line_no=line_no, is_sidechain=bool(obj.get("isSidechain")),
-            prompt_line=self.current_prompt.get(session_id),
+            session_id, message_id, parent, role, ts if isinstance(ts, str) else None, line_no,
+            bool(obj.get("isSidechain")), prompt_line=self.current_prompt.get(session_id),
         )
         self.messages[(session_id, message_id)] = message
         self.message_order.append(message)
@@ -255,11 +258,12 @@ class ClaudeFile:
                 info.model = model
         blocks, data = self._blocks(message.get("content"))
         merged.blocks.extend(blocks)
-        if merged.json_parts is not None:
+        parts = merged.json_parts
+        if parts is not None:
             if data is None:
                 merged.json_parts = None
-            elif len(data) > 2:  # "[]" adds nothing
-                merged.json_parts.append(data[1:-1])
+            else:
+                parts.append(data)
         ts = obj.get("timestamp")
         for block in blocks:
             if not isinstance(block, dict):
@@ -311,7 +315,7 @@ class ClaudeFile:
         message_id = uuid or f"L{line_no}"
         row = self._new_message(line_no, obj, session_id, message_id, parent, role)
         row.blocks = blocks
-        row.json_parts = None if data is None else [data[1:-1]] if len(data) > 2 else []
+        row.json_parts = None if data is None else [data]
         row.texts = texts
         row.is_meta = bool(obj.get("isMeta"))
         row.is_compact_summary = bool(obj.get("isCompactSummary"))
@@ -376,6 +380,7 @@ class ClaudeFile:
 
     def _emit_calls(self) -> None:
         shard, limit = self.shard, self.settings.max_result_bytes
+        rows, source_file = shard.rows["tool_calls"], shard.source_file
         for call in self.calls.values():
             result = self.results.pop(call.tool_use_id, None)
             text: str | None = None
@@ -386,24 +391,24 @@ class ClaudeFile:
                 if result.text is not None:
                     text, cut = cut_text(result.text, limit)
             message = call.message
-            shard.add(
-                "tool_calls", session_id=message.session_id, tool_use_id=call.tool_use_id,
-                message_id=message.message_id, turn_subindex=call.subindex, name=call.name,
-                input_json=call.input_json, input_truncated_bytes=call.input_cut,
-                has_result=result is not None, is_error=is_error, result_text=text,
-                result_truncated_bytes=cut,
-                error_kind=error_kind(is_error, result.text if result is not None else None),
-                exit_code=None, is_sidechain=message.is_sidechain, timestamp=call.timestamp,
-                source_file=shard.source_file, line_no=call.line_no, _prompt_line=call.prompt_line,
-                _agent_id=result.agent_id if result is not None else None,
-                _spawn_digest=call.spawn_digest,
-            )
+            rows.append((  # SHARD_SCHEMAS["tool_calls"] order
+                message.session_id, call.tool_use_id, message.message_id, call.subindex, call.name,
+                call.input_json, call.input_cut, result is not None, is_error, text, cut,
+                error_kind(is_error, result.text if result is not None else None), None,
+                message.is_sidechain, call.timestamp, source_file, call.line_no, call.prompt_line,
+                result.agent_id if result is not None else None, call.spawn_digest,
+            ))
         for tool_use_id, result in self.results.items():
             shard.quarantine(result.line_no, "unpaired_tool_result", "tool_result without a tool_use in this file",
                              record_id=tool_use_id, session_id=result.session_id)
 
     def _resolve(self, uuid: str | None, own: str | None = None) -> str | None:
         """Nearest message above ``uuid``, walking through structure records (cycle-safe)."""
+        if uuid is None:
+            return None
+        found = self.uuid_message.get(uuid)
+        if found is not None and found != own:  # the common case: the parent is a message
+            return found
         seen: set[str] = set()
         while uuid is not None and uuid not in seen:
             seen.add(uuid)
@@ -414,20 +419,17 @@ class ClaudeFile:
         return None
 
     def _emit_messages(self) -> None:
-        shard, limit = self.shard, self.settings.max_content_bytes
+        shard, limit, resolve = self.shard, self.settings.max_content_bytes, self._resolve
+        rows, source_file = shard.rows["messages"], shard.source_file
         for m in self.message_order:
             texts = [t for t in m.texts if t]
-            thinking = [t for t in m.thinkings if t]
-            shard.add(
-                "messages", session_id=m.session_id, message_id=m.message_id,
-                parent_id=self._resolve(m.parent_uuid, m.message_id), role=m.role,
-                text="\n".join(texts) if texts else None,
-                thinking="\n".join(thinking) if thinking else None,
-                content_json=joined_json(m.json_parts, m.blocks, limit), timestamp=m.timestamp,
-                is_sidechain=m.is_sidechain, is_meta=m.is_meta,
-                is_compact_summary=m.is_compact_summary, model=m.model,
-                source_file=shard.source_file, line_no=m.line_no, _prompt_line=m.prompt_line,
-            )
+            thinking = [t for t in m.thinkings if t] if m.thinkings else None
+            rows.append((  # SHARD_SCHEMAS["messages"] order
+                m.session_id, m.message_id, resolve(m.parent_uuid, m.message_id), m.role,
+                "\n".join(texts) if texts else None, "\n".join(thinking) if thinking else None,
+                joined_json(m.json_parts, m.blocks, limit), m.timestamp, m.is_sidechain, m.is_meta,
+                m.is_compact_summary, m.model, source_file, m.line_no, m.prompt_line,
+            ))
 
     def _emit_branches(self) -> None:
         """Parents with several non-structural children: edits and retries."""

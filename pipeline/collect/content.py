@@ -37,8 +37,21 @@ def _strip_data_url(value: object) -> object:
     return value
 
 
+_STRIPPED_TYPES = frozenset({*_BLOB_TYPES, "input_image"})
+
+
 def strip_blobs(blocks: list[Any]) -> list[Any]:
-    """Blocks with image/document payloads and data URLs replaced by placeholders."""
+    """Blocks with image/document payloads and data URLs replaced by placeholders.
+
+    The list itself when no block is of a type that can hold one (most records).
+    """
+    for block in blocks:
+        if isinstance(block, dict):
+            kind = block.get("type")
+            if kind in _STRIPPED_TYPES or (kind == "tool_result" and isinstance(block.get("content"), list)):
+                break
+    else:
+        return blocks
     out: list[Any] = []
     for block in blocks:
         if isinstance(block, dict):
@@ -127,15 +140,20 @@ def capped_dumps(obj: Any, limit: int) -> str:
     return dumps(cap_strings(obj, limit))
 
 
-def joined_json(parts: list[bytes] | None, blocks: list[Any], limit: int) -> str:
+def joined_json(parts: list[bytes] | None, blocks: list[Any], limit: int) -> str | bytes:
     """``capped_dumps(blocks, limit)`` from the blocks' JSON pieces, when they are known.
 
-    ``parts`` are the insides of orjson's sorted-key lists that make up ``blocks``; a list
-    serialises as its items joined by commas, so joining the insides is the same text.
+    ``parts`` are orjson's sorted-key JSON lists whose items make up ``blocks``; a list
+    serialises as its items joined by commas, so joining their insides is the same text.
+    That text is returned as orjson's UTF-8 bytes: Arrow stores a string column from
+    bytes as is, and decoding them to ``str`` only to have Arrow encode them again costs.
     """
     if parts is None:
         return capped_dumps(blocks, limit)
-    data = b"[" + b",".join(parts) + b"]"
+    if len(parts) == 1:
+        data = parts[0]
+    else:
+        data = b"[" + b",".join([p[1:-1] for p in parts if len(p) > 2]) + b"]"
     if len(data) <= limit:
-        return data.decode("utf-8")
+        return data
     return dumps(cap_strings(blocks, limit))

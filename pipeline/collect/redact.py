@@ -16,6 +16,11 @@ Design (why it is shaped like this):
   superset: it may say "maybe" wrongly, never "no" wrongly, and output never depends on
   the path taken. A string with a home in it is folded first and the folded text, which
   is what the detectors see, is screened.
+* Most records that fire the JSON screen do so only for a home path (a cwd-relative
+  path in a tool call or result). Those are folded on the record's JSON text in one go
+  and parsed back, instead of walking every string; the fold steps aside (falls back to
+  the walk) wherever the JSON text and the string could disagree: next to an escape, a
+  Windows home, a folded dict key, anything left for the screen to fire on.
 * Validators (entropy, identifier and path shapes, word boundaries) run only on the rare
   regex hits, in Python.
 * `redact` repeats detection until nothing matches, so it is idempotent and
@@ -595,6 +600,27 @@ _HOME_MARKS = tuple(mark for mark, _ in _HOME_PATTERNS)
 _HOME_RE2 = r"/home/[A-Za-z0-9._-]|/Users/[A-Za-z0-9._-]|\\Users\\"
 _NOT_HOMES = frozenset({"Shared", "Public", "Default"})
 _DRIVE = re.compile(r"[A-Za-z]:", re.ASCII)
+_JSON_SPECIAL = re.compile(r'["\\\x00-\x1f]')
+# The same tables for folding on JSON bytes (``_fold_json``): POSIX patterns only.
+_HOME_PATTERNS_JSON: tuple[tuple[bytes, re.Pattern[bytes]], ...] = (
+    (b"/home/", re.compile(rb"/home/([A-Za-z0-9._-]+)")),
+    (b"/Users/", re.compile(rb"/Users/([A-Za-z0-9._-]+)")),
+)
+_NOT_HOMES_JSON = frozenset(n.encode() for n in _NOT_HOMES)
+# ``_HOME_PATTERNS_JSON`` with ``_home_span_json``'s boundary test written into the
+# pattern (after the leading slash, so ``re`` can skip ahead to it), for the cases that
+# need no counting of backslash runs: a preceding character
+# that is neither a path character, a colon (drive letters) nor a backslash, or an escape
+# (``\\n``, ``\\u001b``) whose backslash follows no other backslash. Anything else is
+# left unfolded here (the caller's screen then sees the mark and takes the exact path).
+_FAST_HOMES_JSON = re.compile(
+    rb"/(?:(?<![A-Za-z0-9_.~:\\-]/)|(?<=(?<!\\)\\[ntrbf\"]/)|(?<=(?<!\\)\\u00[0-9a-fA-F]{2}/))"
+    rb"(?:home|Users)/(?!(?:Shared|Public|Default)(?![A-Za-z0-9._-]))[A-Za-z0-9._-]+"
+)
+_LETTER_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_PATH_BYTES = frozenset(map(ord, _PATH_CHARS))
+_NAME_BYTES = frozenset(map(ord, _NAME_CHARS))
+_COLON, _U, _BACKSLASH = ord(":"), ord("u"), ord("\\")
 
 
 def _home_literals(home_dirs: Sequence[str] | None) -> tuple[str, ...]:
@@ -632,6 +658,11 @@ class Redactor:
         self._home_marks = (*_HOME_MARKS, *self._homes) if fold_home else ()
         self._screen = _screen_for(self._home_marks)
         self._json_screen = _screen_for(self._home_marks, json=True)
+        # The JSON-text fold assumes a home spells the same in a string and in its JSON.
+        self._json_fold = fold_home and all(
+            h.startswith("/") and _JSON_SPECIAL.search(h) is None for h in self._homes
+        )
+        self._homes_json = tuple(h.encode("utf-8") for h in self._homes)
         self._clean: set[str] = set()
 
     def redact(self, text: str) -> str:
@@ -660,12 +691,13 @@ class Redactor:
 
     def _redact_all(self, text: str) -> str:
         # Replacing a secret or folding a home can change what the neighbours look like
-        # (a boundary appears), so repeat until a full round changes nothing. Typical
-        # strings take one detection pass; only strings that held a secret take two.
+        # (a boundary appears), so repeat until a full round changes nothing. The RE2
+        # screen (a superset of the detectors) spares the detectors' ~20 passes where it
+        # is silent: on the text left once the secrets are replaced, typically.
         fold = self._fold if self.fold_home else _same
         text = fold(text)
         for _ in range(8):
-            spans = _resolve(_detect(text))
+            spans = _resolve(_detect(text)) if _SECRET_SCREEN.hit(text) else []
             if spans:
                 text = _splice(text, spans, self.counts)
                 continue
@@ -699,10 +731,90 @@ class Redactor:
             data: bytes | None = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
         except TypeError:  # beyond orjson (an int over 64 bits, a lone surrogate): walk
             data = None
-        if data is not None and not self._json_screen.hit_bytes(data):
-            return obj, data
+        if data is not None:
+            if not self._json_screen.hit_bytes(data):
+                return obj, data
+            if self._json_fold:
+                folded = self._fold_json(data)
+                if folded is not None:
+                    return folded
         out = self._redact_list(list(obj)) if isinstance(obj, tuple) else self._walk(obj)
         return out, data if out is obj else None
+
+    def _fold_json(self, data: bytes) -> tuple[Any, bytes] | None:
+        """Fold homes on a record's JSON text: ``(walked value, its JSON)`` as the
+        per-string walk would give them, or None where that is not certain.
+
+        A string's redaction depends only on its folded form (``redact`` screens the
+        folded text), so a screen silent on the folded JSON means every string redacts
+        to its folded self: no secret needs looking for before folding.
+
+        Works on the UTF-8 bytes (no decode, no re-encode). A home match holds only
+        literal ASCII characters (no quote, backslash or control character), so it is the
+        same match in the string and in its JSON text; only the characters before it (the
+        boundary and drive-letter checks) may be the end of an escape, and those are read
+        as the escaped character. A Windows home (backslashes mean two things here), a
+        fold leaving a mark the screen still fires on, or a folded dict key that reorders
+        or merges keys (the re-serialisation check) send the record to the walk.
+        """
+        if b"Users\\\\" in data:
+            return None
+        folded, folds = self._fold_json_fast(data)
+        if folds == 0 or self._json_screen.hit_bytes(folded):
+            spans = self._json_home_spans(data)
+            if not spans:
+                return None
+            parts: list[bytes] = []
+            last = 0
+            for start, end in spans:
+                parts.append(data[last:start])
+                parts.append(b"~")
+                last = end
+            parts.append(data[last:])
+            folded, folds = b"".join(parts), len(spans)
+            if self._json_screen.hit_bytes(folded):
+                return None
+        value = orjson.loads(folded)
+        if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) != folded:
+            return None
+        self.counts[HOME_KIND] += folds
+        return value, folded
+
+    def _fold_json_fast(self, data: bytes) -> tuple[bytes, int]:
+        """The common folds in one C-level pass: matches whose boundary needs no reading
+        of escape runs (see ``_FAST_HOMES_JSON``). It may leave folds undone, never make
+        one ``_json_home_spans`` would not: ``(data, 0)`` where a drive letter or a
+        literal home could be involved."""
+        if b":/home/" in data or b":/Users/" in data or any(h in data for h in self._homes_json):
+            return data, 0
+        return _FAST_HOMES_JSON.subn(b"~", data)
+
+    def _json_home_spans(self, data: bytes) -> list[tuple[int, int]]:
+        """``_home_spans`` on JSON text bytes, POSIX homes only (see ``_fold_json``)."""
+        spans: list[tuple[int, int]] = []
+        for home in self._homes_json:
+            pos = data.find(home)
+            while pos != -1:
+                end = pos + len(home)
+                if end >= len(data) or data[end] not in _NAME_BYTES:
+                    spans.append(_home_span_json(data, pos, end))
+                pos = data.find(home, pos + 1)
+        for mark, pattern in _HOME_PATTERNS_JSON:
+            if mark not in data:
+                continue
+            for m in pattern.finditer(data):
+                if m.group(1) not in _NOT_HOMES_JSON:
+                    spans.append(_home_span_json(data, m.start(), m.end()))
+        if len(spans) > 1:
+            spans.sort(key=lambda s: (s[0], -s[1]))
+        out: list[tuple[int, int]] = []
+        last = 0
+        for start, end in spans:
+            if start < last:  # rejected (-1) or inside an earlier fold
+                continue
+            out.append((start, end))
+            last = end
+        return out
 
     def _walk(self, obj: Any) -> Any:
         if isinstance(obj, str):
@@ -762,8 +874,15 @@ class Redactor:
 
     def _fold_count(self, text: str) -> tuple[str, int]:
         """(text with home directories as `~`, folds made); `text` itself when none."""
-        if not any(mark in text for mark in self._home_marks):
+        spans = self._home_spans(text)
+        if not spans:
             return text, 0
+        return _apply_folds(text, spans), len(spans)
+
+    def _home_spans(self, text: str) -> list[tuple[int, int]]:
+        """The (start, end) of each home to fold, in order and non-overlapping."""
+        if not any(mark in text for mark in self._home_marks):
+            return []
         spans: list[tuple[int, int]] = []
         for home in self._homes:
             if home not in text:
@@ -781,20 +900,27 @@ class Redactor:
                 name = m.group(0).replace("\\", "/").rsplit("/", 1)[-1]
                 if name not in _NOT_HOMES:
                     spans.append(_home_span(text, m.start(), m.end()))
-        spans = [s for s in spans if s[0] >= 0]
-        if not spans:
-            return text, 0
-        parts: list[str] = []
-        last = folds = 0
-        for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
-            if start < last:
+        if len(spans) > 1:
+            spans.sort(key=lambda s: (s[0], -s[1]))
+        out: list[tuple[int, int]] = []
+        last = 0
+        for start, end in spans:
+            if start < last:  # rejected (-1) or inside an earlier fold
                 continue
-            parts.append(text[last:start])
-            parts.append("~")
-            folds += 1
+            out.append((start, end))
             last = end
-        parts.append(text[last:])
-        return "".join(parts), folds
+        return out
+
+
+def _apply_folds(text: str, spans: list[tuple[int, int]]) -> str:
+    parts: list[str] = []
+    last = 0
+    for start, end in spans:
+        parts.append(text[last:start])
+        parts.append("~")
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def _same(text: str) -> str:
@@ -808,3 +934,35 @@ def _home_span(text: str, start: int, end: int) -> tuple[int, int]:
     if start > 0 and text[start - 1] in _PATH_CHARS:
         return (-1, end)
     return (start, end)
+
+
+def _home_span_json(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """``_home_span`` on a string's JSON bytes: a character ending an escape (``\\n``,
+    ``\\u001b``) is the control character it stands for, neither a drive letter nor a path
+    character. Bytes of multi-byte characters are never ASCII, as those are neither."""
+    if (
+        start >= 2 and data[start - 1] == _COLON and data[start - 2] in _LETTER_BYTES
+        and not _ends_escape(data, start - 1)
+    ):
+        start -= 2
+    if start > 0 and data[start - 1] in _PATH_BYTES and not _ends_escape(data, start):
+        return (-1, end)
+    return (start, end)
+
+
+def _ends_escape(data: bytes, pos: int) -> bool:
+    """Whether ``data[pos - 1]`` ends a JSON escape (``\\X`` or ``\\u00XX``): its lead
+    backslash closes an odd run (after an even run it is an escaped backslash, and what
+    follows is a literal)."""
+    if _odd_backslashes(data, pos - 2):
+        return True
+    return pos >= 6 and data[pos - 5] == _U and _odd_backslashes(data, pos - 6)
+
+
+def _odd_backslashes(data: bytes, last: int) -> bool:
+    """Whether the run of backslashes ending at ``data[last]`` is odd (an escape's lead)."""
+    n = 0
+    while last >= 0 and data[last] == _BACKSLASH:
+        n += 1
+        last -= 1
+    return n % 2 == 1

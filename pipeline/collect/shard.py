@@ -13,11 +13,13 @@ is left to ``merge``; shard tables therefore carry a few ``_``-prefixed helper c
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -124,47 +126,46 @@ class ShardTask:
     settings: CollectSettings
 
 
-Columns = dict[str, dict[str, list[Any]]]
+# Rows as tuples in schema order, per table; turned into columns once per container.
+Rows = dict[str, list[tuple[Any, ...]]]
+_NAMES: dict[str, tuple[str, ...]] = {name: tuple(schema.names) for name, schema in SHARD_SCHEMAS.items()}
+_QUARANTINE_REASON = _NAMES["quarantine"].index("reason")
 
 
-def empty_columns() -> Columns:
-    return {name: {f.name: [] for f in schema} for name, schema in SHARD_SCHEMAS.items()}
+def empty_rows() -> Rows:
+    return {name: [] for name in SHARD_SCHEMAS}
 
 
-def row_counts(cols: Columns) -> dict[str, int]:
-    return {name: len(cols[name][schema.names[0]]) for name, schema in SHARD_SCHEMAS.items()}
+def row_counts(rows: Rows) -> dict[str, int]:
+    return {name: len(table_rows) for name, table_rows in rows.items()}
 
 
 class Shard:
-    """Column lists for every shard table plus the line tallies of one file."""
+    """Rows for every shard table plus the line tallies of one file."""
 
     def __init__(
-        self, kind: str, source_file: str, settings: CollectSettings, cols: Columns | None = None
+        self, kind: str, source_file: str, settings: CollectSettings, rows: Rows | None = None
     ) -> None:
         self.kind = kind
         self.source_file = source_file
         self.settings = settings
         self.redactor = Redactor(fold_home=settings.fold_home)
         # Shared with the other files of a batch: rows are appended after theirs.
-        self.cols: Columns = cols if cols is not None else empty_columns()
-        self._line_cols = [self.cols["lines"][f.name] for f in SHARD_SCHEMAS["lines"]]
+        self.rows: Rows = rows if rows is not None else empty_rows()
+        self._line_rows = self.rows["lines"]
         self.lines: Counter[str] = Counter()
         self.repairs: Counter[str] = Counter()
 
     def add(self, table: str, **values: Any) -> None:
-        cols = self.cols[table]
-        for name, column in cols.items():
-            column.append(values.get(name))
+        """One row by column name (missing columns are null)."""
+        self.rows[table].append(tuple(map(values.get, _NAMES[table])))
 
     def add_line(self, line_no: int, key: str, chash: int, outcome: str, session_id: str | None) -> None:
-        """The per-line hot path: direct appends instead of ``add``'s keyword dict."""
-        cols = self._line_cols
-        cols[0].append(self.source_file)
-        cols[1].append(line_no)
-        cols[2].append(key)
-        cols[3].append(chash)
-        cols[4].append(outcome)
-        cols[5].append(session_id)
+        """The per-line hot path: a positional row instead of ``add``'s keyword dict."""
+        self._line_rows.append((self.source_file, line_no, key, chash, outcome, session_id))
+
+    def last_quarantine_reason(self) -> str:
+        return str(self.rows["quarantine"][-1][_QUARANTINE_REASON])
 
     def quarantine(
         self,
@@ -185,18 +186,20 @@ class Shard:
         )
 
     def tables(self) -> dict[str, pa.Table]:
-        return columns_to_tables(self.cols)
+        return rows_to_tables(self.rows)
 
 
-def columns_to_tables(cols: Columns) -> dict[str, pa.Table]:
+def rows_to_tables(rows: Rows) -> dict[str, pa.Table]:
     """Non-empty tables only: most files have no quarantine, branch or prompt rows, and
     the merge reads a missing table as empty."""
     out = {}
     for name, schema in SHARD_SCHEMAS.items():
-        table_cols = cols[name]
-        if not table_cols[schema.names[0]]:
+        table_rows = rows[name]
+        if not table_rows:
             continue
-        out[name] = pa.table([pa.array(table_cols[f.name], type=f.type) for f in schema], schema=schema)
+        arrays = [pa.array(list(map(itemgetter(i), table_rows)), type=f.type) for i, f in enumerate(schema)]
+        table_rows.clear()  # the tuples go as soon as their columns exist
+        out[name] = pa.table(arrays, schema=schema)
     return out
 
 
@@ -235,6 +238,7 @@ def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
         parser = ClaudeFile(shard, path, meta)
     seen: dict[str, int] = {}
     lines = shard.lines
+    feed, add_line, loads, digest = parser.feed, shard.add_line, orjson.loads, xxhash.xxh3_64_intdigest
     for line_no, raw, problem in iter_lines(path, shard.settings.max_line_bytes, shard.repairs):
         if problem == BLANK:
             lines["blank_line"] += 1
@@ -243,8 +247,11 @@ def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
             shard.quarantine(line_no, "oversized_line",
                              f"{raw.decode()} bytes > max_line_bytes {shard.settings.max_line_bytes}")
             continue
-        chash = xxhash.xxh3_64_intdigest(raw)
-        obj, reason = decode_json(raw, shard.repairs)
+        chash = digest(raw)
+        try:  # the common case, without ``decode_json``'s call
+            obj, reason = loads(raw), None
+        except orjson.JSONDecodeError:
+            obj, reason = decode_json(raw, shard.repairs)
         if reason is None and not isinstance(obj, dict):
             reason = "not_an_object"
         if reason is not None:
@@ -258,7 +265,15 @@ def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
             shard.quarantine(line_no, reason, detail)
             shard.add_line(line_no, key, chash, f"quarantined:{reason}", None)
             continue
-        key = _record_key(obj, chash)
+        # A record's identity: (sessionId, uuid) where it has one, else its bytes. The
+        # session is part of it because a session copied under a new id keeps its
+        # uuids: those records are new records of another session, not duplicates.
+        uuid = obj.get("uuid")
+        if isinstance(uuid, str) and uuid:
+            session = obj.get("sessionId")
+            key = f"{session}:{uuid}" if isinstance(session, str) else uuid
+        else:
+            key = f"h:{chash:016x}"
         prior = seen.get(key)
         if prior is not None:
             if prior == chash:
@@ -269,26 +284,13 @@ def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
                                  record_id=key)
             continue
         seen[key] = chash
-        outcome, session_id = parser.feed(line_no, obj)
+        outcome, session_id = feed(line_no, obj)
         if outcome is None:  # the parser quarantined the line (and tallied it) itself
-            outcome = f"quarantined:{shard.cols['quarantine']['reason'][-1]}"
+            outcome = f"quarantined:{shard.last_quarantine_reason()}"
         else:
             lines[outcome] += 1
-        shard.add_line(line_no, key, chash, outcome, session_id)
+        add_line(line_no, key, chash, outcome, session_id)
     parser.finish()
-
-
-def _record_key(obj: dict[str, Any], chash: int) -> str:
-    """A record's identity: (sessionId, uuid) where it has one, else its bytes.
-
-    The session is part of the key because a session copied under a new id keeps its
-    uuids: those records are new records of another session, not duplicates.
-    """
-    uuid = obj.get("uuid")
-    if isinstance(uuid, str) and uuid:
-        session = obj.get("sessionId")
-        return f"{session}:{uuid}" if isinstance(session, str) else uuid
-    return f"h:{chash:016x}"
 
 
 def _preview(raw: bytes) -> str:
@@ -305,26 +307,42 @@ def cached_stats(task: ShardTask) -> dict[str, Any] | None:
 
 
 def build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
-    """Worker entry: parse a run of files into one container, then write one ref per file."""
-    cols = empty_columns()
+    """Worker entry: parse a run of files into one container, then write one ref per file.
+
+    The cyclic garbage collector is off meanwhile: parsing allocates hundreds of
+    thousands of containers that live until the batch is written (each full collection
+    walks them all: a few percent of the parse) and makes no reference cycles worth
+    collecting early.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_batch(tasks)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
+    rows = empty_rows()
     members: dict[str, dict[str, Any]] = {}
     for task in tasks:
-        before = row_counts(cols)
-        shard = Shard(task.kind, task.display_path, task.settings, cols)
+        before = row_counts(rows)
+        shard = Shard(task.kind, task.display_path, task.settings, rows)
         shard.source_file = shard.redactor.redact(task.display_path)
         parse_into(shard, Path(task.path), _read_meta(task.meta_path))
-        after = row_counts(cols)
-        rows = {n: [before[n], after[n] - before[n]] for n in after if after[n] > before[n]}
+        after = row_counts(rows)
+        ranges = {n: [before[n], after[n] - before[n]] for n in after if after[n] > before[n]}
         stats = {
             "lines": dict(shard.lines),
             "repairs": dict(shard.repairs),
             "redactions": dict(shard.redactor.counts),
             "bytes": Path(task.path).stat().st_size,
         }
-        members[task.key] = {"stats": stats, "rows": rows}
+        members[task.key] = {"stats": stats, "rows": ranges}
     shard_dir = Path(tasks[0].shard_dir)
     name = f"{digest_json(sorted(members))}.batch"
-    write_container(shard_dir / "batches" / name, split_heavy(columns_to_tables(cols)), {})
+    write_container(shard_dir / "batches" / name, split_heavy(rows_to_tables(rows)), {})
     for key, member in members.items():
         _write_ref(shard_path(shard_dir, key), {"container": name, **member})
     return [{"key": key, "cached": False, **member["stats"]} for key, member in members.items()]
