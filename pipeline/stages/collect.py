@@ -10,7 +10,7 @@ file order, worker count and which shards came from cache.
 
 from __future__ import annotations
 
-import importlib.abc
+import gc
 import logging
 import multiprocessing
 import os
@@ -33,6 +33,7 @@ from pipeline.collect.shard import (
     meta_path_for,
     shard_key,
 )
+from pipeline.core.imports import block_pandas
 from pipeline.core.stage import Stage, StageContext, StageResult
 from schemas.records import COLLECT_TABLES
 
@@ -130,6 +131,10 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
             _record(results, build_batch(batch), done)
     else:
         finished = 0
+        # Freeze the parent's objects out of the cyclic GC before forking: otherwise the
+        # children's collections touch (and so copy) every inherited page.
+        gc.collect()
+        gc.freeze()
         try:
             with ProcessPoolExecutor(
                 max_workers=ctx.workers, mp_context=_pool_context(), initializer=_worker_init
@@ -144,6 +149,8 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
                         error, len(batches) - finished)
             for batch in batches[finished:]:
                 _record(results, build_batch(batch), done)
+        finally:
+            gc.unfreeze()
     for _ in done:  # let the progress bar finish
         pass
     return [results[t.key] for t in tasks]
@@ -176,20 +183,9 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-class _NoPandas(importlib.abc.MetaPathFinder):
-    """Makes ``import pandas`` fail, as if it were not installed."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("collect workers do not use pandas", name=name)
-        return None
-
-
 def _worker_init() -> None:
-    """Pool workers only parse. pyarrow imports pandas (~0.4 s a process) on the first
-    ``pa.array`` just to check the argument's type; without pandas it skips that check."""
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _NoPandas())
+    """Pool workers only parse and never need pandas (see pipeline.core.imports)."""
+    block_pandas()
 
 
 def _record(results: dict[str, dict[str, Any]], stats_list: list[dict[str, Any]], done: Any) -> None:
