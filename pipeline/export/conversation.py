@@ -227,15 +227,22 @@ class CallFacts:
     def of(cls, kinds: list[str], names: list[str], args: list[dict[str, Any]],
            required: dict[tuple[str, str], list[str]]) -> CallFacts:
         facts = cls([], [], [], [], [], [], [])
+        memo: dict[tuple[str, str, int], tuple[Any, ...]] = {}  # shared parsed args: once each
         for kind, name, a in zip(kinds, names, args, strict=True):
+            key = (kind, name, id(a))
+            found = memo.get(key)
+            if found is None:
+                chars, repeated, touched = call_stats(name, a)
+                found = memo[key] = (chars, repeated, call_category(name, a),
+                                     missing_required(a, required.get((kind, name), [])),
+                                     {"tool": name, "args": key_args(name, a)}, touched)
             facts.name.append(name)
-            chars, repeated, touched = call_stats(name, a)
-            facts.chars.append(chars)
-            facts.repeated.append(repeated)
-            facts.category.append(call_category(name, a))
-            facts.missing.append(missing_required(a, required.get((kind, name), [])))
-            facts.steps.append({"tool": name, "args": key_args(name, a)})
-            facts.touched.append(touched)
+            facts.chars.append(found[0])
+            facts.repeated.append(found[1])
+            facts.category.append(found[2])
+            facts.missing.append(found[3])
+            facts.steps.append(found[4])
+            facts.touched.append(found[5])
         return facts
 
 

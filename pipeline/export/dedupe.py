@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,60 +64,90 @@ _FOLD[[9, 10, 11, 12, 13, 28, 29, 30, 31]] = 32
 _SPACE = 32
 
 
+_FOLD_TABLE = _FOLD.tobytes()
+
+
 def _normalise(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fold case and whitespace runs, trim; returns (bytes, new ends) of the texts.
 
     ``" ".join(text.split()).lower()`` for ASCII; non-ASCII bytes are compared as they are.
-    A space is kept when the next byte of its text is not a space (so trailing runs go)
-    and it is not the last space of a leading run.
+    A space is dropped when the next byte of its text is a space too (so trailing runs
+    go) or it is the last space of a leading run.
     """
-    folded = _FOLD[data]
+    n = len(data)
+    if not n:
+        return data.copy(), np.zeros(len(starts), dtype=np.int64)
+    folded = np.frombuffer(data.tobytes().translate(_FOLD_TABLE), dtype=np.uint8)  # C speed, unlike a LUT index
     space = folded == _SPACE
-    next_space = np.empty_like(space)
-    next_space[:-1] = space[1:]
-    if len(next_space):
-        next_space[-1] = True
+    drop = np.empty(n, dtype=bool)
+    np.logical_and(space[:-1], space[1:], out=drop[:-1])
+    drop[-1] = space[-1]
     nonempty = ends > starts
-    next_space[ends[nonempty] - 1] = True
-    keep = ~space | ~next_space
-    if not len(data):
-        return folded, np.zeros(len(starts), dtype=np.int64)
-    for i in np.flatnonzero(nonempty & space[np.minimum(starts, len(space) - 1)]).tolist():
+    last = ends[nonempty] - 1
+    drop[last] = space[last]  # a text's last byte: dropped when it is a space
+    for i in np.flatnonzero(nonempty & space[np.minimum(starts, n - 1)]).tolist():
         run = int(np.argmin(space[starts[i] : ends[i]]))  # leading spaces (0: all spaces)
         if run:
-            keep[starts[i] + run - 1] = False
+            drop[starts[i] + run - 1] = True
+    keep = np.logical_not(drop, out=drop)
     counts = np.zeros(len(starts), dtype=np.int64)
     if nonempty.any():
         counts[nonempty] = np.add.reduceat(keep.view(np.uint8), starts[nonempty], dtype=np.int64)
-    return folded[keep], np.cumsum(counts)
+    return np.compress(keep, folded), np.cumsum(counts)
 
 
-def dedupe_keys(texts: list[str], num_perm: int, seed: int, max_chars: int) -> tuple[list[str], np.ndarray]:
+def dedupe_keys(texts: list[str] | pa.Array | pa.ChunkedArray, num_perm: int, seed: int,
+                max_chars: int) -> tuple[list[str], np.ndarray]:
     """(exact digest, MinHash signature) per text: xxh3-128 of the normalised text, and the
-    signature of its first ``max_chars`` normalised bytes."""
+    signature of its first ``max_chars`` normalised bytes. ``texts`` may be an Arrow string
+    array: its UTF-8 buffer is used as it is (no Python strings)."""
+    if isinstance(texts, list):
+        texts = pa.array(texts, type=pa.large_string())
+    array = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    array = array.cast(pa.large_binary()).fill_null(b"")
+    n = len(array)
+    sigs = np.empty((n, num_perm), dtype=np.uint32)
+    if n == 0:
+        return [], sigs
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + n + 1]
+    data_buffer = array.buffers()[2]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     digests: list[str] = []
-    sigs = np.empty((len(texts), num_perm), dtype=np.uint32)
-    start = size = 0
-    for i, text in enumerate(texts):
-        size += len(text)
-        if size >= _CHUNK_BYTES or i == len(texts) - 1:
-            chunk_digests, sigs[start : i + 1] = _keys_chunk(texts[start : i + 1], num_perm, seed, max_chars)
-            digests += chunk_digests
-            start, size = i + 1, 0
+    start = 0
+    while start < n:  # batches of ~256 KB keep the arrays in cache
+        stop = int(np.searchsorted(offsets, offsets[start] + _CHUNK_BYTES, side="left"))
+        stop = min(max(stop, start + 1), n)
+        lo, hi = int(offsets[start]), int(offsets[stop])
+        chunk_digests, sigs[start:stop] = _keys_chunk(data[lo:hi], offsets[start : stop + 1] - lo,
+                                                      num_perm, seed, max_chars)
+        digests += chunk_digests
+        start = stop
     return digests, sigs
 
 
-def _keys_chunk(texts: list[str], num_perm: int, seed: int, max_chars: int) -> tuple[list[str], np.ndarray]:
-    encoded = [t.encode("utf-8") for t in texts]
-    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
-    ends = np.cumsum(lengths)
-    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    norm, new_ends = _normalise(data, ends - lengths, ends)
-    buf = norm.tobytes()
-    bounds = [0, *new_ends.tolist()]
-    pieces = [buf[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
-    digests = [xxhash.xxh3_128_hexdigest(p) for p in pieces]
-    return digests, _sign_chunk([p[:max_chars] for p in pieces], num_perm, seed)
+def _keys_chunk(data: np.ndarray, bounds: np.ndarray, num_perm: int, seed: int,
+                max_chars: int) -> tuple[list[str], np.ndarray]:
+    norm, new_ends = _normalise(data, bounds[:-1], bounds[1:])
+    cuts = [0, *new_ends.tolist()]
+    view = norm.data
+    digests = [xxhash.xxh3_128_hexdigest(view[cuts[i] : cuts[i + 1]]) for i in range(len(cuts) - 1)]
+    return digests, _sign_normalised(norm, cuts, num_perm, seed, max_chars)
+
+
+def _sign_normalised(norm: np.ndarray, cuts: list[int], num_perm: int, seed: int, max_chars: int) -> np.ndarray:
+    """Signatures of the normalised texts ``norm[cuts[i]:cuts[i + 1]]``, each cut to its first
+    ``max_chars`` bytes and zero-padded to one shingle; signed in place unless some text
+    needs cutting or padding (then copied into a padded blob, never via Python bytes)."""
+    lengths = [min(cuts[i + 1] - cuts[i], max_chars) for i in range(len(cuts) - 1)]
+    if all(SHINGLE <= n and cuts[i] + n == cuts[i + 1] for i, n in enumerate(lengths)):
+        return _sign_arrays(norm, np.asarray(cuts[1:], dtype=np.int64), num_perm, seed)
+    sizes = np.maximum(np.asarray(lengths, dtype=np.int64), SHINGLE)
+    ends = np.cumsum(sizes)
+    blob = np.zeros(int(ends[-1]), dtype=np.uint8)
+    for i, n in enumerate(lengths):
+        start = int(ends[i] - sizes[i])
+        blob[start : start + n] = norm[cuts[i] : cuts[i] + n]
+    return _sign_arrays(blob, ends, num_perm, seed)
 
 
 def normalise(text: str) -> str:
@@ -137,16 +168,15 @@ def _seed_word(seed: int) -> np.uint64:
     return np.uint64(xxhash.xxh3_64_intdigest(f"minhash:{seed}".encode()))
 
 
-def _sign_chunk(texts: list[bytes], num_perm: int, seed: int) -> np.ndarray:
-    blobs = [t.ljust(SHINGLE, b"\0") for t in texts]
-    lengths = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs))
-    ends = np.cumsum(lengths)
-    data = np.frombuffer(b"".join(blobs) + b"\0" * SHINGLE, dtype=np.uint8)
+def _sign_arrays(blob: np.ndarray, ends: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """Signatures of the texts ``blob[ends[i - 1]:ends[i]]`` (each at least one shingle)."""
+    lengths = np.diff(ends, prepend=0)
+    data = np.concatenate([blob[: int(ends[-1])], np.zeros(SHINGLE, dtype=np.uint8)])
     # Every byte offset's 8-byte window as one little-endian word (an unaligned view).
-    hashed = np.ndarray(shape=(int(ends[-1]),), dtype="<u8", buffer=data, strides=(1,)).copy()
+    windows = np.ndarray(shape=(int(ends[-1]),), dtype="<u8", buffer=data, strides=(1,))
+    hashed = np.bitwise_xor(windows, _seed_word(seed))  # the one copy of the windows
     with np.errstate(over="ignore"):
-        hashed ^= _seed_word(seed)
-        hashed *= _C1
+        np.multiply(hashed, _C1, out=hashed)
     keep = hashed < _SAMPLE
     dense = lengths < DENSE_BYTES
     if dense.any():
@@ -157,9 +187,9 @@ def _sign_chunk(texts: list[bytes], num_perm: int, seed: int) -> np.ndarray:
     owner = np.searchsorted(ends, pos, side="right")
     mixed = _mix(hashed[pos] ^ _seed_word(seed + 1))
     bins = (mixed >> np.uint64(32)) % np.uint64(num_perm)
-    flat = np.full(len(texts) * num_perm, _EMPTY, dtype=np.uint64)
+    flat = np.full(len(ends) * num_perm, _EMPTY, dtype=np.uint64)
     np.minimum.at(flat, owner * num_perm + bins.astype(np.int64), mixed & _MAX32)
-    return _densify(flat.reshape(len(texts), num_perm))
+    return _densify(flat.reshape(len(ends), num_perm))
 
 
 def _densify(sig: np.ndarray) -> np.ndarray:
@@ -201,30 +231,56 @@ def collapse(ids: list[str], digests: list[str], sigs: np.ndarray, threshold: fl
     if not ids:
         return result
     bands, rows = lsh_bands(sigs.shape[1])
-    keys = [np.ascontiguousarray(sigs[:, b * rows : (b + 1) * rows]).view(f"V{4 * rows}").ravel().tolist()
-            for b in range(bands)]
-    buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
+    sigs = np.ascontiguousarray(sigs, dtype=np.uint32)
+    # Band keys as small ints (equal band bytes, equal int); an item whose keys no other
+    # item shares, and whose digest is its own, can neither match nor be matched.
+    codes = []
+    shared = np.zeros(len(ids), dtype=bool)
+    for b in range(bands):
+        band = np.ascontiguousarray(sigs[:, b * rows : (b + 1) * rows]).view(f"V{4 * rows}").ravel()
+        _, inverse, counts = np.unique(band, return_inverse=True, return_counts=True)
+        codes.append(inverse.ravel().tolist())
+        shared |= counts[inverse.ravel()] > 1
+    count: dict[str, int] = {}
+    for dig in digests:
+        count[dig] = count.get(dig, 0) + 1
+    buckets: list[dict[int, list[int]]] = [{} for _ in range(bands)]
     seen: dict[str, str] = {}
+    width = sigs.shape[1]
+    shared_list = shared.tolist()
     for i, (item_id, dig) in enumerate(zip(ids, digests, strict=True)):
+        if not shared_list[i] and count[dig] == 1:
+            result.kept.append(item_id)
+            continue
         if dig in seen:
             result.exact[item_id] = seen[dig]
             continue
         seen[dig] = item_id
-        candidates: set[int] = set()
+        found: list[int] = []
         for b in range(bands):
-            candidates.update(buckets[b].get(keys[b][i], ()))
-        match = None
-        for j in sorted(candidates, key=lambda k: ids[k]):
-            if float(np.mean(sigs[i] == sigs[j])) >= threshold:
-                match = ids[j]
-                break
-        if match is not None:
-            result.near[item_id] = match
-            continue
+            hit = buckets[b].get(codes[b][i])
+            if hit is not None:
+                found += hit
+        if found:
+            match = _first_match(ids, sigs, i, found, width, threshold)
+            if match is not None:
+                result.near[item_id] = match
+                continue
         for b in range(bands):
-            buckets[b].setdefault(keys[b][i], []).append(i)
+            buckets[b].setdefault(codes[b][i], []).append(i)
         result.kept.append(item_id)
     return result
+
+
+def _first_match(ids: list[str], sigs: np.ndarray, i: int, found: list[int], width: int,
+                 threshold: float) -> str | None:
+    """The smallest id among the candidates whose estimated Jaccard with item ``i`` reaches
+    the threshold (one vectorised comparison for all candidates)."""
+    distinct = set(found)
+    candidates = np.fromiter(distinct, dtype=np.int64, count=len(distinct))
+    agree = np.count_nonzero(sigs[candidates] == sigs[i], axis=1) / width
+    passing = candidates[agree >= threshold].tolist()
+    return min((ids[j] for j in passing), default=None)
 
 
 class Deduper:

@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.export.common import Quarantine
@@ -78,7 +80,7 @@ def secret_kinds_many(texts: Sequence[str]) -> list[list[str]]:
     if screen is None:  # no batch screen: every text goes through find_secrets
         flagged: Iterable[int] = range(len(texts))
     else:
-        screened = screen(list(texts))
+        screened = screen(texts)  # as given: an ArrowStrings goes to Arrow without re-encoding
         flagged = [i for i, (a, b) in enumerate(zip(texts, screened, strict=True)) if a != b]
     kinds: list[list[str]] = [[] for _ in texts]
     for i in flagged:
@@ -90,14 +92,44 @@ def secret_kinds_many(texts: Sequence[str]) -> list[list[str]]:
 def first_tokens(texts: Sequence[str], tokens: Sequence[str]) -> list[str | None]:
     """Per text, the first of ``tokens`` (in their order) it contains; one RE2 pass."""
     found: list[str | None] = [None] * len(texts)
-    if not texts or not tokens:
+    if not len(texts) or not tokens:
         return found
     pattern = "|".join(re.escape(t) for t in tokens)
-    hits = pc.match_substring_regex(pa.array(texts, type=pa.large_string()), pattern).to_pylist()
-    for i, hit in enumerate(hits):
-        if hit:
-            found[i] = next(t for t in tokens if t in texts[i])
+    arrow = pa.array(texts, type=pa.large_string())
+    hits = pc.match_substring_regex(arrow, pattern)
+    for i in pc.indices_nonzero(hits.fill_null(False)).to_pylist():
+        text = arrow[i].as_py()
+        found[i] = next(t for t in tokens if t in text)
     return found
+
+
+class ArrowStrings(Sequence[str]):
+    """A string column as a Python sequence, for batch screens that go through Arrow:
+    ``pa.array(seq)`` takes the column as it is (``__arrow_array__``) instead of encoding
+    every Python string again; values become Python strings once, when first read."""
+
+    def __init__(self, array: pa.Array | pa.ChunkedArray) -> None:
+        combined = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+        self.array = combined.cast(pa.large_string())
+        self._values: list[str] | None = None
+
+    def __arrow_array__(self, type: pa.DataType | None = None) -> pa.Array:
+        return self.array if type is None else self.array.cast(type)
+
+    @property
+    def values(self) -> list[str]:
+        if self._values is None:
+            self._values = self.array.to_pylist()
+        return self._values
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        return self.values[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
 
 
 def walk_strings(value: Any) -> Iterator[str]:
@@ -254,24 +286,132 @@ class FieldScan:
 # --- JSONL files ------------------------------------------------------------------------
 
 
-def render_jsonl(table: pa.Table, json_fields: Sequence[str]) -> bytes:
+_ESCAPE = r'["\\\x00-\x1f]'  # what JSON must escape inside a string (orjson escapes nothing else)
+_NULL = pa.scalar(b"null", pa.large_binary())
+
+
+def _fragments(column: pa.ChunkedArray | pa.Array, embedded: bool) -> pa.Array:
+    """Each value of a column as its JSON text (large_binary, no nulls).
+
+    ``embedded``: the column already holds compact sorted-key JSON (null or "" = null).
+    Strings that need no escaping are quoted in Arrow; the rest, and any other type, go
+    through orjson value by value, so the bytes equal ``orjson.dumps`` of the value.
+    """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = array.type
+    if embedded:
+        raw = array.cast(pa.large_binary())
+        empty = pc.fill_null(pc.equal(pc.binary_length(raw), 0), True)
+        return pc.if_else(empty, _NULL, raw) if pc.any(empty).as_py() else raw
+    if pa.types.is_boolean(kind):
+        return pc.if_else(array, pa.scalar(b"true", pa.large_binary()),
+                          pa.scalar(b"false", pa.large_binary())).fill_null(_NULL)
+    if pa.types.is_integer(kind):
+        return array.cast(pa.large_string()).cast(pa.large_binary()).fill_null(_NULL)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = array.cast(pa.large_string())
+        escape = pc.fill_null(pc.match_substring_regex(text, _ESCAPE), False)
+        quote = pa.scalar('"', pa.large_string())
+        quoted = pc.binary_join_element_wise(quote, text, quote, pa.scalar("", pa.large_string()))
+        quoted = quoted.cast(pa.large_binary())
+        if pc.any(escape).as_py():
+            rows = pc.indices_nonzero(escape).to_pylist()
+            dumped = pa.array([orjson.dumps(v) for v in text.take(rows).to_pylist()], pa.large_binary())
+            quoted = pc.replace_with_mask(quoted, escape, dumped)
+        return quoted.fill_null(_NULL)
+    return pa.array([orjson.dumps(v) for v in array.to_pylist()], pa.large_binary())
+
+
+def render_jsonl(table: pa.Table, json_fields: Sequence[str]) -> pa.Buffer:
     """One sorted-key object a line; JSON-string columns embedded as real JSON.
 
-    The stored strings are already compact sorted-key JSON, so they go in verbatim
-    (``orjson.Fragment``, as UTF-8 bytes straight from Arrow): the line equals dumping the
-    parsed value, without parsing it or decoding it to Python text.
+    Byte-identical to ``orjson.dumps(row, OPT_SORT_KEYS)`` per row with the JSON columns
+    parsed, but built column-wise in Arrow: the stored JSON goes in verbatim, scalar
+    columns are encoded once per column, and the lines are joined by one kernel whose
+    output buffer is the file (no per-row Python objects for the large columns).
     """
-    for name in json_fields:
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, table.column(i).cast(pa.large_binary()))
-    rows = table.to_pylist()
-    lines = []
-    for row in rows:
-        for name in json_fields:
-            value = row[name]
-            row[name] = orjson.Fragment(value) if value else None
-        lines.append(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
-    return b"".join(line + b"\n" for line in lines)
+    if table.num_rows == 0:
+        return pa.py_buffer(b"")
+    parts: list[pa.Array | str] = []
+    for i, name in enumerate(sorted(table.column_names)):
+        parts.append(("{" if i == 0 else ",") + orjson.dumps(name).decode() + ":")
+        parts.append(_fragments(table[name], name in json_fields))
+    pieces = [pa.scalar(p.encode(), pa.large_binary()) if isinstance(p, str) else p for p in parts]
+    lines = pc.binary_join_element_wise(*pieces, pa.scalar(b"}\n", pa.large_binary()),
+                                       pa.scalar(b"", pa.large_binary()))
+    return _values_buffer(lines)
+
+
+def _values_buffer(array: pa.Array) -> pa.Buffer:
+    """The concatenated values of a (large_)binary array without nulls, as one buffer."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    data = array.buffers()[2]
+    return data.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+
+
+def binary_rows(column: pa.ChunkedArray | pa.Array) -> Iterator[memoryview | None]:
+    """Each value of a string column as a view of its UTF-8 bytes (None for nulls), chunk
+    by chunk from the Arrow buffers: no Python string, no combined copy."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        array = chunk.cast(pa.large_binary())
+        if len(array) == 0:
+            continue
+        offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+        buffer = array.buffers()[2]
+        data = memoryview(buffer) if buffer is not None else memoryview(b"")
+        bounds = offsets.tolist()
+        valid = array.is_valid().to_pylist() if array.null_count else None
+        for i in range(len(array)):
+            yield data[bounds[i] : bounds[i + 1]] if valid is None or valid[i] else None
+
+
+def value_digests(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    """xxh3-128 of each value's UTF-8 bytes (None for nulls), read from the Arrow
+    buffers: large JSON columns are never turned into Python strings to be hashed."""
+    digest = xxhash.xxh3_128_hexdigest
+    return [None if v is None else digest(v) for v in binary_rows(column)]
+
+
+BATCH_ROWS = 1024  # rows a streamed table is read, rendered and compared in
+
+
+def table_batches(path: Path, rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """A Parquet file as tables of ``rows`` rows. Large JSON tables are streamed: one
+    whole-table copy of them costs more in fresh memory (page faults) than in work."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        yield pa.Table.from_batches([batch])
+
+
+def write_stream(path: Path, parts: Iterable[pa.Buffer | bytes]) -> None:
+    """Atomic write of consecutive buffers (a rendering produced batch by batch)."""
+    from pipeline.core.store import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        for part in parts:
+            handle.write(part)
+
+
+class StreamMatch:
+    """Compares a file with a rendering fed to it in consecutive buffers, reading the
+    file alongside (never whole); ``matches()`` once everything was fed."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("rb") if path.exists() else None
+        self._ok = self._handle is not None
+
+    def feed(self, expected: pa.Buffer | bytes) -> None:
+        if not self._ok or self._handle is None:
+            return
+        data = self._handle.read(len(expected))
+        wanted = expected if isinstance(expected, pa.Buffer) else pa.py_buffer(expected)
+        self._ok = len(data) == len(expected) and pa.py_buffer(data).equals(wanted)
+
+    def matches(self) -> bool:
+        if self._handle is None:
+            return False
+        with self._handle:
+            return self._ok and self._handle.read(1) == b""
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -281,10 +421,10 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: pa.Buffer | bytes) -> None:
     from pipeline.core.store import atomic_write_bytes
 
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)  # type: ignore[arg-type,unused-ignore]  # any buffer: Path.write_bytes
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -295,9 +435,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def file_matches(path: Path, expected: bytes) -> bool:
+def file_matches(path: Path, expected: pa.Buffer | bytes) -> bool:
     """The written file holds exactly the canonical rendering of the table."""
-    return path.read_bytes() == expected
+    if path.stat().st_size != len(expected):
+        return False
+    wanted = pa.py_buffer(expected) if isinstance(expected, bytes) else expected
+    return bool(pa.py_buffer(path.read_bytes()).equals(wanted))
 
 
 def screen_quarantine(

@@ -8,17 +8,28 @@ into ``tool_specs``. Exports read both and recompute only for rows they transfor
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import xxhash
 
 from pipeline.export.common import dumps
-from pipeline.export.conversation import CallFacts, build_conversations, features_of, join_messages
+from pipeline.export.conversation import CallFacts
 from pipeline.export.dedupe import DEFAULT_SIGNATURE
 from pipeline.export.dedupe import dedupe_keys as keys_of
-from pipeline.export.firewall import StringScan, json_digest
+from pipeline.export.firewall import (
+    TEMPLATE_TOKENS,
+    ArrowStrings,
+    binary_rows,
+    first_tokens,
+    secret_kinds_many,
+    value_digests,
+    walk_strings,
+)
+from pipeline.export.frames import Part, build_part, parts
 from schemas.datasets import SCORING_TABLES
 from schemas.tables import from_columns
 
@@ -43,6 +54,56 @@ def dedupe_keys(texts: list[str], params: tuple[int, int, int] = DEFAULT_SIGNATU
     return keys_of(texts, num_perm, seed, max_chars)
 
 
+def call_strings(name: str, args: dict[str, Any]) -> list[str]:
+    """The strings a call contributes to its conversation (``firewall._message_strings``):
+    its name, then each argument key and the strings inside its value."""
+    out = [name]
+    for key, value in args.items():
+        out.append(key)
+        if isinstance(value, str):
+            out.append(value)
+        else:
+            out.extend(walk_strings(value))
+    return out
+
+
+def call_columns(calls: pl.DataFrame, parsed_args: list[dict[str, Any]], facts: CallFacts) -> pl.DataFrame:
+    """``calls`` with the per-call columns frames.build needs: one Python pass per call, and
+    the work on arguments once per distinct (name, parsed arguments) (see tools.parse_all).
+
+    A call's JSON is ``dumps({"function": {"arguments", "name"}, "id", "type"})`` spelled
+    out around its arguments' JSON, which is what makes the arguments' part shareable.
+    """
+    memo: dict[tuple[str, int], tuple[str, list[str], str, str]] = {}
+    call_json, call_text, strings, step_json = [], [], [], []
+    for args, name, call_id, step in zip(parsed_args, facts.name, calls["tool_use_id"].to_list(), facts.steps,
+                                         strict=True):
+        key = (name, id(args))
+        found = memo.get(key)
+        if found is None:
+            values = call_strings(name, args)
+            head = '{"function":{"arguments":' + dumps(args) + ',"name":' + dumps(name) + '},"id":'
+            found = memo[key] = (head, values, "\n".join([x for x in values if x]), dumps(step))
+        call_json.append(found[0] + dumps(call_id) + ',"type":"function"}')
+        strings.append(found[1])
+        call_text.append(found[2])
+        step_json.append(found[3])
+    columns = pa.table({  # Arrow builds list columns in C; polars' Series() would go value by value
+        "call_json": pa.array(call_json, pa.large_string()),
+        "call_text": pa.array(call_text, pa.large_string()),
+        "call_strings": pa.array(strings, pa.large_list(pa.large_string())),
+        "chars": pa.array(facts.chars, pa.int64()),
+        "repeated": pa.array(facts.repeated, pa.int64()),
+        "category": pa.array(facts.category, pa.large_string()),
+        "missing": pa.array(facts.missing, pa.bool_()),
+        "step_json": pa.array(step_json, pa.large_string()),
+        "touched": pa.array(facts.touched, pa.large_list(pa.large_string())),
+    })
+    added = pl.from_arrow(columns)
+    assert isinstance(added, pl.DataFrame)
+    return pl.concat([calls, added], how="horizontal")
+
+
 def conversations_table(
     tasks: pl.DataFrame,
     messages: pl.DataFrame,
@@ -50,36 +111,84 @@ def conversations_table(
     parsed_args: list[dict[str, Any]],
     branches: pl.DataFrame | None,
     facts: CallFacts,
+    pool: Executor | None = None,
 ) -> pa.Table:
-    """The ``conversations`` table; ``calls``, ``parsed_args`` and ``facts`` are aligned."""
-    built = build_conversations(tasks, messages, calls, branches, parsed_args)
-    meta = {t: (s, n, k) for t, s, n, k in tasks.select(
-        "task_id", "session_id", "prompt_number", "source_kind").iter_rows()}
-    columns: dict[str, list[Any]] = {name: [] for name in SCORING_TABLES["conversations"].schema.names}
-    scan = StringScan()
-    for b in built:
-        session_id, number, kind = meta[b.task_id]
-        row = {
-            "task_id": b.task_id, "session_id": session_id, "prompt_number": number,
-            "source_kind": kind, "n_messages": len(b.messages), "prompt": dumps(b.messages[:1]),
-            "completion": dumps(b.messages[1:]), "copied_context": b.copied_context,
-            "truncated_args": b.truncated_args, **features_of(b.messages, facts, b.call_ids),
-        }
-        row["steps"] = dumps(row["steps"])
-        for name, value in row.items():
-            columns[name].append(value)
-        scan.add_messages(b.messages)
-    columns["json_digests"] = [
-        [json_digest(p), json_digest(c), json_digest(join_messages(p, c))]
-        for p, c in zip(columns["prompt"], columns["completion"], strict=True)
-    ]
-    scans = scan.results()
-    columns["secret_kinds"] = [k for k, _ in scans]
-    columns["template_token"] = [t for _, t in scans]
-    digests, sigs = dedupe_keys([scan.text(g) for g in range(len(built))])
-    columns["text_digest"] = digests
-    table = from_columns(SCORING_TABLES["conversations"], {**columns, "minhash": [[]] * len(built)})
-    return table.set_column(table.schema.get_field_index("minhash"), "minhash", minhash_array(sigs))
+    """The ``conversations`` table; ``calls``, ``parsed_args`` and ``facts`` are aligned.
+
+    With a ``pool``, the sessions are split in two consecutive halves, each built, signed,
+    scanned and hashed on its own thread: most of that work (polars, numpy, RE2, xxhash)
+    releases the GIL, so the halves share the two cores.
+    """
+    pieces = parts(tasks, messages, call_columns(calls, parsed_args, facts), 2 if pool is not None else 1)
+    later = [pool.submit(_conversations, piece, branches) for piece in pieces[1:]] if pool is not None else []
+    tables = [_conversations(pieces[0], branches), *(f.result() for f in later)]
+    return pa.concat_tables(tables)
+
+
+def _conversations(piece: Part, branches: pl.DataFrame | None) -> pa.Table:
+    built = build_part(*piece, branches)
+    spec = SCORING_TABLES["conversations"]
+    frame = built.tasks.drop("_t")
+    table = frame.drop("text").to_arrow()
+    text_digest, sigs = keys_of(frame["text"].to_arrow(), *DEFAULT_SIGNATURE)
+    start = built.tasks["_t"][0] if frame.height else 0  # parts are consecutive in _t
+    kinds, tokens = scan_units(frame.height, built.units.with_columns(pl.col("_t") - start))
+    prompt, completion = table["prompt"], table["completion"]
+    digests = [list(d) for d in zip(value_digests(prompt), value_digests(completion),
+                                    messages_digests(prompt, completion), strict=True)]
+    columns = {
+        **{name: table[name] for name in table.column_names},
+        "secret_kinds": pa.array(kinds, pa.list_(pa.string())),
+        "template_token": pa.array(tokens, pa.string()),
+        "json_digests": pa.array(digests, pa.list_(pa.string())),
+        "text_digest": pa.array(text_digest, pa.string()),
+        "minhash": minhash_array(sigs),
+    }
+    return pa.table([columns[f.name] for f in spec.schema], names=spec.schema.names).cast(spec.schema)
+
+
+def scan_units(n_tasks: int, units: pl.DataFrame) -> tuple[list[list[str]], list[str | None]]:
+    """Per task (by position ``_t``): (sorted secret kinds, first template token) over its
+    strings, each distinct string screened once (the StringScan rules)."""
+    unique = ArrowStrings(units["s"].unique().to_arrow())  # each result is per string: order is free
+    kinds_of, tokens_of = secret_kinds_many(unique), first_tokens(unique, TEMPLATE_TOKENS)
+    flagged = {unique[i]: (kinds_of[i], tokens_of[i]) for i in range(len(unique)) if kinds_of[i] or tokens_of[i]}
+    kinds: list[list[str]] = [[] for _ in range(n_tasks)]
+    tokens: list[str | None] = [None] * n_tasks
+    if not flagged:
+        return kinds, tokens
+    rank = {t: i for i, t in enumerate(TEMPLATE_TOKENS)}
+    hits = units.filter(pl.col("s").is_in(pl.Series(list(flagged), dtype=pl.String).implode()))
+    found: dict[int, set[str]] = {}
+    for i, value in hits.select("_t", "s").iter_rows():
+        k, token = flagged[value]
+        found.setdefault(i, set()).update(k)
+        current = tokens[i]
+        if token is not None and (current is None or rank[token] < rank[current]):
+            tokens[i] = token
+    for i, found_kinds in found.items():
+        kinds[i] = sorted(found_kinds)
+    return kinds, tokens
+
+
+def messages_digests(prompt: pa.ChunkedArray, completion: pa.ChunkedArray) -> list[str]:
+    """json_digest(join_messages(p, c)) per row, hashed in pieces from the Arrow buffers
+    (nothing is joined or decoded)."""
+    out = []
+    for p, c in zip(binary_rows(prompt), binary_rows(completion), strict=True):
+        assert p is not None and c is not None  # both halves are always written
+        if len(c) == 2 and c.tobytes() == b"[]":  # join_messages' shortcuts
+            out.append(xxhash.xxh3_128_hexdigest(p))
+            continue
+        if len(p) == 2 and p.tobytes() == b"[]":
+            out.append(xxhash.xxh3_128_hexdigest(c))
+            continue
+        h = xxhash.xxh3_128()
+        h.update(p[:-1])
+        h.update(b",")
+        h.update(c[1:])
+        out.append(h.hexdigest())
+    return out
 
 
 def minhash_array(sigs: np.ndarray) -> pa.Array:

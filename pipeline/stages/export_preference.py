@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
@@ -21,25 +23,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
 from pipeline.export.common import (
-    CATEGORY_RANK,
     SCORER_VERSION,
     Quarantine,
     dumps,
     frame,
     loads,
-    output_table,
     row_id,
 )
 from pipeline.export.dedupe import DEFAULT_SIGNATURE, DedupeConfig
 from pipeline.export.firewall import (
     TEMPLATE_TOKENS,
     FieldScan,
-    file_matches,
+    StreamMatch,
     json_digest,
     read_jsonl,
     render_jsonl,
     screen_quarantine,
-    write_bytes,
+    table_batches,
+    value_digests,
+    write_stream,
 )
 from pipeline.export.inputs import (
     COMPLETION,
@@ -47,7 +49,7 @@ from pipeline.export.inputs import (
     PROMPT,
     ExportInputs,
     dedupe_rows,
-    known_clean_mask,
+    known_clean,
     load_inputs,
     run_conversations,
     select_candidates,
@@ -99,22 +101,89 @@ def pair_groups(tasks: pl.DataFrame, branches: pl.DataFrame | None, usable: set[
     return groups
 
 
-def candidate_pairs(groups: list[tuple[str, list[str]]], category: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(chosen, rejected, source), best first, each unordered pair once."""
-    seen: set[frozenset[str]] = set()
-    ranked = []
-    for source_rank, (source, ids) in enumerate(sorted(groups, key=lambda g: g[0])):
-        for a, b in combinations(ids, 2):
-            if CATEGORY_RANK[category[a]] < CATEGORY_RANK[category[b]]:
-                a, b = b, a
-            key = frozenset((a, b))
-            if key in seen or (category[a], category[b]) not in PAIRINGS:
-                continue
-            seen.add(key)
-            priority = PAIRINGS.index((category[a], category[b]))
-            ranked.append((priority, source_rank, a, b, source))
-    ranked.sort()
-    return [(a, b, source) for _, _, a, b, source in ranked]
+@dataclass
+class PairPlan:
+    """What the candidate pairs became, in emission order."""
+
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)  # (chosen, rejected, source)
+    invalid: list[tuple[str, str]] = field(default_factory=list)  # identical or empty completions
+    capped: int = 0  # candidates dropped by the per-task cap
+
+    @property
+    def candidates(self) -> int:
+        return len(self.pairs) + len(self.invalid) + self.capped
+
+
+def _claimed(ordered: list[tuple[str, list[str]]]) -> list[set[tuple[str, str]]]:
+    """Per group, the unordered pairs (sorted tuples) an earlier group already holds: a pair
+    is a candidate once, for the first group (in source order) it is in. Only tasks in
+    several groups can form such pairs (branch siblings that also share their prompt)."""
+    groups_of: dict[str, list[int]] = defaultdict(list)
+    for gi, (_, ids) in enumerate(ordered):
+        for task in ids:
+            groups_of[task].append(gi)
+    out: list[set[tuple[str, str]]] = [set() for _ in ordered]
+    for gi, (_, ids) in enumerate(ordered):
+        shared = [t for t in ids if groups_of[t][0] < gi]
+        for a, b in combinations(shared, 2):
+            if set(groups_of[a]) & set(groups_of[b]) & set(range(gi)):
+                out[gi].add((a, b) if a < b else (b, a))
+    return out
+
+
+def plan_pairs(groups: list[tuple[str, list[str]]], category: dict[str, str], digest: dict[str, str],
+               n_messages: dict[str, int], cap: int) -> PairPlan:
+    """Every candidate pair's fate, without materialising the pairs the cap drops.
+
+    Candidates are (chosen, rejected) in order of pairing priority, group (by source),
+    chosen id, rejected id; each unordered pair once. A pair with identical or empty
+    completions is invalid; otherwise it is emitted unless either task already has ``cap``
+    pairs. Large same-prompt groups have many candidates and few survivors, so a chosen
+    task walks only the rejected tasks still under the cap, stops at its own cap, and the
+    pairs it skips are counted, not built.
+    """
+    plan = PairPlan()
+    ordered = [(source, sorted(set(ids))) for source, ids in sorted(groups, key=lambda g: g[0])]
+    claimed = _claimed(ordered)
+    per_task: Counter[str] = Counter()
+    for chosen_cat, rejected_cat in PAIRINGS:
+        for gi, (source, ids) in enumerate(ordered):
+            chosen = [t for t in ids if category[t] == chosen_cat]
+            rejected = [t for t in ids if category[t] == rejected_cat]
+            if chosen and rejected:
+                _plan_group(plan, source, chosen, rejected, claimed[gi], digest, n_messages, cap, per_task)
+    return plan
+
+
+def _plan_group(plan: PairPlan, source: str, chosen: list[str], rejected: list[str],
+                claimed: set[tuple[str, str]], digest: dict[str, str], n_messages: dict[str, int],
+                cap: int, per_task: Counter[str]) -> None:
+    empty = [b for b in rejected if n_messages[b] <= 1]
+    by_digest: dict[str, list[str]] = defaultdict(list)
+    for b in rejected:
+        by_digest[digest[b]].append(b)
+    open_ = [b for b in rejected if per_task[b] < cap]
+    for a in chosen:
+        bad = set(rejected) if n_messages[a] <= 1 else {*empty, *by_digest.get(digest[a], ())}
+        skip = {b for b in rejected if (min(a, b), max(a, b)) in claimed} if claimed else set()
+        invalid = [b for b in rejected if b in bad and b not in skip] if bad else []
+        plan.invalid += [(a, b) for b in invalid]
+        emitted = 0
+        closed = False
+        if per_task[a] < cap:
+            for b in open_:
+                if b in bad or b in skip or per_task[b] >= cap:
+                    continue
+                plan.pairs.append((a, b, source))
+                emitted += 1
+                per_task[a] += 1
+                per_task[b] += 1
+                closed = closed or per_task[b] >= cap
+                if per_task[a] >= cap:
+                    break
+        if closed:
+            open_ = [b for b in open_ if per_task[b] < cap]
+        plan.capped += len(rejected) - len(skip) - len(invalid) - emitted
 
 
 _CONV_COLUMNS = ["source_kind", "prompt", "completion", "tool_names", "n_messages", "n_assistant_turns",
@@ -128,17 +197,13 @@ def run(ctx: StageContext) -> StageResult:
     filtered: Counter[str] = Counter()
     inputs = load_inputs(ctx, _CONV_COLUMNS)
     candidates = select_candidates(inputs, None, quarantine)
-    # The JSON halves stay in Arrow: output columns are gathered from them with `take`,
-    # never copied through Python strings (they are most of the stage's bytes).
-    halves = candidates.select("prompt", "completion").to_arrow()
+    inputs.fetch(candidates["_c"].to_list())
     params_differ = config.dedupe.signature_params() != DEFAULT_SIGNATURE
-    rows = candidates.drop("prompt", "completion").with_row_index("_i").to_dicts()
-    rows, _ = transform_rows(rows, inputs, config.keep_thinking, set(), TEMPLATE_TOKENS,
-                             rebuild_all=params_differ, halves=halves)
-    halves = _rebuilt_halves(rows, halves)
-    for row in rows:
-        row["completion_digest"] = (json_digest(halves["completion"][row["_i"]].as_py()) if row["rebuilt"]
-                                    else row["json_digests"][COMPLETION])
+    rows, _ = transform_rows(candidates.to_dicts(), inputs, config.keep_thinking, set(), TEMPLATE_TOKENS,
+                             rebuild_all=params_differ)
+    # The JSON halves stay in Arrow (``inputs.large``); output columns are
+    # gathered from them with ``take``. Rebuilt rows (non-default settings) get theirs appended.
+    extra = _assign_halves(rows, inputs)
     checked = []
     for row in rows:
         if row["n_assistant_turns"] == 0:
@@ -151,7 +216,7 @@ def run(ctx: StageContext) -> StageResult:
                              [r["secret_kinds"] for r in checked], [r["template_token"] for r in checked],
                              quarantine)
     usable = [r for r, ok in zip(checked, keep, strict=True) if ok]
-    dd = dedupe_rows(usable, config.dedupe)
+    dd = dedupe_rows(usable, inputs, config.dedupe)
     filtered["exact_duplicate"] += len(dd.exact)
     filtered["near_duplicate"] += len(dd.near)
     kept_ids = set(dd.kept)
@@ -160,7 +225,14 @@ def run(ctx: StageContext) -> StageResult:
     tasks = frame(ctx, "tasks", columns=["task_id", "session_id", "prompt_message_id", "prompt_text", "cwd"])
     branches = frame(ctx, "branches") if "branches" in ctx.inputs else None
     groups = pair_groups(tasks, branches, set(kept), config.min_prompt_chars)
-    pairs_out, used = _pairs(inputs, groups, kept, category, config, quarantine, filtered)
+    plan = plan_pairs(groups, category, {t: r["completion_digest"] for t, r in kept.items()},
+                      {t: r["n_messages"] for t, r in kept.items()}, config.max_pairs_per_task)
+    for a, b in plan.invalid:
+        quarantine.add("invalid_preference_pairing", row_id(a, b), kept[a]["session_id"],
+                       "identical or empty completions")
+    filtered["pair_cap"] += plan.capped
+    pairs_out = [_pair_row(inputs, kept[a], kept[b], category, source) for a, b, source in plan.pairs]
+    used = {t for a, b, _ in plan.pairs for t in (a, b)}
     kto_rows = []
     if config.kto:
         for row in kept.values():
@@ -168,23 +240,24 @@ def run(ctx: StageContext) -> StageResult:
                 used.add(row["task_id"])
                 kto_rows.append(_kto_row(inputs, row, category[row["task_id"]]))
     filtered["no_pair_or_label"] += sum(1 for t in kept if t not in used)
-    n_candidates = len(pairs_out) + filtered["pair_cap"] + sum(
-        v for k, v in quarantine.counts.items() if k in ("invalid_preference_pairing", "self_pairing")
-    )
-    pref_json = {"prompt": ("prompt", "_chosen_i"), "chosen": ("completion", "_chosen_i"),
-                 "rejected": ("completion", "_rejected_i")}
-    kto_json = {"prompt": ("prompt", "_i"), "completion": ("completion", "_i")}
+    # Rows in the tables' sort order, so the runner's canonical sort never moves the JSON.
+    pairs_out.sort(key=lambda r: (r["chosen_task_id"], r["rejected_task_id"]))
+    kto_rows.sort(key=lambda r: (r["session_id"], r["task_id"]))
+    halves = _halves(inputs.large, extra)
+    pref_json = {"prompt": ("prompt", "_chosen_h"), "chosen": ("completion", "_chosen_h"),
+                 "rejected": ("completion", "_rejected_h")}
+    kto_json = {"prompt": ("prompt", "_h"), "completion": ("completion", "_h")}
     return StageResult(
         tables={"preference": _table(PREFERENCE, pairs_out, halves, pref_json),
                 "kto": _table(KTO, kto_rows, halves, kto_json),
                 "quarantine": quarantine.table()},
-        records_in=inputs.scores.height + n_candidates,
+        records_in=inputs.scores.height + plan.candidates,
         records_out=len(used) + len(pairs_out),
         quarantined=dict(quarantine.counts),
         filtered={k: v for k, v in filtered.items() if v},
         stats={
             "tasks": inputs.scores.height,
-            "candidate_pairs": n_candidates,
+            "candidate_pairs": plan.candidates,
             "pairs": len(pairs_out),
             "pair_sources": dict(sorted(Counter(p["pair_source"] for p in pairs_out).items())),
             "kto_rows": len(kto_rows),
@@ -193,17 +266,30 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-def _rebuilt_halves(rows: list[dict[str, Any]], halves: pa.Table) -> pa.Table:
-    """Halves with the rebuilt rows' JSON in place of the stored one (rare: non-default
-    thinking or dedupe settings)."""
-    if not any(r["rebuilt"] for r in rows):
+def _assign_halves(rows: list[dict[str, Any]], inputs: ExportInputs) -> dict[str, list[str]]:
+    """Sets every row's ``_h`` (its row in the halves: its fetched conversation, or for a
+    rebuilt row, rare with non-default thinking or dedupe settings, its own JSON appended
+    after the fetched ones) and ``completion_digest``; returns the appended JSON."""
+    n_stored = inputs.n_fetched
+    extra: dict[str, list[str]] = {"prompt": [], "completion": []}
+    for row in rows:
+        if row["rebuilt"]:
+            row["_h"] = n_stored + len(extra["prompt"])
+            extra["prompt"].append(dumps(row["messages"][:1]))
+            extra["completion"].append(dumps(row["messages"][1:]))
+            row["completion_digest"] = json_digest(extra["completion"][-1])
+        else:
+            row["_h"] = inputs.index(row["_c"])
+            row["completion_digest"] = row["json_digests"][COMPLETION]
+    return extra
+
+
+def _halves(large: pa.Table, extra: dict[str, list[str]]) -> pa.Table:
+    halves = large.select(["prompt", "completion"])
+    if not extra["prompt"]:
         return halves
-    prompts, completions = halves["prompt"].to_pylist(), halves["completion"].to_pylist()
-    for r in rows:
-        if r["rebuilt"]:
-            prompts[r["_i"]], completions[r["_i"]] = dumps(r["messages"][:1]), dumps(r["messages"][1:])
-    return pa.table({"prompt": pa.array(prompts, pa.large_string()),
-                     "completion": pa.array(completions, pa.large_string())})
+    appended = pa.table({name: pa.array(values, halves.schema.field(name).type) for name, values in extra.items()})
+    return pa.concat_tables([halves, appended])
 
 
 def _table(spec: TableSpec, rows: list[dict[str, Any]], halves: pa.Table,
@@ -214,53 +300,33 @@ def _table(spec: TableSpec, rows: list[dict[str, Any]], halves: pa.Table,
         if f.name in json_columns:
             source, index = json_columns[f.name]
             taken = halves[source].take(pa.array([r[index] for r in rows], pa.int64()))
-            arrays.append(taken.cast(f.type).combine_chunks())
+            arrays.append(taken.cast(f.type))
         else:
-            arrays.append(pa.array([r[f.name] for r in rows], type=f.type))
+            arrays.append(pa.chunked_array([pa.array([r[f.name] for r in rows], type=f.type)]))
     return pa.Table.from_arrays(arrays, schema=spec.schema)
 
 
-def _pairs(inputs: ExportInputs, groups: list[tuple[str, list[str]]], kept: dict[str, dict[str, Any]],
-           category: dict[str, str], config: ExportPreferenceConfig, quarantine: Quarantine,
-           filtered: Counter[str]) -> tuple[list[dict[str, Any]], set[str]]:
-    per_task: Counter[str] = Counter()
-    rows: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for chosen_id, rejected_id, source in candidate_pairs(groups, category):
-        chosen, rejected = kept[chosen_id], kept[rejected_id]
-        if chosen_id == rejected_id:
-            quarantine.add("self_pairing", row_id(chosen_id, rejected_id), chosen["session_id"], chosen_id)
-            continue
-        if (chosen["completion_digest"] == rejected["completion_digest"]
-                or chosen["n_messages"] <= 1 or rejected["n_messages"] <= 1):
-            quarantine.add("invalid_preference_pairing", row_id(chosen_id, rejected_id), chosen["session_id"],
-                           "identical or empty completions")
-            continue
-        if per_task[chosen_id] >= config.max_pairs_per_task or per_task[rejected_id] >= config.max_pairs_per_task:
-            filtered["pair_cap"] += 1
-            continue
-        per_task[chosen_id] += 1
-        per_task[rejected_id] += 1
-        used |= {chosen_id, rejected_id}
-        rows.append({
-            "pair_id": row_id(chosen_id, rejected_id),
-            "_chosen_i": chosen["_i"],
-            "_rejected_i": rejected["_i"],
-            "tools": inputs.tools_json(chosen["source_kind"], chosen["tool_names"] + rejected["tool_names"]),
-            "chosen_task_id": chosen_id,
-            "rejected_task_id": rejected_id,
-            "chosen_category": category[chosen_id],
-            "rejected_category": category[rejected_id],
-            "pair_source": source,
-            "scorer_version": SCORER_VERSION,
-        })
-    return rows, used
+def _pair_row(inputs: ExportInputs, chosen: dict[str, Any], rejected: dict[str, Any],
+              category: dict[str, str], source: str) -> dict[str, Any]:
+    chosen_id, rejected_id = chosen["task_id"], rejected["task_id"]
+    return {
+        "pair_id": row_id(chosen_id, rejected_id),
+        "_chosen_h": chosen["_h"],
+        "_rejected_h": rejected["_h"],
+        "tools": inputs.tools_json(chosen["source_kind"], chosen["tool_names"] + rejected["tool_names"]),
+        "chosen_task_id": chosen_id,
+        "rejected_task_id": rejected_id,
+        "chosen_category": category[chosen_id],
+        "rejected_category": category[rejected_id],
+        "pair_source": source,
+        "scorer_version": SCORER_VERSION,
+    }
 
 
 def _kto_row(inputs: ExportInputs, row: dict[str, Any], category: str) -> dict[str, Any]:
     return {
         "row_id": row_id(row["task_id"], "kto"),
-        "_i": row["_i"],
+        "_h": row["_h"],
         "task_id": row["task_id"],
         "session_id": row["session_id"],
         "category": category,
@@ -277,9 +343,15 @@ _JSON_FIELDS = {"preference": ("prompt", "chosen", "rejected", "tools"),
 
 
 def materialize(ctx: ExportContext) -> None:
-    for name, fields in _JSON_FIELDS.items():
+    # The two files are independent and their work (Parquet decoding, Arrow kernels, file
+    # I/O) releases the GIL: one thread each.
+    def write(name: str) -> None:
         path = ctx.export_dir / "preference" / f"{name}.jsonl"
-        write_bytes(path, render_jsonl(output_table(ctx, name), fields))
+        fields = _JSON_FIELDS[name]
+        write_stream(path, (render_jsonl(batch, fields) for batch in table_batches(ctx.path(name))))
+
+    with ThreadPoolExecutor(max_workers=len(_JSON_FIELDS)) as pool:
+        list(pool.map(write, _JSON_FIELDS))
 
 
 def _as_json(value: Any) -> Any:
@@ -290,7 +362,9 @@ def _check_rows(name: str, where: str, rows: list[dict[str, Any]], ids: set[str]
                 config: ExportPreferenceConfig, scan: FieldScan,
                 known: dict[str, list[bool]] | None = None) -> list[str]:
     """Row checks for one source; ``known[field]`` marks values byte-identical to the
-    conversation score built (and scanned clean) for the row's task: not rescanned."""
+    conversation score built (and scanned clean) for the row's task: not rescanned (and
+    left out of the row). A pair row may carry ``_same`` (chosen == rejected, decided
+    from the values' digests)."""
     errors: list[str] = []
     fields = _JSON_FIELDS[name]
     key_field = "pair_id" if name == "preference" else "row_id"
@@ -319,36 +393,78 @@ def _check_rows(name: str, where: str, rows: list[dict[str, Any]], ids: set[str]
     return errors
 
 
+# Per table: large JSON field -> (task id column, position in conversations.json_digests).
+_KNOWN = {"preference": {"prompt": ("chosen_task_id", PROMPT), "chosen": ("chosen_task_id", COMPLETION),
+                         "rejected": ("rejected_task_id", COMPLETION)},
+          "kto": {"prompt": ("task_id", PROMPT), "completion": ("task_id", COMPLETION)}}
+
+
+def table_rows(name: str, table: pa.Table, conv: dict[str, list[str]] | None) -> tuple[
+        list[dict[str, Any]], dict[str, list[bool]]]:
+    """A re-read table's rows for ``_check_rows`` and its known-clean masks. The large
+    JSON fields are hashed straight from Arrow; only values not known clean become Python
+    strings (they are scanned), and a pair's chosen/rejected are compared by digest."""
+    large = _KNOWN[name]
+    rows = table.drop_columns(list(large)).to_pylist()
+    digests = {f: value_digests(table[f]) for f in large}
+    known = {f: known_clean(table[col].to_pylist(), digests[f], conv, which)
+             for f, (col, which) in large.items()}
+    for f in large:
+        unknown = [i for i, k in enumerate(known[f]) if not k]
+        for i, value in zip(unknown, table[f].take(pa.array(unknown, pa.int64())).to_pylist(), strict=True):
+            rows[i][f] = value
+    if name == "preference":
+        for i, (c, r) in enumerate(zip(digests["chosen"], digests["rejected"], strict=True)):
+            if c is not None and r is not None and c != r:
+                rows[i]["_same"] = False  # different bytes; equal digests are compared in full
+            else:
+                rows[i]["_same"] = _same(table["chosen"][i].as_py(), table["rejected"][i].as_py())
+    return rows, known
+
+
+def _reread(ctx: ExportContext, name: str, conv: dict[str, list[str]] | None) -> tuple[
+        list[dict[str, Any]], dict[str, list[bool]], bool]:
+    """One pass over a table's Parquet: its rows, known-clean masks, and whether its JSONL
+    file is byte-identical to the table's rendering."""
+    match = StreamMatch(ctx.export_dir / "preference" / f"{name}.jsonl")
+    rows: list[dict[str, Any]] = []
+    known: dict[str, list[bool]] = {f: [] for f in _KNOWN[name]}
+    for batch in table_batches(ctx.path(name)):
+        batch_rows, batch_known = table_rows(name, batch, conv)
+        rows += batch_rows
+        for f, mask in batch_known.items():
+            known[f] += mask
+        match.feed(render_jsonl(batch, _JSON_FIELDS[name]))
+    return rows, known, match.matches()
+
+
 def validate(ctx: ExportContext) -> list[str]:
     config: ExportPreferenceConfig = ctx.config  # type: ignore[assignment]
     errors: list[str] = []
     scan = FieldScan()
     conv = run_conversations(ctx)
-    for name, fields in _JSON_FIELDS.items():
-        table = output_table(ctx, name)
-        table_rows = table.to_pylist()
+    with ThreadPoolExecutor(max_workers=len(_JSON_FIELDS)) as pool:
+        reread = dict(zip(_JSON_FIELDS, pool.map(lambda n: _reread(ctx, n, conv), _JSON_FIELDS), strict=True))
+    for name in _JSON_FIELDS:
+        rows, known, matches = reread[name]
         key_field = "pair_id" if name == "preference" else "row_id"
-        ids = {r[key_field] for r in table_rows}
-        errors += _check_rows(name, f"table {name}", table_rows, ids, config, scan,
-                              _known(name, table, conv))
+        ids = {r[key_field] for r in rows}
+        errors += _check_rows(name, f"table {name}", rows, ids, config, scan, known)
         path = ctx.export_dir / "preference" / f"{name}.jsonl"
         if not path.exists():
             errors.append(f"missing export file {path}")
-        elif not file_matches(path, render_jsonl(table, fields)):
-            rows = read_jsonl(path)
-            if len(rows) != len(table_rows):
-                errors.append(f"{path.name} holds {len(rows)} rows, the table {len(table_rows)}")
-            errors += _check_rows(name, path.name, rows, ids, config, scan)
+        elif not matches:
+            file_rows = read_jsonl(path)
+            if len(file_rows) != len(rows):
+                errors.append(f"{path.name} holds {len(file_rows)} rows, the table {len(rows)}")
+            errors += _check_rows(name, path.name, file_rows, ids, config, scan)
     return errors + scan.errors()
 
 
-def _known(name: str, table: pa.Table, conv: dict[str, list[str]] | None) -> dict[str, list[bool]]:
-    if name == "preference":
-        return {"prompt": known_clean_mask(table, conv, "prompt", "chosen_task_id", PROMPT),
-                "chosen": known_clean_mask(table, conv, "chosen", "chosen_task_id", COMPLETION),
-                "rejected": known_clean_mask(table, conv, "rejected", "rejected_task_id", COMPLETION)}
-    return {"prompt": known_clean_mask(table, conv, "prompt", "task_id", PROMPT),
-            "completion": known_clean_mask(table, conv, "completion", "task_id", COMPLETION)}
+def _same(chosen: Any, rejected: Any) -> bool:
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        return chosen == rejected
+    return dumps(_as_json(chosen)) == dumps(_as_json(rejected))
 
 
 def _check_pair(where: str, key: str, r: dict[str, Any]) -> list[str]:
@@ -357,9 +473,7 @@ def _check_pair(where: str, key: str, r: dict[str, Any]) -> list[str]:
         errors.append(f"{where}: {key}: missing provenance")
     if r.get("chosen_task_id") == r.get("rejected_task_id"):
         errors.append(f"{where}: {key}: self-pair on task {r.get('chosen_task_id')}")
-    chosen, rejected = r.get("chosen"), r.get("rejected")
-    same = chosen == rejected if isinstance(chosen, str) and isinstance(rejected, str) else (
-        dumps(_as_json(chosen)) == dumps(_as_json(rejected)))
+    same = r["_same"] if "_same" in r else _same(r.get("chosen"), r.get("rejected"))
     if same:
         errors.append(f"{where}: {key}: chosen and rejected are identical")
     pairing = (r.get("chosen_category"), r.get("rejected_category"))

@@ -119,6 +119,7 @@ def run(ctx: StageContext) -> StageResult:
     filtered["exact_duplicate"] += len(dd.exact)
     filtered["near_duplicate"] += len(dd.near)
     docs = [d for d in docs if d["task_id"] not in dd.exact and d["task_id"] not in dd.near]
+    docs.sort(key=lambda d: (d["session_id"], d["task_id"]))  # the table's order: no re-sort
     return StageResult(
         tables={"rag": from_columns(RAG, {n: [d[n] for d in docs] for n in RAG.schema.names}),
                 "quarantine": quarantine.table()},

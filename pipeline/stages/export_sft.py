@@ -11,6 +11,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -28,7 +29,6 @@ from pipeline.export.common import (
     read_table,
     row_id,
 )
-from pipeline.export.conversation import join_messages
 from pipeline.export.dedupe import DEFAULT_SIGNATURE, DedupeConfig
 from pipeline.export.firewall import (
     TEMPLATE_TOKENS,
@@ -43,6 +43,7 @@ from pipeline.export.firewall import (
 from pipeline.export.inputs import (
     EXPORT_INPUTS,
     MESSAGES,
+    ExportInputs,
     dedupe_rows,
     known_clean_mask,
     load_inputs,
@@ -159,12 +160,15 @@ def run(ctx: StageContext) -> StageResult:
     filtered: Counter[str] = Counter()
     inputs = load_inputs(ctx, _CONV_COLUMNS)
     candidates = select_candidates(inputs, allowed_categories(config.include_partial), quarantine)
+    inputs.fetch(candidates["_c"].to_list())
     tokens = tuple(config.template_tokens)
     params_differ = config.dedupe.signature_params() != DEFAULT_SIGNATURE
     rows, removed_calls = transform_rows(
         candidates.to_dicts(), inputs, config.keep_thinking, set(config.skip_tools), tokens,
         rebuild_all=tokens != TEMPLATE_TOKENS or params_differ,
     )
+    for row in rows:
+        row["split"] = split_of(row["session_id"], config.valid_fraction, config.seed)
     checked = []
     for row in rows:
         problem = _check_row(row, config)
@@ -178,21 +182,18 @@ def run(ctx: StageContext) -> StageResult:
                              [r["secret_kinds"] for r in checked], [r["template_token"] for r in checked],
                              quarantine)
     survivors = [r for r, ok in zip(checked, keep, strict=True) if ok]
-    dd = dedupe_rows(survivors, config.dedupe)
+    dd = dedupe_rows(survivors, inputs, config.dedupe)
     filtered["exact_duplicate"] += len(dd.exact)
     filtered["near_duplicate"] += len(dd.near)
     survivors = [r for r in survivors if r["task_id"] not in dd.exact and r["task_id"] not in dd.near]
     cap_cats = {r["task_id"]: r["cap_category"] for r in survivors}
     capped = apply_cap(cap_cats, config.category_cap, config.cap_min_rows, config.seed)
     filtered["category_cap"] += len(capped)
-    out: dict[str, list[Any]] = {name: [] for name in SFT.schema.names}
-    for r in survivors:
-        if r["task_id"] in capped:
-            continue
-        if r["rebuilt"]:
-            messages = dumps(r["messages"])
-        else:
-            messages = join_messages(r["prompt"], r["completion"])
+    # Rows in the table's sort order, so the runner's canonical sort never moves messages.
+    final = sorted((r for r in survivors if r["task_id"] not in capped),
+                   key=lambda r: (r["split"], r["session_id"], r["task_id"]))
+    out: dict[str, list[Any]] = {name: [] for name in SFT.schema.names if name != "messages"}
+    for r in final:
         values = {
             "row_id": row_id(r["task_id"], "sft"),
             "task_id": r["task_id"],
@@ -200,9 +201,8 @@ def run(ctx: StageContext) -> StageResult:
             "source_kind": r["source_kind"],
             "category": r["category"],
             "scorer_version": SCORER_VERSION,
-            "split": split_of(r["session_id"], config.valid_fraction, config.seed),
+            "split": r["split"],
             "cap_category": r["cap_category"],
-            "messages": messages,
             "tools": inputs.tools_json(r["source_kind"], r["tool_names"]),
             "n_messages": r["n_messages"],
             "n_tool_calls": r["n_tool_calls"],
@@ -210,13 +210,16 @@ def run(ctx: StageContext) -> StageResult:
         }
         for name, value in values.items():
             out[name].append(value)
+    sft = from_columns(SFT, {**out, "messages": [""] * len(final)})
+    sft = sft.set_column(SFT.schema.get_field_index("messages"), SFT.schema.field("messages"),
+                         messages_column(final, inputs))
     warnings = []
     if not config.keep_thinking:
         warnings.append("thinking stripped (keep_thinking=false): error-recovery turns lose their reasoning")
     filtered = Counter({k: v for k, v in filtered.items() if v})
     tool_schemas = input_table(ctx, "tool_specs")
     return StageResult(
-        tables={"sft": from_columns(SFT, out), "tool_schemas": tool_schemas,
+        tables={"sft": sft, "tool_schemas": tool_schemas,
                 "quarantine": quarantine.table()},
         records_in=inputs.scores.height,
         records_out=len(out["row_id"]),
@@ -233,6 +236,28 @@ def run(ctx: StageContext) -> StageResult:
             "tool_schemas": tool_schemas.num_rows,
         },
     )
+
+
+def messages_column(rows: list[dict[str, Any]], inputs: ExportInputs) -> pa.ChunkedArray:
+    """SFT ``messages`` JSON per row: prompt + completion joined in Arrow (the stored
+    halves, spliced as ``join_messages`` does), a rebuilt row's own JSON in its place."""
+    index = pa.array([inputs.index(r["_c"]) for r in rows], pa.int64())
+    large = inputs.large
+    prompt = large["prompt"].take(index).combine_chunks().cast(pa.large_string())
+    completion = large["completion"].take(index).combine_chunks().cast(pa.large_string())
+    head = pc.utf8_slice_codeunits(prompt, 0, -1)
+    tail = pc.utf8_slice_codeunits(completion, 1)
+    joined = pc.binary_join_element_wise(head, tail, pa.scalar(",", pa.large_string()))
+    only_prompt = pc.equal(completion, pa.scalar("[]", pa.large_string()))
+    joined = pc.if_else(only_prompt, prompt, joined)
+    joined = pc.if_else(pc.equal(prompt, pa.scalar("[]", pa.large_string())), completion, joined)
+    rebuilt = [i for i, r in enumerate(rows) if r["rebuilt"]]
+    if rebuilt:
+        mask = np.zeros(len(rows), dtype=bool)
+        mask[rebuilt] = True
+        values = pa.array([dumps(rows[i]["messages"]) for i in rebuilt], pa.large_string())
+        joined = pc.replace_with_mask(joined, pa.array(mask), values)
+    return pa.chunked_array([joined.cast(SFT.schema.field("messages").type)])
 
 
 # --- exports and firewall ---------------------------------------------------------------
@@ -314,11 +339,15 @@ def validate(ctx: ExportContext) -> list[str]:
     tokens = tuple(config.template_tokens)
     scan = FieldScan(tokens)
     table = output_table(ctx, "sft")
-    table_rows = table.to_pylist()
-    table_ids = {r["row_id"] for r in table_rows}
-    sides: dict[str, set[str]] = defaultdict(set)
     conv = run_conversations(ctx) if tokens == TEMPLATE_TOKENS else None
     known = known_clean_mask(table, conv, "messages", "task_id", MESSAGES)
+    # Known-clean messages are neither parsed nor scanned: they stay in Arrow.
+    table_rows = table.drop_columns(["messages"]).to_pylist()
+    unknown = [i for i, k in enumerate(known) if not k]
+    for i, value in zip(unknown, table["messages"].take(pa.array(unknown, pa.int64())).to_pylist(), strict=True):
+        table_rows[i]["messages"] = value
+    table_ids = {r["row_id"] for r in table_rows}
+    sides: dict[str, set[str]] = defaultdict(set)
     errors += _check_rows("table sft", table_rows, allowed, table_ids, scan, sides, known)
     out = ctx.export_dir / "sft"
     n_files = 0

@@ -8,6 +8,8 @@ unrecovered error. Ambiguous tasks go to needs_human_review rather than being gu
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -29,7 +31,7 @@ from pipeline.export.tasks import assemble
 from pipeline.export.tools import (
     SHELL_TOOLS,
     derive_schemas,
-    parse_args,
+    parse_all,
 )
 from schemas.datasets import CATEGORIES, SCORING_TABLES
 
@@ -338,13 +340,21 @@ def run(ctx: StageContext) -> StageResult:
     calls = assembled.calls.join(kinds, on="session_id", how="left").with_columns(
         pl.col("source_kind").fill_null("unknown")
     )
-    parsed = [parse_args(s) for s in calls["input_json"].to_list()]
+    parsed = parse_all(calls["input_json"].to_list())
     kinds_list, names = calls["source_kind"].to_list(), calls["name"].to_list()
     schemas = derive_schemas(zip(kinds_list, names, parsed, strict=True))
     facts = CallFacts.of(kinds_list, names, parsed, required_of(schemas))
-    markers = task_markers(tasks, assembled.messages, call_markers(calls, config, facts), config)
     branches = frame(ctx, "branches") if "branches" in ctx.inputs else None
-    conversations = conversations_table(tasks, assembled.messages, calls, parsed, branches, facts)
+
+    def markers_of() -> pl.DataFrame:
+        return task_markers(tasks, assembled.messages, call_markers(calls, config, facts), config)
+
+    # Markers and conversations are independent, and most of both (polars, numpy, RE2)
+    # releases the GIL: with a second worker they run side by side.
+    with ThreadPoolExecutor(max_workers=2) if ctx.workers > 1 else nullcontext() as pool:
+        later = pool.submit(markers_of) if pool else None
+        conversations = conversations_table(tasks, assembled.messages, calls, parsed, branches, facts, pool)
+        markers = later.result() if later else markers_of()
     outcomes, filtered, n_outcome_rows = read_outcomes(
         ctx.sources.get("outcomes", []), tasks, config, quarantine
     )
