@@ -14,8 +14,6 @@ is left to ``merge``; shard tables therefore carry a few ``_``-prefixed helper c
 from __future__ import annotations
 
 import gc
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import xxhash
 from pipeline.collect.lines import BLANK, OVERSIZED, decode_json, iter_lines
 from pipeline.collect.redact import Redactor
 from pipeline.core.hashing import digest_json, xxh3_128_file
+from pipeline.core.store import atomic_path
 
 STAGE_NAME = "collect"
 PARSER_VERSION = "4"  # bump when shard contents change for the same input bytes
@@ -359,24 +358,17 @@ def _read_meta(meta_path: str | None) -> dict[str, Any] | None:
 
 
 def _write_ref(target: Path, ref: dict[str, Any]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(orjson.dumps(ref, option=orjson.OPT_SORT_KEYS))
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    with atomic_path(target, durable=False) as tmp:
+        tmp.write_bytes(orjson.dumps(ref, option=orjson.OPT_SORT_KEYS))
 
 
 def read_ref(shard_dir: Path, key: str) -> dict[str, Any] | None:
     """A file's ref: its container (under ``batches/``), stats and row ranges per table."""
     try:
-        ref: dict[str, Any] = orjson.loads(shard_path(shard_dir, key).read_bytes())
-    except FileNotFoundError:
+        ref = orjson.loads(shard_path(shard_dir, key).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):  # missing or torn: parse again
         return None
-    return ref
+    return ref if isinstance(ref, dict) else None
 
 
 def container_path(shard_dir: Path, name: str) -> Path:
@@ -422,18 +414,11 @@ def write_container(target: Path, tables: dict[str, pa.Table], stats: dict[str, 
         offset += blob.size
         blobs.append(blob)
     header = orjson.dumps({"stats": stats, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(len(header).to_bytes(8, "little"))
-            handle.write(header)
-            for blob in blobs:
-                handle.write(blob)
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    with atomic_path(target, durable=False) as tmp, tmp.open("wb") as handle:
+        handle.write(len(header).to_bytes(8, "little"))
+        handle.write(header)
+        for blob in blobs:
+            handle.write(blob)
 
 
 def read_container(

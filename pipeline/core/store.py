@@ -85,10 +85,12 @@ _UMASK = _read_umask()
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path, mode: int | None = None) -> Iterator[Path]:
+def atomic_path(target: Path, mode: int | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``target``; rename it into place only on success.
 
     A crash (even ``kill -9``) leaves at most a ``.tmp-*`` file, never a partial target.
+    ``durable=False`` skips the fsync, for caches whose readers treat a damaged entry as
+    missing (thousands of fsyncs would dominate a run).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
@@ -96,8 +98,9 @@ def atomic_path(target: Path, mode: int | None = None) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
         # mkstemp creates 0600; published files follow the umask unless a mode is asked for.
         tmp.chmod(mode if mode is not None else 0o666 & ~_UMASK)
         os.replace(tmp, target)
