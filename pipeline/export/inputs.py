@@ -144,16 +144,25 @@ def load_inputs(ctx: StageContext, columns: list[str]) -> ExportInputs:
     )
 
 
-def select_candidates(inputs: ExportInputs, allowed: set[str] | None, quarantine: Quarantine) -> pl.DataFrame:
+def select_candidates(
+    inputs: ExportInputs,
+    allowed: set[str] | None,
+    quarantine: Quarantine,
+    unsafe: tuple[str, frozenset[str]] | None = None,
+) -> pl.DataFrame:
     """Scored tasks in the allowed categories, joined to their conversations in (session,
     prompt) order. Disallowed categories and scored tasks without a conversation (no
-    provenance) are set aside, in score order."""
+    provenance) are set aside, in score order. ``unsafe`` names the categories no opt-in
+    ever admits and the reason they get (e.g. rejected work: ``unsafe_sft_category``);
+    the rest of the disallowed ones are ``category_disallowed`` (an opt-in would admit them)."""
     scored = inputs.scores
     if allowed is not None:
+        unsafe_reason, unsafe_categories = unsafe if unsafe is not None else ("", frozenset())
         for task_id, session_id, category in scored.filter(~pl.col("category").is_in(sorted(allowed))).select(
             "task_id", "session_id", "category"
         ).iter_rows():
-            quarantine.add("category_disallowed", task_id, session_id, category)
+            reason = unsafe_reason if category in unsafe_categories else "category_disallowed"
+            quarantine.add(reason, task_id, session_id, category)
         scored = scored.filter(pl.col("category").is_in(sorted(allowed)))
     known = scored.join(inputs.conversations.select("task_id"), on="task_id", how="semi")
     for task_id in scored.join(known, on="task_id", how="anti")["task_id"].to_list():

@@ -75,7 +75,10 @@ def run(ctx: StageContext) -> StageResult:
     quarantine = Quarantine("export-rag")
     filtered: Counter[str] = Counter()
     inputs = load_inputs(ctx, ["source_kind", "copied_context", "final_answer", "steps", "files_touched"])
-    candidates = select_candidates(inputs, allowed_categories(config.include_review), quarantine)
+    candidates = select_candidates(
+        inputs, allowed_categories(config.include_review), quarantine,
+        unsafe=("unsafe_rag_category", frozenset({"rejected"})),
+    )
     tasks = frame(ctx, "tasks", columns=["task_id", "source_file", "cwd", "prompt_text"])
     candidates = candidates.join(tasks, on="task_id", how="left")  # type: ignore[arg-type]
     candidates = candidates.sort("session_id", "prompt_number", "task_id")
@@ -180,7 +183,7 @@ def validate(ctx: ExportContext) -> list[str]:
 
 STAGE = Stage(
     name="export-rag",
-    version="1.1.0",
+    version="1.2.0",
     config_model=ExportRagConfig,
     inputs=EXPORT_INPUTS,
     outputs=(RAG,),

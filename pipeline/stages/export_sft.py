@@ -159,7 +159,10 @@ def run(ctx: StageContext) -> StageResult:
     quarantine = Quarantine("export-sft")
     filtered: Counter[str] = Counter()
     inputs = load_inputs(ctx, _CONV_COLUMNS)
-    candidates = select_candidates(inputs, allowed_categories(config.include_partial), quarantine)
+    candidates = select_candidates(
+        inputs, allowed_categories(config.include_partial), quarantine,
+        unsafe=("unsafe_sft_category", frozenset({"rejected", "needs_human_review"})),
+    )
     inputs.fetch(candidates["_c"].to_list())
     tokens = tuple(config.template_tokens)
     params_differ = config.dedupe.signature_params() != DEFAULT_SIGNATURE
@@ -378,7 +381,7 @@ def validate(ctx: ExportContext) -> list[str]:
 
 STAGE = Stage(
     name="export-sft",
-    version="1.1.0",
+    version="1.2.0",
     config_model=ExportSftConfig,
     inputs=EXPORT_INPUTS,
     outputs=(SFT, TOOL_SCHEMAS),

@@ -53,7 +53,8 @@ def test_sft_rows_filters_and_files(tmp_path: Path) -> None:
     assert r.status == "ok", r.validation.errors
     _conserves(r)
     assert r.records_in == 8
-    assert r.quarantined == {"category_disallowed": 1, "copied_context": 1, "secret_detected": 1,
+    # The rejected "bad" task: rejected work is unsafe for SFT whatever the opt-ins.
+    assert r.quarantined == {"unsafe_sft_category": 1, "copied_context": 1, "secret_detected": 1,
                              "template_token_in_content": 1}
     assert r.filtered == {"long_argument": 1, "too_few_turns": 1}
     assert r.stats["skip_tool_calls_removed"] == 1
@@ -148,7 +149,8 @@ def test_rag_playbooks(tmp_path: Path) -> None:
     root = tmp_path / "lake"
     result = run_pipeline(corpus, root)
     r = receipt(result, "export-rag")
-    assert r.status == "ok" and r.quarantined == {"category_disallowed": 2}
+    # "bad" is rejected (never RAG material); "review" needs a human (admitted by --include-review).
+    assert r.status == "ok" and r.quarantined == {"unsafe_rag_category": 1, "category_disallowed": 1}
     all_docs = table(result, root, "rag")
     assert {d["category"] for d in all_docs} == {"accepted", "partially_accepted"}
     docs = {d["session_id"]: d for d in all_docs}
