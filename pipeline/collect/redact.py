@@ -805,16 +805,7 @@ class Redactor:
             for m in pattern.finditer(data):
                 if m.group(1) not in _NOT_HOMES_JSON:
                     spans.append(_home_span_json(data, m.start(), m.end()))
-        if len(spans) > 1:
-            spans.sort(key=lambda s: (s[0], -s[1]))
-        out: list[tuple[int, int]] = []
-        last = 0
-        for start, end in spans:
-            if start < last:  # rejected (-1) or inside an earlier fold
-                continue
-            out.append((start, end))
-            last = end
-        return out
+        return _disjoint(spans)
 
     def _walk(self, obj: Any) -> Any:
         if isinstance(obj, str):
@@ -900,16 +891,22 @@ class Redactor:
                 name = m.group(0).replace("\\", "/").rsplit("/", 1)[-1]
                 if name not in _NOT_HOMES:
                     spans.append(_home_span(text, m.start(), m.end()))
-        if len(spans) > 1:
-            spans.sort(key=lambda s: (s[0], -s[1]))
-        out: list[tuple[int, int]] = []
-        last = 0
-        for start, end in spans:
-            if start < last:  # rejected (-1) or inside an earlier fold
-                continue
-            out.append((start, end))
-            last = end
-        return out
+        return _disjoint(spans)
+
+
+def _disjoint(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Fold spans in text order, longest first at a tie; drop rejected (-1) spans and those
+    inside an earlier fold."""
+    if len(spans) > 1:
+        spans.sort(key=lambda s: (s[0], -s[1]))
+    out: list[tuple[int, int]] = []
+    last = 0
+    for start, end in spans:
+        if start < last:
+            continue
+        out.append((start, end))
+        last = end
+    return out
 
 
 def _apply_folds(text: str, spans: list[tuple[int, int]]) -> str:
