@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "BENCHMARKS.md"
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -190,3 +192,22 @@ def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def corpus_files(corpus: Path) -> list[Path]:
+    return sorted(p for p in corpus.rglob("*.jsonl") if p.is_file())
+
+
+def synth_digest() -> str:
+    """Digest of the synthesizer's source, so a changed generator rebuilds the corpus."""
+    h = xxhash.xxh3_128()
+    for path in sorted((REPO / "pipeline" / "synth").rglob("*.py")):
+        h.update(path.relative_to(REPO).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def corpus_size(corpus: Path) -> tuple[int, int]:
+    """(files, bytes) of a corpus."""
+    files = corpus_files(corpus)
+    return len(files), sum(p.stat().st_size for p in files)

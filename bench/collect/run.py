@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import xxhash
 from rich.console import Console
 from rich.table import Table
 
@@ -32,9 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.common import (
     REPO,
     Measurement,
+    corpus_files,
+    corpus_size,
     drop_into_page_cache,
     machine,
     run_measured,
+    synth_digest,
     today,
     update_doc_section,
 )
@@ -68,27 +70,9 @@ print(json.dumps({"sessions": ok, "errors": errors, "steps": steps, "atif_bytes"
 # ---------------------------------------------------------------- corpus
 
 
-def corpus_files(corpus: Path) -> list[Path]:
-    return sorted(p for p in corpus.rglob("*.jsonl") if p.is_file())
-
-
 def top_level_sessions(files: list[Path]) -> list[Path]:
     """Session files agentpile is handed; subagent files are read through their parent."""
     return [p for p in files if "subagents" not in p.parts]
-
-
-def synth_digest() -> str:
-    """Digest of the synthesizer's source, so a changed generator rebuilds the corpus."""
-    h = xxhash.xxh3_128()
-    for path in sorted((REPO / "pipeline" / "synth").rglob("*.py")):
-        h.update(path.relative_to(REPO).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _size(corpus: Path) -> tuple[int, int]:
-    files = corpus_files(corpus)
-    return len(files), sum(p.stat().st_size for p in files)
 
 
 def build_corpus(work: Path, target_mb: int) -> tuple[Path, dict[str, Any]]:
@@ -100,7 +84,7 @@ def build_corpus(work: Path, target_mb: int) -> tuple[Path, dict[str, Any]]:
     wanted = {"target_mb": target_mb, "seed": SEED, "synth": synth_digest()}
     if manifest_path.exists() and corpus.is_dir():
         manifest = json.loads(manifest_path.read_text())
-        files, size = _size(corpus)
+        files, size = corpus_size(corpus)
         same = {k: manifest.get(k) for k in wanted} == wanted
         if same and (files, size) == (manifest["files"], manifest["bytes"]):
             console.print(f"reusing corpus {corpus} ({size / 1e6:,.0f} MB, {files:,} files)")
@@ -108,7 +92,7 @@ def build_corpus(work: Path, target_mb: int) -> tuple[Path, dict[str, Any]]:
     shutil.rmtree(corpus, ignore_errors=True)
     with console.status(f"synthesizing a {target_mb} MB Claude Code corpus into {corpus}"):
         synth = synthesize(corpus, None, SEED, "claude-code", target_mb=target_mb)
-    files, size = _size(corpus)
+    files, size = corpus_size(corpus)
     if size < target_mb * 1_000_000:
         raise SystemExit(f"synth wrote {size:,} bytes, below the {target_mb} MB target")
     manifest = {

@@ -38,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import (
     REPO,
+    corpus_files,
+    corpus_size,
+    synth_digest,
     drop_into_page_cache,
     machine,
     run_measured,
@@ -55,24 +58,6 @@ console = Console(width=max(Console().width, 110))
 # ---------------------------------------------------------------- corpus
 
 
-def corpus_files(corpus: Path) -> list[Path]:
-    return sorted(p for p in corpus.rglob("*.jsonl") if p.is_file())
-
-
-def synth_digest() -> str:
-    """Digest of the synthesizer's source, so a changed generator rebuilds the corpus."""
-    h = xxhash.xxh3_128()
-    for path in sorted((REPO / "pipeline" / "synth").rglob("*.py")):
-        h.update(path.relative_to(REPO).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _size(corpus: Path) -> tuple[int, int]:
-    files = corpus_files(corpus)
-    return len(files), sum(p.stat().st_size for p in files)
-
-
 def build_corpus(work: Path, target_mb: int) -> tuple[dict[str, Path], dict[str, Any]]:
     """Build (or reuse) ``corpus-exports-<N>mb/{claude-code,codex}``, N/2 MB each."""
     from pipeline.synth import synthesize
@@ -83,7 +68,7 @@ def build_corpus(work: Path, target_mb: int) -> tuple[dict[str, Path], dict[str,
     dirs = {fmt: corpus / fmt for fmt in FORMATS}
     if manifest_path.exists() and corpus.is_dir():
         manifest = json.loads(manifest_path.read_text())
-        files, size = _size(corpus)
+        files, size = corpus_size(corpus)
         if {k: manifest.get(k) for k in wanted} == wanted and (files, size) == (
             manifest["files"], manifest["bytes"],
         ):
@@ -93,16 +78,16 @@ def build_corpus(work: Path, target_mb: int) -> tuple[dict[str, Path], dict[str,
     for fmt, path in dirs.items():
         with console.status(f"synthesizing {target_mb / 2:g} MB of {fmt} into {path}"):
             synthesize(path, None, SEED, fmt, target_mb=target_mb / 2)
-    files, size = _size(corpus)
+    files, size = corpus_size(corpus)
     manifest = {**wanted, "files": files, "bytes": size,
-                "bytes_by_format": {fmt: _size(p)[1] for fmt, p in dirs.items()}}
+                "bytes_by_format": {fmt: corpus_size(p)[1] for fmt, p in dirs.items()}}
     manifest_path.write_text(json.dumps(manifest, indent=2))
     console.print(f"built corpus {corpus} ({size / 1e6:,.0f} MB, {files:,} files)")
     return dirs, manifest
 
 
 def existing_corpus(path: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    files, size = _size(path)
+    files, size = corpus_size(path)
     if not files:
         raise SystemExit(f"no *.jsonl under {path}")
     return {"claude-code": path}, {"path": str(path), "files": files, "bytes": size}
