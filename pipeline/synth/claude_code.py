@@ -405,24 +405,17 @@ class _Writer:
 
 class ClaudeCorpus(C.SlotCorpus):
     fmt = "claude-code"
+    continuation = "resume"
 
     def __init__(self, seed: int, malformed_rate: float, oversized_lines: int) -> None:
         super().__init__(seed, malformed_rate, oversized_lines)
         self.prev: SessionOut | None = None
 
-    def slot(self, i: int) -> SessionOut:
-        rng, roll = self.slot_rng(i)
-        prev = self.prev
-        want = self.duplicate_wish(i, roll, "resume")
-        if prev is not None and prev.kind == "normal" and prev.turn_heads and want == "resume":
-            out = self._resume(rng, prev)
-        elif prev is not None and prev.kind == "normal" and want == "copy":
-            out = self._copy(rng, prev)
-        else:
-            out = self._normal(rng)
-            self._plant_malformed(rng, out)
-        self.prev = out
-        return out
+    def _can_continue(self, prev: Any) -> bool:
+        return bool(prev.turn_heads)
+
+    def _continue(self, rng: random.Random, prev: Any) -> Any:
+        return self._resume(rng, prev)
 
     # -- slot kinds ---------------------------------------------------------------------
     def _context(self, rng: random.Random) -> dict[str, Any]:

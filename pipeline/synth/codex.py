@@ -252,24 +252,17 @@ class _Writer:
 
 class CodexCorpus(C.SlotCorpus):
     fmt = "codex"
+    continuation = "fork"
 
     def __init__(self, seed: int, malformed_rate: float, oversized_lines: int) -> None:
         super().__init__(seed, malformed_rate, oversized_lines)
         self.prev: CodexOut | None = None
 
-    def slot(self, i: int) -> CodexOut:
-        rng, roll = self.slot_rng(i)
-        prev = self.prev
-        want = self.duplicate_wish(i, roll, "fork")
-        if prev is not None and prev.kind == "normal" and len(prev.turn_starts) >= 2 and want == "fork":
-            out = self._fork(rng, prev)
-        elif prev is not None and prev.kind == "normal" and want == "copy":
-            out = self._copy(rng, prev)
-        else:
-            out = self._normal(rng)
-            self._plant_malformed(rng, out)
-        self.prev = out
-        return out
+    def _can_continue(self, prev: Any) -> bool:
+        return bool(len(prev.turn_starts) >= 2)
+
+    def _continue(self, rng: random.Random, prev: Any) -> Any:
+        return self._fork(rng, prev)
 
     def _context(self, rng: random.Random) -> dict[str, Any]:
         user, name, lang = rng.choice(self.projects)

@@ -14,6 +14,7 @@ import random
 import re
 import string
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -524,7 +525,7 @@ def env_file(rng: random.Random, kinds: list[str], values: list[str]) -> str:
     return "\n".join(lines)
 
 
-class SlotCorpus:
+class SlotCorpus(ABC):
     """Session slots in order; slot ``i`` depends only on (seed, i, previous slot).
 
     Both formats share this: the per-slot rng, the project pool and the forced duplicate
@@ -533,6 +534,8 @@ class SlotCorpus:
     """
 
     fmt = ""
+    continuation = ""  # what a forced slot 2, 22, 42... does: "resume" (Claude) or "fork" (Codex)
+    prev: Any = None
 
     def __init__(self, seed: int, malformed_rate: float, oversized_lines: int) -> None:
         self.seed = seed
@@ -554,3 +557,37 @@ class SlotCorpus:
         if i % 20 == 2 or roll < 0.03:
             return continuation
         return "copy" if i % 20 == 5 or roll < 0.06 else ""
+
+    def slot(self, i: int) -> Any:
+        rng, roll = self.slot_rng(i)
+        prev = self.prev
+        want = self.duplicate_wish(i, roll, self.continuation)
+        if prev is not None and prev.kind == "normal" and want == self.continuation and self._can_continue(prev):
+            out = self._continue(rng, prev)
+        elif prev is not None and prev.kind == "normal" and want == "copy":
+            out = self._copy(rng, prev)
+        else:
+            out = self._normal(rng)
+            self._plant_malformed(rng, out)
+        self.prev = out
+        return out
+
+    @abstractmethod
+    def _can_continue(self, prev: Any) -> bool:
+        """Supplied by each format."""
+
+    @abstractmethod
+    def _continue(self, rng: random.Random, prev: Any) -> Any:
+        """Supplied by each format."""
+
+    @abstractmethod
+    def _copy(self, rng: random.Random, prev: Any) -> Any:
+        """Supplied by each format."""
+
+    @abstractmethod
+    def _normal(self, rng: random.Random) -> Any:
+        """Supplied by each format."""
+
+    @abstractmethod
+    def _plant_malformed(self, rng: random.Random, out: Any) -> None:
+        """Supplied by each format."""
