@@ -236,6 +236,19 @@ class StringScan:
         return out
 
 
+def identity_errors(where: str, key: str, id_name: str, seen: set[str], ids: set[str],
+                    table: str) -> list[str]:
+    """Every export row's identity checks: ids are unique, and each row is one the stage's
+    own table holds (a row planted into a file is not)."""
+    errors = []
+    if key in seen:
+        errors.append(f"{where}: {key}: duplicate {id_name}")
+    seen.add(key)
+    if key not in ids:
+        errors.append(f"{where}: {key}: row not in the {table} table")
+    return errors
+
+
 def json_digest(value: str | bytes) -> str:
     """xxh3-128 of a stored JSON value's UTF-8 bytes."""
     return xxhash.xxh3_128_hexdigest(value.encode("utf-8") if isinstance(value, str) else value)

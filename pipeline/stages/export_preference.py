@@ -35,6 +35,7 @@ from pipeline.export.firewall import (
     TEMPLATE_TOKENS,
     FieldScan,
     StreamMatch,
+    identity_errors,
     json_digest,
     read_jsonl,
     render_jsonl,
@@ -373,11 +374,7 @@ def _check_rows(name: str, where: str, rows: list[dict[str, Any]], ids: set[str]
     known = known or {}
     for i, r in enumerate(rows):
         key = str(r.get(key_field) or "?")
-        if key in seen:
-            errors.append(f"{where}: {key}: duplicate id")
-        seen.add(key)
-        if key not in ids:
-            errors.append(f"{where}: {key}: row not in the {name} table")
+        errors += identity_errors(where, key, "id", seen, ids, name)
         for f in fields:
             if not (f in known and known[f][i]):
                 scan.add(where, key, f, r.get(f))

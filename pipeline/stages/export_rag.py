@@ -26,6 +26,7 @@ from pipeline.export.dedupe import DedupeConfig, Deduper
 from pipeline.export.firewall import (
     FieldScan,
     file_matches,
+    identity_errors,
     read_jsonl,
     render_jsonl,
     secret_kinds_many,
@@ -151,11 +152,7 @@ def _check_rows(where: str, rows: list[dict[str, Any]], allowed: set[str], ids: 
             errors.append(f"{where}: {key}: category {r.get('category')!r} not allowed in RAG")
         if not (r.get("task_id") and r.get("session_id") and r.get("source_file")):
             errors.append(f"{where}: {key}: missing provenance")
-        if key in seen:
-            errors.append(f"{where}: {key}: duplicate doc_id")
-        seen.add(key)
-        if key not in ids:
-            errors.append(f"{where}: {key}: row not in the rag table")
+        errors += identity_errors(where, key, "doc_id", seen, ids, "rag")
         scan.add_text(where, key, "text", r.get("text"), check_tokens=False)
         scan.add_text(where, key, "prompt", r.get("prompt"), check_tokens=False)
     return errors

@@ -34,6 +34,7 @@ from pipeline.export.firewall import (
     TEMPLATE_TOKENS,
     FieldScan,
     file_matches,
+    identity_errors,
     read_jsonl,
     render_jsonl,
     screen_quarantine,
@@ -317,11 +318,7 @@ def _check_rows(where: str, rows: list[dict[str, Any]], allowed: set[str], table
             errors.append(f"{where}: {key}: category {r.get('category')!r} not allowed in SFT")
         if not r.get("task_id") or not r.get("session_id"):
             errors.append(f"{where}: {key}: missing provenance")
-        if key in seen:
-            errors.append(f"{where}: {key}: duplicate row_id")
-        seen.add(key)
-        if key not in table_ids:
-            errors.append(f"{where}: {key}: row not in the sft table")
+        errors += identity_errors(where, key, "row_id", seen, table_ids, "sft")
         split = r.get("split")
         if is_file and not where.startswith(str(split)):
             errors.append(f"{where}: {key}: split {split!r} in the wrong file")
