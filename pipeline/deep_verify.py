@@ -25,7 +25,7 @@ from pipeline.core.hashing import table_digest, xxh3_128_file
 from pipeline.core.receipts import load_run_receipts, resolve_run
 from pipeline.core.sources import SourceFile, load_manifest
 from pipeline.core.stage import Stage, StageContext, StageResult, Tracker
-from pipeline.core.store import LakeLayout, canonicalize
+from pipeline.core.store import LakeLayout, canonicalize, materialize
 from schemas.drift import RowSample
 from schemas.receipt import InputRef, ObjectRef, StageReceipt
 from schemas.records import QUARANTINE
@@ -125,7 +125,7 @@ def compare_outputs(
         ref = recorded_refs.get(name)
         if ref is None:
             continue
-        fresh = canonicalize(result.tables[source_name], spec.schema, spec.sort_keys)
+        fresh = canonicalize(materialize(result.tables[source_name], spec.schema), spec.schema, spec.sort_keys)
         recorded_digest = ref.xxh3_128
         recorded_rows = ref.rows
         recorded_table: pa.Table | None = None
@@ -310,7 +310,7 @@ def compare_sampled(
     for name, (source_name, spec) in output_specs(stage).items():
         if name not in recorded:
             continue
-        fresh = canonicalize(result.tables[source_name], spec.schema, spec.sort_keys)
+        fresh = canonicalize(materialize(result.tables[source_name], spec.schema), spec.schema, spec.sort_keys)
         old, new = _rows_of(recorded[name], seed, sessions), _rows_of(fresh, seed, sessions)
         if old is None or new is None:
             continue  # no per-file identity: not comparable on a sample

@@ -114,66 +114,92 @@ def _lengths(arr: pa.Array, lengths: pa.Array) -> bytes:
     return bytes(typed.to_numpy(zero_copy_only=False).astype("<i8").tobytes())
 
 
-def _feed_column(chunks: list[pa.Array], typ: pa.DataType, hasher: Any) -> None:
-    """Feed one column in an encoding defined here, not by Arrow's memory layout.
+class _ColumnHasher:
+    """One column's canonical encoding, fed chunk by chunk.
 
-    Each section (validity, lengths, values) is the concatenation over chunks, so the
-    digest does not depend on how the column is chunked or sliced.
+    Every section (validity, lengths, values, children) has its own running hasher, so
+    a section's bytes are the concatenation over all chunks fed: the digest does not
+    depend on how the column is chunked, sliced or split into batches, and a table can
+    be hashed while it streams past without ever being whole in memory.
     """
-    if pa.types.is_dictionary(typ):
-        _feed_column([c.dictionary_decode() for c in chunks], typ.value_type, hasher)
-        return
-    hasher.update(struct.pack("<q", sum(len(c) for c in chunks)))
+
+    def __init__(self, typ: pa.DataType) -> None:
+        if pa.types.is_dictionary(typ):
+            typ = typ.value_type
+        self.type = typ
+        self.rows = 0
+        self.tag = _tag(typ)
+        self.validity = xxhash.xxh3_128()
+        self.lengths = xxhash.xxh3_128()
+        self.values = xxhash.xxh3_128()
+        self.children: list[tuple[str, _ColumnHasher]] = []
+        if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+            self.children = [("", _ColumnHasher(typ.value_type))]
+        elif pa.types.is_struct(typ):
+            self.children = [(typ.field(i).name, _ColumnHasher(typ.field(i).type)) for i in range(typ.num_fields)]
+
+    def feed(self, chunk: pa.Array) -> None:
+        if len(chunk) == 0:
+            return
+        if pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_decode()
+        self.rows += len(chunk)
+        if self.tag == b"null":
+            return
+        self.validity.update(_valid_mask(chunk).astype("uint8").tobytes())
+        if self.tag == b"S":
+            binary = chunk.cast(pa.large_binary())
+            self.lengths.update(_lengths(binary, pc.binary_length(binary)))
+            # Bytes under a null slot are undefined in Arrow: empty them before feeding.
+            clean = pc.fill_null(binary, b"") if binary.null_count else binary
+            for payload in _binary_payload(clean):
+                self.values.update(payload)
+        elif self.tag == b"B":
+            self.values.update(_fixed_width(chunk, "uint8", pa.uint8()))
+        elif self.tag == b"I":
+            self.values.update(_fixed_width(chunk, "<i8", pa.int64()))
+        elif self.tag == b"F":
+            self.values.update(_fixed_width(chunk, "<f8", pa.float64()))
+        elif self.tag == b"L":
+            self.lengths.update(_lengths(chunk, pc.list_value_length(chunk)))
+            self.children[0][1].feed(pc.list_flatten(chunk))
+        elif self.tag == b"T":
+            for index, (_, child) in enumerate(self.children):
+                child.feed(pc.struct_field(chunk, [index]))
+
+    def digest(self) -> bytes:
+        out = xxhash.xxh3_128()
+        out.update(struct.pack("<q", self.rows))
+        out.update(self.tag)
+        if self.tag != b"null":
+            for section in (self.validity, self.lengths, self.values):
+                out.update(section.digest())
+            for name, child in self.children:
+                out.update(canonical_json(name))
+                out.update(child.digest())
+        return out.digest()
+
+
+def _tag(typ: pa.DataType) -> bytes:
     if pa.types.is_null(typ):
-        hasher.update(b"null")
-        return
-    hasher.update(b"V")
-    for chunk in chunks:
-        hasher.update(_valid_mask(chunk).astype("uint8").tobytes())
+        return b"null"
     if (
         pa.types.is_string(typ)
         or pa.types.is_large_string(typ)
         or pa.types.is_binary(typ)
         or pa.types.is_large_binary(typ)
     ):
-        as_binary = [c.cast(pa.large_binary()) for c in chunks]
-        hasher.update(b"S")
-        for chunk in as_binary:
-            hasher.update(_lengths(chunk, pc.binary_length(chunk)))
-        for chunk in as_binary:
-            # Bytes under a null slot are undefined in Arrow: empty them before feeding.
-            clean = pc.fill_null(chunk, b"") if chunk.null_count else chunk
-            for payload in _binary_payload(clean):
-                hasher.update(payload)
-        return
+        return b"S"
     if pa.types.is_boolean(typ):
-        hasher.update(b"B")
-        for chunk in chunks:
-            hasher.update(_fixed_width(chunk, "uint8", pa.uint8()))
-        return
+        return b"B"
     if pa.types.is_integer(typ) or pa.types.is_timestamp(typ) or pa.types.is_date(typ):
-        hasher.update(b"I")
-        for chunk in chunks:
-            hasher.update(_fixed_width(chunk, "<i8", pa.int64()))
-        return
+        return b"I"
     if pa.types.is_floating(typ):
-        hasher.update(b"F")
-        for chunk in chunks:
-            hasher.update(_fixed_width(chunk, "<f8", pa.float64()))
-        return
+        return b"F"
     if pa.types.is_list(typ) or pa.types.is_large_list(typ):
-        hasher.update(b"L")
-        for chunk in chunks:
-            hasher.update(_lengths(chunk, pc.list_value_length(chunk)))
-        _feed_column([pc.list_flatten(c) for c in chunks], typ.value_type, hasher)
-        return
+        return b"L"
     if pa.types.is_struct(typ):
-        hasher.update(b"T")
-        for index in range(typ.num_fields):
-            hasher.update(typ.field(index).name.encode())
-            fields = [pc.struct_field(c, [index]) for c in chunks]
-            _feed_column(fields, typ.field(index).type, hasher)
-        return
+        return b"T"
     raise HashingError(f"no canonical encoding for Arrow type {typ}")
 
 
@@ -206,18 +232,38 @@ def type_name(typ: pa.DataType) -> str:
     return str(typ)
 
 
-def table_digest(table: pa.Table) -> str:
-    """xxh3-128 over schema names and types plus each column's canonical encoding.
+class TableHasher:
+    """xxh3-128 over schema names and types plus each column's canonical encoding,
+    fed batch by batch (see ``_ColumnHasher``). Row order matters: callers sort on
+    stable keys first (see ``store.canonicalize``)."""
 
-    Row order matters: callers sort on stable keys first (see ``store.canonicalize``).
-    """
-    hasher = xxhash.xxh3_128()
-    hasher.update(b"tracelake-table-v2")
-    hasher.update(struct.pack("<q", table.num_rows))
-    for field in table.schema:
-        hasher.update(canonical_json([field.name, type_name(field.type)]))
-        column = table.column(field.name)
-        _feed_column([c for c in column.chunks if len(c)], field.type, hasher)
+    VERSION = b"tracelake-table-v3"
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.rows = 0
+        self.columns = [_ColumnHasher(field.type) for field in schema]
+
+    def update(self, data: pa.Table | pa.RecordBatch) -> None:
+        self.rows += data.num_rows
+        for index, hasher in enumerate(self.columns):
+            column = data.column(index)
+            for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+                hasher.feed(chunk)
+
+    def hexdigest(self) -> str:
+        out = xxhash.xxh3_128()
+        out.update(self.VERSION)
+        out.update(struct.pack("<q", self.rows))
+        for field, hasher in zip(self.schema, self.columns, strict=True):
+            out.update(canonical_json([field.name, type_name(field.type)]))
+            out.update(hasher.digest())
+        return out.hexdigest()
+
+
+def table_digest(table: pa.Table) -> str:
+    hasher = TableHasher(table.schema)
+    hasher.update(table)
     return hasher.hexdigest()
 
 

@@ -40,9 +40,11 @@ from pipeline.core.sources import (
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult, Tracker
 from pipeline.core.store import (
     LakeLayout,
+    TableStream,
     atomic_write_text,
     canonicalize,
     object_intact,
+    put_stream,
     put_table,
 )
 from schemas.receipt import (
@@ -214,8 +216,10 @@ class Runner:
         if missing:
             raise TracelakeError(f"{stage.name} did not produce tables {missing}")
 
-        def store(name: str, raw: pa.Table) -> ObjectRef:
+        def store(name: str, raw: pa.Table | TableStream) -> ObjectRef:
             spec = specs[name]
+            if isinstance(raw, TableStream):
+                return put_stream(self.layout, name, spec.schema, spec.sort_keys, raw, metadata)
             return put_table(self.layout, name, canonicalize(raw, spec.schema, spec.sort_keys), metadata)
 
         # Sorting, hashing and Parquet encoding release the GIL: two tables at a time keep

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from pipeline.core.sources import SourceFile
-from pipeline.core.store import LakeLayout
+from pipeline.core.store import LakeLayout, TableStream
 from schemas.receipt import ObjectRef
 from schemas.tables import TableSpec
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 class StageResult:
     """What a stage hands back. ``tables`` must hold every declared output."""
 
-    tables: dict[str, pa.Table]
+    tables: dict[str, pa.Table | TableStream]  # a stream is never whole in memory
     records_in: int
     records_out: int
     quarantined: dict[str, int] = field(default_factory=dict)

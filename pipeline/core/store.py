@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.core.hashing import sha256_file, table_digest
+from pipeline.core.errors import TracelakeError
+from pipeline.core.hashing import TableHasher, sha256_file, table_digest
 from schemas.receipt import ObjectRef
 
 # Fixed writer settings: changing any of them changes file bytes (not logical digests).
@@ -128,36 +129,107 @@ def canonicalize(table: pa.Table, schema: pa.Schema, sort_keys: Sequence[str]) -
         # Sort the (small) key columns only; skip the costly take of wide text columns
         # when the stage already produced canonical order.
         keys = table.select(list(sort_keys))
-        order = pc.sort_indices(keys, sort_keys=[(key, "ascending") for key in sort_keys])
-        in_order = np.array_equal(
-            order.to_numpy(zero_copy_only=False), np.arange(table.num_rows)
-        )
-        if not in_order:
-            table = table.take(order)
+        if not _in_order(keys, sort_keys):
+            table = table.take(pc.sort_indices(keys, sort_keys=[(key, "ascending") for key in sort_keys]))
     return table
 
 
-def write_parquet(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write with fixed settings; the only key-value metadata is what the caller passes
+@dataclass
+class TableStream:
+    """A table that arrives batch by batch, already in canonical order, so that a stage
+    never has to hold it whole: the runner hashes and writes it as it streams past and
+    checks the order on the way (``TableOrderError`` if a stage got it wrong)."""
+
+    batches: Iterable[pa.Table | pa.RecordBatch]
+    rows: int
+
+
+def materialize(table: pa.Table | TableStream, schema: pa.Schema) -> pa.Table:
+    """A stream gathered whole (for checks that compare tables, not for the run)."""
+    if isinstance(table, pa.Table):
+        return table
+    parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in table.batches]
+    return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts]) if parts else schema.empty_table()
+
+
+class TableOrderError(TracelakeError):
+    pass
+
+
+class _GroupWriter:
+    """Parquet with fixed settings, in row groups of exactly ``PARQUET_ROW_GROUP_SIZE``
+    rows whatever batches come in, each one contiguous chunk: page and row-group
+    boundaries then follow the row count alone, so file bytes do not depend on how the
+    table was chunked or streamed. The only key-value metadata is what the caller passes
     (no ``ARROW:schema``, whose bytes vary with the writer's version)."""
-    table = table.replace_schema_metadata(None)
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(
-            tmp,
-            table.schema,
+
+    def __init__(self, path: Path, schema: pa.Schema, sort_keys: Sequence[str] = ()) -> None:
+        self.schema = schema.remove_metadata()
+        self.sort_keys = list(sort_keys)
+        self.hasher = TableHasher(self.schema)
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.last_keys: pa.Table | None = None
+        self.writer = pq.ParquetWriter(
+            path,
+            self.schema,
             compression=PARQUET_COMPRESSION,
             compression_level=PARQUET_COMPRESSION_LEVEL,
             use_dictionary=True,
             write_statistics=True,
             store_schema=False,
-        ) as writer:
-            # One contiguous chunk per row group: page boundaries follow chunk boundaries,
-            # so this keeps file bytes independent of how the table happens to be chunked.
-            for start in range(0, max(table.num_rows, 1), PARQUET_ROW_GROUP_SIZE):
-                group = table.slice(start, PARQUET_ROW_GROUP_SIZE).combine_chunks()
-                writer.write_table(group, row_group_size=PARQUET_ROW_GROUP_SIZE)
-            if metadata:
-                writer.add_key_value_metadata(dict(sorted(metadata.items())))
+        )
+
+    def add(self, data: pa.Table | pa.RecordBatch) -> None:
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        if data.num_rows == 0:
+            return
+        self.pending.append(data.select(self.schema.names).cast(self.schema))
+        self.pending_rows += data.num_rows
+        while self.pending_rows >= PARQUET_ROW_GROUP_SIZE:
+            self._flush(PARQUET_ROW_GROUP_SIZE)
+
+    def _flush(self, rows: int) -> None:
+        table = pa.concat_tables(self.pending)
+        group, rest = table.slice(0, rows).combine_chunks(), table.slice(rows)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        if self.sort_keys:
+            self._check_order(group)
+        self.hasher.update(group)
+        self.writer.write_table(group, row_group_size=PARQUET_ROW_GROUP_SIZE)
+
+    def _check_order(self, group: pa.Table) -> None:
+        keys = group.select(self.sort_keys)
+        if self.last_keys is not None:
+            keys = pa.concat_tables([self.last_keys, keys])
+        if keys.num_rows > 1 and not _in_order(keys, self.sort_keys):
+            raise TableOrderError(f"rows are not in canonical order on {self.sort_keys}")
+        self.last_keys = keys.slice(keys.num_rows - 1)
+
+    def close(self, metadata: dict[str, str] | None) -> tuple[str, int]:
+        """Flush the tail, seal the file, return (logical digest, rows)."""
+        if self.pending_rows or self.hasher.rows == 0:
+            if self.pending_rows:
+                self._flush(self.pending_rows)
+            else:
+                self.writer.write_table(self.schema.empty_table(), row_group_size=PARQUET_ROW_GROUP_SIZE)
+        if metadata:
+            self.writer.add_key_value_metadata(dict(sorted(metadata.items())))
+        self.writer.close()
+        return self.hasher.hexdigest(), self.hasher.rows
+
+
+def _in_order(keys: pa.Table, sort_keys: Sequence[str]) -> bool:
+    order = pc.sort_indices(keys, sort_keys=[(key, "ascending") for key in sort_keys])
+    return bool(np.array_equal(order.to_numpy(zero_copy_only=False), np.arange(keys.num_rows)))
+
+
+def write_parquet(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        writer = _GroupWriter(tmp, table.schema)
+        writer.add(table)
+        writer.close(metadata)
 
 
 def put_table(
@@ -172,12 +244,46 @@ def put_table(
     path = layout.object_path(digest)
     if not path.exists():
         write_parquet(table, path, metadata)
+    return _ref(layout, name, digest, table.num_rows, path)
+
+
+def put_stream(
+    layout: LakeLayout,
+    name: str,
+    schema: pa.Schema,
+    sort_keys: Sequence[str],
+    stream: TableStream,
+    metadata: dict[str, str] | None = None,
+) -> ObjectRef:
+    """Store a streamed table: written to a temporary file while it is hashed, then
+    published under its digest (or dropped, when that object already exists)."""
+    layout.objects.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-stream-{name}-", dir=layout.objects)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer = _GroupWriter(tmp, schema, sort_keys)
+        for batch in stream.batches:
+            writer.add(batch)
+        digest, rows = writer.close(metadata)
+        if rows != stream.rows:
+            raise TracelakeError(f"table {name} streamed {rows} rows, announced {stream.rows}")
+        path = layout.object_path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            tmp.chmod(0o666 & ~_UMASK)
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return _ref(layout, name, digest, rows, path)
+
+
+def _ref(layout: LakeLayout, name: str, digest: str, rows: int, path: Path) -> ObjectRef:
     return ObjectRef(
-        name=name,
-        xxh3_128=digest,
-        sha256=sha256_file(path),
-        rows=table.num_rows,
-        path=layout.relative(path),
+        name=name, xxh3_128=digest, sha256=sha256_file(path), rows=rows, path=layout.relative(path)
     )
 
 
