@@ -125,7 +125,7 @@ def compare_outputs(
         ref = recorded_refs.get(name)
         if ref is None:
             continue
-        fresh = canonicalize(materialize(result.tables[source_name], spec.schema), spec.schema, spec.sort_keys)
+        fresh = canonicalize(materialize(result.tables[source_name]), spec.schema, spec.sort_keys)
         recorded_digest = ref.xxh3_128
         recorded_rows = ref.rows
         recorded_table: pa.Table | None = None
@@ -186,13 +186,20 @@ def _verdict(checks: list[TableCheck]) -> StageVerdict:
     return "match" if all(c.match for c in checks) else "differs"
 
 
+def _gathered(result: StageResult) -> StageResult:
+    """Streamed tables read their rows from the stage's scratch area: gather them
+    before it goes."""
+    result.tables = {name: materialize(table) for name, table in result.tables.items()}
+    return result
+
+
 def verify_lake_stage(layout: LakeLayout, stage: Stage, receipt: StageReceipt) -> StageCheck:
     inputs = lake_inputs(layout, receipt.inputs)
     if inputs is None:
         return StageCheck(stage=stage.name, verdict="inputs_unavailable",
                           detail="an input object is no longer in the lake")
     with tempfile.TemporaryDirectory(prefix=f"tracelake-deep-{stage.name}-") as scratch:
-        result = stage.run(_context(layout, stage, receipt, Path(scratch), inputs, {}))
+        result = _gathered(stage.run(_context(layout, stage, receipt, Path(scratch), inputs, {})))
     checks = compare_outputs(layout, stage, receipt, result)
     return StageCheck(stage=stage.name, verdict=_verdict(checks), tables=checks)
 
@@ -291,7 +298,7 @@ def verify_source_stage(
         needed = _closure(seed, list(recorded.values()))
         sources = {k: [f for f in files if f.display_path in needed] for k, files in sources.items()}
     with tempfile.TemporaryDirectory(prefix=f"tracelake-deep-{stage.name}-") as scratch:
-        result = stage.run(_context(layout, stage, receipt, Path(scratch), inputs, sources))
+        result = _gathered(stage.run(_context(layout, stage, receipt, Path(scratch), inputs, sources)))
     if seed is None:
         checks = compare_outputs(layout, stage, receipt, result)
     else:
@@ -310,7 +317,7 @@ def compare_sampled(
     for name, (source_name, spec) in output_specs(stage).items():
         if name not in recorded:
             continue
-        fresh = canonicalize(materialize(result.tables[source_name], spec.schema), spec.schema, spec.sort_keys)
+        fresh = canonicalize(materialize(result.tables[source_name]), spec.schema, spec.sort_keys)
         old, new = _rows_of(recorded[name], seed, sessions), _rows_of(fresh, seed, sessions)
         if old is None or new is None:
             continue  # no per-file identity: not comparable on a sample

@@ -10,6 +10,7 @@ several files shares, subagent -> spawning-call links, and per-session counts.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,16 @@ import pyarrow as pa
 
 from pipeline.collect.redact import Redactor
 from pipeline.collect.shard import (
-    HEAVY_COLUMNS,
     LINE_REASONS,
+    PASSTHROUGH_COLUMNS,
     SHARD_SCHEMAS,
     STAGE_NAME,
     container_path,
+    passthrough_stream,
     read_container,
-    read_ref,
 )
 from pipeline.core.hashing import digest_json
+from pipeline.core.store import TableStream
 from schemas.records import COLLECT_TABLES, QUARANTINE
 from schemas.tables import TableSpec
 
@@ -37,59 +39,95 @@ SPAWN_TOOLS = ("Task", "Agent")
 
 @dataclass
 class Merged:
-    tables: dict[str, pa.Table]
+    tables: dict[str, pa.Table | TableStream]
+    rows: dict[str, int]
     lines: Counter[str]
     set_aside: dict[str, int]
     redactions: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
-class _Heavy:
-    """Where one table's big text columns live: read container by container at the end."""
+class _Passthrough:
+    """Where one table's passthrough columns live: per file, a row range of a container,
+    in merge order (so global row ``i`` of the merge is found by a search over spans)."""
 
     name: str
     shard_dir: Path
-    spans: list[tuple[str, int, int]]  # (container, first row, rows) per file, in merge order
+    spans: list[tuple[str, int, int]]  # (container, first row, rows)
 
 
-def _load(shard_dir: Path, keys: list[str]) -> tuple[dict[str, pl.DataFrame], dict[str, _Heavy]]:
-    """Light columns go to polars with a row number; big text columns are not read here.
+def _light_schema(name: str) -> pa.Schema:
+    skip = PASSTHROUGH_COLUMNS.get(name, ())
+    return pa.schema([f for f in SHARD_SCHEMAS[name] if f.name not in skip])
 
-    They never enter polars: ``_final`` reads them container by container and keeps the
-    rows that survived, so the merge holds one copy of the text, and only at the end.
-    Each file's rows are a slice of its container (several files share one), taken in
-    ``keys`` order, which is what fixes the row order everything downstream relies on.
+
+def _load(
+    shard_dir: Path, members: list[dict[str, Any]]
+) -> tuple[dict[str, pl.DataFrame], dict[str, _Passthrough]]:
+    """The merge's columns go to polars (with a row number where a table has
+    passthrough columns, which stay in the containers until the final write). Each
+    file's rows are a slice of its container, taken in ``members`` order, which is what
+    fixes the row order everything downstream relies on.
     """
-    refs = []
-    for key in keys:
-        ref = read_ref(shard_dir, key)
-        if ref is None:
-            raise FileNotFoundError(f"collect shard {key} is missing")
-        refs.append(ref)
     containers: dict[str, dict[str, pa.Table]] = {}
-    light = list(SHARD_SCHEMAS)
-    for ref in refs:
-        if ref["container"] not in containers:
-            path = container_path(shard_dir, ref["container"])
-            containers[ref["container"]] = read_container(path, names=light)[0]
+    for member in members:
+        if member["container"] not in containers:
+            path = container_path(shard_dir, member["container"])
+            containers[member["container"]] = read_container(path, names=list(SHARD_SCHEMAS))[0]
     frames: dict[str, pl.DataFrame] = {}
-    heavy: dict[str, _Heavy] = {}
-    for name, schema in SHARD_SCHEMAS.items():
-        spans = _coalesce([(r["container"], *r["rows"][name]) for r in refs if name in r["rows"]])
+    passthrough: dict[str, _Passthrough] = {}
+    for name in SHARD_SCHEMAS:
+        spans = _coalesce([(m["container"], *m["rows"][name]) for m in members if name in m["rows"]])
         chunks = [containers[c][name].slice(start, rows) for c, start, rows in spans]
-        if name in HEAVY_COLUMNS:
-            columns = HEAVY_COLUMNS[name]
-            schema = pa.schema([f for f in schema if f.name not in columns])
-            heavy[name] = _Heavy(name, shard_dir, spans)
-        table = pa.concat_tables(chunks).combine_chunks() if chunks else schema.empty_table()
+        table = pa.concat_tables(chunks).combine_chunks() if chunks else _light_schema(name).empty_table()
         del chunks
+        # Files by their index in merge order: 4 bytes a row instead of a path, and the
+        # order the merge sorts by. Paths come back when the final tables are written.
+        counts = [(i, m["rows"][name][1]) for i, m in enumerate(members) if name in m["rows"]]
+        index = np.repeat(
+            np.array([i for i, _ in counts], dtype=np.int32), [n for _, n in counts]
+        ) if counts else np.zeros(0, dtype=np.int32)
+        table = table.drop_columns(["source_file"]).append_column("_file", _int32(index))
         for tables in containers.values():
             tables.pop(name, None)  # the container's buffers go once every table is combined
-        if name in HEAVY_COLUMNS:
+        if name in PASSTHROUGH_COLUMNS:
+            passthrough[name] = _Passthrough(name, shard_dir, spans)
             table = table.append_column("_row", _arange(table.num_rows))
-        frames[name] = pl.from_arrow(table)  # type: ignore[assignment]
+        frame = pl.from_arrow(table)
         del table
-    return frames, heavy
+        assert isinstance(frame, pl.DataFrame)
+        frames[name], keys = _compact(frame)
+        if keys is not None:
+            frames["repeated_keys"] = keys
+    return frames, passthrough
+
+
+# Columns with few distinct values: one code per row instead of one string (polars sorts
+# and compares categoricals as the strings they stand for).
+_CATEGORICAL = ("session_id", "_root_session_id", "outcome")
+
+
+def _compact(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """What the merge holds per row, made small: it grows with the corpus.
+
+    A line's record key (a uuid pair or a content hash, ~70 bytes) becomes two 64-bit
+    hashes under different seeds (only equality matters, and only within this run);
+    the keys themselves are kept, in a fresh copy, for the few lines whose key repeats,
+    which are the only ones a quarantine row may need to name.
+    """
+    frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL if c in frame.columns)
+    if "key" not in frame.columns:
+        return frame, None
+    frame = frame.with_columns(pl.col("key").hash(seed=1).alias("_k1"), pl.col("key").hash(seed=2).alias("_k2"))
+    repeated = frame.filter(pl.struct("_k1", "_k2").is_duplicated())
+    keys = pl.DataFrame(
+        {
+            "_file": repeated["_file"],
+            "line_no": repeated["line_no"],
+            "key": pl.Series(repeated["key"].to_list(), dtype=pl.String),
+        }
+    )
+    return frame.drop("key"), keys
 
 
 def _coalesce(spans: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
@@ -104,6 +142,10 @@ def _coalesce(spans: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     return out
 
 
+def _int32(values: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values.astype(np.int32))])
+
+
 def _arange(n: int) -> pa.Array:
     """0..n-1 without ``pa.array`` (which imports pandas, ~0.4 s, to check its argument)."""
     return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.arange(n, dtype=np.int64))])
@@ -111,12 +153,12 @@ def _arange(n: int) -> pa.Array:
 
 def _duplicates(lines: pl.DataFrame) -> pl.DataFrame:
     """Lines whose key was already seen in an earlier file (by source_file, line_no)."""
-    ordered = lines.sort(["source_file", "line_no"])
+    ordered = lines.sort(["_file", "line_no"])
     ranked = ordered.with_columns(
-        pl.int_range(pl.len()).over("key").alias("_rank"),
-        pl.col("chash").first().over("key").alias("_first_hash"),
-        pl.col("source_file").first().over("key").alias("_first_file"),
-        pl.col("line_no").first().over("key").alias("_first_line"),
+        pl.int_range(pl.len()).over("_k1", "_k2").alias("_rank"),
+        pl.col("chash").first().over("_k1", "_k2").alias("_first_hash"),
+        pl.col("_file").first().over("_k1", "_k2").alias("_first_file"),
+        pl.col("line_no").first().over("_k1", "_k2").alias("_first_line"),
     )
     return ranked.filter(pl.col("_rank") > 0)
 
@@ -124,16 +166,19 @@ def _duplicates(lines: pl.DataFrame) -> pl.DataFrame:
 def _drop_lines(frame: pl.DataFrame, dropped: pl.DataFrame) -> pl.DataFrame:
     if dropped.is_empty() or frame.is_empty():
         return frame
-    return frame.join(dropped, on=["source_file", "line_no"], how="anti")
+    return frame.join(dropped, on=["_file", "line_no"], how="anti")
 
 
 def _first_by_file(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    return frame.sort(["source_file", "line_no"]).unique(subset=keys, keep="first", maintain_order=True)
+    return frame.sort(["_file", "line_no"]).unique(subset=keys, keep="first", maintain_order=True)
 
 
-def merge_shards(shard_dir: Path, keys: list[str], shard_lines: Counter[str]) -> Merged:
-    """``keys`` in display-path order; ``shard_lines`` = the per-file line tallies summed."""
-    f, heavy = _load(shard_dir, keys)
+def merge_shards(shard_dir: Path, members: list[dict[str, Any]], shard_lines: Counter[str]) -> Merged:
+    """``members`` (container, row ranges) in display-path order; ``shard_lines`` = the
+    per-file line tallies summed."""
+    f, passthrough = _load(shard_dir, members)
+    paths = [m["source_file"] for m in members]
+    files = pl.Series("source_file", paths, dtype=pl.String)
     tallies = Counter(shard_lines)
     redactor = Redactor()
 
@@ -144,74 +189,78 @@ def merge_shards(shard_dir: Path, keys: list[str], shard_lines: Counter[str]) ->
         tallies[outcome] -= n
     tallies["exact_duplicate"] += exact.height
     tallies["quarantined:conflicting_duplicate"] += conflicts.height
-    dropped = dups.select("source_file", "line_no")
+    dropped = dups.select("_file", "line_no")
 
     # Rows from duplicate lines go, whether set aside or quarantined (a copied broken line).
     quarantine = _drop_lines(f["quarantine"], dropped)
+    conflicts = conflicts.join(f["repeated_keys"], on=["_file", "line_no"], how="left")
     conflict_rows = conflicts.select(
-        pl.lit(STAGE_NAME).alias("stage"), "source_file", "line_no", pl.col("key").alias("record_id"),
+        pl.lit(STAGE_NAME).alias("stage"), "_file", "line_no", pl.col("key").alias("record_id"),
         "session_id", pl.lit("conflicting_duplicate").alias("reason"),
-        pl.format("record id reused with different content; first copy kept at {}:{}",
-                  "_first_file", "_first_line").alias("detail"),
+        pl.lit(None, dtype=pl.String).alias("detail"), pl.col("_first_file"), pl.col("_first_line"),
     )
     if conflict_rows.height:
-        conflict_rows = conflict_rows.with_columns(
-            pl.Series("detail", [redactor.redact(d) for d in conflict_rows["detail"].to_list()])
-        )
-    quarantine = pl.concat([quarantine, conflict_rows], how="vertical_relaxed")
+        details = [
+            redactor.redact(f"record id reused with different content; first copy kept at {paths[i]}:{n}")
+            for i, n in conflict_rows.select("_first_file", "_first_line").iter_rows()
+        ]
+        conflict_rows = conflict_rows.with_columns(pl.Series("detail", details, dtype=pl.String))
+    conflict_rows = conflict_rows.drop("_first_file", "_first_line")
+    quarantine = pl.concat([quarantine, conflict_rows], how="diagonal_relaxed")
 
     messages = _first_by_file(_drop_lines(f["messages"], dropped), ["session_id", "message_id"])
     calls = _first_by_file(_drop_lines(f["tool_calls"], dropped), ["session_id", "tool_use_id"])
     prompts = _drop_lines(f["prompts"], dropped)
     branches = f["branches"]
     if not branches.is_empty():
-        kept = messages.select("session_id", pl.col("message_id").alias("child_message_id"), "source_file")
-        branches = branches.join(kept, on=["session_id", "child_message_id", "source_file"], how="semi")
-        branches = branches.sort(["source_file", "session_id", "parent_message_id", "child_rank"]).unique(
+        kept = messages.select("session_id", pl.col("message_id").alias("child_message_id"), "_file")
+        branches = branches.join(kept, on=["session_id", "child_message_id", "_file"], how="semi")
+        branches = branches.sort(["_file", "session_id", "parent_message_id", "child_rank"]).unique(
             subset=["session_id", "parent_message_id", "child_message_id"], keep="first", maintain_order=True
         )
 
     prompts, messages, calls = _positions(prompts, messages, calls)
-    kept_lines = f["lines"].join(dropped, on=["source_file", "line_no"], how="anti")
+    kept_lines = f["lines"].join(dropped, on=["_file", "line_no"], how="anti")
     sessions, subagents, calls, messages = _sessions(f["sessions"], kept_lines, messages, calls, prompts)
 
-    tables = {
-        "sessions": _final(sessions, "sessions"),
-        "messages": _final(messages, "messages", heavy.pop("messages")),
-        "tool_calls": _final(calls, "tool_calls", heavy.pop("tool_calls")),
-        "prompts": _final(prompts, "prompts"),
-        "branches": _final(branches, "branches"),
-        "subagents": _final(subagents, "subagents"),
-        "quarantine": _cast(quarantine, QUARANTINE),
+    tables: dict[str, pa.Table | TableStream] = {
+        "sessions": _final(sessions, "sessions", files),
+        "messages": _stream(messages, "messages", files, passthrough["messages"]),
+        "tool_calls": _stream(calls, "tool_calls", files, passthrough["tool_calls"]),
+        "prompts": _final(prompts, "prompts", files),
+        "branches": _final(branches, "branches", files),
+        "subagents": _final(subagents, "subagents", files),
+        "quarantine": _cast(quarantine, QUARANTINE, files),
     }
+    rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
     set_aside = dict(
         sorted(Counter(r for r in quarantine["reason"].to_list() if r not in LINE_REASONS).items())
     )
-    return Merged(tables=tables, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
+    return Merged(tables=tables, rows=rows, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
 
 
 def _positions(
     prompts: pl.DataFrame, messages: pl.DataFrame, calls: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """seq, prompt_number/prompt_id and turn_index, in (source_file, line_no) order per session."""
-    prompts = prompts.sort(["session_id", "source_file", "line_no"]).with_columns(
+    prompts = prompts.sort(["session_id", "_file", "line_no"]).with_columns(
         pl.int_range(pl.len()).over("session_id").cast(pl.Int64).alias("prompt_number")
     )
     ids = [digest_json([s, n]) for s, n in zip(prompts["session_id"].to_list(),
                                                  prompts["prompt_number"].to_list(), strict=True)]
     prompts = prompts.with_columns(pl.Series("prompt_id", ids, dtype=pl.String))
     lookup = prompts.select(
-        "session_id", "source_file", pl.col("line_no").alias("_prompt_line"), "prompt_id"
+        "session_id", "_file", pl.col("line_no").alias("_prompt_line"), "prompt_id"
     )
-    messages = messages.sort(["session_id", "source_file", "line_no"]).with_columns(
+    messages = messages.sort(["session_id", "_file", "line_no"]).with_columns(
         pl.int_range(pl.len()).over("session_id").cast(pl.Int64).alias("seq")
     )
-    messages = messages.join(lookup, on=["session_id", "source_file", "_prompt_line"], how="left")
+    messages = messages.join(lookup, on=["session_id", "_file", "_prompt_line"], how="left")
     turn = messages.select("session_id", "message_id", pl.col("seq").alias("turn_index"))
     calls = calls.join(turn, on=["session_id", "message_id"], how="left").with_columns(
         pl.col("turn_index").fill_null(-1)
     )
-    calls = calls.join(lookup, on=["session_id", "source_file", "_prompt_line"], how="left")
+    calls = calls.join(lookup, on=["session_id", "_file", "_prompt_line"], how="left")
     return prompts, messages, calls
 
 
@@ -223,12 +272,12 @@ def _sessions(
     prompts: pl.DataFrame,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     present = kept_lines.filter(pl.col("session_id").is_not_null()).select(
-        "session_id", "source_file"
+        "session_id", "_file"
     ).unique()
-    raw = raw.join(present, on=["session_id", "source_file"], how="semi").sort(["session_id", "source_file"])
+    raw = raw.join(present, on=["session_id", "_file"], how="semi").sort(["session_id", "_file"])
     firsts = [
         pl.col(c).drop_nulls().first().alias(c)
-        for c in ("source_kind", "source_file", "agent_version", "cwd", "git_branch", "model", "title",
+        for c in ("source_kind", "_file", "agent_version", "cwd", "git_branch", "model", "title",
                   "agent_id", "_root_session_id", "_meta_tool_use_id", "_spawn_digest")
     ]
     sessions = raw.group_by("session_id", maintain_order=True).agg(
@@ -243,7 +292,7 @@ def _sessions(
         schema={"session_id": pl.String, "parent_session_id": pl.String, "spawn_tool_use_id": pl.String,
                 "link_method": pl.String, "_inherited_prompt": pl.String},
         orient="row",
-    )
+    ).with_columns(pl.col("session_id").cast(pl.Categorical))
     sessions = sessions.join(link_frame.select("session_id", "parent_session_id"), on="session_id", how="left")
     inherit = link_frame.select("session_id", "_inherited_prompt")
     messages = messages.join(inherit, on="session_id", how="left").with_columns(
@@ -261,7 +310,7 @@ def _sessions(
         link_frame.select("session_id", "spawn_tool_use_id", "link_method"), on="session_id", how="left"
     ).select(
         "session_id", pl.col("parent_session_id").fill_null(pl.col("_root_session_id")),
-        "agent_id", "spawn_tool_use_id", pl.col("link_method").fill_null("none"), "source_file",
+        "agent_id", "spawn_tool_use_id", pl.col("link_method").fill_null("none"), "_file",
     ).filter(pl.col("parent_session_id").is_not_null())
     return sessions, subagents, calls, messages
 
@@ -328,20 +377,43 @@ def _link_subagents(sessions: pl.DataFrame, calls: pl.DataFrame) -> list[tuple[A
     return out
 
 
-def _cast(frame: pl.DataFrame, spec: TableSpec, heavy: _Heavy | None = None) -> pa.Table:
-    """Light columns from polars, heavy ones gathered from the shards, all in the table's
-    canonical order, so the runner's sort finds nothing to move (no copy of the text)."""
-    schema = spec.schema
+def _cast(frame: pl.DataFrame, spec: TableSpec, files: pl.Series) -> pa.Table:
+    """In the table's canonical order, so the runner's sort finds nothing to move."""
+    frame = frame.with_columns(files.gather(frame["_file"]).alias("source_file"))
     frame = frame.sort(list(spec.sort_keys), nulls_last=True, maintain_order=True)
-    heavy_names = HEAVY_COLUMNS[heavy.name] if heavy is not None else ()
-    names = [n for n in schema.names if n not in heavy_names]
-    columns: dict[str, pa.ChunkedArray | pa.Array] = {}
-    if heavy is not None:
-        columns.update(_heavy_columns(heavy, frame["_row"].to_numpy()))
-    table = frame.select(names).to_arrow()
-    del frame
-    columns.update({n: table.column(n) for n in names})
-    return pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
+    table = frame.select(spec.schema.names).to_arrow()
+    return pa.table([table.column(n).cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema)
+
+
+def _final(frame: pl.DataFrame, name: str, files: pl.Series) -> pa.Table:
+    return _cast(frame, COLLECT_TABLES[name], files)
+
+
+# Rows gathered per step: the writer regroups them, so this only bounds what a step holds.
+_STREAM_ROWS = 8192
+
+
+def _stream(frame: pl.DataFrame, name: str, files: pl.Series, passthrough: _Passthrough) -> TableStream:
+    """The final table a row group at a time: the merge's columns from ``frame``, the
+    passthrough columns read back from the containers for just those rows."""
+    spec = COLLECT_TABLES[name]
+    frame = frame.sort(list(spec.sort_keys), nulls_last=True, maintain_order=True)
+    own = [n for n in spec.schema.names if n not in PASSTHROUGH_COLUMNS[name] and n != "source_file"]
+    paths = files.to_arrow()
+    starts = np.cumsum([0] + [rows for _, _, rows in passthrough.spans])
+
+    def batches() -> Iterator[pa.Table]:
+        for first in range(0, frame.height, _STREAM_ROWS):
+            part = frame.slice(first, _STREAM_ROWS)
+            columns = _gather(passthrough, starts, part["_row"].to_numpy())
+            light = part.select(own).to_arrow()
+            columns.update({n: light.column(n) for n in own})
+            columns["source_file"] = paths.take(part["_file"].to_arrow())
+            yield pa.table(
+                [columns[n].cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema
+            )
+
+    return TableStream(spec.schema, batches(), frame.height)
 
 
 def _runs(order: np.ndarray) -> list[tuple[int, int]]:
@@ -349,51 +421,37 @@ def _runs(order: np.ndarray) -> list[tuple[int, int]]:
     if len(order) == 0:
         return []
     breaks = np.flatnonzero(np.diff(order) != 1) + 1
-    starts = np.concatenate([[0], breaks])
+    run_starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(order)]])
-    return [(int(order[a]), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+    return [(int(order[a]), int(b - a)) for a, b in zip(run_starts, ends, strict=True)]
 
 
-def _heavy_columns(heavy: _Heavy, order: np.ndarray) -> dict[str, pa.ChunkedArray]:
-    """The heavy columns of the rows ``order`` names, in that order.
+def _gather(passthrough: _Passthrough, starts: np.ndarray, order: np.ndarray) -> dict[str, pa.ChunkedArray]:
+    """The passthrough columns of merge rows ``order``, in that order.
 
-    Rows of one file stay contiguous in canonical order, so they are gathered as
-    zero-copy slices of each container; only a badly fragmented order falls back to a
-    take.
+    Containers are memory-mapped and only for this row group, so what is resident is
+    about one row group's text. Rows of one file stay contiguous in canonical order, so
+    they come as zero-copy slices; a badly fragmented order falls back to a take.
     """
-    names = list(HEAVY_COLUMNS[heavy.name])
-    stream = f"{heavy.name}__heavy"
-    if len(order) == 0:
-        empty = SHARD_SCHEMAS[heavy.name]
-        return {n: pa.chunked_array([], type=empty.field(n).type) for n in names}
-    span_starts = np.cumsum([0] + [rows for _, _, rows in heavy.spans])
-    loaded: dict[str, pa.Table] = {}
+    names = list(PASSTHROUGH_COLUMNS[passthrough.name])
+    stream = passthrough_stream(passthrough.name)
+    opened: dict[str, pa.Table] = {}
 
     def container(name: str) -> pa.Table:
-        if name not in loaded:
-            path = container_path(heavy.shard_dir, name)
-            loaded[name] = read_container(path, names=[stream])[0][stream].select(names)
-        return loaded[name]
+        if name not in opened:
+            path = container_path(passthrough.shard_dir, name)
+            opened[name] = read_container(path, names=[stream], mapped=True)[0][stream]
+        return opened[name]
 
-    runs = _runs(order)
-    if len(runs) > max(64, len(order) // 8):
-        ordered = pa.concat_tables(
-            container(c).slice(start, rows) for c, start, rows in heavy.spans
-        ).take(pa.Array.from_buffers(pa.int64(), len(order), [None, pa.py_buffer(order.astype(np.int64))]))
-        return {n: ordered.column(n) for n in names}
     chunks: list[pa.Table] = []
-    for first, length in runs:
+    for first, length in _runs(order):
         while length:
-            span = int(np.searchsorted(span_starts, first, side="right")) - 1
-            name, start, rows = heavy.spans[span]
-            within = first - int(span_starts[span])
+            span = int(np.searchsorted(starts, first, side="right")) - 1
+            name, start, rows = passthrough.spans[span]
+            within = first - int(starts[span])
             count = min(length, rows - within)
             chunks.append(container(name).slice(start + within, count))
             first += count
             length -= count
-    merged = pa.concat_tables(chunks)
+    merged = pa.concat_tables(chunks).combine_chunks()  # one copy: the maps can go
     return {n: merged.column(n) for n in names}
-
-
-def _final(frame: pl.DataFrame, name: str, heavy: _Heavy | None = None) -> pa.Table:
-    return _cast(frame, COLLECT_TABLES[name], heavy)

@@ -1,14 +1,15 @@
-"""One source file -> one cached shard of Parquet tables (runs in worker processes).
+"""Source files -> cached shards (runs in worker processes).
 
-A shard is a pure function of (stage version, config, source kind, display path, file
-bytes), so its key is a digest of exactly those and a cached shard is reused as is.
-Workers receive a run of files, write one container holding all their rows (temp file +
-rename, so a crash never leaves half a container), then one small ref per file naming
-the container and the file's row ranges, and return only small stats. Per-file keys
-keep caching per file; one container per run keeps the per-file costs (building Arrow
-tables, IPC streams, file opens in the merge) from dominating corpora of small files. Everything that needs more
-than one file (duplicates across files, positions within a session, subagent links)
-is left to ``merge``; shard tables therefore carry a few ``_``-prefixed helper columns.
+A file's shard is a pure function of (stage version, config, source kind, display
+path, file bytes), so its key is a digest of exactly those and a cached shard is reused
+as is. Workers receive a run of files and write one *container* holding all their rows
+(temp file + rename, so a crash never leaves half a container); its header names each
+member file's key, stats and row ranges, so the containers themselves are the cache
+index (no per-file files: thousands of tiny file creations cost more than parsing
+them). One container per run keeps per-file costs (Arrow tables, IPC streams, opens)
+from dominating corpora of small files. Everything that needs more than one file
+(duplicates across files, positions within a session, subagent links) is left to
+``merge``; shard tables therefore carry a few ``_``-prefixed helper columns.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pipeline.core.hashing import digest_json, xxh3_128_file
 from pipeline.core.store import atomic_path
 
 STAGE_NAME = "collect"
-PARSER_VERSION = "4"  # bump when shard contents change for the same input bytes
+PARSER_VERSION = "5"  # bump when shard contents change for the same input bytes
 _STR = pa.large_string()
 _INT = pa.int64()
 _BOOL = pa.bool_()
@@ -296,17 +297,9 @@ def _preview(raw: bytes) -> str:
     return raw[:120].decode("utf-8", "replace")
 
 
-def cached_stats(task: ShardTask) -> dict[str, Any] | None:
-    """The stats of an already built shard (its ref), or None when it must be built."""
-    shard_dir = Path(task.shard_dir)
-    ref = read_ref(shard_dir, task.key)
-    if ref is None or not container_path(shard_dir, ref["container"]).is_file():
-        return None
-    return {"key": task.key, "cached": True, **ref["stats"]}
-
-
 def build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
-    """Worker entry: parse a run of files into one container, then write one ref per file.
+    """Worker entry: parse a run of files into one container; return each file's member
+    entry (key, container, row ranges, stats).
 
     The cyclic garbage collector is off meanwhile: parsing allocates hundreds of
     thousands of containers that live until the batch is written (each full collection
@@ -338,13 +331,40 @@ def _build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
             "redactions": dict(shard.redactor.counts),
             "bytes": Path(task.path).stat().st_size,
         }
-        members[task.key] = {"stats": stats, "rows": ranges}
+        members[task.key] = {"stats": stats, "rows": ranges, "source_file": shard.source_file}
     shard_dir = Path(tasks[0].shard_dir)
     name = f"{digest_json(sorted(members))}.batch"
-    write_container(shard_dir / "batches" / name, split_heavy(rows_to_tables(rows)), {})
-    for key, member in members.items():
-        _write_ref(shard_path(shard_dir, key), {"container": name, **member})
-    return [{"key": key, "cached": False, **member["stats"]} for key, member in members.items()]
+    write_container(container_path(shard_dir, name), split_passthrough(rows_to_tables(rows)), members)
+    return [{"key": key, "container": name, **member} for key, member in members.items()]
+
+
+def load_index(shard_dir: Path) -> dict[str, dict[str, Any]]:
+    """key -> member entry, from every container's header. A key found in two
+    containers (parsed twice after a crash) takes the first by name: both hold the
+    same rows, since a key fixes the file's bytes and the parser."""
+    index: dict[str, dict[str, Any]] = {}
+    for path in sorted((shard_dir / _BATCHES).glob("*.batch"), reverse=True):
+        try:
+            _, header = read_container(path, tables=False)
+        except (OSError, ValueError):  # torn or foreign: its files are parsed again
+            continue
+        for key, member in header.get("members", {}).items():
+            index[key] = {"key": key, "container": path.name, **member}
+    return index
+
+
+def prune(shard_dir: Path, keep: set[str], older_than: float) -> int:
+    """Delete containers no current file uses, keeping any written after ``older_than``
+    (another run's, in flight). The cache then holds what the latest collect used."""
+    removed = 0
+    for path in (shard_dir / _BATCHES).glob("*.batch"):
+        try:
+            if path.name not in keep and path.stat().st_mtime < older_than:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def _read_meta(meta_path: str | None) -> dict[str, Any] | None:
@@ -357,41 +377,39 @@ def _read_meta(meta_path: str | None) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def _write_ref(target: Path, ref: dict[str, Any]) -> None:
-    with atomic_path(target, durable=False) as tmp:
-        tmp.write_bytes(orjson.dumps(ref, option=orjson.OPT_SORT_KEYS))
-
-
-def read_ref(shard_dir: Path, key: str) -> dict[str, Any] | None:
-    """A file's ref: its container (under ``batches/``), stats and row ranges per table."""
-    try:
-        ref = orjson.loads(shard_path(shard_dir, key).read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):  # missing or torn: parse again
-        return None
-    return ref if isinstance(ref, dict) else None
+_BATCHES = "batches"
 
 
 def container_path(shard_dir: Path, name: str) -> Path:
-    return shard_dir / "batches" / name
+    return shard_dir / _BATCHES / name
 
 
-# Big text columns travel in their own streams so the merge can hold them without also
-# holding the light columns' buffers (see merge._load).
-HEAVY_COLUMNS = {"messages": ("text", "thinking", "content_json"), "tool_calls": ("input_json", "result_text")}
+# Columns the merge never looks at (text, flags, timestamps...). They travel in their own
+# stream per table and are read back only when the final table is written, a row group
+# at a time: the merge holds keys and positions, never the content.
+PASSTHROUGH_COLUMNS = {
+    "messages": (
+        "parent_id", "role", "text", "thinking", "content_json", "timestamp", "is_sidechain",
+        "is_meta", "is_compact_summary", "model",
+    ),
+    "tool_calls": (
+        "input_json", "input_truncated_bytes", "has_result", "is_error", "result_text",
+        "result_truncated_bytes", "error_kind", "exit_code", "is_sidechain", "timestamp",
+    ),
+}
 
 
-def split_heavy(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+def passthrough_stream(table: str) -> str:
+    return f"{table}__passthrough"
+
+
+def split_passthrough(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
     out = dict(tables)
-    for name, columns in HEAVY_COLUMNS.items():
+    for name, columns in PASSTHROUGH_COLUMNS.items():
         if name in tables:
-            out[f"{name}__heavy"] = tables[name].select(list(columns))
+            out[passthrough_stream(name)] = tables[name].select(list(columns))
             out[name] = tables[name].drop_columns(list(columns))
     return out
-
-
-def shard_path(shard_dir: Path, key: str) -> Path:
-    """The ref of one file's shard (small JSON); the rows live in a batch container."""
-    return shard_dir / key[:2] / f"{key}.ref"
 
 
 # A shard is one file: an 8-byte header length, a JSON header (stats and the byte range
@@ -400,7 +418,7 @@ def shard_path(shard_dir: Path, key: str) -> Path:
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # lz4 costs 3x the write time here
 
 
-def write_container(target: Path, tables: dict[str, pa.Table], stats: dict[str, Any]) -> None:
+def write_container(target: Path, tables: dict[str, pa.Table], members: dict[str, Any]) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a shard."""
     blobs: list[pa.Buffer] = []
     ranges: dict[str, list[int]] = {}
@@ -413,7 +431,7 @@ def write_container(target: Path, tables: dict[str, pa.Table], stats: dict[str, 
         ranges[name] = [offset, blob.size]
         offset += blob.size
         blobs.append(blob)
-    header = orjson.dumps({"stats": stats, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
+    header = orjson.dumps({"members": members, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
     with atomic_path(target, durable=False) as tmp, tmp.open("wb") as handle:
         handle.write(len(header).to_bytes(8, "little"))
         handle.write(header)
@@ -422,21 +440,30 @@ def write_container(target: Path, tables: dict[str, pa.Table], stats: dict[str, 
 
 
 def read_container(
-    path: Path, tables: bool = True, names: Sequence[str] | None = None
+    path: Path, tables: bool = True, names: Sequence[str] | None = None, mapped: bool = False
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-    """The tables (those in ``names``, or all) and the stats of one shard.
+    """The tables (those in ``names``, or all) and the header of one container.
 
-    Each table gets its own buffer, so dropping one table frees its memory.
+    Each table gets its own buffer, so dropping one table frees its memory. ``mapped``
+    reads through a memory map instead: the tables are zero-copy views of the file and
+    only the pages a caller touches are read; the map goes with the last view.
     """
     out: dict[str, pa.Table] = {}
     with path.open("rb") as handle:
         size = int.from_bytes(handle.read(8), "little")
         header = orjson.loads(handle.read(size))
-        if tables:
+        if tables and not mapped:
             base = 8 + size
             for name, (start, length) in header["tables"].items():
                 if names is not None and name not in names:
                     continue
                 handle.seek(base + start)
                 out[name] = pa.ipc.open_stream(pa.py_buffer(handle.read(length))).read_all()
-    return out, header["stats"]
+    if tables and mapped:
+        with pa.memory_map(str(path)) as source:
+            for name, (start, length) in header["tables"].items():
+                if names is not None and name not in names:
+                    continue
+                source.seek(8 + size + start)
+                out[name] = pa.ipc.open_stream(source.read_buffer(length)).read_all()
+    return out, header

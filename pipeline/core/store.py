@@ -32,6 +32,10 @@ from schemas.receipt import ObjectRef
 PARQUET_COMPRESSION = "zstd"
 PARQUET_COMPRESSION_LEVEL = 3
 PARQUET_ROW_GROUP_SIZE = 64 * 1024
+# A row group also ends once its strings pass this many bytes: a group is what a writer
+# holds in memory (three times over, while encoding), and 64K rows of transcript text
+# can be hundreds of MB. Both limits are properties of the rows, never of batching.
+PARQUET_ROW_GROUP_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -140,16 +144,19 @@ class TableStream:
     never has to hold it whole: the runner hashes and writes it as it streams past and
     checks the order on the way (``TableOrderError`` if a stage got it wrong)."""
 
+    schema: pa.Schema
     batches: Iterable[pa.Table | pa.RecordBatch]
     rows: int
 
 
-def materialize(table: pa.Table | TableStream, schema: pa.Schema) -> pa.Table:
+def materialize(table: pa.Table | TableStream) -> pa.Table:
     """A stream gathered whole (for checks that compare tables, not for the run)."""
     if isinstance(table, pa.Table):
         return table
     parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in table.batches]
-    return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts]) if parts else schema.empty_table()
+    if not parts:
+        return table.schema.empty_table()
+    return pa.concat_tables([p.select(table.schema.names).cast(table.schema) for p in parts])
 
 
 class TableOrderError(TracelakeError):
@@ -157,19 +164,26 @@ class TableOrderError(TracelakeError):
 
 
 class _GroupWriter:
-    """Parquet with fixed settings, in row groups of exactly ``PARQUET_ROW_GROUP_SIZE``
-    rows whatever batches come in, each one contiguous chunk: page and row-group
-    boundaries then follow the row count alone, so file bytes do not depend on how the
-    table was chunked or streamed. The only key-value metadata is what the caller passes
-    (no ``ARROW:schema``, whose bytes vary with the writer's version)."""
+    """Parquet with fixed settings, in row groups cut where the rows alone decide (at
+    ``PARQUET_ROW_GROUP_SIZE`` rows or ``PARQUET_ROW_GROUP_BYTES`` of strings), each one
+    contiguous chunk: page and row-group boundaries then do not depend on how the table
+    was chunked or streamed, so neither do the file bytes. The only key-value metadata
+    is what the caller passes (no ``ARROW:schema``, whose bytes vary with the writer's
+    version)."""
 
     def __init__(self, path: Path, schema: pa.Schema, sort_keys: Sequence[str] = ()) -> None:
         self.schema = schema.remove_metadata()
         self.sort_keys = list(sort_keys)
         self.hasher = TableHasher(self.schema)
         self.pending: list[pa.Table] = []
+        self.pending_bytes: list[np.ndarray] = []
         self.pending_rows = 0
         self.last_keys: pa.Table | None = None
+        self.strings = [
+            f.name for f in self.schema
+            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+        ]
         self.writer = pq.ParquetWriter(
             path,
             self.schema,
@@ -185,15 +199,38 @@ class _GroupWriter:
             data = pa.Table.from_batches([data])
         if data.num_rows == 0:
             return
-        self.pending.append(data.select(self.schema.names).cast(self.schema))
+        data = data.select(self.schema.names).cast(self.schema)
+        self.pending.append(data)
+        self.pending_bytes.append(self._row_bytes(data))
         self.pending_rows += data.num_rows
-        while self.pending_rows >= PARQUET_ROW_GROUP_SIZE:
-            self._flush(PARQUET_ROW_GROUP_SIZE)
+        while (rows := self._next_group()) is not None:
+            self._flush(rows)
+
+    def _row_bytes(self, data: pa.Table) -> np.ndarray:
+        sizes = np.zeros(data.num_rows, dtype=np.int64)
+        for name in self.strings:
+            lengths = pc.fill_null(pc.binary_length(data.column(name)), 0)
+            sizes += lengths.to_numpy().astype(np.int64)
+        return sizes
+
+    def _next_group(self) -> int | None:
+        """Rows in the next complete group, or None while the pending rows may still
+        grow into it."""
+        if not self.pending_rows:
+            return None
+        window = np.concatenate(self.pending_bytes)[:PARQUET_ROW_GROUP_SIZE]
+        over = np.flatnonzero(np.cumsum(window) >= PARQUET_ROW_GROUP_BYTES)
+        if over.size:
+            return int(over[0]) + 1
+        return PARQUET_ROW_GROUP_SIZE if self.pending_rows >= PARQUET_ROW_GROUP_SIZE else None
 
     def _flush(self, rows: int) -> None:
         table = pa.concat_tables(self.pending)
+        sizes = np.concatenate(self.pending_bytes)
         group, rest = table.slice(0, rows).combine_chunks(), table.slice(rows)
-        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        self.pending = [rest] if rest.num_rows else []
+        self.pending_bytes = [sizes[rows:]] if rest.num_rows else []
+        self.pending_rows = rest.num_rows
         if self.sort_keys:
             self._check_order(group)
         self.hasher.update(group)

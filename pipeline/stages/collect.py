@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,9 +29,10 @@ from pipeline.collect.shard import (
     CollectSettings,
     ShardTask,
     build_batch,
-    cached_stats,
+    load_index,
     meta_digest,
     meta_path_for,
+    prune,
     shard_key,
 )
 from pipeline.core.imports import block_pandas
@@ -115,14 +117,17 @@ def _batches(pending: list[ShardTask], workers: int) -> list[list[ShardTask]]:
 
 
 def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]]:
+    """Each file's member entry (container, row ranges, stats), parsing only the files
+    no container holds yet."""
+    index = load_index(ctx.scratch / "shards")
     results: dict[str, dict[str, Any]] = {}
     pending = []
     for task in tasks:
-        cached = cached_stats(task)
+        cached = index.get(task.key)
         if cached is None:
             pending.append(task)
         else:
-            results[task.key] = cached
+            results[task.key] = {**cached, "cached": True}
     batches = _batches(pending, ctx.workers)
     progress = ctx.tracker.track(range(len(pending)), total=len(pending), description="collect")
     done = iter(progress)
@@ -188,9 +193,9 @@ def _worker_init() -> None:
     block_pandas()
 
 
-def _record(results: dict[str, dict[str, Any]], stats_list: list[dict[str, Any]], done: Any) -> None:
-    for stats in stats_list:
-        results[stats["key"]] = stats
+def _record(results: dict[str, dict[str, Any]], members: list[dict[str, Any]], done: Any) -> None:
+    for member in members:
+        results[member["key"]] = {**member, "cached": False}
         next(done, None)
 
 
@@ -199,17 +204,20 @@ def run(ctx: StageContext) -> StageResult:
     assert isinstance(config, CollectConfig)
     settings = _settings(config)
     tasks = _tasks(ctx, settings)
-    stats = _build_all(ctx, tasks)
+    started = time.time()
+    members = _build_all(ctx, tasks)
     shard_lines: Counter[str] = Counter()
     repairs: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
-    for s in stats:
-        shard_lines.update(s["lines"])
-        repairs.update(s["repairs"])
-        redactions.update(s["redactions"])
+    for member in members:
+        shard_lines.update(member["stats"]["lines"])
+        repairs.update(member["stats"]["repairs"])
+        redactions.update(member["stats"]["redactions"])
     # A path appearing twice (same file under two kinds) would duplicate its shard.
-    keys = list(dict.fromkeys(t.key for t in tasks))
-    merged = merge_shards(ctx.scratch / "shards", keys, shard_lines)
+    unique = list({m["key"]: m for m in members}.values())
+    shard_dir = ctx.scratch / "shards"
+    prune(shard_dir, {m["container"] for m in unique}, older_than=started)
+    merged = merge_shards(shard_dir, unique, shard_lines)
     redactions.update(merged.redactions)
     lines = merged.lines
     records_in = sum(lines.values())
@@ -220,10 +228,10 @@ def run(ctx: StageContext) -> StageResult:
             filtered[name] = lines[name]
     files = {
         "total": len(tasks),
-        "parsed": sum(1 for s in stats if not s["cached"]),
-        "cached": sum(1 for s in stats if s["cached"]),
-        "bytes": sum(int(s["bytes"]) for s in stats),
-        "empty": sum(1 for s in stats if not s["lines"]),
+        "parsed": sum(1 for m in members if not m["cached"]),
+        "cached": sum(1 for m in members if m["cached"]),
+        "bytes": sum(int(m["stats"]["bytes"]) for m in members),
+        "empty": sum(1 for m in members if not m["stats"]["lines"]),
     }
     return StageResult(
         tables=merged.tables,
@@ -237,7 +245,7 @@ def run(ctx: StageContext) -> StageResult:
             "repairs": dict(sorted(repairs.items())),
             "redactions": dict(sorted(redactions.items())),
             "set_aside": merged.set_aside,
-            "rows": {name: t.num_rows for name, t in sorted(merged.tables.items())},
+            "rows": dict(sorted(merged.rows.items())),
         },
     )
 
