@@ -167,3 +167,26 @@ def test_planted_secrets_never_reach_the_lake(tmp_path: Path) -> None:
     assert lake.tables["tool_calls"].num_rows == 2
     assert sum(lake.receipt.stats["redactions"].values()) >= 6
     assert all(home not in repr(v) for v in lake.receipt.stats.values())
+
+
+def test_record_reused_across_files_is_named_in_quarantine(tmp_path: Path) -> None:
+    """A resumed session copies lines (uuids and all) into a new file: an identical copy
+    is an exact duplicate; a changed one is quarantined naming the record and the first copy."""
+    project = tmp_path / "logs" / "proj"
+    project.mkdir(parents=True)
+
+    def line(uuid: str, text: str) -> bytes:
+        record = {"type": "user", "uuid": uuid, "parentUuid": None, "sessionId": "s-1",
+                  "timestamp": "2026-01-01T00:00:00Z", "message": {"role": "user", "content": text}}
+        return json.dumps(record).encode() + b"\n"
+
+    (project / "a.jsonl").write_bytes(line("u-1", "first") + line("u-2", "second"))
+    (project / "b.jsonl").write_bytes(line("u-1", "first") + line("u-2", "edited"))
+    out = collect(tmp_path / "lake", [("claude-code", tmp_path / "logs")])
+    lines = out.receipt.stats["lines"]
+    assert lines["exact_duplicate"] == 1
+    assert lines["quarantined:conflicting_duplicate"] == 1
+    rows = out.tables["collect_quarantine"].to_pylist()
+    assert [(r["line_no"], r["record_id"], r["reason"]) for r in rows] == [(2, "s-1:u-2", "conflicting_duplicate")]
+    assert rows[0]["source_file"].endswith("proj/b.jsonl")
+    assert rows[0]["detail"].endswith("proj/a.jsonl:2")

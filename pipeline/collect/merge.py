@@ -69,36 +69,35 @@ def _load(
     file's rows are a slice of its container, taken in ``members`` order, which is what
     fixes the row order everything downstream relies on.
     """
-    containers: dict[str, dict[str, pa.Table]] = {}
-    for member in members:
-        if member["container"] not in containers:
-            path = container_path(shard_dir, member["container"])
-            containers[member["container"]] = read_container(path, names=list(SHARD_SCHEMAS))[0]
     frames: dict[str, pl.DataFrame] = {}
     passthrough: dict[str, _Passthrough] = {}
     for name in SHARD_SCHEMAS:
+        # One table at a time, through memory maps: only this table's rows are ever
+        # resident, once (the combined copy), before they shrink into polars.
         spans = _coalesce([(m["container"], *m["rows"][name]) for m in members if name in m["rows"]])
-        chunks = [containers[c][name].slice(start, rows) for c, start, rows in spans]
-        table = pa.concat_tables(chunks).combine_chunks() if chunks else _light_schema(name).empty_table()
-        del chunks
+        opened: dict[str, pa.Table] = {}
+        for container, _, _ in spans:
+            if container not in opened:
+                path = container_path(shard_dir, container)
+                opened[container] = read_container(path, names=[name], mapped=True)[0][name]
+        chunks = [opened[c].slice(start, rows).drop_columns(["source_file"]) for c, start, rows in spans]
+        empty = _light_schema(name).empty_table().drop_columns(["source_file"])
+        table = pa.concat_tables(chunks).combine_chunks() if chunks else empty
+        del chunks, opened
         # Files by their index in merge order: 4 bytes a row instead of a path, and the
         # order the merge sorts by. Paths come back when the final tables are written.
         counts = [(i, m["rows"][name][1]) for i, m in enumerate(members) if name in m["rows"]]
         index = np.repeat(
             np.array([i for i, _ in counts], dtype=np.int32), [n for _, n in counts]
         ) if counts else np.zeros(0, dtype=np.int32)
-        table = table.drop_columns(["source_file"]).append_column("_file", _int32(index))
-        for tables in containers.values():
-            tables.pop(name, None)  # the container's buffers go once every table is combined
+        table = table.append_column("_file", _int32(index))
         if name in PASSTHROUGH_COLUMNS:
             passthrough[name] = _Passthrough(name, shard_dir, spans)
             table = table.append_column("_row", _arange(table.num_rows))
         frame = pl.from_arrow(table)
         del table
         assert isinstance(frame, pl.DataFrame)
-        frames[name], keys = _compact(frame)
-        if keys is not None:
-            frames["repeated_keys"] = keys
+        frames[name] = _compact(frame)
     return frames, passthrough
 
 
@@ -107,27 +106,9 @@ def _load(
 _CATEGORICAL = ("session_id", "_root_session_id", "outcome")
 
 
-def _compact(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """What the merge holds per row, made small: it grows with the corpus.
-
-    A line's record key (a uuid pair or a content hash, ~70 bytes) becomes two 64-bit
-    hashes under different seeds (only equality matters, and only within this run);
-    the keys themselves are kept, in a fresh copy, for the few lines whose key repeats,
-    which are the only ones a quarantine row may need to name.
-    """
-    frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL if c in frame.columns)
-    if "key" not in frame.columns:
-        return frame, None
-    frame = frame.with_columns(pl.col("key").hash(seed=1).alias("_k1"), pl.col("key").hash(seed=2).alias("_k2"))
-    repeated = frame.filter(pl.struct("_k1", "_k2").is_duplicated())
-    keys = pl.DataFrame(
-        {
-            "_file": repeated["_file"],
-            "line_no": repeated["line_no"],
-            "key": pl.Series(repeated["key"].to_list(), dtype=pl.String),
-        }
-    )
-    return frame.drop("key"), keys
+def _compact(frame: pl.DataFrame) -> pl.DataFrame:
+    """What the merge holds per row grows with the corpus: make it small."""
+    return frame.with_columns(pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL if c in frame.columns)
 
 
 def _coalesce(spans: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
@@ -190,10 +171,19 @@ def merge_shards(shard_dir: Path, members: list[dict[str, Any]], shard_lines: Co
     tallies["exact_duplicate"] += exact.height
     tallies["quarantined:conflicting_duplicate"] += conflicts.height
     dropped = dups.select("_file", "line_no")
+    # Frames are popped as they are used: the merge is where collect's memory peaks.
+    kept_lines = f.pop("lines").join(dropped, on=["_file", "line_no"], how="anti")
+    present = kept_lines.filter(pl.col("session_id").is_not_null()).select("session_id", "_file").unique()
+    del kept_lines
 
     # Rows from duplicate lines go, whether set aside or quarantined (a copied broken line).
-    quarantine = _drop_lines(f["quarantine"], dropped)
-    conflicts = conflicts.join(f["repeated_keys"], on=["_file", "line_no"], how="left")
+    quarantine = _drop_lines(f.pop("quarantine"), dropped)
+    if conflicts.height:
+        lines = passthrough["lines"]
+        keys = _gather(lines, _starts(lines), conflicts["_row"].to_numpy())["key"]
+        conflicts = conflicts.with_columns(pl.Series("key", keys.to_pylist(), dtype=pl.String))
+    else:
+        conflicts = conflicts.with_columns(pl.lit(None, dtype=pl.String).alias("key"))
     conflict_rows = conflicts.select(
         pl.lit(STAGE_NAME).alias("stage"), "_file", "line_no", pl.col("key").alias("record_id"),
         "session_id", pl.lit("conflicting_duplicate").alias("reason"),
@@ -208,10 +198,10 @@ def merge_shards(shard_dir: Path, members: list[dict[str, Any]], shard_lines: Co
     conflict_rows = conflict_rows.drop("_first_file", "_first_line")
     quarantine = pl.concat([quarantine, conflict_rows], how="diagonal_relaxed")
 
-    messages = _first_by_file(_drop_lines(f["messages"], dropped), ["session_id", "message_id"])
-    calls = _first_by_file(_drop_lines(f["tool_calls"], dropped), ["session_id", "tool_use_id"])
-    prompts = _drop_lines(f["prompts"], dropped)
-    branches = f["branches"]
+    messages = _first_by_file(_drop_lines(f.pop("messages"), dropped), ["session_id", "message_id"])
+    calls = _first_by_file(_drop_lines(f.pop("tool_calls"), dropped), ["session_id", "tool_use_id"])
+    prompts = _drop_lines(f.pop("prompts"), dropped)
+    branches = f.pop("branches")
     if not branches.is_empty():
         kept = messages.select("session_id", pl.col("message_id").alias("child_message_id"), "_file")
         branches = branches.join(kept, on=["session_id", "child_message_id", "_file"], how="semi")
@@ -220,8 +210,7 @@ def merge_shards(shard_dir: Path, members: list[dict[str, Any]], shard_lines: Co
         )
 
     prompts, messages, calls = _positions(prompts, messages, calls)
-    kept_lines = f["lines"].join(dropped, on=["_file", "line_no"], how="anti")
-    sessions, subagents, calls, messages = _sessions(f["sessions"], kept_lines, messages, calls, prompts)
+    sessions, subagents, calls, messages = _sessions(f.pop("sessions"), present, messages, calls, prompts)
 
     tables: dict[str, pa.Table | TableStream] = {
         "sessions": _final(sessions, "sessions", files),
@@ -266,14 +255,12 @@ def _positions(
 
 def _sessions(
     raw: pl.DataFrame,
-    kept_lines: pl.DataFrame,
+    present: pl.DataFrame,
     messages: pl.DataFrame,
     calls: pl.DataFrame,
     prompts: pl.DataFrame,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    present = kept_lines.filter(pl.col("session_id").is_not_null()).select(
-        "session_id", "_file"
-    ).unique()
+    """``present``: the (session, file) pairs that kept at least one line."""
     raw = raw.join(present, on=["session_id", "_file"], how="semi").sort(["session_id", "_file"])
     firsts = [
         pl.col(c).drop_nulls().first().alias(c)
@@ -400,7 +387,7 @@ def _stream(frame: pl.DataFrame, name: str, files: pl.Series, passthrough: _Pass
     frame = frame.sort(list(spec.sort_keys), nulls_last=True, maintain_order=True)
     own = [n for n in spec.schema.names if n not in PASSTHROUGH_COLUMNS[name] and n != "source_file"]
     paths = files.to_arrow()
-    starts = np.cumsum([0] + [rows for _, _, rows in passthrough.spans])
+    starts = _starts(passthrough)
 
     def batches() -> Iterator[pa.Table]:
         for first in range(0, frame.height, _STREAM_ROWS):
@@ -414,6 +401,11 @@ def _stream(frame: pl.DataFrame, name: str, files: pl.Series, passthrough: _Pass
             )
 
     return TableStream(spec.schema, batches(), frame.height)
+
+
+def _starts(passthrough: _Passthrough) -> np.ndarray:
+    """Merge row number of each span's first row."""
+    return np.cumsum([0] + [rows for _, _, rows in passthrough.spans])
 
 
 def _runs(order: np.ndarray) -> list[tuple[int, int]]:

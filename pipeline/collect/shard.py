@@ -32,7 +32,7 @@ from pipeline.core.hashing import digest_json, xxh3_128_file
 from pipeline.core.store import atomic_path
 
 STAGE_NAME = "collect"
-PARSER_VERSION = "5"  # bump when shard contents change for the same input bytes
+PARSER_VERSION = "6"  # bump when shard contents change for the same input bytes
 _STR = pa.large_string()
 _INT = pa.int64()
 _BOOL = pa.bool_()
@@ -88,7 +88,7 @@ SHARD_SCHEMAS: dict[str, pa.Schema] = {
     "lines": pa.schema(
         [
             ("source_file", _STR), ("line_no", _INT), ("key", _STR), ("chash", pa.uint64()),
-            ("outcome", _STR), ("session_id", _STR),
+            ("outcome", _STR), ("session_id", _STR), ("_k1", pa.uint64()), ("_k2", pa.uint64()),
         ]
     ),
 }
@@ -140,6 +140,10 @@ def row_counts(rows: Rows) -> dict[str, int]:
     return {name: len(table_rows) for name, table_rows in rows.items()}
 
 
+_key_hash = xxhash.xxh3_128_intdigest
+_LOW_64 = (1 << 64) - 1
+
+
 class Shard:
     """Rows for every shard table plus the line tallies of one file."""
 
@@ -161,8 +165,15 @@ class Shard:
         self.rows[table].append(tuple(map(values.get, _NAMES[table])))
 
     def add_line(self, line_no: int, key: str, chash: int, outcome: str, session_id: str | None) -> None:
-        """The per-line hot path: a positional row instead of ``add``'s keyword dict."""
-        self._line_rows.append((self.source_file, line_no, key, chash, outcome, session_id))
+        """The per-line hot path: a positional row instead of ``add``'s keyword dict.
+
+        The record key also goes in as a 128-bit hash (two halves): the merge compares
+        keys across every file, and 16 bytes a line is what it can afford to hold.
+        """
+        hashed = _key_hash(key.encode("utf-8", "surrogatepass"))
+        self._line_rows.append(
+            (self.source_file, line_no, key, chash, outcome, session_id, hashed >> 64, hashed & _LOW_64)
+        )
 
     def last_quarantine_reason(self) -> str:
         return str(self.rows["quarantine"][-1][_QUARANTINE_REASON])
@@ -392,6 +403,7 @@ PASSTHROUGH_COLUMNS = {
         "parent_id", "role", "text", "thinking", "content_json", "timestamp", "is_sidechain",
         "is_meta", "is_compact_summary", "model",
     ),
+    "lines": ("key",),  # named only by a conflicting duplicate's quarantine row
     "tool_calls": (
         "input_json", "input_truncated_bytes", "has_result", "is_error", "result_text",
         "result_truncated_bytes", "error_kind", "exit_code", "is_sidechain", "timestamp",
