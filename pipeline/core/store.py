@@ -35,7 +35,7 @@ PARQUET_ROW_GROUP_SIZE = 64 * 1024
 # A row group also ends once its strings pass this many bytes: a group is what a writer
 # holds in memory (three times over, while encoding), and 64K rows of transcript text
 # can be hundreds of MB. Both limits are properties of the rows, never of batching.
-PARQUET_ROW_GROUP_BYTES = 32 << 20
+PARQUET_ROW_GROUP_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
