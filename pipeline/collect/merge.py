@@ -1,10 +1,14 @@
-"""Shards -> final collect tables: the cross-file work, vectorised with polars.
+"""Shards -> final collect tables: the cross-file work, in DuckDB under a fixed memory
+limit, so a corpus of any size merges in bounded memory (DuckDB spills to disk).
 
 Files are parsed independently, so anything that spans files happens here, in an order
-fixed by (source_file, line_no) and never by discovery or worker completion order:
-duplicates across files (resumed sessions copy lines with their uuids into new files),
-positions within a session (seq, turn_index, prompt_number) that a session spread over
-several files shares, subagent -> spawning-call links, and per-session counts.
+fixed by (file in display-path order, line_no) and never by discovery or worker
+completion order: duplicates across files (resumed sessions copy lines with their
+uuids into new files), positions within a session (seq, turn_index, prompt_number)
+that a session spread over several files shares, subagent -> spawning-call links, and
+per-session counts. The merge sees only keys and positions: content columns stay in
+the shard containers and are read back a row group at a time as the final tables
+stream into the lake.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
+from pipeline.collect import merge_sql as sql
 from pipeline.collect.redact import Redactor
 from pipeline.collect.shard import (
     LINE_REASONS,
@@ -34,7 +39,11 @@ from pipeline.core.store import TableStream
 from schemas.records import COLLECT_TABLES, QUARANTINE
 from schemas.tables import TableSpec
 
-SPAWN_TOOLS = ("Task", "Agent")
+# What DuckDB may hold before it spills to disk. With the streamed writes and the
+# parent's own ~200 MB, collect's peak stays near 1 GB whatever the corpus size.
+MEMORY_LIMIT = "640MB"
+# Rows gathered per step: the writer regroups them, so this only bounds what a step holds.
+_STREAM_ROWS = 8192
 
 
 @dataclass
@@ -56,268 +65,180 @@ class _Passthrough:
     spans: list[tuple[str, int, int]]  # (container, first row, rows)
 
 
+def _connect(spill: Path) -> duckdb.DuckDBPyConnection:
+    spill.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"threads": 2, "memory_limit": MEMORY_LIMIT,
+                                 "temp_directory": str(spill), "preserve_insertion_order": False})
+    con.create_function(
+        "prompt_digest", _prompt_digests, [duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")],
+        duckdb.sqltype("VARCHAR"), type="arrow", null_handling="special", side_effects=False,
+    )
+    return con
+
+
+def _prompt_digests(sessions: pa.Array, numbers: pa.Array) -> pa.Array:
+    """prompt_id = digest of (session, prompt_number): positional, so a repeated "ok"
+    stays two prompts (the same digest export code derives)."""
+    ids = [digest_json([s, n]) for s, n in zip(sessions.to_pylist(), numbers.to_pylist(), strict=True)]
+    return pa.array(ids, pa.string())
+
+
 def _light_schema(name: str) -> pa.Schema:
-    skip = PASSTHROUGH_COLUMNS.get(name, ())
-    return pa.schema([f for f in SHARD_SCHEMAS[name] if f.name not in skip])
+    skip = (*PASSTHROUGH_COLUMNS.get(name, ()), "source_file")
+    fields = [f for f in SHARD_SCHEMAS[name] if f.name not in skip]
+    return pa.schema([*fields, ("_file", pa.int32()), ("_row", pa.int64())])
 
 
-def _load(
-    shard_dir: Path, members: list[dict[str, Any]]
-) -> tuple[dict[str, pl.DataFrame], dict[str, _Passthrough]]:
-    """The merge's columns go to polars (with a row number where a table has
-    passthrough columns, which stay in the containers until the final write). Each
-    file's rows are a slice of its container, taken in ``members`` order, which is what
-    fixes the row order everything downstream relies on.
-    """
-    frames: dict[str, pl.DataFrame] = {}
-    passthrough: dict[str, _Passthrough] = {}
-    for name in SHARD_SCHEMAS:
-        # One table at a time, through memory maps: only this table's rows are ever
-        # resident, once (the combined copy), before they shrink into polars.
-        spans = _coalesce([(m["container"], *m["rows"][name]) for m in members if name in m["rows"]])
-        opened: dict[str, pa.Table] = {}
-        for container, _, _ in spans:
-            if container not in opened:
-                path = container_path(shard_dir, container)
-                opened[container] = read_container(path, names=[name], mapped=True)[0][name]
-        chunks = [opened[c].slice(start, rows).drop_columns(["source_file"]) for c, start, rows in spans]
-        empty = _light_schema(name).empty_table().drop_columns(["source_file"])
-        table = pa.concat_tables(chunks).combine_chunks() if chunks else empty
-        del chunks, opened
-        # Files by their index in merge order: 4 bytes a row instead of a path, and the
-        # order the merge sorts by. Paths come back when the final tables are written.
-        counts = [(i, m["rows"][name][1]) for i, m in enumerate(members) if name in m["rows"]]
-        index = np.repeat(
-            np.array([i for i, _ in counts], dtype=np.int32), [n for _, n in counts]
-        ) if counts else np.zeros(0, dtype=np.int32)
-        table = table.append_column("_file", _int32(index))
-        if name in PASSTHROUGH_COLUMNS:
-            passthrough[name] = _Passthrough(name, shard_dir, spans)
-            table = table.append_column("_row", _arange(table.num_rows))
-        frame = pl.from_arrow(table)
-        del table
-        assert isinstance(frame, pl.DataFrame)
-        frames[name] = _compact(frame)
-    return frames, passthrough
-
-
-# Columns with few distinct values: one code per row instead of one string (polars sorts
-# and compares categoricals as the strings they stand for).
-_CATEGORICAL = ("session_id", "_root_session_id", "outcome")
-
-
-def _compact(frame: pl.DataFrame) -> pl.DataFrame:
-    """What the merge holds per row grows with the corpus: make it small."""
-    return frame.with_columns(pl.col(c).cast(pl.Categorical) for c in _CATEGORICAL if c in frame.columns)
-
-
-def _coalesce(spans: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
-    """Adjacent row ranges of one container as one range: consecutive files usually sit
-    side by side in their container, and Arrow and polars are slow on thousands of chunks."""
-    out: list[tuple[str, int, int]] = []
-    for container, start, rows in spans:
-        if out and out[-1][0] == container and out[-1][1] + out[-1][2] == start:
-            out[-1] = (container, out[-1][1], out[-1][2] + rows)
+def _spans(members: list[dict[str, Any]], name: str) -> list[tuple[str, int, int, list[tuple[int, int]]]]:
+    """Container row ranges of one table in merge order, adjacent ranges of a container
+    joined (Arrow is slow on thousands of chunks), each with its (file index, rows)."""
+    out: list[tuple[str, int, int, list[tuple[int, int]]]] = []
+    for index, member in enumerate(members):
+        if name not in member["rows"]:
+            continue
+        start, rows = member["rows"][name]
+        last = out[-1] if out else None
+        if last is not None and last[0] == member["container"] and last[1] + last[2] == start:
+            out[-1] = (last[0], last[1], last[2] + rows, [*last[3], (index, rows)])
         else:
-            out.append((container, start, rows))
+            out.append((member["container"], start, rows, [(index, rows)]))
     return out
 
 
-def _int32(values: np.ndarray) -> pa.Array:
-    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values.astype(np.int32))])
+def _load(con: duckdb.DuckDBPyConnection, shard_dir: Path, members: list[dict[str, Any]]) -> dict[str, _Passthrough]:
+    """Stream each table's merge columns from the (memory-mapped) containers into
+    DuckDB, a container at a time, with ``_file`` (index in merge order) and ``_row``
+    (position in merge order, the key to the passthrough columns)."""
+    passthrough: dict[str, _Passthrough] = {}
+    for name in SHARD_SCHEMAS:
+        spans = _spans(members, name)
+        schema = _light_schema(name)
+        if name in PASSTHROUGH_COLUMNS:
+            passthrough[name] = _Passthrough(name, shard_dir, [(c, s, n) for c, s, n, _ in spans])
+
+        def batches(spans: list[tuple[str, int, int, list[tuple[int, int]]]] = spans,
+                    name: str = name, schema: pa.Schema = schema) -> Iterator[pa.RecordBatch]:
+            row = 0
+            for container, start, rows, files in spans:
+                path = container_path(shard_dir, container)
+                table = read_container(path, names=[name], mapped=True)[0][name].slice(start, rows)
+                index = np.repeat(np.array([i for i, _ in files], dtype=np.int32), [n for _, n in files])
+                table = table.append_column("_file", _numpy_array(index, pa.int32()))
+                table = table.append_column("_row", _numpy_array(np.arange(row, row + rows, dtype=np.int64), pa.int64()))
+                row += rows
+                yield from table.select(schema.names).cast(schema).to_batches()
+
+        _create(con, name, pa.RecordBatchReader.from_batches(schema, batches()))
+    return passthrough
 
 
-def _arange(n: int) -> pa.Array:
-    """0..n-1 without ``pa.array`` (which imports pandas, ~0.4 s, to check its argument)."""
-    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.arange(n, dtype=np.int64))])
-
-
-def _duplicates(lines: pl.DataFrame) -> pl.DataFrame:
-    """Lines whose key was already seen in an earlier file (by source_file, line_no)."""
-    ordered = lines.sort(["_file", "line_no"])
-    ranked = ordered.with_columns(
-        pl.int_range(pl.len()).over("_k1", "_k2").alias("_rank"),
-        pl.col("chash").first().over("_k1", "_k2").alias("_first_hash"),
-        pl.col("_file").first().over("_k1", "_k2").alias("_first_file"),
-        pl.col("line_no").first().over("_k1", "_k2").alias("_first_line"),
-    )
-    return ranked.filter(pl.col("_rank") > 0)
-
-
-def _drop_lines(frame: pl.DataFrame, dropped: pl.DataFrame) -> pl.DataFrame:
-    if dropped.is_empty() or frame.is_empty():
-        return frame
-    return frame.join(dropped, on=["_file", "line_no"], how="anti")
-
-
-def _first_by_file(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    return frame.sort(["_file", "line_no"]).unique(subset=keys, keep="first", maintain_order=True)
-
-
-def merge_shards(shard_dir: Path, members: list[dict[str, Any]], shard_lines: Counter[str]) -> Merged:
+def merge_shards(
+    shard_dir: Path, members: list[dict[str, Any]], shard_lines: Counter[str], spill: Path
+) -> Merged:
     """``members`` (container, row ranges) in display-path order; ``shard_lines`` = the
-    per-file line tallies summed."""
-    f, passthrough = _load(shard_dir, members)
+    per-file line tallies summed; ``spill`` = where DuckDB may spill."""
+    con = _connect(spill)
+    passthrough = _load(con, shard_dir, members)
     paths = [m["source_file"] for m in members]
-    files = pl.Series("source_file", paths, dtype=pl.String)
+    _create(con, "files", pa.table({"_file": pa.array(range(len(paths)), pa.int32()),
+                                    "source_file": pa.array(paths, pa.large_string())}))
     tallies = Counter(shard_lines)
     redactor = Redactor()
 
-    dups = _duplicates(f["lines"])
-    exact = dups.filter(pl.col("chash") == pl.col("_first_hash"))
-    conflicts = dups.filter(pl.col("chash") != pl.col("_first_hash"))
-    for outcome, n in dups.group_by("outcome").len().iter_rows():
+    con.execute(sql.DUPLICATES).fetchall()
+    for outcome, n in con.execute(sql.DUPLICATE_OUTCOMES).fetchall():
         tallies[outcome] -= n
-    tallies["exact_duplicate"] += exact.height
-    tallies["quarantined:conflicting_duplicate"] += conflicts.height
-    dropped = dups.select("_file", "line_no")
-    # Frames are popped as they are used: the merge is where collect's memory peaks.
-    kept_lines = f.pop("lines").join(dropped, on=["_file", "line_no"], how="anti")
-    present = kept_lines.filter(pl.col("session_id").is_not_null()).select("session_id", "_file").unique()
-    del kept_lines
+    exact = _scalar(con, sql.EXACT_DUPLICATES)
+    conflicts = con.execute(sql.CONFLICTS).fetchall()
+    tallies["exact_duplicate"] += exact
+    tallies["quarantined:conflicting_duplicate"] += len(conflicts)
+    _create(con, "conflict_rows", _conflict_rows(conflicts, passthrough["lines"], paths, redactor))
 
-    # Rows from duplicate lines go, whether set aside or quarantined (a copied broken line).
-    quarantine = _drop_lines(f.pop("quarantine"), dropped)
-    if conflicts.height:
-        lines = passthrough["lines"]
-        keys = _gather(lines, _starts(lines), conflicts["_row"].to_numpy())["key"]
-        conflicts = conflicts.with_columns(pl.Series("key", keys.to_pylist(), dtype=pl.String))
-    else:
-        conflicts = conflicts.with_columns(pl.lit(None, dtype=pl.String).alias("key"))
-    conflict_rows = conflicts.select(
-        pl.lit(STAGE_NAME).alias("stage"), "_file", "line_no", pl.col("key").alias("record_id"),
-        "session_id", pl.lit("conflicting_duplicate").alias("reason"),
-        pl.lit(None, dtype=pl.String).alias("detail"), pl.col("_first_file"), pl.col("_first_line"),
-    )
-    if conflict_rows.height:
-        details = [
-            redactor.redact(f"record id reused with different content; first copy kept at {paths[i]}:{n}")
-            for i, n in conflict_rows.select("_first_file", "_first_line").iter_rows()
-        ]
-        conflict_rows = conflict_rows.with_columns(pl.Series("detail", details, dtype=pl.String))
-    conflict_rows = conflict_rows.drop("_first_file", "_first_line")
-    quarantine = pl.concat([quarantine, conflict_rows], how="diagonal_relaxed")
+    for statement in (sql.PRESENT, sql.MESSAGES, sql.PROMPTS, sql.CALLS, sql.BRANCHES, sql.SESSIONS):
+        con.execute(statement).fetchall()
+    subs = _dicts(con, sql.SUBAGENT_SESSIONS)
+    spawns = _dicts(con, sql.SPAWN_CALLS)
+    _create(con, "links", _links_table(_link_subagents(subs, spawns)))
 
-    messages = _first_by_file(_drop_lines(f.pop("messages"), dropped), ["session_id", "message_id"])
-    calls = _first_by_file(_drop_lines(f.pop("tool_calls"), dropped), ["session_id", "tool_use_id"])
-    prompts = _drop_lines(f.pop("prompts"), dropped)
-    branches = f.pop("branches")
-    if not branches.is_empty():
-        kept = messages.select("session_id", pl.col("message_id").alias("child_message_id"), "_file")
-        branches = branches.join(kept, on=["session_id", "child_message_id", "_file"], how="semi")
-        branches = branches.sort(["_file", "session_id", "parent_message_id", "child_rank"]).unique(
-            subset=["session_id", "parent_message_id", "child_message_id"], keep="first", maintain_order=True
-        )
-
-    prompts, messages, calls = _positions(prompts, messages, calls)
-    sessions, subagents, calls, messages = _sessions(f.pop("sessions"), present, messages, calls, prompts)
-
-    tables: dict[str, pa.Table | TableStream] = {
-        "sessions": _final(sessions, "sessions", files),
-        "messages": _stream(messages, "messages", files, passthrough["messages"]),
-        "tool_calls": _stream(calls, "tool_calls", files, passthrough["tool_calls"]),
-        "prompts": _final(prompts, "prompts", files),
-        "branches": _final(branches, "branches", files),
-        "subagents": _final(subagents, "subagents", files),
-        "quarantine": _cast(quarantine, QUARANTINE, files),
-    }
+    tables: dict[str, pa.Table | TableStream] = {}
+    for name, query in sql.final_queries().items():
+        spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
+        if name in PASSTHROUGH_COLUMNS:
+            tables[name] = _stream(con, query, spec, passthrough[name])
+        else:
+            tables[name] = _cast(con.sql(query).to_arrow_table(), spec)
     rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
+    quarantine = tables["quarantine"]
+    assert isinstance(quarantine, pa.Table)
     set_aside = dict(
-        sorted(Counter(r for r in quarantine["reason"].to_list() if r not in LINE_REASONS).items())
+        sorted(Counter(r for r in quarantine["reason"].to_pylist() if r not in LINE_REASONS).items())
     )
     return Merged(tables=tables, rows=rows, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
 
 
-def _positions(
-    prompts: pl.DataFrame, messages: pl.DataFrame, calls: pl.DataFrame
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """seq, prompt_number/prompt_id and turn_index, in (source_file, line_no) order per session."""
-    prompts = prompts.sort(["session_id", "_file", "line_no"]).with_columns(
-        pl.int_range(pl.len()).over("session_id").cast(pl.Int64).alias("prompt_number")
-    )
-    ids = [digest_json([s, n]) for s, n in zip(prompts["session_id"].to_list(),
-                                                 prompts["prompt_number"].to_list(), strict=True)]
-    prompts = prompts.with_columns(pl.Series("prompt_id", ids, dtype=pl.String))
-    lookup = prompts.select(
-        "session_id", "_file", pl.col("line_no").alias("_prompt_line"), "prompt_id"
-    )
-    messages = messages.sort(["session_id", "_file", "line_no"]).with_columns(
-        pl.int_range(pl.len()).over("session_id").cast(pl.Int64).alias("seq")
-    )
-    messages = messages.join(lookup, on=["session_id", "_file", "_prompt_line"], how="left")
-    turn = messages.select("session_id", "message_id", pl.col("seq").alias("turn_index"))
-    calls = calls.join(turn, on=["session_id", "message_id"], how="left").with_columns(
-        pl.col("turn_index").fill_null(-1)
-    )
-    calls = calls.join(lookup, on=["session_id", "_file", "_prompt_line"], how="left")
-    return prompts, messages, calls
+def _numpy_array(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """Without ``pa.array`` (which imports pandas, ~0.4 s, to check a numpy argument)."""
+    return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(np.ascontiguousarray(values))])
 
 
-def _sessions(
-    raw: pl.DataFrame,
-    present: pl.DataFrame,
-    messages: pl.DataFrame,
-    calls: pl.DataFrame,
-    prompts: pl.DataFrame,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """``present``: the (session, file) pairs that kept at least one line."""
-    raw = raw.join(present, on=["session_id", "_file"], how="semi").sort(["session_id", "_file"])
-    firsts = [
-        pl.col(c).drop_nulls().first().alias(c)
-        for c in ("source_kind", "_file", "agent_version", "cwd", "git_branch", "model", "title",
-                  "agent_id", "_root_session_id", "_meta_tool_use_id", "_spawn_digest")
+def _create(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | pa.RecordBatchReader) -> None:
+    """A table every cursor sees (a registered view is private to its connection)."""
+    con.register("incoming", data)
+    con.execute(f"CREATE TABLE {name} AS SELECT * FROM incoming").fetchall()
+    con.unregister("incoming")
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
+    rows = con.execute(query).fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+def _dicts(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]:
+    result = con.execute(query)
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
+def _conflict_rows(
+    conflicts: list[tuple[Any, ...]], lines: _Passthrough, paths: list[str], redactor: Redactor
+) -> pa.Table:
+    """Quarantine rows for records reusing a key with other bytes, naming the record (its
+    key, read back from the shards) and where the kept copy is."""
+    rows = np.array([c[2] for c in conflicts], dtype=np.int64)
+    keys = _gather(lines, _starts(lines), rows)["key"].to_pylist() if len(rows) else []
+    details = [
+        redactor.redact(f"record id reused with different content; first copy kept at {paths[ff]}:{fl}")
+        for _, _, _, _, ff, fl in conflicts
     ]
-    sessions = raw.group_by("session_id", maintain_order=True).agg(
-        *firsts,
-        pl.col("started_at").min(),
-        pl.col("ended_at").max(),
-        pl.col("is_subagent").any(),
-    )
-    links = _link_subagents(sessions, calls)
-    link_frame = pl.DataFrame(
-        links,
-        schema={"session_id": pl.String, "parent_session_id": pl.String, "spawn_tool_use_id": pl.String,
-                "link_method": pl.String, "_inherited_prompt": pl.String},
-        orient="row",
-    ).with_columns(pl.col("session_id").cast(pl.Categorical))
-    sessions = sessions.join(link_frame.select("session_id", "parent_session_id"), on="session_id", how="left")
-    inherit = link_frame.select("session_id", "_inherited_prompt")
-    messages = messages.join(inherit, on="session_id", how="left").with_columns(
-        pl.coalesce("prompt_id", "_inherited_prompt").alias("prompt_id")
-    )
-    calls = calls.join(inherit, on="session_id", how="left").with_columns(
-        pl.coalesce("prompt_id", "_inherited_prompt").alias("prompt_id")
-    )
-    for name, frame in (("n_messages", messages), ("n_tool_calls", calls), ("n_prompts", prompts)):
-        counts = frame.group_by("session_id").len().rename({"len": name})
-        sessions = sessions.join(counts, on="session_id", how="left").with_columns(
-            pl.col(name).fill_null(0).cast(pl.Int64)
-        )
-    subagents = sessions.filter(pl.col("is_subagent")).join(
-        link_frame.select("session_id", "spawn_tool_use_id", "link_method"), on="session_id", how="left"
-    ).select(
-        "session_id", pl.col("parent_session_id").fill_null(pl.col("_root_session_id")),
-        "agent_id", "spawn_tool_use_id", pl.col("link_method").fill_null("none"), "_file",
-    ).filter(pl.col("parent_session_id").is_not_null())
-    return sessions, subagents, calls, messages
+    return pa.table({
+        "stage": pa.array([STAGE_NAME] * len(conflicts), pa.large_string()),
+        "_file": pa.array([c[0] for c in conflicts], pa.int32()),
+        "line_no": pa.array([c[1] for c in conflicts], pa.int64()),
+        "record_id": pa.array(keys, pa.large_string()),
+        "session_id": pa.array([c[3] for c in conflicts], pa.large_string()),
+        "reason": pa.array(["conflicting_duplicate"] * len(conflicts), pa.large_string()),
+        "detail": pa.array(details, pa.large_string()),
+        "_row": _numpy_array(rows, pa.int64()),
+    })
 
 
-def _link_subagents(sessions: pl.DataFrame, calls: pl.DataFrame) -> list[tuple[Any, ...]]:
+def _links_table(links: list[tuple[Any, ...]]) -> pa.Table:
+    columns = list(zip(*links, strict=True)) if links else [()] * 5
+    names = ["session_id", "parent_session_id", "spawn_tool_use_id", "link_method", "inherited_prompt"]
+    return pa.table({n: pa.array(list(c), pa.large_string()) for n, c in zip(names, columns, strict=True)})
+
+
+def _link_subagents(rows: list[dict[str, Any]], spawns: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """Subagent -> spawning call: toolUseResult.agentId, then meta.json toolUseId, then
     the spawn prompt. Never by time: an unmatched subagent stays linked to its root only."""
-    subs = sessions.filter(pl.col("is_subagent")).sort("session_id")
-    if subs.is_empty():
+    """``rows``: the subagent sessions by id; ``spawns``: the Task/Agent calls in call order."""
+    if not rows:
         return []
-    roots = dict(zip(subs["session_id"].to_list(), subs["_root_session_id"].to_list(), strict=True))
-    spawn_calls = calls.filter(pl.col("name").is_in(list(SPAWN_TOOLS))).sort(
-        ["session_id", "turn_index", "turn_subindex"]
-    )
+    roots = {sub["session_id"]: sub["_root_session_id"] for sub in rows}
     by_agent: dict[tuple[str, str], dict[str, Any]] = {}
     by_id: dict[tuple[str, str], dict[str, Any]] = {}
     by_prompt: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for spawn in spawn_calls.select(
-        "session_id", "tool_use_id", "_agent_id", "_spawn_digest", "prompt_id"
-    ).iter_rows(named=True):
+    for spawn in spawns:
         root = roots.get(spawn["session_id"], spawn["session_id"])
         if spawn["_agent_id"]:
             by_agent.setdefault((root, spawn["_agent_id"]), spawn)
@@ -326,8 +247,6 @@ def _link_subagents(sessions: pl.DataFrame, calls: pl.DataFrame) -> list[tuple[A
             by_prompt.setdefault((root, spawn["_spawn_digest"]), []).append(spawn)
     found: dict[str, tuple[dict[str, Any] | None, str]] = {}
     used: set[str] = set()
-    rows = list(subs.select("session_id", "source_kind", "agent_id", "_root_session_id",
-                            "_meta_tool_use_id", "_spawn_digest").iter_rows(named=True))
     for sub in rows:
         root = sub["_root_session_id"]
         if sub["source_kind"] == "codex":
@@ -364,43 +283,31 @@ def _link_subagents(sessions: pl.DataFrame, calls: pl.DataFrame) -> list[tuple[A
     return out
 
 
-def _cast(frame: pl.DataFrame, spec: TableSpec, files: pl.Series) -> pa.Table:
-    """In the table's canonical order, so the runner's sort finds nothing to move."""
-    frame = frame.with_columns(files.gather(frame["_file"]).alias("source_file"))
-    frame = frame.sort(list(spec.sort_keys), nulls_last=True, maintain_order=True)
-    table = frame.select(spec.schema.names).to_arrow()
+def _cast(table: pa.Table, spec: TableSpec) -> pa.Table:
     return pa.table([table.column(n).cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema)
 
 
-def _final(frame: pl.DataFrame, name: str, files: pl.Series) -> pa.Table:
-    return _cast(frame, COLLECT_TABLES[name], files)
-
-
-# Rows gathered per step: the writer regroups them, so this only bounds what a step holds.
-_STREAM_ROWS = 8192
-
-
-def _stream(frame: pl.DataFrame, name: str, files: pl.Series, passthrough: _Passthrough) -> TableStream:
-    """The final table a row group at a time: the merge's columns from ``frame``, the
-    passthrough columns read back from the containers for just those rows."""
-    spec = COLLECT_TABLES[name]
-    frame = frame.sort(list(spec.sort_keys), nulls_last=True, maintain_order=True)
-    own = [n for n in spec.schema.names if n not in PASSTHROUGH_COLUMNS[name] and n != "source_file"]
-    paths = files.to_arrow()
+def _stream(con: duckdb.DuckDBPyConnection, query: str, spec: TableSpec, passthrough: _Passthrough) -> TableStream:
+    """The final table a few thousand rows at a time: the merge's columns from DuckDB
+    (its own cursor, so two tables can stream at once), the passthrough columns read
+    back from the containers for just those rows."""
+    rows = _scalar(con, f"SELECT count(*) FROM ({query})")
     starts = _starts(passthrough)
+    cursor = con.cursor()
 
     def batches() -> Iterator[pa.Table]:
-        for first in range(0, frame.height, _STREAM_ROWS):
-            part = frame.slice(first, _STREAM_ROWS)
-            columns = _gather(passthrough, starts, part["_row"].to_numpy())
-            light = part.select(own).to_arrow()
-            columns.update({n: light.column(n) for n in own})
-            columns["source_file"] = paths.take(part["_file"].to_arrow())
-            yield pa.table(
-                [columns[n].cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema
-            )
+        try:
+            reader = cursor.sql(query).to_arrow_reader(_STREAM_ROWS)
+            for batch in reader:
+                columns = _gather(passthrough, starts, batch.column("_row").to_numpy())
+                columns.update({n: batch.column(n) for n in batch.schema.names if n != "_row"})
+                yield pa.table(
+                    [columns[n].cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema
+                )
+        finally:
+            cursor.close()
 
-    return TableStream(spec.schema, batches(), frame.height)
+    return TableStream(spec.schema, batches(), rows)
 
 
 def _starts(passthrough: _Passthrough) -> np.ndarray:

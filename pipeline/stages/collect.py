@@ -217,7 +217,7 @@ def run(ctx: StageContext) -> StageResult:
     unique = list({m["key"]: m for m in members}.values())
     shard_dir = ctx.scratch / "shards"
     prune(shard_dir, {m["container"] for m in unique}, older_than=started)
-    merged = merge_shards(shard_dir, unique, shard_lines)
+    merged = merge_shards(shard_dir, unique, shard_lines, ctx.scratch / "spill")
     redactions.update(merged.redactions)
     lines = merged.lines
     records_in = sum(lines.values())

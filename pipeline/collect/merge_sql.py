@@ -1,0 +1,176 @@
+"""The merge's SQL: every step that spans files, as DuckDB statements.
+
+Kept apart from ``merge`` (which loads shards, links subagents in Python and streams
+the results out) so the relational core reads in one place. Order is always explicit:
+``(_file, line_no)`` is the merge order (files by display path, lines by number) and
+``_row`` (a row's position in that order) breaks any remaining tie, so no result
+depends on hash-table or thread scheduling.
+"""
+
+from __future__ import annotations
+
+# Lines whose record key was already seen earlier in merge order: exact copies (same
+# bytes) and conflicts (same key, other bytes). Their rows in other tables are dropped.
+DUPLICATES = """
+CREATE TABLE dups AS
+SELECT _file, line_no, _row, outcome, session_id, chash, first_hash, first_file, first_line
+FROM (
+    SELECT *,
+        row_number() OVER w AS rank,
+        first_value(chash) OVER w AS first_hash,
+        first_value(_file) OVER w AS first_file,
+        first_value(line_no) OVER w AS first_line
+    FROM lines
+    WINDOW w AS (PARTITION BY _k1, _k2 ORDER BY _file, line_no, _row
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)
+WHERE rank > 1
+"""
+
+DUPLICATE_OUTCOMES = "SELECT outcome, count(*) FROM dups GROUP BY outcome ORDER BY outcome"
+EXACT_DUPLICATES = "SELECT count(*) FROM dups WHERE chash = first_hash"
+CONFLICTS = """
+SELECT _file, line_no, _row, session_id, first_file, first_line
+FROM dups WHERE chash <> first_hash ORDER BY _file, line_no, _row
+"""
+
+# The (session, file) pairs that kept at least one line: a session row from a file
+# whose lines were all duplicates says nothing new.
+PRESENT = """
+CREATE TABLE present AS
+SELECT DISTINCT session_id, _file
+FROM lines ANTI JOIN dups USING (_file, line_no)
+WHERE session_id IS NOT NULL
+"""
+
+# First copy of each message / call in merge order, then positions per session.
+MESSAGES = """
+CREATE TABLE m AS
+SELECT *, row_number() OVER (PARTITION BY session_id ORDER BY _file, line_no, _row) - 1 AS seq
+FROM (
+    SELECT * FROM messages ANTI JOIN dups USING (_file, line_no)
+    QUALIFY row_number() OVER (PARTITION BY session_id, message_id ORDER BY _file, line_no, _row) = 1
+)
+"""
+
+PROMPTS = """
+CREATE TABLE p AS
+SELECT *, prompt_digest(session_id, prompt_number) AS prompt_id
+FROM (
+    SELECT *,
+        row_number() OVER (PARTITION BY session_id ORDER BY _file, line_no, _row) - 1 AS prompt_number
+    FROM prompts ANTI JOIN dups USING (_file, line_no)
+)
+"""
+
+CALLS = """
+CREATE TABLE c AS
+SELECT calls.*, coalesce(m.seq, -1) AS turn_index
+FROM (
+    SELECT * FROM tool_calls ANTI JOIN dups USING (_file, line_no)
+    QUALIFY row_number() OVER (PARTITION BY session_id, tool_use_id ORDER BY _file, line_no, _row) = 1
+) AS calls
+LEFT JOIN m USING (session_id, message_id)
+"""
+
+# A branch survives when its child message does (from the same file); one row per
+# (session, parent, child), the first in merge order.
+BRANCHES = """
+CREATE TABLE b AS
+SELECT * FROM branches
+SEMI JOIN m ON branches.session_id = m.session_id
+    AND branches.child_message_id = m.message_id AND branches._file = m._file
+QUALIFY row_number() OVER (
+    PARTITION BY session_id, parent_message_id, child_message_id
+    ORDER BY _file, child_rank, _row
+) = 1
+"""
+
+# One row per session: the first non-null value of each field in merge order.
+_FIRST = (
+    "source_kind", "_file", "agent_version", "cwd", "git_branch", "model", "title", "agent_id",
+    "_root_session_id", "_meta_tool_use_id", "_spawn_digest",
+)
+SESSIONS = f"""
+CREATE TABLE s AS
+SELECT session_id,
+    {", ".join(f"first({c} ORDER BY _file, _row) FILTER (WHERE {c} IS NOT NULL) AS {c}" for c in _FIRST)},
+    min(started_at) AS started_at,
+    max(ended_at) AS ended_at,
+    bool_or(is_subagent) AS is_subagent
+FROM sessions SEMI JOIN present USING (session_id, _file)
+GROUP BY session_id
+"""
+
+SUBAGENT_SESSIONS = """
+SELECT session_id, source_kind, agent_id, _root_session_id, _meta_tool_use_id, _spawn_digest
+FROM s WHERE is_subagent ORDER BY session_id
+"""
+
+# Spawning calls with the prompt each was made under (for subagents to inherit).
+SPAWN_CALLS = """
+SELECT c.session_id, c.tool_use_id, c._agent_id, c._spawn_digest, p.prompt_id
+FROM c LEFT JOIN p ON c.session_id = p.session_id AND c._file = p._file AND c._prompt_line = p.line_no
+WHERE c.name IN ('Task', 'Agent')
+ORDER BY c.session_id, c.turn_index, c.turn_subindex, c._row
+"""
+
+
+def final_queries() -> dict[str, str]:
+    """Each output table's rows in canonical order (``links`` and ``files`` are
+    registered by the caller). ``messages`` and ``tool_calls`` also return ``_row``,
+    the key to their passthrough columns."""
+    prompt_of = """LEFT JOIN p AS lookup ON t.session_id = lookup.session_id
+        AND t._file = lookup._file AND t._prompt_line = lookup.line_no
+        LEFT JOIN links ON t.session_id = links.session_id"""
+    counts = """LEFT JOIN (SELECT session_id, count(*) AS n FROM m GROUP BY ALL) AS nm USING (session_id)
+        LEFT JOIN (SELECT session_id, count(*) AS n FROM c GROUP BY ALL) AS nc USING (session_id)
+        LEFT JOIN (SELECT session_id, count(*) AS n FROM p GROUP BY ALL) AS np USING (session_id)"""
+    return {
+        "messages": f"""
+            SELECT t.session_id, t.message_id, t.seq, t.line_no, files.source_file,
+                coalesce(lookup.prompt_id, links.inherited_prompt) AS prompt_id, t._row
+            FROM m AS t {prompt_of} JOIN files ON t._file = files._file
+            ORDER BY t.session_id, t.seq, t.message_id""",
+        "tool_calls": f"""
+            SELECT t.session_id, t.tool_use_id, t.message_id, t.turn_index, t.turn_subindex,
+                t.name, t.line_no, files.source_file,
+                coalesce(lookup.prompt_id, links.inherited_prompt) AS prompt_id, t._row
+            FROM c AS t {prompt_of} JOIN files ON t._file = files._file
+            ORDER BY t.session_id, t.turn_index, t.turn_subindex, t.tool_use_id""",
+        "prompts": """
+            SELECT p.session_id, p.prompt_id, p.prompt_number, p.text, p.timestamp, p.message_id,
+                files.source_file, p.line_no
+            FROM p JOIN files USING (_file)
+            ORDER BY p.session_id, p.prompt_number""",
+        "branches": """
+            SELECT session_id, parent_message_id, child_message_id, kind, child_rank, is_active
+            FROM b ORDER BY session_id, parent_message_id, child_rank, _file, _row""",
+        "sessions": f"""
+            SELECT s.session_id, s.source_kind, files.source_file, s.agent_version, s.cwd,
+                s.git_branch, s.model, s.title, s.started_at, s.ended_at, s.is_subagent,
+                links.parent_session_id, s.agent_id,
+                coalesce(nm.n, 0) AS n_messages, coalesce(nc.n, 0) AS n_tool_calls,
+                coalesce(np.n, 0) AS n_prompts
+            FROM s JOIN files USING (_file) LEFT JOIN links USING (session_id) {counts}
+            ORDER BY s.session_id, files.source_file""",
+        "subagents": """
+            SELECT * FROM (
+                SELECT s.session_id, coalesce(links.parent_session_id, s._root_session_id) AS parent_session_id,
+                    s.agent_id, links.spawn_tool_use_id, coalesce(links.link_method, 'none') AS link_method,
+                    files.source_file
+                FROM s JOIN files USING (_file) LEFT JOIN links USING (session_id)
+                WHERE s.is_subagent
+            ) WHERE parent_session_id IS NOT NULL
+            ORDER BY parent_session_id, session_id""",
+        "quarantine": """
+            SELECT stage, files.source_file, line_no, record_id, session_id, reason, detail
+            FROM (
+                SELECT stage, _file, line_no, record_id, session_id, reason, detail, 0 AS part, _row
+                FROM quarantine ANTI JOIN dups USING (_file, line_no)
+                UNION ALL
+                SELECT stage, _file, line_no, record_id, session_id, reason, detail, 1 AS part, _row
+                FROM conflict_rows
+            ) JOIN files USING (_file)
+            ORDER BY stage, reason, files.source_file, line_no, record_id, detail, part, _row""",
+    }
