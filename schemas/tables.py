@@ -7,6 +7,7 @@ built column-wise for speed, so models are not instantiated per row on hot paths
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ def _arrow_type(annotation: object) -> tuple[pa.DataType, bool]:
     raise TypeError(f"unsupported annotation {annotation!r}")
 
 
+@functools.cache
 def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+    """Cached: it is asked for per batch, and deriving it walks the type hints."""
     fields = []
     hints = typing.get_type_hints(model)
     for name in model.model_fields:

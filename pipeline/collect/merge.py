@@ -13,7 +13,8 @@ stream into the lake.
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +34,20 @@ from pipeline.collect.shard import (
     container_path,
     passthrough_stream,
     read_container,
+    read_header,
+    read_mapped,
 )
 from pipeline.core.hashing import digest_json
 from pipeline.core.store import TableStream
 from schemas.records import COLLECT_TABLES, QUARANTINE
 from schemas.tables import TableSpec
 
-# What DuckDB may hold before it spills to disk. With the streamed writes and the
-# parent's own ~200 MB, collect's peak stays near 1 GB whatever the corpus size.
-MEMORY_LIMIT = "640MB"
+# What DuckDB may hold before it spills to disk (``TRACELAKE_MERGE_MEMORY`` overrides,
+# e.g. "2GB"). With the streamed writes and the parent's own ~200 MB, collect's peak
+# stays near 1 GB whatever the corpus size.
+MEMORY_LIMIT = "512MB"
 # Rows gathered per step: the writer regroups them, so this only bounds what a step holds.
-_STREAM_ROWS = 8192
+_STREAM_ROWS = 2048
 
 
 @dataclass
@@ -67,7 +71,8 @@ class _Passthrough:
 
 def _connect(spill: Path) -> duckdb.DuckDBPyConnection:
     spill.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(config={"threads": 2, "memory_limit": MEMORY_LIMIT,
+    limit = os.environ.get("TRACELAKE_MERGE_MEMORY") or MEMORY_LIMIT
+    con = duckdb.connect(config={"threads": 2, "memory_limit": limit,
                                  "temp_directory": str(spill), "preserve_insertion_order": False})
     con.create_function(
         "prompt_digest", _prompt_digests, [duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")],
@@ -164,7 +169,9 @@ def merge_shards(
     for name, query in sql.final_queries().items():
         spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
         if name in PASSTHROUGH_COLUMNS:
-            tables[name] = _stream(con, query, spec, passthrough[name])
+            # Every row of m (c) is one output row: the final query's joins only add columns.
+            count = _scalar(con, "SELECT count(*) FROM " + {"messages": "m", "tool_calls": "c"}[name])
+            tables[name] = _stream(con, query, spec, passthrough[name], count)
         else:
             tables[name] = _cast(con.sql(query).to_arrow_table(), spec)
     rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
@@ -287,23 +294,24 @@ def _cast(table: pa.Table, spec: TableSpec) -> pa.Table:
     return pa.table([table.column(n).cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema)
 
 
-def _stream(con: duckdb.DuckDBPyConnection, query: str, spec: TableSpec, passthrough: _Passthrough) -> TableStream:
+def _stream(
+    con: duckdb.DuckDBPyConnection, query: str, spec: TableSpec, passthrough: _Passthrough, rows: int
+) -> TableStream:
     """The final table a few thousand rows at a time: the merge's columns from DuckDB
     (its own cursor, so two tables can stream at once), the passthrough columns read
     back from the containers for just those rows."""
-    rows = _scalar(con, f"SELECT count(*) FROM ({query})")
     starts = _starts(passthrough)
     cursor = con.cursor()
+    containers = _Open(passthrough)
+    schema = spec.schema
 
     def batches() -> Iterator[pa.Table]:
         try:
             reader = cursor.sql(query).to_arrow_reader(_STREAM_ROWS)
             for batch in reader:
-                columns = _gather(passthrough, starts, batch.column("_row").to_numpy())
+                columns = _gather(passthrough, starts, batch.column("_row").to_numpy(), containers)
                 columns.update({n: batch.column(n) for n in batch.schema.names if n != "_row"})
-                yield pa.table(
-                    [columns[n].cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema
-                )
+                yield pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
         finally:
             cursor.close()
 
@@ -325,23 +333,48 @@ def _runs(order: np.ndarray) -> list[tuple[int, int]]:
     return [(int(order[a]), int(b - a)) for a, b in zip(run_starts, ends, strict=True)]
 
 
-def _gather(passthrough: _Passthrough, starts: np.ndarray, order: np.ndarray) -> dict[str, pa.ChunkedArray]:
-    """The passthrough columns of merge rows ``order``, in that order.
+class _Open:
+    """The passthrough streams of the few containers a stream is reading from.
 
-    Containers are memory-mapped and only for this row group, so what is resident is
-    about one row group's text. Rows of one file stay contiguous in canonical order, so
-    they come as zero-copy slices; a badly fragmented order falls back to a take.
+    Memory-mapped, so only pages a gather touches are read, and only the last
+    ``_KEEP_OPEN`` containers stay mapped: canonical order walks a project's sessions
+    in about the order its containers hold them, so consecutive batches mostly hit the
+    same containers, and what stays resident is bounded whatever the corpus size.
     """
+
+    def __init__(self, passthrough: _Passthrough) -> None:
+        self.passthrough = passthrough
+        self.stream = passthrough_stream(passthrough.name)
+        self.tables: OrderedDict[str, pa.Table] = OrderedDict()
+        self.headers: dict[str, tuple[int, dict[str, Any]]] = {}  # a re-map skips the parse
+
+    def __call__(self, name: str) -> pa.Table:
+        table = self.tables.get(name)
+        if table is None:
+            path = container_path(self.passthrough.shard_dir, name)
+            if name not in self.headers:
+                self.headers[name] = read_header(path)
+            base, header = self.headers[name]
+            table = read_mapped(path, base, header, self.stream)
+            self.tables[name] = table
+            if len(self.tables) > _KEEP_OPEN:
+                self.tables.popitem(last=False)
+        else:
+            self.tables.move_to_end(name)
+        return table
+
+
+_KEEP_OPEN = 6
+
+
+def _gather(
+    passthrough: _Passthrough, starts: np.ndarray, order: np.ndarray, container: _Open | None = None
+) -> dict[str, pa.ChunkedArray]:
+    """The passthrough columns of merge rows ``order``, in that order (copied out of
+    the maps). Rows of one file stay contiguous in canonical order, so they come as
+    zero-copy slices before the one copy."""
     names = list(PASSTHROUGH_COLUMNS[passthrough.name])
-    stream = passthrough_stream(passthrough.name)
-    opened: dict[str, pa.Table] = {}
-
-    def container(name: str) -> pa.Table:
-        if name not in opened:
-            path = container_path(passthrough.shard_dir, name)
-            opened[name] = read_container(path, names=[stream], mapped=True)[0][stream]
-        return opened[name]
-
+    container = container or _Open(passthrough)
     chunks: list[pa.Table] = []
     for first, length in _runs(order):
         while length:
@@ -352,5 +385,5 @@ def _gather(passthrough: _Passthrough, starts: np.ndarray, order: np.ndarray) ->
             chunks.append(container(name).slice(start + within, count))
             first += count
             length -= count
-    merged = pa.concat_tables(chunks).combine_chunks()  # one copy: the maps can go
+    merged = pa.concat_tables(chunks).combine_chunks()
     return {n: merged.column(n) for n in names}

@@ -451,31 +451,38 @@ def write_container(target: Path, tables: dict[str, pa.Table], members: dict[str
             handle.write(blob)
 
 
+def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(offset of the first table, header) of one container."""
+    with path.open("rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        return 8 + size, orjson.loads(handle.read(size))
+
+
+def read_mapped(path: Path, base: int, header: dict[str, Any], name: str) -> pa.Table:
+    """One table of a container as zero-copy views of a memory map: only the pages a
+    caller touches are read, and the map goes with the last view."""
+    start, length = header["tables"][name]
+    with pa.memory_map(str(path)) as source:
+        source.seek(base + start)
+        return pa.ipc.open_stream(source.read_buffer(length)).read_all()
+
+
 def read_container(
     path: Path, tables: bool = True, names: Sequence[str] | None = None, mapped: bool = False
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """The tables (those in ``names``, or all) and the header of one container.
 
     Each table gets its own buffer, so dropping one table frees its memory. ``mapped``
-    reads through a memory map instead: the tables are zero-copy views of the file and
-    only the pages a caller touches are read; the map goes with the last view.
+    reads through a memory map instead (see ``read_mapped``).
     """
+    base, header = read_header(path)
+    wanted = [n for n in header["tables"] if names is None or n in names] if tables else []
+    if mapped:
+        return {n: read_mapped(path, base, header, n) for n in wanted}, header
     out: dict[str, pa.Table] = {}
     with path.open("rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        header = orjson.loads(handle.read(size))
-        if tables and not mapped:
-            base = 8 + size
-            for name, (start, length) in header["tables"].items():
-                if names is not None and name not in names:
-                    continue
-                handle.seek(base + start)
-                out[name] = pa.ipc.open_stream(pa.py_buffer(handle.read(length))).read_all()
-    if tables and mapped:
-        with pa.memory_map(str(path)) as source:
-            for name, (start, length) in header["tables"].items():
-                if names is not None and name not in names:
-                    continue
-                source.seek(8 + size + start)
-                out[name] = pa.ipc.open_stream(source.read_buffer(length)).read_all()
+        for name in wanted:
+            start, length = header["tables"][name]
+            handle.seek(base + start)
+            out[name] = pa.ipc.open_stream(pa.py_buffer(handle.read(length))).read_all()
     return out, header
