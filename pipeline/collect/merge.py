@@ -94,47 +94,73 @@ def _light_schema(name: str) -> pa.Schema:
     return pa.schema([*fields, ("_file", pa.int32()), ("_row", pa.int64())])
 
 
-def _spans(members: list[dict[str, Any]], name: str) -> list[tuple[str, int, int, list[tuple[int, int]]]]:
-    """Container row ranges of one table in merge order, adjacent ranges of a container
-    joined (Arrow is slow on thousands of chunks), each with its (file index, rows)."""
-    out: list[tuple[str, int, int, list[tuple[int, int]]]] = []
+def _containers(members: list[dict[str, Any]], name: str) -> dict[str, list[tuple[int, int, int]]]:
+    """Per container (by name), the (file index, first row, rows) of each current file
+    with rows in table ``name``. A container may also hold rows of files no longer in
+    the run (an older version of a changed file): those are never read."""
+    out: dict[str, list[tuple[int, int, int]]] = {}
     for index, member in enumerate(members):
-        if name not in member["rows"]:
-            continue
-        start, rows = member["rows"][name]
-        last = out[-1] if out else None
-        if last is not None and last[0] == member["container"] and last[1] + last[2] == start:
-            out[-1] = (last[0], last[1], last[2] + rows, [*last[3], (index, rows)])
-        else:
-            out.append((member["container"], start, rows, [(index, rows)]))
-    return out
+        if name in member["rows"]:
+            start, rows = member["rows"][name]
+            out.setdefault(member["container"], []).append((index, start, rows))
+    return dict(sorted(out.items()))
 
 
 def _load(con: duckdb.DuckDBPyConnection, shard_dir: Path, members: list[dict[str, Any]]) -> dict[str, _Passthrough]:
     """Stream each table's merge columns from the (memory-mapped) containers into
-    DuckDB, a container at a time, with ``_file`` (index in merge order) and ``_row``
-    (position in merge order, the key to the passthrough columns)."""
+    DuckDB, a container at a time, with ``_file`` (index in merge order) and ``_row``.
+
+    ``_row`` numbers rows container by container: it only breaks ties within one file
+    (where it follows the file's own order) and finds a row's passthrough columns; the
+    SQL orders by ``(_file, line_no)`` wherever merge order matters.
+    """
     passthrough: dict[str, _Passthrough] = {}
     for name in SHARD_SCHEMAS:
-        spans = _spans(members, name)
+        by_container = _containers(members, name)
         schema = _light_schema(name)
+        spans: list[tuple[str, int, int]] = []
+        for container, files in by_container.items():
+            spans.append((container, 0, max(start + rows for _, start, rows in files)))
         if name in PASSTHROUGH_COLUMNS:
-            passthrough[name] = _Passthrough(name, shard_dir, [(c, s, n) for c, s, n, _ in spans])
+            passthrough[name] = _Passthrough(name, shard_dir, spans)
 
-        def batches(spans: list[tuple[str, int, int, list[tuple[int, int]]]] = spans,
+        def batches(by_container: dict[str, list[tuple[int, int, int]]] = by_container,
                     name: str = name, schema: pa.Schema = schema) -> Iterator[pa.RecordBatch]:
-            row = 0
-            for container, start, rows, files in spans:
+            base = 0
+            for container, files in by_container.items():
                 path = container_path(shard_dir, container)
-                table = read_container(path, names=[name], mapped=True)[0][name].slice(start, rows)
-                index = np.repeat(np.array([i for i, _ in files], dtype=np.int32), [n for _, n in files])
-                table = table.append_column("_file", _numpy_array(index, pa.int32()))
-                table = table.append_column("_row", _numpy_array(np.arange(row, row + rows, dtype=np.int64), pa.int64()))
-                row += rows
-                yield from table.select(schema.names).cast(schema).to_batches()
+                table = read_container(path, names=[name], mapped=True)[0][name]
+                size = max(start + rows for _, start, rows in files)
+                table = table.slice(0, size)
+                table = table.append_column("_file", _numpy_array(_file_index(files, size), pa.int32()))
+                table = table.append_column(
+                    "_row", _numpy_array(np.arange(base, base + size, dtype=np.int64), pa.int64())
+                )
+                base += size
+                for _, start, rows in _coalesce(files):
+                    yield from table.slice(start, rows).select(schema.names).cast(schema).to_batches()
 
         _create(con, name, pa.RecordBatchReader.from_batches(schema, batches()))
     return passthrough
+
+
+def _file_index(files: list[tuple[int, int, int]], size: int) -> np.ndarray:
+    """Each container row's file index (-1 for rows of files not in the run)."""
+    index = np.full(size, -1, dtype=np.int32)
+    for file, start, rows in files:
+        index[start:start + rows] = file
+    return index
+
+
+def _coalesce(files: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Adjacent row ranges as one (Arrow and DuckDB are slow on thousands of chunks)."""
+    out: list[tuple[int, int, int]] = []
+    for file, start, rows in sorted(files, key=lambda f: f[1]):
+        if out and out[-1][1] + out[-1][2] == start:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + rows)
+        else:
+            out.append((file, start, rows))
+    return out
 
 
 def merge_shards(

@@ -96,10 +96,22 @@ _BATCH_BYTES = 8 << 20
 _BATCHES_PER_WORKER = 4
 
 
+def _session_order(task: ShardTask) -> tuple[str, str]:
+    """About where a file's rows fall in the tables' canonical (session id) order: a
+    Claude session file is named by its id, and a subagent's id is its parent's plus
+    its own name. Containers cut in this order let the final write walk them almost
+    sequentially (only layout: merge order is by display path whatever the batches)."""
+    path = Path(task.display_path)
+    if path.parent.name == "subagents":
+        return f"{path.parent.parent.name}/{path.stem}", task.display_path
+    return path.stem, task.display_path
+
+
 def _batches(pending: list[ShardTask], workers: int) -> list[list[ShardTask]]:
-    """Consecutive files (display-path order, so the merge reads containers in order),
-    cut at ~``_BATCH_BYTES``, or finer when the total would leave a worker idle;
-    biggest first so one late giant does not leave a worker idle at the end."""
+    """Files in about session order, cut at ~``_BATCH_BYTES``, or finer when the total
+    would leave a worker idle; biggest first so one late giant does not leave a worker
+    idle at the end."""
+    pending = sorted(pending, key=_session_order)
     sizes = {t.key: Path(t.path).stat().st_size for t in pending}
     target = min(_BATCH_BYTES, sum(sizes.values()) // max(1, workers * _BATCHES_PER_WORKER) + 1)
     batches: list[list[ShardTask]] = []
