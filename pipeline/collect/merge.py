@@ -191,22 +191,23 @@ def merge_shards(
     spawns = _dicts(con, sql.SPAWN_CALLS)
     _create(con, "links", _links_table(_link_subagents(subs, spawns)))
 
+    # Every table streams out (nothing of the corpus's size is held here); row counts
+    # come first, for the receipt.
+    queries = sql.final_queries()
     tables: dict[str, pa.Table | TableStream] = {}
-    for name, query in sql.final_queries().items():
+    for name, query in queries.items():
         spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
-        if name in PASSTHROUGH_COLUMNS:
-            # Every row of m (c) is one output row: the final query's joins only add columns.
-            count = _scalar(con, "SELECT count(*) FROM " + {"messages": "m", "tool_calls": "c"}[name])
-            tables[name] = _stream(con, query, spec, passthrough[name], count)
-        else:
-            tables[name] = _cast(con.sql(query).to_arrow_table(), spec)
+        counted = _COUNTED.get(name, f"({query})")
+        count = _scalar(con, f"SELECT count(*) FROM {counted}")
+        tables[name] = _stream(con, query, spec, passthrough.get(name), count)
     rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
-    quarantine = tables["quarantine"]
-    assert isinstance(quarantine, pa.Table)
-    set_aside = dict(
-        sorted(Counter(r for r in quarantine["reason"].to_pylist() if r not in LINE_REASONS).items())
-    )
+    reasons = con.execute(f"SELECT reason, count(*) FROM ({queries['quarantine']}) GROUP BY ALL").fetchall()
+    set_aside = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
     return Merged(tables=tables, rows=rows, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
+
+
+# Tables whose every row is one output row (the final queries' joins only add columns).
+_COUNTED = {"messages": "m", "tool_calls": "c", "prompts": "p", "branches": "b", "sessions": "s"}
 
 
 def _numpy_array(values: np.ndarray, typ: pa.DataType) -> pa.Array:
@@ -316,32 +317,30 @@ def _link_subagents(rows: list[dict[str, Any]], spawns: list[dict[str, Any]]) ->
     return out
 
 
-def _cast(table: pa.Table, spec: TableSpec) -> pa.Table:
-    return pa.table([table.column(n).cast(spec.schema.field(n).type) for n in spec.schema.names], schema=spec.schema)
-
-
 def _stream(
-    con: duckdb.DuckDBPyConnection, query: str, spec: TableSpec, passthrough: _Passthrough, rows: int
+    con: duckdb.DuckDBPyConnection, query: str, spec: TableSpec, passthrough: _Passthrough | None, rows: int
 ) -> TableStream:
-    """The final table a few thousand rows at a time: the merge's columns from DuckDB
-    (its own cursor, so two tables can stream at once), the passthrough columns read
-    back from the containers for just those rows."""
-    starts = _starts(passthrough)
+    """A final table a few thousand rows at a time: the merge's columns from DuckDB (its
+    own cursor, so two tables can stream at once), the passthrough columns, if the
+    table has any, read back from the containers for just those rows."""
     cursor = con.cursor()
-    containers = _Open(passthrough)
     schema = spec.schema
 
     def batches() -> Iterator[pa.Table]:
+        starts = _starts(passthrough) if passthrough is not None else None
+        containers = _Open(passthrough) if passthrough is not None else None
         try:
-            reader = cursor.sql(query).to_arrow_reader(_STREAM_ROWS)
-            for batch in reader:
-                columns = _gather(passthrough, starts, batch.column("_row").to_numpy(), containers)
-                columns.update({n: batch.column(n) for n in batch.schema.names if n != "_row"})
+            for batch in cursor.sql(query).to_arrow_reader(_STREAM_ROWS):
+                columns: dict[str, pa.Array | pa.ChunkedArray] = {
+                    n: batch.column(n) for n in batch.schema.names if n != "_row"
+                }
+                if passthrough is not None and starts is not None:
+                    columns.update(_gather(passthrough, starts, batch.column("_row").to_numpy(), containers))
                 yield pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
         finally:
             cursor.close()
 
-    return TableStream(spec.schema, batches(), rows)
+    return TableStream(schema, batches(), rows)
 
 
 def _starts(passthrough: _Passthrough) -> np.ndarray:
