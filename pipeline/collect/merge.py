@@ -73,7 +73,7 @@ def _connect(spill: Path) -> duckdb.DuckDBPyConnection:
     spill.mkdir(parents=True, exist_ok=True)
     limit = os.environ.get("TRACELAKE_MERGE_MEMORY") or MEMORY_LIMIT
     con = duckdb.connect(config={"threads": 2, "memory_limit": limit,
-                                 "temp_directory": str(spill), "preserve_insertion_order": False})
+                                 "temp_directory": str(spill)})
     con.create_function(
         "prompt_digest", _prompt_digests, [duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")],
         duckdb.sqltype("VARCHAR"), type="arrow", null_handling="special", side_effects=False,
@@ -193,21 +193,19 @@ def merge_shards(
 
     # Every table streams out (nothing of the corpus's size is held here); row counts
     # come first, for the receipt.
-    queries = sql.final_queries()
+    # Each final table is sorted here, one at a time (a sort spills; two at once, as the
+    # writer threads would run them, need twice the memory), then streams out as a scan,
+    # which DuckDB returns in insertion order.
     tables: dict[str, pa.Table | TableStream] = {}
-    for name, query in queries.items():
+    for name, query in sql.final_queries().items():
         spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
-        counted = _COUNTED.get(name, f"({query})")
-        count = _scalar(con, f"SELECT count(*) FROM {counted}")
-        tables[name] = _stream(con, query, spec, passthrough.get(name), count)
+        con.execute(f"CREATE TABLE out_{name} AS {query}").fetchall()
+        count = _scalar(con, f"SELECT count(*) FROM out_{name}")
+        tables[name] = _stream(con, f"SELECT * FROM out_{name}", spec, passthrough.get(name), count)
     rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
-    reasons = con.execute(f"SELECT reason, count(*) FROM ({queries['quarantine']}) GROUP BY ALL").fetchall()
+    reasons = con.execute("SELECT reason, count(*) FROM out_quarantine GROUP BY ALL").fetchall()
     set_aside = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
     return Merged(tables=tables, rows=rows, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
-
-
-# Tables whose every row is one output row (the final queries' joins only add columns).
-_COUNTED = {"messages": "m", "tool_calls": "c", "prompts": "p", "branches": "b", "sessions": "s"}
 
 
 def _numpy_array(values: np.ndarray, typ: pa.DataType) -> pa.Array:
