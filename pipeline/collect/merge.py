@@ -14,6 +14,7 @@ stream into the lake.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -197,11 +198,14 @@ def merge_shards(
     # writer threads would run them, need twice the memory), then streams out as a scan,
     # which DuckDB returns in insertion order.
     tables: dict[str, pa.Table | TableStream] = {}
-    for name, query in sql.final_queries().items():
+    queries = sql.final_queries()
+    closer = _Closer(con, len(queries))
+    for name, query in queries.items():
         spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
         con.execute(f"CREATE TABLE out_{name} AS {query}").fetchall()
         count = _scalar(con, f"SELECT count(*) FROM out_{name}")
-        tables[name] = _stream(con, f"SELECT * FROM out_{name}", spec, passthrough.get(name), count)
+        stream = _stream(con, f"SELECT * FROM out_{name}", spec, passthrough.get(name), count, closer)
+        tables[name] = stream
     rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
     reasons = con.execute("SELECT reason, count(*) FROM out_quarantine GROUP BY ALL").fetchall()
     set_aside = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
@@ -315,8 +319,28 @@ def _link_subagents(rows: list[dict[str, Any]], spawns: list[dict[str, Any]]) ->
     return out
 
 
+class _Closer:
+    """Closes the merge database once every stream has been read: its threads must not
+    outlive the stage (a later ``fork`` would copy a process with them mid-flight)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, streams: int) -> None:
+        self.con, self.left = con, streams
+        self.lock = threading.Lock()  # streams end in the runner's writer threads
+
+    def done(self) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left == 0:
+                self.con.close()
+
+
 def _stream(
-    con: duckdb.DuckDBPyConnection, query: str, spec: TableSpec, passthrough: _Passthrough | None, rows: int
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    spec: TableSpec,
+    passthrough: _Passthrough | None,
+    rows: int,
+    closer: _Closer,
 ) -> TableStream:
     """A final table a few thousand rows at a time: the merge's columns from DuckDB (its
     own cursor, so two tables can stream at once), the passthrough columns, if the
@@ -337,6 +361,7 @@ def _stream(
                 yield pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
         finally:
             cursor.close()
+            closer.done()
 
     return TableStream(schema, batches(), rows)
 
