@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import struct
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,18 +76,21 @@ def sha256_file(path: Path) -> str:
     return hasher.hexdigest()
 
 
-_WHOLE_FILE = 64 << 20
+_BUFFERS = threading.local()
 
 
 def xxh3_128_file(path: Path) -> str:
-    """One read for files up to 64 MiB (3x faster than chunking), chunks beyond."""
-    with path.open("rb") as handle:
-        if path.stat().st_size <= _WHOLE_FILE:
-            return xxhash.xxh3_128_hexdigest(handle.read())
-        hasher = xxhash.xxh3_128()
-        while block := handle.read(_CHUNK):
-            hasher.update(block)
-        return hasher.hexdigest()
+    """Through one reused buffer per thread: reading each file into a fresh bytes object
+    costs a page fault per 4 KiB (0.65 s of a 0.8 s cold source scan at 500 MB)."""
+    buffer = getattr(_BUFFERS, "buffer", None)
+    if buffer is None:
+        buffer = _BUFFERS.buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    hasher = xxhash.xxh3_128()
+    with path.open("rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            hasher.update(view[:size])
+    return hasher.hexdigest()
 
 
 # --- logical table digest -------------------------------------------------------------

@@ -151,3 +151,15 @@ def test_bytes_under_null_slots_and_big_ints_do_not_leak_into_the_digest() -> No
     big = 2**53 + 1
     with_null = pa.table({"i": pa.array([big, None], pa.int64())})
     assert table_digest(with_null) != table_digest(pa.table({"i": pa.array([big - 1, None], pa.int64())}))
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 5])
+def test_file_digest_is_the_digest_of_the_bytes(tmp_path, size: int) -> None:  # type: ignore[no-untyped-def]
+    import xxhash
+
+    from pipeline.core.hashing import xxh3_128_file
+
+    data = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 4096))) * (size // 4096 + 1)
+    path = tmp_path / "f"
+    path.write_bytes(data[:size])
+    assert xxh3_128_file(path) == xxhash.xxh3_128_hexdigest(data[:size])
