@@ -31,6 +31,22 @@ def test_worker_count_and_source_order_do_not_change_tables(corpora: Path, tmp_p
     assert one.receipt.filtered == two.receipt.filtered
 
 
+def test_sorting_by_ranges_of_sessions_and_a_tiny_merge_memory_change_nothing(
+    corpora: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge's bounded-memory paths (final sorts cut into session ranges, DuckDB
+    held to a small limit) give the tables of a single sort."""
+    import pipeline.collect.merge as merge
+
+    sources = [("claude-code", corpora / "cc"), ("codex", corpora / "cx")]
+    whole = collect(tmp_path / "whole", sources)
+    monkeypatch.setattr(merge, "_RANGE_ROWS", 7)
+    monkeypatch.setenv("TRACELAKE_MERGE_MEMORY", "64MB")
+    ranged = collect(tmp_path / "ranged", sources, workers=2)
+    assert ranged.digests == whole.digests
+    assert ranged.receipt.stats["rows"] == whole.receipt.stats["rows"]
+
+
 def test_fork_server_workers_give_the_same_tables(
     corpora: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,8 +7,8 @@ completion order: duplicates across files (resumed sessions copy lines with thei
 uuids into new files), positions within a session (seq, turn_index, prompt_number)
 that a session spread over several files shares, subagent -> spawning-call links, and
 per-session counts. The merge sees only keys and positions: content columns stay in
-the shard containers and are read back a row group at a time as the final tables
-stream into the lake.
+the shard containers and are read back a few thousand rows at a time as the final
+tables stream into the lake. The SQL itself is in ``merge_sql``.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ class Merged:
 
 @dataclass
 class _Passthrough:
-    """Where one table's passthrough columns live: per file, a row range of a container,
-    in merge order (so global row ``i`` of the merge is found by a search over spans)."""
+    """Where one table's passthrough columns live: the containers in ``_row`` order, each
+    with the rows it numbers (so ``_row`` i is found by a search over the spans)."""
 
     name: str
     shard_dir: Path
@@ -194,22 +194,59 @@ def merge_shards(
 
     # Every table streams out (nothing of the corpus's size is held here); row counts
     # come first, for the receipt.
-    # Each final table is sorted here, one at a time (a sort spills; two at once, as the
-    # writer threads would run them, need twice the memory), then streams out as a scan,
-    # which DuckDB returns in insertion order.
     tables: dict[str, pa.Table | TableStream] = {}
     queries = sql.final_queries()
     closer = _Closer(con, len(queries))
-    for name, query in queries.items():
+    files = pa.array(paths, pa.large_string())
+    for name, final in queries.items():
         spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
-        con.execute(f"CREATE TABLE out_{name} AS {query}").fetchall()
-        count = _scalar(con, f"SELECT count(*) FROM out_{name}")
-        stream = _stream(con, f"SELECT * FROM out_{name}", spec, passthrough.get(name), count, closer)
-        tables[name] = stream
+        segments = _segments(con, final)
+        count = sum(_scalar(con, f"SELECT count(*) FROM ({q})", params) for q, params in segments)
+        tables[name] = _stream(con, segments, spec, passthrough.get(name), count, closer, files)
     rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
-    reasons = con.execute("SELECT reason, count(*) FROM out_quarantine GROUP BY ALL").fetchall()
+    quarantine = queries["quarantine"].sql.format(where="TRUE")
+    reasons = con.execute(f"SELECT reason, count(*) FROM ({quarantine}) GROUP BY ALL").fetchall()
     set_aside = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
     return Merged(tables=tables, rows=rows, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
+
+
+# Rows a sort may hold at once (a range of whole sessions; one session bigger than this
+# is its own range).
+_RANGE_ROWS = 256 * 1024
+
+
+def _segments(con: duckdb.DuckDBPyConnection, final: sql.FinalQuery) -> list[tuple[str, list[Any]]]:
+    """The query once per range of sessions, in order (or once, for tables without a
+    base): each range sorts on its own, and the ranges concatenate in canonical order."""
+    if final.base is None:
+        return [(final.sql.format(where="TRUE"), [])]
+    counts = con.execute(
+        f"SELECT session_id, count(*) FROM {final.base} GROUP BY ALL ORDER BY session_id NULLS LAST"
+    ).fetchall()
+    bounds: list[str] = []
+    held = 0
+    for session, n in counts:
+        if session is None:
+            break
+        if held and held + n > _RANGE_ROWS:
+            bounds.append(session)
+            held = 0
+        held += n
+    column = final.column
+    edges: list[str | None] = [None, *bounds, None]
+    segments = []
+    for low, high in zip(edges, edges[1:], strict=False):
+        parts, params = [f"{column} IS NOT NULL"], []
+        if low is not None:
+            parts.append(f"{column} >= ?")
+            params.append(low)
+        if high is not None:
+            parts.append(f"{column} < ?")
+            params.append(high)
+        segments.append((final.sql.format(where=" AND ".join(parts)), params))
+    if counts and counts[-1][0] is None:
+        segments.append((final.sql.format(where=f"{column} IS NULL"), []))
+    return segments
 
 
 def _numpy_array(values: np.ndarray, typ: pa.DataType) -> pa.Array:
@@ -224,8 +261,8 @@ def _create(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | pa.Recor
     con.unregister("incoming")
 
 
-def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
-    rows = con.execute(query).fetchall()
+def _scalar(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> int:
+    rows = con.execute(query, params or []).fetchall()
     return int(rows[0][0]) if rows else 0
 
 
@@ -336,15 +373,17 @@ class _Closer:
 
 def _stream(
     con: duckdb.DuckDBPyConnection,
-    query: str,
+    segments: list[tuple[str, list[Any]]],
     spec: TableSpec,
     passthrough: _Passthrough | None,
     rows: int,
     closer: _Closer,
+    files: pa.Array,
 ) -> TableStream:
     """A final table a few thousand rows at a time: the merge's columns from DuckDB (its
-    own cursor, so two tables can stream at once), the passthrough columns, if the
-    table has any, read back from the containers for just those rows."""
+    own cursor, so two tables can stream at once), ``_file`` mapped to its path, and
+    the passthrough columns, if the table has any, read back from the containers for
+    just those rows."""
     cursor = con.cursor()
     schema = spec.schema
 
@@ -352,13 +391,17 @@ def _stream(
         starts = _starts(passthrough) if passthrough is not None else None
         containers = _Open(passthrough) if passthrough is not None else None
         try:
-            for batch in cursor.sql(query).to_arrow_reader(_STREAM_ROWS):
-                columns: dict[str, pa.Array | pa.ChunkedArray] = {
-                    n: batch.column(n) for n in batch.schema.names if n != "_row"
-                }
-                if passthrough is not None and starts is not None:
-                    columns.update(_gather(passthrough, starts, batch.column("_row").to_numpy(), containers))
-                yield pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
+            for query, params in segments:
+                for batch in cursor.sql(query, params=params).to_arrow_reader(_STREAM_ROWS):
+                    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+                        n: batch.column(n) for n in batch.schema.names if n not in ("_row", "_file")
+                    }
+                    if "_file" in batch.schema.names:
+                        columns["source_file"] = files.take(batch.column("_file"))
+                    if passthrough is not None and starts is not None:
+                        order = batch.column("_row").to_numpy()
+                        columns.update(_gather(passthrough, starts, order, containers))
+                    yield pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
         finally:
             cursor.close()
             closer.done()

@@ -9,6 +9,8 @@ depends on hash-table or thread scheduling.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Lines whose record key was already seen earlier in merge order: exact copies (same
 # bytes) and conflicts (same key, other bytes). Their rows in other tables are dropped.
 DUPLICATES = """
@@ -116,10 +118,23 @@ ORDER BY c.session_id, c.turn_index, c.turn_subindex, c._row
 """
 
 
-def final_queries() -> dict[str, str]:
-    """Each output table's rows in canonical order (``links`` and ``files`` are
-    registered by the caller). ``messages`` and ``tool_calls`` also return ``_row``,
-    the key to their passthrough columns."""
+@dataclass(frozen=True)
+class FinalQuery:
+    """One output table in canonical order. ``{where}`` takes a predicate on
+    ``column``: a table keyed by session first (``base`` names the merge table whose
+    per-session counts cut the ranges) is sorted one range of sessions at a time, so no
+    sort ever holds more than a range, whatever the corpus size. Tables without a base
+    have a row per session or per subagent file at most and sort in one go."""
+
+    sql: str
+    base: str | None = None
+    column: str = "session_id"
+
+
+def final_queries() -> dict[str, FinalQuery]:
+    """``links`` and ``files`` are registered by the caller. Tables with passthrough
+    columns also return ``_row`` (their key); session-keyed tables return ``_file``,
+    mapped to its path as the rows stream out (a path per row would only widen the sort)."""
     prompt_of = """LEFT JOIN p AS lookup ON t.session_id = lookup.session_id
         AND t._file = lookup._file AND t._prompt_line = lookup.line_no
         LEFT JOIN links ON t.session_id = links.session_id"""
@@ -127,43 +142,44 @@ def final_queries() -> dict[str, str]:
         LEFT JOIN (SELECT session_id, count(*) AS n FROM c GROUP BY ALL) AS nc USING (session_id)
         LEFT JOIN (SELECT session_id, count(*) AS n FROM p GROUP BY ALL) AS np USING (session_id)"""
     return {
-        "messages": f"""
-            SELECT t.session_id, t.message_id, t.seq, t.line_no, files.source_file,
+        "messages": FinalQuery(f"""
+            SELECT t.session_id, t.message_id, t.seq, t.line_no, t._file,
                 coalesce(lookup.prompt_id, links.inherited_prompt) AS prompt_id, t._row
-            FROM m AS t {prompt_of} JOIN files ON t._file = files._file
-            ORDER BY t.session_id, t.seq, t.message_id""",
-        "tool_calls": f"""
+            FROM m AS t {prompt_of} WHERE {{where}}
+            ORDER BY t.session_id, t.seq, t.message_id""", "m", "t.session_id"),
+        "tool_calls": FinalQuery(f"""
             SELECT t.session_id, t.tool_use_id, t.message_id, t.turn_index, t.turn_subindex,
-                t.name, t.line_no, files.source_file,
+                t.name, t.line_no, t._file,
                 coalesce(lookup.prompt_id, links.inherited_prompt) AS prompt_id, t._row
-            FROM c AS t {prompt_of} JOIN files ON t._file = files._file
-            ORDER BY t.session_id, t.turn_index, t.turn_subindex, t.tool_use_id""",
-        "prompts": """
-            SELECT p.session_id, p.prompt_id, p.prompt_number, p.text, p.timestamp, p.message_id,
-                files.source_file, p.line_no
-            FROM p JOIN files USING (_file)
-            ORDER BY p.session_id, p.prompt_number""",
-        "branches": """
+            FROM c AS t {prompt_of} WHERE {{where}}
+            ORDER BY t.session_id, t.turn_index, t.turn_subindex, t.tool_use_id""", "c", "t.session_id"),
+        "prompts": FinalQuery("""
+            SELECT session_id, prompt_id, prompt_number, text, timestamp, message_id, _file, line_no
+            FROM p WHERE {where}
+            ORDER BY session_id, prompt_number""", "p"),
+        "branches": FinalQuery("""
             SELECT session_id, parent_message_id, child_message_id, kind, child_rank, is_active
-            FROM b ORDER BY session_id, parent_message_id, child_rank, _file, _row""",
-        "sessions": f"""
-            SELECT s.session_id, s.source_kind, files.source_file, s.agent_version, s.cwd,
+            FROM b WHERE {where}
+            ORDER BY session_id, parent_message_id, child_rank, _file, _row""", "b"),
+        "sessions": FinalQuery(f"""
+            SELECT s.session_id, s.source_kind, s._file, s.agent_version, s.cwd,
                 s.git_branch, s.model, s.title, s.started_at, s.ended_at, s.is_subagent,
                 links.parent_session_id, s.agent_id,
                 coalesce(nm.n, 0) AS n_messages, coalesce(nc.n, 0) AS n_tool_calls,
                 coalesce(np.n, 0) AS n_prompts
-            FROM s JOIN files USING (_file) LEFT JOIN links USING (session_id) {counts}
-            ORDER BY s.session_id, files.source_file""",
-        "subagents": """
+            FROM s LEFT JOIN links USING (session_id) {counts}
+            WHERE {{where}}
+            ORDER BY s.session_id"""),
+        "subagents": FinalQuery("""
             SELECT * FROM (
                 SELECT s.session_id, coalesce(links.parent_session_id, s._root_session_id) AS parent_session_id,
                     s.agent_id, links.spawn_tool_use_id, coalesce(links.link_method, 'none') AS link_method,
-                    files.source_file
-                FROM s JOIN files USING (_file) LEFT JOIN links USING (session_id)
+                    s._file
+                FROM s LEFT JOIN links USING (session_id)
                 WHERE s.is_subagent
-            ) WHERE parent_session_id IS NOT NULL
-            ORDER BY parent_session_id, session_id""",
-        "quarantine": """
+            ) WHERE parent_session_id IS NOT NULL AND {where}
+            ORDER BY parent_session_id, session_id"""),
+        "quarantine": FinalQuery("""
             SELECT stage, files.source_file, line_no, record_id, session_id, reason, detail
             FROM (
                 SELECT stage, _file, line_no, record_id, session_id, reason, detail, 0 AS part, _row
@@ -172,5 +188,6 @@ def final_queries() -> dict[str, str]:
                 SELECT stage, _file, line_no, record_id, session_id, reason, detail, 1 AS part, _row
                 FROM conflict_rows
             ) JOIN files USING (_file)
-            ORDER BY stage, reason, files.source_file, line_no, record_id, detail, part, _row""",
+            WHERE {where}
+            ORDER BY stage, reason, files.source_file, line_no, record_id, detail, part, _row"""),
     }
