@@ -212,7 +212,7 @@ def merge_shards(
 
 # Rows a sort may hold at once (a range of whole sessions; one session bigger than this
 # is its own range).
-_RANGE_ROWS = 256 * 1024
+_RANGE_ROWS = 64 * 1024
 
 
 def _segments(con: duckdb.DuckDBPyConnection, final: sql.FinalQuery) -> list[tuple[str, list[Any]]]:
