@@ -201,7 +201,9 @@ def merge_shards(
     for name, final in queries.items():
         spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
         segments = _segments(con, final)
-        count = sum(_scalar(con, f"SELECT count(*) FROM ({q})", params) for q, params in segments)
+        # A base table's rows are the output rows (the final joins only add columns).
+        counted = final.base or f"({final.sql.format(where='TRUE')})"
+        count = _scalar(con, f"SELECT count(*) FROM {counted}")
         tables[name] = _stream(con, segments, spec, passthrough.get(name), count, closer, files)
     rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
     quarantine = queries["quarantine"].sql.format(where="TRUE")
@@ -261,8 +263,8 @@ def _create(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | pa.Recor
     con.unregister("incoming")
 
 
-def _scalar(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> int:
-    rows = con.execute(query, params or []).fetchall()
+def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
+    rows = con.execute(query).fetchall()
     return int(rows[0][0]) if rows else 0
 
 
