@@ -131,3 +131,16 @@ def test_changed_file_is_reparsed(corpora: Path, tmp_path: Path) -> None:
     assert again.receipt.filtered["blank_line"] >= 1
     fresh = collect(tmp_path / "fresh", [("codex", src)])
     assert again.digests == fresh.digests
+
+
+def test_merge_spill_folders_do_not_outlive_their_process(corpora: Path, tmp_path: Path) -> None:
+    """A killed run leaves its DuckDB spill folder behind: the next run removes it, and
+    removes its own once the tables are written."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    spill = tmp_path / "lake" / "data" / "cache" / "collect" / "spill"
+    stale = spill / finished.stdout.strip()
+    stale.mkdir(parents=True)
+    (stale / "duckdb_temp_block.tmp").write_bytes(b"x" * 100)
+    collect(tmp_path / "lake", [("claude-code", corpora / "cc")])
+    assert [p.name for p in spill.iterdir()] == []

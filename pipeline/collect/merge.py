@@ -14,6 +14,7 @@ tables stream into the lake. The SQL itself is in ``merge_sql``.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -70,8 +71,29 @@ class _Passthrough:
     spans: list[tuple[str, int, int]]  # (container, first row, rows)
 
 
-def _connect(spill: Path) -> duckdb.DuckDBPyConnection:
+def _spill_dir(spill: Path) -> Path:
+    """This process's own spill folder; folders left by dead processes (a killed run)
+    are removed, live ones (a concurrent run on the same root) are left alone."""
     spill.mkdir(parents=True, exist_ok=True)
+    for folder in spill.iterdir():
+        if folder.name.isdigit() and not _alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+    mine = spill / str(os.getpid())
+    mine.mkdir(exist_ok=True)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _connect(spill: Path) -> duckdb.DuckDBPyConnection:
     limit = os.environ.get("TRACELAKE_MERGE_MEMORY") or MEMORY_LIMIT
     con = duckdb.connect(config={"threads": 2, "memory_limit": limit,
                                  "temp_directory": str(spill)})
@@ -169,6 +191,7 @@ def merge_shards(
 ) -> Merged:
     """``members`` (container, row ranges) in display-path order; ``shard_lines`` = the
     per-file line tallies summed; ``spill`` = where DuckDB may spill."""
+    spill = _spill_dir(spill)
     con = _connect(spill)
     passthrough = _load(con, shard_dir, members)
     paths = [m["source_file"] for m in members]
@@ -196,7 +219,7 @@ def merge_shards(
     # come first, for the receipt.
     tables: dict[str, pa.Table | TableStream] = {}
     queries = sql.final_queries()
-    closer = _Closer(con, len(queries))
+    closer = _Closer(con, len(queries), spill)
     files = pa.array(paths, pa.large_string())
     for name, final in queries.items():
         spec = QUARANTINE if name == "quarantine" else COLLECT_TABLES[name]
@@ -362,8 +385,8 @@ class _Closer:
     """Closes the merge database once every stream has been read: its threads must not
     outlive the stage (a later ``fork`` would copy a process with them mid-flight)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, streams: int) -> None:
-        self.con, self.left = con, streams
+    def __init__(self, con: duckdb.DuckDBPyConnection, streams: int, spill: Path) -> None:
+        self.con, self.left, self.spill = con, streams, spill
         self.lock = threading.Lock()  # streams end in the runner's writer threads
 
     def done(self) -> None:
@@ -371,6 +394,7 @@ class _Closer:
             self.left -= 1
             if self.left == 0:
                 self.con.close()
+                shutil.rmtree(self.spill, ignore_errors=True)
 
 
 def _stream(
