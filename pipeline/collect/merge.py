@@ -54,8 +54,7 @@ _STREAM_ROWS = 2048
 
 @dataclass
 class Merged:
-    tables: dict[str, pa.Table | TableStream]
-    rows: dict[str, int]
+    tables: dict[str, TableStream]
     lines: Counter[str]
     set_aside: dict[str, int]
     redactions: Counter[str] = field(default_factory=Counter)
@@ -106,7 +105,7 @@ def _connect(spill: Path) -> duckdb.DuckDBPyConnection:
 
 def _prompt_digests(sessions: pa.Array, numbers: pa.Array) -> pa.Array:
     """prompt_id = digest of (session, prompt_number): positional, so a repeated "ok"
-    stays two prompts (the same digest export code derives)."""
+    stays two prompts."""
     ids = [digest_json([s, n]) for s, n in zip(sessions.to_pylist(), numbers.to_pylist(), strict=True)]
     return pa.array(ids, pa.string())
 
@@ -141,20 +140,19 @@ def _load(con: duckdb.DuckDBPyConnection, shard_dir: Path, members: list[dict[st
     for name in SHARD_SCHEMAS:
         by_container = _containers(members, name)
         schema = _light_schema(name)
-        spans: list[tuple[str, int, int]] = []
-        for container, files in by_container.items():
-            spans.append((container, 0, max(start + rows for _, start, rows in files)))
+        # A container's rows up to its last current file's (``_row`` counts these).
+        sizes = {c: max(start + rows for _, start, rows in files) for c, files in by_container.items()}
         if name in PASSTHROUGH_COLUMNS:
-            passthrough[name] = _Passthrough(name, shard_dir, spans)
+            passthrough[name] = _Passthrough(name, shard_dir, [(c, 0, n) for c, n in sizes.items()])
 
         def batches(by_container: dict[str, list[tuple[int, int, int]]] = by_container,
-                    name: str = name, schema: pa.Schema = schema) -> Iterator[pa.RecordBatch]:
+                    sizes: dict[str, int] = sizes, name: str = name,
+                    schema: pa.Schema = schema) -> Iterator[pa.RecordBatch]:
             base = 0
             for container, files in by_container.items():
                 path = container_path(shard_dir, container)
-                table = read_container(path, names=[name], mapped=True)[0][name]
-                size = max(start + rows for _, start, rows in files)
-                table = table.slice(0, size)
+                size = sizes[container]
+                table = read_container(path, names=[name], mapped=True)[0][name].slice(0, size)
                 table = table.append_column("_file", _numpy_array(_file_index(files, size), pa.int32()))
                 table = table.append_column(
                     "_row", _numpy_array(np.arange(base, base + size, dtype=np.int64), pa.int64())
@@ -217,7 +215,7 @@ def merge_shards(
 
     # Every table streams out (nothing of the corpus's size is held here); row counts
     # come first, for the receipt.
-    tables: dict[str, pa.Table | TableStream] = {}
+    tables: dict[str, TableStream] = {}
     queries = sql.final_queries()
     closer = _Closer(con, len(queries), spill)
     files = pa.array(paths, pa.large_string())
@@ -228,11 +226,10 @@ def merge_shards(
         counted = final.base or f"({final.sql.format(where='TRUE')})"
         count = _scalar(con, f"SELECT count(*) FROM {counted}")
         tables[name] = _stream(con, segments, spec, passthrough.get(name), count, closer, files)
-    rows = {n: t.rows if isinstance(t, TableStream) else t.num_rows for n, t in tables.items()}
     quarantine = queries["quarantine"].sql.format(where="TRUE")
     reasons = con.execute(f"SELECT reason, count(*) FROM ({quarantine}) GROUP BY ALL").fetchall()
     set_aside = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
-    return Merged(tables=tables, rows=rows, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
+    return Merged(tables=tables, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
 
 
 # Rows a sort may hold at once (a range of whole sessions; one session bigger than this

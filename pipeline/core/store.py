@@ -103,15 +103,19 @@ def atomic_path(target: Path, mode: int | None = None, durable: bool = True) -> 
     tmp = Path(tmp_name)
     try:
         yield tmp
-        if durable:
-            with tmp.open("rb") as handle:
-                os.fsync(handle.fileno())
-        # mkstemp creates 0600; published files follow the umask unless a mode is asked for.
-        tmp.chmod(mode if mode is not None else 0o666 & ~_UMASK)
-        os.replace(tmp, target)
+        _publish(tmp, target, mode, durable)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _publish(tmp: Path, target: Path, mode: int | None = None, durable: bool = True) -> None:
+    if durable:
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+    # mkstemp creates 0600; published files follow the umask unless a mode is asked for.
+    tmp.chmod(mode if mode is not None else 0o666 & ~_UMASK)
+    os.replace(tmp, target)
 
 
 def atomic_write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
@@ -308,10 +312,7 @@ def put_stream(
         path = layout.object_path(digest)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("rb") as handle:
-                os.fsync(handle.fileno())
-            tmp.chmod(0o666 & ~_UMASK)
-            os.replace(tmp, path)
+            _publish(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from pipeline.core.hashing import digest_json
 from pipeline.core.stage import ExportContext, StageContext
 from schemas.records import QUARANTINE
 from schemas.tables import TableSpec, from_rows
@@ -21,11 +20,6 @@ SCORER_VERSION = "1.0.0"
 
 # Category order: higher is better. Preference pairs need a strict improvement.
 CATEGORY_RANK = {"rejected": 0, "needs_human_review": 1, "partially_accepted": 2, "accepted": 3}
-
-
-def task_id_for(session_id: str, prompt_number: int) -> str:
-    """Positional task identity; equal to collect's prompts.prompt_id by construction."""
-    return digest_json([session_id, prompt_number])
 
 
 def row_id(*parts: str) -> str:

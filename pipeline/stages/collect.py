@@ -257,7 +257,7 @@ def run(ctx: StageContext) -> StageResult:
             "repairs": dict(sorted(repairs.items())),
             "redactions": dict(sorted(redactions.items())),
             "set_aside": merged.set_aside,
-            "rows": dict(sorted(merged.rows.items())),
+            "rows": {name: table.rows for name, table in sorted(merged.tables.items())},
         },
     )
 
