@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import random
 import re
 import time
@@ -512,3 +513,30 @@ def test_common_home_records_fold_on_their_json() -> None:
     assert folded is not None
     assert folded[0] == walked._walk(record)
     assert screened.counts == walked.counts == {HOME_KIND: 4}
+
+
+# Characters that fold to ASCII letters, spliced into key names the detectors lowercase.
+_FOLDING = st.sampled_from(["\u212a", "\u017f", "\u0130", "\u0131", "\ufb01", "\u00df", "\u1e9e"])
+_FOLDED_KEYS = st.tuples(
+    st.sampled_from(["key", "pass", "secret", "token", "bearer ", "authorization: "]),
+    st.integers(0, 5), _FOLDING, _VALUE,
+).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1 :] + "=" + t[3])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_JSON_PIECES, _FOLDED_KEYS, st.text(max_size=40)))
+def test_the_hyperscan_screen_fires_wherever_re2_does(text: str) -> None:
+    """The fast screen may only add "maybe"s: where RE2's screen or a detector fires on
+    a string (text or JSON form), Hyperscan's must too."""
+    from pipeline.collect.redact import _Screen
+
+    redactor = Redactor(home_dirs=["/srv/alice"])
+    for screen, data in ((redactor._screen, text), (redactor._json_screen, orjson.dumps(text).decode())):
+        if platform.machine() == "x86_64":  # the platforms with a hyperscan wheel
+            assert screen.engine == "hyperscan"
+        pattern = screen._compiled.pattern
+        reference = _Screen.__new__(_Screen)
+        reference.__dict__.update(screen.__dict__, _database=None, engine="re2")
+        encoded = data.encode("utf-8", "surrogatepass")
+        if reference.hit_bytes(encoded) or (screen is redactor._screen and find_secrets(text)):
+            assert screen.hit_bytes(encoded), (pattern[:40], repr(text))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ from typing import Any
 
 import orjson
 import re2
+
+try:  # optional: a faster screen where its wheel exists
+    import hyperscan as _hyperscan
+except ImportError:  # pragma: no cover - depends on the platform
+    _hyperscan = None
 
 __all__ = ["KINDS", "HOME_KIND", "Redactor", "find_secrets", "placeholder"]
 
@@ -522,10 +528,40 @@ def _re2_may_match(texts: Sequence[str | None], pattern: str) -> list[bool]:
     return [bool(v) for v in mask.to_pylist()]
 
 
+# Non-ASCII characters that case-fold or lowercase to ASCII letters (the Kelvin sign, the
+# long s, dotted capital I, ligatures...): a case-insensitive detector may match them
+# where a byte-level ASCII scan would not, so the Hyperscan screen fires on any of them.
+_ASCII_FOLDING = tuple(
+    chr(c) for c in range(128, 0x10000)
+    if any(ord(x) < 128 and x.isalpha() for x in chr(c).lower() + chr(c).upper() + chr(c).casefold())
+)
+
+
 class _Screen:
-    """One compiled RE2 search that only answers "may match" (no captures, no positions)."""
+    """One compiled search that only answers "may match" (no captures, no positions).
+
+    Hyperscan (a SIMD multi-pattern matcher, ~2x RE2 here: 0.11 s against 0.23 s for
+    64 MB of record JSON in 98K calls) when its wheel is installed, compiled in
+    prefilter mode: it may fire where the pattern would not, never the other way. It
+    works on bytes without Unicode case folding, so any character that folds to ASCII
+    fires it too. RE2 otherwise, or for a pattern Hyperscan refuses.
+    """
 
     def __init__(self, pattern: str) -> None:
+        self.engine = "re2"
+        self._database: Any = None
+        self._local = threading.local()
+        if _hyperscan is not None:
+            try:
+                folding = "|".join(re.escape(c) for c in _ASCII_FOLDING)
+                database = _hyperscan.Database()
+                database.compile(
+                    expressions=[f"{pattern}|{folding}".encode()],
+                    flags=[_hyperscan.HS_FLAG_SINGLEMATCH | _hyperscan.HS_FLAG_PREFILTER],
+                )
+                self._database, self.engine = database, "hyperscan"
+            except _hyperscan.error:
+                self._database = None
         options = re2.Options()
         options.max_mem = 64 << 20  # room for the union's DFA; RE2 falls back to its NFA, never to "no"
         options.log_errors = False
@@ -547,10 +583,24 @@ class _Screen:
         return self.hit_bytes(data)
 
     def hit_bytes(self, data: bytes) -> bool:
+        if self._database is not None:
+            scratch = getattr(self._local, "scratch", None)
+            if scratch is None:  # Hyperscan scratch space is per thread
+                scratch = self._local.scratch = _hyperscan.Scratch(self._database)
+            try:
+                self._database.scan(data, match_event_handler=_stop, scratch=scratch)
+            except _hyperscan.ScanTerminated:
+                return True
+            return False
         if self._regexp is None:
             return self._compiled.search(data) is not None
         spans = self._regexp.Match(self._unanchored, data, 0, len(data))
         return bool(spans[0][0] >= 0)
+
+
+def _stop(*_args: Any) -> bool:
+    """Hyperscan match callback: the first match answers the question."""
+    return True
 
 
 _SECRET_SCREEN = _Screen(_SECRET_RE2)
