@@ -119,6 +119,29 @@ def test_incremental_equals_from_scratch(corpora: Path, tmp_path: Path) -> None:
     assert after.receipt.filtered == fresh.receipt.filtered
 
 
+def test_torn_and_foreign_containers_are_parsed_again(corpora: Path, tmp_path: Path) -> None:
+    """A shard container cut short (a crash mid-copy, a full disk) or a stray file in the
+    cache is never read as rows: its files are parsed again, and the tables are those
+    of a fresh run."""
+    src = tmp_path / "src"
+    shutil.copytree(corpora / "cx", src)
+    lake = tmp_path / "lake"
+    first = collect(lake, [("codex", src)], workers=2)
+    containers = sorted((lake / "data" / "cache" / "collect" / "shards" / "batches").glob("*.batch"))
+    assert len(containers) >= 2
+    torn = containers[0]
+    torn.write_bytes(torn.read_bytes()[:-5])
+    (torn.parent / "stray.batch").write_bytes(b"not a container")
+    victim = sorted(src.rglob("*.jsonl"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\n")  # so the stage runs again
+    again = collect(lake, [("codex", src)], workers=2)
+    files = again.receipt.stats["files"]
+    assert files["parsed"] > 1 and files["cached"] > 0
+    assert files["parsed"] + files["cached"] == first.receipt.stats["files"]["parsed"]
+    fresh = collect(tmp_path / "fresh", [("codex", src)])
+    assert again.digests == fresh.digests
+
+
 def test_changed_file_is_reparsed(corpora: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(corpora / "cx", src)

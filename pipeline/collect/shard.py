@@ -32,7 +32,7 @@ from pipeline.core.hashing import digest_json, xxh3_128_file
 from pipeline.core.store import atomic_path
 
 STAGE_NAME = "collect"
-PARSER_VERSION = "6"  # bump when shard contents change for the same input bytes
+PARSER_VERSION = "7"  # bump when shard contents change for the same input bytes
 _STR = pa.large_string()
 _INT = pa.int64()
 _BOOL = pa.bool_()
@@ -424,38 +424,44 @@ def split_passthrough(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
     return out
 
 
-# A shard is one file: an 8-byte header length, a JSON header (stats and the byte range
-# of each table) and one Arrow IPC stream per table. One file instead of one Parquet
-# file per table keeps a corpus of thousands of small sessions from being I/O bound.
+# A container is one file: one Arrow IPC stream per table, then a JSON header (stats and
+# the byte range of each table), its length (8 bytes) and a magic tag. One file instead
+# of one Parquet file per table keeps a corpus of thousands of small sessions from being
+# I/O bound; the header goes last so the streams are written straight to the file
+# (assembling them in memory first cost 3x the write: 0.07 s against 0.02 s for 50 MB).
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # lz4 costs 3x the write time here
+_MAGIC = b"TLSHARD1"
+_TRAILER = 8 + len(_MAGIC)
 
 
 def write_container(target: Path, tables: dict[str, pa.Table], members: dict[str, Any]) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a shard."""
-    blobs: list[pa.Buffer] = []
     ranges: dict[str, list[int]] = {}
-    offset = 0
-    for name, table in tables.items():
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
-            writer.write_table(table)
-        blob = sink.getvalue()  # written as is: no copy into Python bytes
-        ranges[name] = [offset, blob.size]
-        offset += blob.size
-        blobs.append(blob)
-    header = orjson.dumps({"members": members, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
-    with atomic_path(target, durable=False) as tmp, tmp.open("wb") as handle:
-        handle.write(len(header).to_bytes(8, "little"))
-        handle.write(header)
-        for blob in blobs:
-            handle.write(blob)
+    with atomic_path(target, durable=False) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+        for name, table in tables.items():
+            start = sink.tell()
+            with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+                writer.write_table(table)
+            ranges[name] = [start, sink.tell() - start]
+        header = orjson.dumps({"members": members, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
+        sink.write(header)
+        sink.write(len(header).to_bytes(8, "little") + _MAGIC)
 
 
 def read_header(path: Path) -> tuple[int, dict[str, Any]]:
-    """(offset of the first table, header) of one container."""
+    """(offset of the first table, header) of one container; ValueError if it is not one
+    (torn, foreign, or of an older layout)."""
     with path.open("rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        return 8 + size, orjson.loads(handle.read(size))
+        end = handle.seek(0, 2)
+        if end < _TRAILER:
+            raise ValueError(f"{path}: too short for a shard container")
+        handle.seek(end - _TRAILER)
+        trailer = handle.read(_TRAILER)
+        size = int.from_bytes(trailer[:8], "little")
+        if trailer[8:] != _MAGIC or size > end - _TRAILER:
+            raise ValueError(f"{path}: not a shard container")
+        handle.seek(end - _TRAILER - size)
+        return 0, orjson.loads(handle.read(size))
 
 
 def read_mapped(path: Path, base: int, header: dict[str, Any], name: str) -> pa.Table:
