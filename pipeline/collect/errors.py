@@ -51,6 +51,7 @@ _ANY_KIND = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in ERROR
 # every non-ASCII character ``re`` folds onto an ASCII letter except the Turkish dotted
 # and dotless i, so samples holding those go to ``re``.
 _ANY_KIND_SCREEN = _Screen(f"(?i:{_ANY_KIND.pattern})")
+prepare_screen = _ANY_KIND_SCREEN.prepare
 _TURKISH_I = ("\u0130", "\u0131")
 _SCAN_CHARS = 4096
 _EXIT_CODE = re.compile(r"(?:^|\n)\s*(?:Exit code:|Process exited with code)\s*(-?\d+)")

@@ -24,8 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.collect.errors import prepare_screen as prepare_error_screen
 from pipeline.collect.merge import merge_shards
-from pipeline.collect.redact import Redactor
+from pipeline.collect.redact import prepare_screens
 from pipeline.collect.shard import (
     CollectSettings,
     ShardTask,
@@ -151,7 +152,8 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
         finished = 0
         # Compile the redaction screens here, once: forked workers inherit them (each
         # worker compiling its own cost ~0.1 s of its time).
-        Redactor(fold_home=pending[0].settings.fold_home)
+        prepare_screens(pending[0].settings.fold_home)
+        prepare_error_screen()
         # Freeze the parent's objects out of the cyclic GC before forking: otherwise the
         # children's collections touch (and so copy) every inherited page.
         gc.collect()
