@@ -108,7 +108,8 @@ def _per_file(root: Path, kind: str) -> tuple[dict[str, pl.DataFrame], Counter[s
         shard = Shard(kind, path.as_posix(), SETTINGS)
         parse_into(shard, path, orjson.loads(meta.read_bytes()) if meta else None)
         for name, table in shard.tables().items():
-            frames.setdefault(name, []).append(pl.from_arrow(table))  # type: ignore[arg-type]
+            frame = pl.from_arrow(table).with_columns(source_file=pl.lit(path.as_posix()))  # type: ignore[union-attr]
+            frames.setdefault(name, []).append(frame)
         lines.update(shard.lines)
     return {k: pl.concat(v) for k, v in frames.items()}, lines
 

@@ -333,7 +333,7 @@ class ClaudeFile:
         if not text or text.startswith(PROMPT_WRAPPERS) or text.startswith(INTERRUPT_PREFIX):
             return
         self.shard.add("prompts", session_id=session_id, text=text, timestamp=row.timestamp,
-                       message_id=message_id, source_file=self.shard.source_file, line_no=line_no)
+                       message_id=message_id, line_no=line_no)
         self.current_prompt[session_id] = line_no
         row.prompt_line = line_no
 
@@ -380,7 +380,7 @@ class ClaudeFile:
 
     def _emit_calls(self) -> None:
         shard, limit = self.shard, self.settings.max_result_bytes
-        rows, source_file = shard.rows["tool_calls"], shard.source_file
+        rows = shard.rows["tool_calls"]
         for call in self.calls.values():
             result = self.results.pop(call.tool_use_id, None)
             text: str | None = None
@@ -395,7 +395,7 @@ class ClaudeFile:
                 message.session_id, call.tool_use_id, message.message_id, call.subindex, call.name,
                 call.input_json, call.input_cut, result is not None, is_error, text, cut,
                 error_kind(is_error, result.text if result is not None else None), None,
-                message.is_sidechain, call.timestamp, source_file, call.line_no, call.prompt_line,
+                message.is_sidechain, call.timestamp, call.line_no, call.prompt_line,
                 result.agent_id if result is not None else None, call.spawn_digest,
             ))
         for tool_use_id, result in self.results.items():
@@ -420,7 +420,7 @@ class ClaudeFile:
 
     def _emit_messages(self) -> None:
         shard, limit, resolve = self.shard, self.settings.max_content_bytes, self._resolve
-        rows, source_file = shard.rows["messages"], shard.source_file
+        rows = shard.rows["messages"]
         for m in self.message_order:
             texts = [t for t in m.texts if t]
             thinking = [t for t in m.thinkings if t] if m.thinkings else None
@@ -428,7 +428,7 @@ class ClaudeFile:
                 m.session_id, m.message_id, resolve(m.parent_uuid, m.message_id), m.role,
                 "\n".join(texts) if texts else None, "\n".join(thinking) if thinking else None,
                 joined_json(m.json_parts, m.blocks, limit), m.timestamp, m.is_sidechain, m.is_meta,
-                m.is_compact_summary, m.model, source_file, m.line_no, m.prompt_line,
+                m.is_compact_summary, m.model, m.line_no, m.prompt_line,
             ))
 
     def _emit_branches(self) -> None:
@@ -455,8 +455,7 @@ class ClaudeFile:
             last = len(distinct) - 1
             for rank, child in enumerate(distinct):
                 self.shard.add("branches", session_id=session_id, parent_message_id=parent_message,
-                               child_message_id=child, kind=kind, child_rank=rank, is_active=rank == last,
-                               source_file=self.shard.source_file)
+                               child_message_id=child, kind=kind, child_rank=rank, is_active=rank == last)
 
     def _emit_sessions(self) -> None:
         shard, redact = self.shard, self.redactor.redact
@@ -467,7 +466,7 @@ class ClaudeFile:
                 title = redact(title.removeprefix("\x00custom:"))
             shard.add(
                 "sessions", session_id=session_id, source_kind="claude-code",
-                source_file=shard.source_file, agent_version=info.version,
+                agent_version=info.version,
                 cwd=redact(info.cwd) if info.cwd is not None else None,
                 git_branch=redact(info.git_branch) if info.git_branch is not None else None,
                 model=info.model, title=title if not info.is_sidechain_file else None,

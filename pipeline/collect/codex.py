@@ -292,7 +292,7 @@ class CodexFile:
 
         for p in prompts:
             shard.add("prompts", session_id=sid, text=p.text, timestamp=p.timestamp,
-                      message_id=p.message_id, source_file=shard.source_file, line_no=p.line_no)
+                      message_id=p.message_id, line_no=p.line_no)
         limit = self.settings.max_result_bytes
         for call in self.calls.values():
             found = self.results.pop(call.call_id, None)
@@ -307,7 +307,7 @@ class CodexFile:
                 has_result=found is not None, is_error=is_error, result_text=text,
                 result_truncated_bytes=cut, error_kind=error_kind(is_error, full), exit_code=code,
                 is_sidechain=self.parent_thread is not None, timestamp=call.timestamp,
-                source_file=shard.source_file, line_no=call.line_no,
+                line_no=call.line_no,
                 _prompt_line=prompt_line(call.line_no), _agent_id=None, _spawn_digest=None,
             )
         for call_id, (_output, line_no) in self.results.items():
@@ -324,13 +324,13 @@ class CodexFile:
                 thinking="\n".join(thinking) if thinking else None,
                 content_json=capped_dumps(m.blocks, content_limit), timestamp=m.timestamp,
                 is_sidechain=self.parent_thread is not None, is_meta=m.is_meta,
-                is_compact_summary=False, model=m.model, source_file=shard.source_file,
+                is_compact_summary=False, model=m.model,
                 line_no=m.line_no, _prompt_line=prompt_line(m.line_no),
             )
             previous = m.message_id
         redact = self.redactor.redact
         shard.add(
-            "sessions", session_id=sid, source_kind="codex", source_file=shard.source_file,
+            "sessions", session_id=sid, source_kind="codex",
             agent_version=self.version, cwd=redact(self.cwd) if self.cwd else self.cwd,
             git_branch=redact(self.git_branch) if self.git_branch else self.git_branch,
             model=self.model, title=None, started_at=self.first_ts, ended_at=self.last_ts,

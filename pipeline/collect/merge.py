@@ -111,7 +111,7 @@ def _prompt_digests(sessions: pa.Array, numbers: pa.Array) -> pa.Array:
 
 
 def _light_schema(name: str) -> pa.Schema:
-    skip = (*PASSTHROUGH_COLUMNS.get(name, ()), "source_file")
+    skip = PASSTHROUGH_COLUMNS.get(name, ())
     fields = [f for f in SHARD_SCHEMAS[name] if f.name not in skip]
     return pa.schema([*fields, ("_file", pa.int32()), ("_row", pa.int64())])
 

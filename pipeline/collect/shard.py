@@ -32,7 +32,7 @@ from pipeline.core.hashing import digest_json, xxh3_128_file
 from pipeline.core.store import atomic_path
 
 STAGE_NAME = "collect"
-PARSER_VERSION = "7"  # bump when shard contents change for the same input bytes
+PARSER_VERSION = "8"  # bump when shard contents change for the same input bytes
 _STR = pa.large_string()
 _INT = pa.int64()
 _BOOL = pa.bool_()
@@ -40,7 +40,7 @@ _BOOL = pa.bool_()
 SHARD_SCHEMAS: dict[str, pa.Schema] = {
     "sessions": pa.schema(
         [
-            ("session_id", _STR), ("source_kind", _STR), ("source_file", _STR),
+            ("session_id", _STR), ("source_kind", _STR),
             ("agent_version", _STR), ("cwd", _STR), ("git_branch", _STR), ("model", _STR),
             ("title", _STR), ("started_at", _STR), ("ended_at", _STR), ("is_subagent", _BOOL),
             ("agent_id", _STR), ("_root_session_id", _STR), ("_meta_tool_use_id", _STR),
@@ -52,7 +52,7 @@ SHARD_SCHEMAS: dict[str, pa.Schema] = {
             ("session_id", _STR), ("message_id", _STR), ("parent_id", _STR), ("role", _STR),
             ("text", _STR), ("thinking", _STR), ("content_json", _STR), ("timestamp", _STR),
             ("is_sidechain", _BOOL), ("is_meta", _BOOL), ("is_compact_summary", _BOOL),
-            ("model", _STR), ("source_file", _STR), ("line_no", _INT), ("_prompt_line", _INT),
+            ("model", _STR), ("line_no", _INT), ("_prompt_line", _INT),
         ]
     ),
     "tool_calls": pa.schema(
@@ -62,32 +62,32 @@ SHARD_SCHEMAS: dict[str, pa.Schema] = {
             ("input_truncated_bytes", _INT), ("has_result", _BOOL), ("is_error", _BOOL),
             ("result_text", _STR), ("result_truncated_bytes", _INT), ("error_kind", _STR),
             ("exit_code", _INT), ("is_sidechain", _BOOL), ("timestamp", _STR),
-            ("source_file", _STR), ("line_no", _INT), ("_prompt_line", _INT),
+            ("line_no", _INT), ("_prompt_line", _INT),
             ("_agent_id", _STR), ("_spawn_digest", _STR),
         ]
     ),
     "prompts": pa.schema(
         [
             ("session_id", _STR), ("text", _STR), ("timestamp", _STR), ("message_id", _STR),
-            ("source_file", _STR), ("line_no", _INT),
+            ("line_no", _INT),
         ]
     ),
     "branches": pa.schema(
         [
             ("session_id", _STR), ("parent_message_id", _STR), ("child_message_id", _STR),
-            ("kind", _STR), ("child_rank", _INT), ("is_active", _BOOL), ("source_file", _STR),
+            ("kind", _STR), ("child_rank", _INT), ("is_active", _BOOL),
         ]
     ),
     "quarantine": pa.schema(
         [
-            ("stage", _STR), ("source_file", _STR), ("line_no", _INT), ("record_id", _STR),
+            ("stage", _STR), ("line_no", _INT), ("record_id", _STR),
             ("session_id", _STR), ("reason", _STR), ("detail", _STR),
         ]
     ),
     # One row per mapped or counted line: the cross-file duplicate check runs on these.
     "lines": pa.schema(
         [
-            ("source_file", _STR), ("line_no", _INT), ("key", _STR), ("chash", pa.uint64()),
+            ("line_no", _INT), ("key", _STR), ("chash", pa.uint64()),
             ("outcome", _STR), ("session_id", _STR), ("_k1", pa.uint64()), ("_k2", pa.uint64()),
         ]
     ),
@@ -172,7 +172,7 @@ class Shard:
         """
         hashed = _key_hash(key.encode("utf-8", "surrogatepass"))
         self._line_rows.append(
-            (self.source_file, line_no, key, chash, outcome, session_id, hashed >> 64, hashed & _LOW_64)
+            (line_no, key, chash, outcome, session_id, hashed >> 64, hashed & _LOW_64)
         )
 
     def last_quarantine_reason(self) -> str:
@@ -192,7 +192,7 @@ class Shard:
         if detail is not None:
             detail = self.redactor.redact(detail[:_DETAIL_CHARS])
         self.add(
-            "quarantine", stage=STAGE_NAME, source_file=self.source_file, line_no=line_no,
+            "quarantine", stage=STAGE_NAME, line_no=line_no,
             record_id=record_id, session_id=session_id, reason=reason, detail=detail,
         )
 
