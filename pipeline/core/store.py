@@ -15,9 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Full, Queue
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -288,6 +291,54 @@ def put_table(
     return _ref(layout, name, digest, table.num_rows, path)
 
 
+_T = TypeVar("_T")
+_DONE = object()
+
+
+def prefetched(items: Iterable[_T], depth: int = 2) -> Iterator[_T]:
+    """``items``, produced up to ``depth`` ahead in a thread of their own.
+
+    A stream's batches come out of queries and gathers while the writer hashes and
+    encodes the previous ones; both release the GIL, so the two overlap instead of
+    taking turns (the biggest collect table is otherwise one thread's work). An error
+    in the producer is raised here; a consumer that stops early stops the producer.
+    """
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((_DONE, None))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            queue.put((_DONE, error))
+
+    producer = threading.Thread(target=produce, name="tracelake-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.1)
+        producer.join()
+
+
 def put_stream(
     layout: LakeLayout,
     name: str,
@@ -304,7 +355,7 @@ def put_stream(
     tmp = Path(tmp_name)
     try:
         writer = _GroupWriter(tmp, schema, sort_keys)
-        for batch in stream.batches:
+        for batch in prefetched(stream.batches):
             writer.add(batch)
         digest, rows = writer.close(metadata)
         if rows != stream.rows:

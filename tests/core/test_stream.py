@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -84,3 +85,42 @@ def test_a_stream_must_deliver_the_rows_it_announced(tmp_path: Path) -> None:
     with pytest.raises(TracelakeError, match="announced"):
         put_stream(layout, "t", SCHEMA, ("k",), TableStream(SCHEMA, [_table(4)], 5))
     assert not any(p.is_file() for p in layout.objects.rglob("*"))
+
+
+def test_prefetched_keeps_order_and_reraises_the_producers_error() -> None:
+    from pipeline.core.store import prefetched
+
+    assert list(prefetched(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("broken batch")
+
+    got = []
+    with pytest.raises(ValueError, match="broken batch"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetched_stops_its_producer_when_the_consumer_stops() -> None:
+    """A writer that fails mid-stream must not leave a thread blocked on a full queue."""
+    import threading
+
+    from pipeline.core.store import prefetched
+
+    produced: list[int] = []
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    before = threading.active_count()
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    assert threading.active_count() == before
+    assert len(produced) <= 5 + 2 + 2  # what was taken, what the queue held, one in flight
