@@ -19,6 +19,7 @@ from pipeline.collect.content import (
     dumps,
     joined_json,
     result_text,
+    str_field,
     strip_blobs,
     text_digest,
 )
@@ -131,14 +132,15 @@ class ClaudeFile:
 
     def feed(self, line_no: int, obj: dict[str, Any]) -> tuple[str | None, str | None]:
         """Map or count one record; returns (line outcome, session id) or (None, None)."""
-        kind = obj.get("type")
+        raw_kind = obj.get("type")
+        kind = raw_kind if isinstance(raw_kind, str) else None
         uuid = obj.get("uuid")
         if not isinstance(uuid, str):
             uuid = None
         parent = obj.get("parentUuid")
         if not isinstance(parent, str):
             parent = None
-        if kind == "assistant" or kind == "user" or (kind == "system" and obj.get("subtype") in MAPPED_SYSTEM_SUBTYPES):
+        if kind == "assistant" or kind == "user" or (kind == "system" and str_field(obj, "subtype") in MAPPED_SYSTEM_SUBTYPES):
             session_id = self._session(obj)
             if session_id is None:
                 self.shard.quarantine(line_no, "missing_session_id", f"{kind} record without sessionId",
@@ -174,7 +176,7 @@ class ClaudeFile:
         if kind in COUNTED_TYPES:
             self._title(obj, kind)
             return f"counted:{kind}", self._session(obj, register=False)
-        shown = kind[:40] if isinstance(kind, str) else repr(kind)[:40]
+        shown = kind[:40] if kind is not None else repr(raw_kind)[:40]
         self.shard.quarantine(line_no, "unknown_entry_type", f"type={shown}", record_id=uuid)
         return None, None
 

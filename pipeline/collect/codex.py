@@ -16,7 +16,14 @@ from typing import Any
 
 import orjson
 
-from pipeline.collect.content import capped_dumps, cut_text, dumps, result_text, strip_blobs
+from pipeline.collect.content import (
+    capped_dumps,
+    cut_text,
+    dumps,
+    result_text,
+    str_field,
+    strip_blobs,
+)
 from pipeline.collect.errors import codex_exit_code, codex_is_error, error_kind
 from pipeline.collect.shard import Shard
 
@@ -85,7 +92,7 @@ class CodexFile:
         self.item_users: list[_Message] = []
 
     def feed(self, line_no: int, obj: dict[str, Any]) -> tuple[str | None, str | None]:
-        kind = obj.get("type")
+        kind = str_field(obj, "type")
         payload = obj.get("payload")
         if payload is None and kind in ITEM_TYPES:  # pre-2025 flat rollouts
             payload, kind = obj, "response_item"
@@ -103,8 +110,8 @@ class CodexFile:
             if not isinstance(payload, dict):
                 self.shard.quarantine(line_no, "invalid_record", f"{kind} without a payload object")
                 return None, None
-            item = payload.get("type")
-            label = item[:40] if isinstance(item, str) else "none"
+            item = str_field(payload, "type")
+            label = item[:40] if item is not None else "none"
             mapped = (kind == "response_item" and item in ITEM_TYPES) or (
                 kind == "event_msg" and item == "user_message"
             )

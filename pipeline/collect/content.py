@@ -18,6 +18,14 @@ _BLOB_TYPES = frozenset({"image", "document"})
 _DATA_URL_MIN = 256
 
 
+def str_field(record: dict[str, Any], key: str) -> str | None:
+    """A field that should be a string, or None when it is anything else: logs of
+    unseen versions put lists and objects where names were, and those must not reach
+    a set lookup (unhashable) or a column of strings."""
+    value = record.get(key)
+    return value if isinstance(value, str) else None
+
+
 def _placeholder(media_type: object, size: int) -> str:
     return f"[{media_type or 'binary'} base64 omitted: {size} chars]"
 
@@ -47,7 +55,7 @@ def strip_blobs(blocks: list[Any]) -> list[Any]:
     """
     for block in blocks:
         if isinstance(block, dict):
-            kind = block.get("type")
+            kind = str_field(block, "type")
             if kind in _STRIPPED_TYPES or (kind == "tool_result" and isinstance(block.get("content"), list)):
                 break
     else:
@@ -55,7 +63,7 @@ def strip_blobs(blocks: list[Any]) -> list[Any]:
     out: list[Any] = []
     for block in blocks:
         if isinstance(block, dict):
-            kind = block.get("type")
+            kind = str_field(block, "type")
             if kind in _BLOB_TYPES:
                 block = _strip_source(block)
             elif kind == "tool_result" and isinstance(block.get("content"), list):
