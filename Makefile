@@ -3,9 +3,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck bench clean
+# The collect parser compiled with mypyc (optional: without a C compiler it runs from
+# its sources). Rebuilt whenever one of its modules changes; see pipeline/collect/native.py.
+NATIVE := pipeline/collect/_native.json
+NATIVE_SOURCES := $(addprefix pipeline/collect/,claude_code.py codex.py content.py errors.py lines.py redact.py shard.py)
 
-setup: $(STAMP)
+.PHONY: setup native demo test lint typecheck bench clean
+
+setup: $(STAMP) $(NATIVE)
+
+native: $(STAMP)
+	rm -f $(NATIVE)
+	$(MAKE) $(NATIVE)
+
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	@mkdir -p build
+	@if $(BIN)/python -m pipeline.collect.native build >build/native.log 2>&1; then \
+		echo "collect parser compiled (mypyc)"; \
+	else \
+		echo "collect parser not compiled, runs from its sources (see build/native.log)"; \
+		echo '{"failed": true}' >$(NATIVE); \
+	fi
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,4 +46,4 @@ bench: setup
 	$(BIN)/python bench/collect/run.py
 
 clean:
-	rm -rf demo data/objects data/cache data/lake.duckdb receipts/2* receipts/cache exports/2*
+	rm -rf build pipeline/collect/*.so $(NATIVE) demo data/objects data/cache data/lake.duckdb receipts/2* receipts/cache exports/2*

@@ -92,7 +92,7 @@ class CodexFile:
         self.item_users: list[_Message] = []
 
     def feed(self, line_no: int, obj: dict[str, Any]) -> tuple[str | None, str | None]:
-        kind = str_field(obj, "type")
+        kind: str | None = str_field(obj, "type")
         payload = obj.get("payload")
         if payload is None and kind in ITEM_TYPES:  # pre-2025 flat rollouts
             payload, kind = obj, "response_item"

@@ -46,7 +46,7 @@ import re2
 try:  # optional: a faster screen where its wheel exists
     import hyperscan as _hyperscan
 except ImportError:  # pragma: no cover - depends on the platform
-    _hyperscan = None
+    _hyperscan = None  # type: ignore[assignment]
 
 __all__ = ["KINDS", "HOME_KIND", "Redactor", "find_secrets", "placeholder"]
 

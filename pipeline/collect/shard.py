@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,7 @@ def shard_key(kind: str, display_path: str, digest: str, meta_digest: str | None
     return digest_json(
         {
             "stage": STAGE_NAME, "version": stage_version, "parser": PARSER_VERSION,
-            "config": vars(settings), "kind": kind, "path": display_path,
+            "config": asdict(settings), "kind": kind, "path": display_path,
             "digest": digest, "meta": meta_digest,
         }
     )
