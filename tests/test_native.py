@@ -38,6 +38,9 @@ def _collect(tmp: Path, name: str, cc: Path, cx: Path, pure: bool) -> dict[str, 
         [sys.executable, "-c", _COLLECT, str(tmp / name), str(cc), str(cx)],
         env=env, cwd=REPO, capture_output=True, text=True, check=True,
     )
+    # Workers that cannot take their tasks (unpicklable compiled classes, say) break
+    # the pool; the stage still succeeds in-process, so only the log tells.
+    assert "pool broke" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -86,3 +89,14 @@ def test_stale_modules_load_from_their_sources() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert all(path.endswith(".py") for path in out.stdout.split())
+
+
+def test_worker_tasks_survive_pickling() -> None:
+    """Tasks cross to the pool workers pickled; the compiled modules must not own them."""
+    import pickle
+
+    from pipeline.collect.shard import CollectSettings, ShardTask
+
+    settings = CollectSettings(True, 1, 2, 3, 4)
+    task = ShardTask("claude-code", "/a", "a", "k", "/s", None, settings)
+    assert pickle.loads(pickle.dumps(task)) == task

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import xxhash
 
 from pipeline.collect.lines import BLANK, OVERSIZED, decode_json, iter_lines
 from pipeline.collect.redact import Redactor
+from pipeline.collect.tasks import CollectSettings, ShardTask
 from pipeline.core.hashing import digest_json, xxh3_128_file
 from pipeline.core.store import atomic_path
 
@@ -102,28 +103,6 @@ LINE_REASONS = frozenset(
     }
 )
 _DETAIL_CHARS = 300
-
-
-@dataclass(frozen=True)
-class CollectSettings:
-    """The config values a worker needs (plain, picklable)."""
-
-    fold_home: bool
-    max_line_bytes: int
-    max_input_bytes: int
-    max_result_bytes: int
-    max_content_bytes: int
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    kind: str
-    path: str
-    display_path: str
-    key: str
-    shard_dir: str
-    meta_path: str | None
-    settings: CollectSettings
 
 
 # Rows as tuples in schema order, per table; turned into columns once per container.
