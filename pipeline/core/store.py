@@ -202,11 +202,24 @@ class _GroupWriter:
         )
 
     def add(self, data: pa.Table | pa.RecordBatch) -> None:
+        prepared = self.prepare(data)
+        if prepared is not None:
+            self.push(prepared)
+
+    def prepare(self, data: pa.Table | pa.RecordBatch) -> pa.Table | None:
+        """Conform a batch to the schema and hash it (the digest does not depend on
+        where batches or row groups end); None for an empty batch. Safe to run in
+        another thread than ``push``, in the same order."""
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         if data.num_rows == 0:
-            return
+            return None
         data = data.select(self.schema.names).cast(self.schema)
+        self.hasher.update(data)
+        return data
+
+    def push(self, data: pa.Table) -> None:
+        """Buffer a prepared batch and write every row group it completes."""
         self.pending.append(data)
         self.pending_bytes.append(self._row_bytes(data))
         self.pending_rows += data.num_rows
@@ -240,7 +253,6 @@ class _GroupWriter:
         self.pending_rows = rest.num_rows
         if self.sort_keys:
             self._check_order(group)
-        self.hasher.update(group)
         self.writer.write_table(group, row_group_size=PARQUET_ROW_GROUP_SIZE)
 
     def _check_order(self, group: pa.Table) -> None:
@@ -355,8 +367,11 @@ def put_stream(
     tmp = Path(tmp_name)
     try:
         writer = _GroupWriter(tmp, schema, sort_keys)
-        for batch in prefetched(stream.batches):
-            writer.add(batch)
+        # Batches are produced, conformed and hashed in one thread while the previous
+        # ones are cut into row groups and encoded in this one.
+        prepared = (table for batch in stream.batches if (table := writer.prepare(batch)) is not None)
+        for table in prefetched(prepared):
+            writer.push(table)
         digest, rows = writer.close(metadata)
         if rows != stream.rows:
             raise TracelakeError(f"table {name} streamed {rows} rows, announced {stream.rows}")
