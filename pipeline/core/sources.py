@@ -97,6 +97,8 @@ class StatCache:
             else:
                 out.append((stat.st_size, ""))
                 stale.append((index, fingerprint))
+        if not stale:
+            return out
         shares = [stale[0::2], stale[1::2]]  # one run of files per thread, not a task per file
         with ThreadPoolExecutor(max_workers=2) as pool:
             digested = list(pool.map(lambda share: [xxh3_128_file(files[i]) for i, _ in share], shares))
