@@ -46,4 +46,4 @@ bench: setup
 	$(BIN)/python bench/collect/run.py
 
 clean:
-	rm -rf build pipeline/collect/*.so $(NATIVE) demo data/objects data/cache data/lake.duckdb receipts/2* receipts/cache exports/2*
+	rm -rf build pipeline/collect/*.so pipeline/collect/_screens $(NATIVE) demo data/objects data/cache data/lake.duckdb receipts/2* receipts/cache exports/2*

@@ -552,3 +552,23 @@ def test_the_ascii_folding_list_is_complete() -> None:
         if any(ord(x) < 128 and x.isalpha() for x in chr(c).lower() + chr(c).upper() + chr(c).casefold())
     )
     assert found == ASCII_FOLDING
+
+
+def test_hyperscan_screens_are_cached_and_a_bad_cache_file_is_compiled_again(tmp_path: Path) -> None:
+    from pipeline.collect.redact import _Screen
+
+    if platform.machine() != "x86_64":  # the platforms with a hyperscan wheel
+        return
+    pattern = _SECRET_RE2
+    first = _Screen(pattern)
+    first.prepare(tmp_path)
+    (cached,) = tmp_path.glob("*.hsdb")
+    loaded = _Screen(pattern)
+    loaded.prepare(tmp_path)
+    for text in ("nothing here", f"key={OPENAI}", AWS_ID, "x" * 500):
+        assert loaded.hit(text) == first.hit(text) == first.reference().hit(text), text
+    cached.write_bytes(cached.read_bytes()[:100])  # torn
+    again = _Screen(pattern)
+    again.prepare(tmp_path)
+    assert again.engine == "hyperscan" and again.hit(AWS_ID) and not again.hit("nothing here")
+    assert len(cached.read_bytes()) > 100  # rewritten whole

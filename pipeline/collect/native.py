@@ -54,6 +54,23 @@ def build() -> None:
     finally:
         os.chdir(cwd)
     STAMP.write_text(json.dumps({"python": sys.implementation.cache_tag, "sources": sources}, indent=1) + "\n")
+    precompile_screens()
+
+
+def precompile_screens() -> None:
+    """The redaction and error screens, compiled once here rather than by every run
+    (~0.15 s of a collect's start). A screen whose pattern differs at run time (another
+    home directory) is simply compiled then."""
+    import shutil
+
+    from pipeline.collect import errors, redact
+
+    if redact._hyperscan is None:
+        return
+    shutil.rmtree(redact.PRECOMPILED_SCREENS, ignore_errors=True)
+    for fold_home in (True, False):
+        redact.prepare_screens(fold_home, redact.PRECOMPILED_SCREENS)
+    errors.prepare_screen(redact.PRECOMPILED_SCREENS)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -150,10 +150,11 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
             _record(results, build_batch(batch), done)
     else:
         finished = 0
-        # Compile the redaction screens here, once: forked workers inherit them (each
-        # worker compiling its own cost ~0.1 s of its time).
-        prepare_screens(pending[0].settings.fold_home)
-        prepare_error_screen()
+        # Compile (or load) the redaction screens here, once: forked workers inherit them
+        # (each worker compiling its own cost ~0.15 s of its time).
+        screens = ctx.scratch / "screens"
+        prepare_screens(pending[0].settings.fold_home, screens)
+        prepare_error_screen(screens)
         # Freeze the parent's objects out of the cyclic GC before forking: otherwise the
         # children's collections touch (and so copy) every inherited page.
         gc.collect()
