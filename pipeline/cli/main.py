@@ -69,7 +69,7 @@ def _run(
     from pipeline.core.runner import Runner, RunOptions
     from pipeline.core.sources import SourceSpec, default_specs
     from pipeline.sql import write_lake_db
-    from pipeline.stages.registry import STAGES
+    from pipeline.stages.registry import load_stages
 
     try:
         specs = [SourceSpec.parse(s) for s in source] if source else default_specs()
@@ -85,8 +85,12 @@ def _run(
     lake_root = resolve_root(root)
     if not specs:
         console.print("[yellow]no sources given and none found in ~/.claude or ~/.codex[/yellow]")
+    try:
+        stages = load_stages(targets)
+    except TracelakeError as exc:
+        raise fail(str(exc)) from exc
     runner = Runner(
-        STAGES,
+        stages,
         RunOptions(
             root=lake_root,
             sources=specs,
