@@ -171,6 +171,21 @@ def last_run(root: Path) -> dict[str, Any]:
     }
 
 
+def _parser_state() -> str:
+    """Whether the runs used the mypyc-compiled parser (`make native`) or its sources."""
+    from pipeline.collect._compiled import status
+
+    return {"compiled": "compiled (mypyc)", "absent": "Python sources (not compiled)"}.get(
+        status(), f"Python sources ({status()} build)"
+    )
+
+
+def _screen_engine() -> str:
+    from pipeline.collect.redact import _SECRET_SCREEN
+
+    return _SECRET_SCREEN.engine
+
+
 def time_tracelake(
     work: Path, runs: Path, corpus: Path, files: list[Path], workers: int
 ) -> tuple[Measurement, Path]:
@@ -285,7 +300,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {mc['nproc']} cores ({mc['cpu']}), {mc['ram_gb']} GB RAM, Python {mc['python']}, "
         f"{mc['platform']}  ",
         f"Corpus: {results['corpus']['bytes'] / 1e6:,.0f} MB, {results['corpus']['files']:,} files "
-        f"(`pipeline.synth`, seed {SEED}); warm page cache for every tool.",
+        f"(`pipeline.synth`, seed {SEED}); warm page cache for every tool.  ",
+        f"tracelake's collect parser: {results.get('parser', 'unknown')}; redaction screen: "
+        f"{results.get('screen', 'unknown')}.",
         "",
         "| tool | MB | seconds | MB/s | max RSS (MB) | tree peak (MB) | speed vs agentpile "
         "| CPU s | MB/CPU s | load |",
@@ -394,6 +411,8 @@ def main() -> None:
         "target_mb": args.target_mb,
         "date": today(),
         "machine": machine(),
+        "parser": _parser_state(),
+        "screen": _screen_engine(),
         "corpus": {"path": str(corpus), **manifest},
         "rows": rows,
         "agentpile": agentpile_stats,
