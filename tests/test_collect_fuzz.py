@@ -8,6 +8,7 @@ each line is mapped, counted or quarantined, and the tallies add up.
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,6 @@ def _mutated(draw: st.DrawFn, templates: list[dict[str, Any]]) -> bytes:
     try:
         return orjson.dumps(record)
     except TypeError:  # an int beyond 64 bits: written the way a stdlib writer would
-        import json
-
         return json.dumps(record).encode()
 
 
@@ -132,3 +131,53 @@ def test_claude_records_of_any_shape_never_crash_the_parser(tmp_path_factory: An
     [orjson.dumps(t) for t in CODEX_TEMPLATES])), min_size=1, max_size=8))
 def test_codex_records_of_any_shape_never_crash_the_parser(tmp_path_factory: Any, lines: list[bytes]) -> None:
     _parse(tmp_path_factory.mktemp("cx"), "codex", lines)
+
+
+def _nested(depth: int, leaf: Any = "x") -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_deeply_nested_records_are_quarantined_and_the_rest_of_the_file_kept(tmp_path: Path) -> None:
+    """Nesting deeper than orjson writes (255) is quarantined as nesting_too_deep wherever
+    it sits: the line itself, a message's content, an API error body, a Codex call's
+    arguments. Shallower nesting (with a home path, so redaction walks it) is mapped."""
+    user = CLAUDE_TEMPLATES[0]
+
+    def record(uuid: str, content: Any) -> bytes:  # the stdlib writes deeper than orjson
+        return json.dumps({**user, "uuid": uuid, "message": {"role": "user", "content": content}}).encode()
+
+    api_error = {**CLAUDE_TEMPLATES[3], "uuid": "e9", "error": _nested(256, {"k": "v"})}
+    claude = [
+        b"[" * 5000 + b"]" * 5000,                                    # orjson and the stdlib both give up
+        record("d1", [{"type": "text", "text": "hi", "extra": _nested(600)}]),
+        json.dumps(api_error).encode(),
+        record("ok1", [{"type": "text", "text": "/home/ann/x", "extra": _nested(200, "/home/ann/y")}]),
+        record("ok2", "after the deep ones"),
+    ]
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"\n".join(claude) + b"\n")
+    shard = Shard("claude-code", path.name, SETTINGS)
+    parse_into(shard, path, None)
+    tables = shard.tables()
+    reasons = [(row["line_no"], row["reason"]) for row in tables["quarantine"].to_pylist()]
+    assert reasons == [(1, "nesting_too_deep"), (2, "nesting_too_deep"), (3, "nesting_too_deep")]
+    assert sum(shard.lines.values()) == len(claude) and shard.lines["mapped"] == 2
+    messages = tables["messages"].to_pylist()
+    assert [m["message_id"] for m in messages] == ["ok1", "ok2"]
+    assert "/home/ann" not in str(messages[0]["content_json"])  # the walk went 200 levels down
+
+    args = json.dumps(_nested(300))
+    codex = [orjson.dumps(CODEX_TEMPLATES[0]), orjson.dumps({"type": "response_item", "payload": {
+        "type": "function_call", "name": "shell", "call_id": "c9", "arguments": args}}),
+             orjson.dumps(CODEX_TEMPLATES[5])]
+    path = tmp_path / "rollout.jsonl"
+    path.write_bytes(b"\n".join(codex) + b"\n")
+    shard = Shard("codex", path.name, SETTINGS)
+    parse_into(shard, path, None)
+    tables = shard.tables()
+    assert [(r["line_no"], r["reason"]) for r in tables["quarantine"].to_pylist()] == [(2, "nesting_too_deep")]
+    assert [c["tool_use_id"] for c in tables["tool_calls"].to_pylist()] == ["c1"]
+    assert sum(shard.lines.values()) == len(codex)

@@ -24,6 +24,7 @@ from pipeline.collect.content import (
     text_digest,
 )
 from pipeline.collect.errors import error_kind
+from pipeline.collect.lines import NestingTooDeep
 from pipeline.collect.shard import Shard
 
 # Known entries that carry no conversation content: tallied, not mapped.
@@ -429,7 +430,7 @@ class ClaudeFile:
             rows.append((  # SHARD_SCHEMAS["messages"] order
                 m.session_id, m.message_id, resolve(m.parent_uuid, m.message_id), m.role,
                 "\n".join(texts) if texts else None, "\n".join(thinking) if thinking else None,
-                joined_json(m.json_parts, m.blocks, limit), m.timestamp, m.is_sidechain, m.is_meta,
+                _content_json(m, limit), m.timestamp, m.is_sidechain, m.is_meta,
                 m.is_compact_summary, m.model, m.line_no, m.prompt_line,
             ))
 
@@ -478,3 +479,10 @@ class ClaudeFile:
                 _meta_tool_use_id=meta_tool_use if isinstance(meta_tool_use, str) else None,
                 _spawn_digest=info.spawn_digest,
             )
+
+
+def _content_json(message: _Message, limit: int) -> str | bytes:
+    try:
+        return joined_json(message.json_parts, message.blocks, limit)
+    except NestingTooDeep as error:  # one level more than its records had: blame its first
+        raise NestingTooDeep(message.line_no) from error

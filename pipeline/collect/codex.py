@@ -25,6 +25,7 @@ from pipeline.collect.content import (
     strip_blobs,
 )
 from pipeline.collect.errors import codex_exit_code, codex_is_error, error_kind
+from pipeline.collect.lines import NestingTooDeep
 from pipeline.collect.shard import Shard
 
 PREAMBLES = (
@@ -329,7 +330,7 @@ class CodexFile:
                 "messages", session_id=sid, message_id=m.message_id, parent_id=previous, role=m.role,
                 text="\n".join(texts) if texts else None,
                 thinking="\n".join(thinking) if thinking else None,
-                content_json=capped_dumps(m.blocks, content_limit), timestamp=m.timestamp,
+                content_json=_content_json(m, content_limit), timestamp=m.timestamp,
                 is_sidechain=self.parent_thread is not None, is_meta=m.is_meta,
                 is_compact_summary=False, model=m.model,
                 line_no=m.line_no, _prompt_line=prompt_line(m.line_no),
@@ -344,3 +345,10 @@ class CodexFile:
             is_subagent=self.parent_thread is not None, agent_id=None,
             _root_session_id=self.parent_thread, _meta_tool_use_id=None, _spawn_digest=None,
         )
+
+
+def _content_json(message: _Message, limit: int) -> str:
+    try:
+        return capped_dumps(message.blocks, limit)
+    except NestingTooDeep as error:  # one level more than its records had: blame its first
+        raise NestingTooDeep(message.line_no) from error

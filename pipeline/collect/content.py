@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 import xxhash
 
+from pipeline.collect.lines import check_depth
+
 _BLOB_TYPES = frozenset({"image", "document"})
 _DATA_URL_MIN = 256
 
@@ -103,7 +105,8 @@ def dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys, compact); falls back to the stdlib for big ints."""
     try:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-    except TypeError:
+    except TypeError as error:
+        check_depth(error)
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 

@@ -17,6 +17,24 @@ from typing import Any
 import orjson
 
 BLANK = "blank"
+NESTING_TOO_DEEP = "nesting_too_deep"
+
+
+class NestingTooDeep(ValueError):
+    """A JSON value nested deeper than orjson writes (255 levels), found while a record
+    was being mapped; its line is quarantined as ``nesting_too_deep``. Real logs nest a
+    few levels; a record this deep is garbage or an attack, and following it would
+    overflow the stack of every recursive step after parsing."""
+
+    def __init__(self, line_no: int | None = None) -> None:
+        super().__init__(f"line {line_no}: nested deeper than 255 levels")
+        self.line_no = line_no
+
+
+def check_depth(error: TypeError) -> None:
+    """Re-raise orjson's "Recursion limit reached" as ``NestingTooDeep``."""
+    if "Recursion limit" in str(error):
+        raise NestingTooDeep() from error
 OVERSIZED = "oversized"
 _SKIP_CHUNK = 1 << 20
 
@@ -90,8 +108,14 @@ def decode_json(line: bytes, repairs: Counter[str]) -> tuple[Any, str | None]:
         obj = json.loads(text)
     except ValueError:
         return None, "malformed_json"
+    except RecursionError:  # valid JSON nested deeper than any parser here will follow
+        return None, NESTING_TOO_DEEP
+    try:
+        escaped = _escape_surrogates(obj)
+    except RecursionError:
+        return None, NESTING_TOO_DEEP
     repairs["lone_surrogate_escaped"] += 1
-    return _escape_surrogates(obj), None
+    return escaped, None
 
 
 def _escape_surrogates(obj: Any) -> Any:

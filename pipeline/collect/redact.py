@@ -48,6 +48,7 @@ import re2
 
 # A compiled module's __file__ is not its path: the package's folder comes from here.
 from pipeline.collect._compiled import HERE as PACKAGE_DIR
+from pipeline.collect.lines import check_depth
 
 try:  # optional: a faster screen where its wheel exists
     import hyperscan as _hyperscan
@@ -844,7 +845,8 @@ class Redactor:
             return obj, None
         try:
             data: bytes | None = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-        except TypeError:  # beyond orjson (an int over 64 bits, a lone surrogate): walk
+        except TypeError as error:  # beyond orjson (an int over 64 bits, a lone surrogate): walk
+            check_depth(error)  # ...but never a walk 255 levels down
             data = None
         if data is not None:
             if not self._json_screen.hit_bytes(data):

@@ -26,7 +26,14 @@ import orjson
 import pyarrow as pa
 import xxhash
 
-from pipeline.collect.lines import BLANK, OVERSIZED, decode_json, iter_lines
+from pipeline.collect.lines import (
+    BLANK,
+    NESTING_TOO_DEEP,
+    OVERSIZED,
+    NestingTooDeep,
+    decode_json,
+    iter_lines,
+)
 from pipeline.collect.redact import Redactor
 from pipeline.collect.tasks import CollectSettings, ShardTask
 from pipeline.core.hashing import digest_json, xxh3_128_file
@@ -100,6 +107,7 @@ LINE_REASONS = frozenset(
     {
         "malformed_json", "not_an_object", "invalid_utf8", "oversized_line",
         "missing_session_id", "unknown_entry_type", "conflicting_duplicate", "invalid_record",
+        "nesting_too_deep",
     }
 )
 _DETAIL_CHARS = 300
@@ -217,7 +225,30 @@ def meta_digest(meta: Path | None) -> str | None:
 
 
 def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
-    """Feed every line of ``path`` to the format parser; every line lands in one tally."""
+    """Feed every line of ``path`` to the format parser; every line lands in one tally.
+
+    A record found too deeply nested only while it is being mapped (``NestingTooDeep``)
+    may have left part of itself in the parser's state, so the file is parsed again
+    from its first line with that line quarantined: rare, and never a half record.
+    """
+    marks = {name: len(rows) for name, rows in shard.rows.items()}
+    too_deep: set[int] = set()
+    while True:
+        try:
+            _parse_once(shard, path, meta, too_deep)
+            return
+        except NestingTooDeep as error:
+            if error.line_no is None or error.line_no in too_deep:
+                raise
+            too_deep.add(error.line_no)
+            for name, rows in shard.rows.items():
+                del rows[marks[name]:]
+            shard.lines.clear()
+            shard.repairs.clear()
+            shard.redactor.counts.clear()
+
+
+def _parse_once(shard: Shard, path: Path, meta: dict[str, Any] | None, too_deep: set[int]) -> None:
     from pipeline.collect.claude_code import ClaudeFile
     from pipeline.collect.codex import CodexFile
 
@@ -244,6 +275,8 @@ def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
             obj, reason = decode_json(raw, shard.repairs)
         if reason is None and not isinstance(obj, dict):
             reason = "not_an_object"
+        if line_no in too_deep:
+            reason = NESTING_TOO_DEEP
         if reason is not None:
             # A broken line copied verbatim into another file is a duplicate, not news.
             key = f"h:{chash:016x}"
@@ -274,7 +307,10 @@ def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
                                  record_id=key)
             continue
         seen[key] = chash
-        outcome, session_id = feed(line_no, obj)
+        try:
+            outcome, session_id = feed(line_no, obj)
+        except (NestingTooDeep, RecursionError) as error:  # (the latter: uncompiled walks)
+            raise NestingTooDeep(line_no) from error
         if outcome is None:  # the parser quarantined the line (and tallied it) itself
             outcome = f"quarantined:{shard.last_quarantine_reason()}"
         else:
