@@ -572,3 +572,20 @@ def test_hyperscan_screens_are_cached_and_a_bad_cache_file_is_compiled_again(tmp
     again.prepare(tmp_path)
     assert again.engine == "hyperscan" and again.hit(AWS_ID) and not again.hit("nothing here")
     assert len(cached.read_bytes()) > 100  # rewritten whole
+
+
+def test_record_json_is_kept_without_orjsons_spare_buffer() -> None:
+    """orjson's bytes keep the worst-case buffer they were written into (~10x a long
+    string); the parser keeps every record's JSON until its file is done, so what
+    redact_json hands back must be exact-size (a 389 MB session file peaked at 2.2 GB)."""
+    import tracemalloc
+
+    redactor = Redactor()
+    # Clean, and folded on its JSON text (which also returns the new blocks: 2x).
+    for text, copies in (("a" * 50_000, 1), ("/home/ann/" + "b" * 50_000, 2)):
+        blocks = [{"type": "text", "text": text}]
+        tracemalloc.start()
+        _, data = redactor.redact_json(blocks)
+        retained, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert data is not None and retained < (copies + 0.5) * len(data), (len(data), retained)

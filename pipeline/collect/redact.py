@@ -850,13 +850,15 @@ class Redactor:
             data = None
         if data is not None:
             if not self._json_screen.hit_bytes(data):
-                return obj, data
+                # An exact-size copy: orjson's bytes keep the buffer it reserved for the
+                # worst case (~10x the text for long strings), and callers keep these.
+                return obj, bytes(memoryview(data))
             if self._json_fold:
                 folded = self._fold_json(data)
                 if folded is not None:
                     return folded
         out = self._redact_list(list(obj)) if isinstance(obj, tuple) else self._walk(obj)
-        return out, data if out is obj else None
+        return out, bytes(memoryview(data)) if out is obj and data is not None else None
 
     def _fold_json(self, data: bytes) -> tuple[Any, bytes] | None:
         """Fold homes on a record's JSON text: ``(walked value, its JSON)`` as the
