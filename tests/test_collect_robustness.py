@@ -63,10 +63,12 @@ def test_bad_input_corpus_is_fully_accounted(tmp_path: Path) -> None:
     ]
     (src / "s1.jsonl").write_bytes(b"\n".join(lines))  # no final newline
     (src / "empty.jsonl").write_bytes(b"")
+    bom = "5a1b2c3d-0000-4000-8000-0000000000b0"
+    (src / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + _user("b1", "saved by an editor", session=bom) + b"\n")
     lake = collect(tmp_path / "lake", [("claude-code", tmp_path / "src")])
     r = lake.receipt
-    assert r.records_in == 16
-    assert r.records_out == 5
+    assert r.records_in == 17
+    assert r.records_out == 6
     assert r.quarantined == {
         "conflicting_duplicate": 1, "invalid_utf8": 1, "malformed_json": 2, "missing_session_id": 1,
         "not_an_object": 1, "oversized_line": 1, "unknown_entry_type": 1,
@@ -74,6 +76,7 @@ def test_bad_input_corpus_is_fully_accounted(tmp_path: Path) -> None:
     assert r.filtered == {"blank_line": 1, "counted:queue-operation": 1, "exact_duplicate": 1}
     assert r.stats["set_aside"] == {"unpaired_tool_result": 1}
     assert r.stats["repairs"]["nul_bytes_stripped"] == 1
+    assert r.stats["repairs"]["utf8_bom_stripped"] == 1
     assert r.stats["files"]["empty"] == 1
     calls = lake.tables["tool_calls"].to_pylist()
     assert [(c["tool_use_id"], c["is_error"], c["error_kind"]) for c in calls] == [("t1", True, "file_not_found")]

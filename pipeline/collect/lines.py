@@ -37,6 +37,7 @@ def check_depth(error: TypeError) -> None:
         raise NestingTooDeep() from error
 OVERSIZED = "oversized"
 _SKIP_CHUNK = 1 << 20
+_BOM = b"\xef\xbb\xbf"
 
 
 def iter_lines(
@@ -46,8 +47,8 @@ def iter_lines(
 
     ``problem`` is BLANK for whitespace-only lines and OVERSIZED for lines above
     ``max_line_bytes`` (their bytes are not returned: the payload is the byte count
-    as ASCII). NUL bytes are stripped and a final line without newline is accepted;
-    both repairs are tallied in ``repairs``.
+    as ASCII). NUL bytes and a UTF-8 byte-order mark opening the file are stripped and
+    a final line without newline is accepted; each repair is tallied in ``repairs``.
     """
     limit = max_line_bytes + 2  # room for "\r\n"
     with path.open("rb", buffering=1 << 20) as handle:
@@ -70,6 +71,9 @@ def iter_lines(
             if len(line) > max_line_bytes:
                 yield line_no, str(len(line)).encode(), OVERSIZED
                 continue
+            if line_no == 1 and line.startswith(_BOM):  # an editor's byte-order mark
+                line = line[len(_BOM):]
+                repairs["utf8_bom_stripped"] += 1
             if b"\x00" in line:
                 line = line.replace(b"\x00", b"")
                 repairs["nul_bytes_stripped"] += 1
