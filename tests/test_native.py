@@ -66,7 +66,7 @@ def test_a_changed_source_makes_the_compiled_modules_stale(tmp_path: Path, monke
     monkeypatch.setattr(_compiled, "HERE", tmp_path)
     monkeypatch.setattr(_compiled, "STAMP", tmp_path / "_native.json")
     monkeypatch.delenv("TRACELAKE_PURE_PYTHON", raising=False)
-    sources = {name: _compiled._source_digest(name) for name in _compiled.MODULES}
+    sources = {name: _compiled.source_digest(name) for name in _compiled.MODULES}
     stamp = {"python": sys.implementation.cache_tag, "sources": sources}
     (tmp_path / "_native.json").write_text(json.dumps(stamp))
     assert _compiled.status() == "compiled"

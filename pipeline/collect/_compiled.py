@@ -26,18 +26,18 @@ MODULES = ("claude_code", "codex", "content", "errors", "lines", "redact", "shar
 STAMP = HERE / "_native.json"
 
 
-def _source_digest(name: str) -> str:
+def source_digest(name: str) -> str:
     return hashlib.sha256((HERE / f"{name}.py").read_bytes()).hexdigest()
 
 
-def _compiled_files() -> list[Path]:
+def compiled_files() -> list[Path]:
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     return sorted(p for p in HERE.iterdir() if p.name.endswith(suffixes))
 
 
 def status() -> str:
     """'compiled' (in use), 'stale' (sources changed since), 'disabled' or 'absent'."""
-    if not _compiled_files():
+    if not compiled_files():
         return "absent"
     if os.environ.get("TRACELAKE_PURE_PYTHON") == "1":
         return "disabled"
@@ -45,7 +45,7 @@ def status() -> str:
         recorded = json.loads(STAMP.read_text())
     except (OSError, ValueError):
         return "stale"
-    current = {name: _source_digest(name) for name in MODULES}
+    current = {name: source_digest(name) for name in MODULES}
     if recorded.get("sources") != current or recorded.get("python") != sys.implementation.cache_tag:
         return "stale"
     return "compiled"
