@@ -310,9 +310,10 @@ _DONE = object()
 def prefetched(items: Iterable[_T], depth: int = 2) -> Iterator[_T]:
     """``items``, produced up to ``depth`` ahead in a thread of their own.
 
-    A stream's batches come out of queries and gathers while the writer hashes and
-    encodes the previous ones; both release the GIL, so the two overlap instead of
-    taking turns (the biggest collect table is otherwise one thread's work). An error
+    A stream's batches come out of queries and gathers (and are conformed and hashed)
+    while the writer encodes the previous ones; both sides mostly release the GIL, so
+    they overlap instead of taking turns (the biggest collect table is otherwise one
+    thread's work). An error
     in the producer is raised here; a consumer that stops early stops the producer.
     """
     queue: Queue[Any] = Queue(maxsize=depth)
