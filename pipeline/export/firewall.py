@@ -175,17 +175,30 @@ def _message_strings(messages: list[dict[str, Any]], out: list[str]) -> None:
             out.append(reasoning)
         for call in message.get("tool_calls") or ():
             function = call["function"]
-            out.append(function["name"])
             args = function["arguments"]
             if isinstance(args, dict):
-                for key, value in args.items():
-                    out.append(key)
-                    if isinstance(value, str):
-                        out.append(value)
-                    else:
-                        out.extend(walk_strings(value))
+                _add_call_strings(out, function["name"], args)
             else:
+                out.append(function["name"])
                 out.extend(walk_strings(args))
+
+
+def call_strings(name: str, args: dict[str, Any]) -> list[str]:
+    """The strings a call contributes to its conversation: its name, then each argument
+    key and the strings inside its value (the scan's order, shared with prepare)."""
+    out: list[str] = []
+    _add_call_strings(out, name, args)
+    return out
+
+
+def _add_call_strings(out: list[str], name: str, args: dict[str, Any]) -> None:
+    out.append(name)
+    for key, value in args.items():
+        out.append(key)
+        if isinstance(value, str):
+            out.append(value)
+        else:
+            out.extend(walk_strings(value))
 
 
 class StringScan:

@@ -24,10 +24,10 @@ from pipeline.export.firewall import (
     TEMPLATE_TOKENS,
     ArrowStrings,
     binary_rows,
+    call_strings,
     first_tokens,
     secret_kinds_many,
     value_digests,
-    walk_strings,
 )
 from pipeline.export.frames import Part, build_part, parts
 from schemas.datasets import SCORING_TABLES
@@ -52,19 +52,6 @@ def tool_specs_table(schemas: dict[tuple[str, str], dict[str, Any]]) -> pa.Table
 def dedupe_keys(texts: list[str], params: tuple[int, int, int] = DEFAULT_SIGNATURE) -> tuple[list[str], np.ndarray]:
     num_perm, seed, max_chars = params
     return keys_of(texts, num_perm, seed, max_chars)
-
-
-def call_strings(name: str, args: dict[str, Any]) -> list[str]:
-    """The strings a call contributes to its conversation (``firewall._message_strings``):
-    its name, then each argument key and the strings inside its value."""
-    out = [name]
-    for key, value in args.items():
-        out.append(key)
-        if isinstance(value, str):
-            out.append(value)
-        else:
-            out.extend(walk_strings(value))
-    return out
 
 
 def call_columns(calls: pl.DataFrame, parsed_args: list[dict[str, Any]], facts: CallFacts) -> pl.DataFrame:
