@@ -17,7 +17,10 @@ from typing import Any
 import orjson
 
 BLANK = "blank"
+OVERSIZED = "oversized"
 NESTING_TOO_DEEP = "nesting_too_deep"
+_SKIP_CHUNK = 1 << 20
+_BOM = b"\xef\xbb\xbf"
 
 
 class NestingTooDeep(ValueError):
@@ -35,9 +38,6 @@ def check_depth(error: TypeError) -> None:
     """Re-raise orjson's "Recursion limit reached" as ``NestingTooDeep``."""
     if "Recursion limit" in str(error):
         raise NestingTooDeep() from error
-OVERSIZED = "oversized"
-_SKIP_CHUNK = 1 << 20
-_BOM = b"\xef\xbb\xbf"
 
 
 def iter_lines(
@@ -109,14 +109,10 @@ def decode_json(line: bytes, repairs: Counter[str]) -> tuple[Any, str | None]:
     except UnicodeDecodeError:
         return None, "invalid_utf8"
     try:
-        obj = json.loads(text)
+        escaped = _escape_surrogates(json.loads(text))
     except ValueError:
         return None, "malformed_json"
     except RecursionError:  # valid JSON nested deeper than any parser here will follow
-        return None, NESTING_TOO_DEEP
-    try:
-        escaped = _escape_surrogates(obj)
-    except RecursionError:
         return None, NESTING_TOO_DEEP
     repairs["lone_surrogate_escaped"] += 1
     return escaped, None
