@@ -13,8 +13,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from pipeline.core.receipts import list_runs, load_run_receipts, load_summary, resolve_run
+from pipeline.core.errors import TracelakeError
+from pipeline.core.receipts import list_runs, load_run_receipts, load_run_summary, resolve_run
 from pipeline.core.store import LakeLayout
+from pipeline.core.trust import TrustedKeys, load_trusted
 from schemas.receipt import StageReceipt
 
 RECEIPT_COLUMNS = pa.schema(
@@ -78,9 +80,13 @@ def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RECEIPT_COLUMNS)
 
 
-def define_views(con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str) -> list[str]:
-    """Create the run's views on ``con``; returns the view names."""
-    summary = load_summary(layout, run_id)
+def define_views(
+    con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str, keys: TrustedKeys
+) -> list[str]:
+    """Create the run's views on ``con`` from its signed statement and receipts (each
+    verified with ``keys``); returns the view names. ``receipt_history`` leaves out runs
+    whose receipts do not verify."""
+    summary = load_run_summary(layout, run_id, keys)
     names: list[str] = []
     for name, ref in summary.tables.items():
         path = (layout.root / ref.path).resolve().as_posix().replace("'", "''")
@@ -92,14 +98,17 @@ def define_views(con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str
         con.execute(f"CREATE OR REPLACE VIEW quarantine AS {union}")
         names.append("quarantine")
     order = {status.stage: i for i, status in enumerate(summary.stages)}
-    run_receipts = sorted(load_run_receipts(layout, run_id), key=lambda r: order.get(r.stage, 99))
+    run_receipts = sorted(load_run_receipts(layout, run_id, keys), key=lambda r: order.get(r.stage, 99))
     receipts = receipts_table(run_receipts)
     con.register("_receipts_arrow", receipts)
     con.execute("CREATE OR REPLACE TABLE receipts AS SELECT * FROM _receipts_arrow")
     con.unregister("_receipts_arrow")
     history: list[StageReceipt] = []
     for rid in list_runs(layout):
-        history.extend(load_run_receipts(layout, rid))
+        try:
+            history.extend(load_run_receipts(layout, rid, keys))
+        except TracelakeError:
+            continue
     con.register("_history_arrow", receipts_table(history))
     con.execute("CREATE OR REPLACE TABLE receipt_history AS SELECT * FROM _history_arrow")
     con.unregister("_history_arrow")
@@ -113,7 +122,7 @@ def define_views(con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str
 
 def _lineage_sql(tables: set[str]) -> str | None:
     try:
-        from pipeline.lineage import lineage_view_sql
+        from pipeline.audit.lineage import lineage_view_sql
     except ImportError:
         return None
     return lineage_view_sql(tables)
@@ -123,7 +132,7 @@ def connect(root: Path, run_id: str | None = None) -> tuple[duckdb.DuckDBPyConne
     layout = LakeLayout(root.resolve())
     resolved = resolve_run(layout, run_id)
     con = duckdb.connect()
-    define_views(con, layout, resolved)
+    define_views(con, layout, resolved, load_trusted(layout))
     return con, resolved
 
 
@@ -136,7 +145,7 @@ def write_lake_db(layout: LakeLayout, run_id: str) -> Path:
     try:
         con = duckdb.connect(tmp_name)
         try:
-            define_views(con, layout, run_id)
+            define_views(con, layout, run_id, load_trusted(layout))
             con.execute("CHECKPOINT")
         finally:
             con.close()

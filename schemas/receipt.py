@@ -1,8 +1,10 @@
-"""Receipt models: what a stage proves about one execution, and a run's summary.
+"""Receipt models: what a stage proves about one execution, and what a run proves.
 
 A StageReceipt is the predicate of an in-toto Statement v1 whose subjects are the output
-objects; the Statement travels in a DSSE envelope signed with Ed25519. Timings and the
-run id live in the receipt but never in a cache key, a digest or the run_hash.
+objects and export files; a RunSummary is the predicate of the run's own Statement,
+whose subjects are the run's stage receipts and every export file. Both travel in DSSE
+envelopes signed with Ed25519. Timings and the run id live in receipts but never in a
+cache key, a digest, an object's bytes or the run_hash.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RECEIPT_PREDICATE_TYPE = "https://tracelake.dev/StageReceipt/v1"
+RECEIPT_PREDICATE_TYPE = "https://tracelake.dev/StageReceipt/v2"
+RUN_PREDICATE_TYPE = "https://tracelake.dev/RunStatement/v1"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
@@ -26,8 +29,18 @@ class ObjectRef(_Model):
     name: str = Field(description="Table name within the run, e.g. 'messages'.")
     xxh3_128: str = Field(description="Logical digest over canonical row content.")
     sha256: str = Field(description="Digest of the Parquet file bytes (storage integrity).")
+    blake3: str = Field(description="BLAKE3 of the file bytes (checked before a run reuses it).")
     rows: int = Field(ge=0)
     path: str = Field(description="Object path relative to the lake root.")
+
+
+class ExportFile(_Model):
+    """A file written for external clients (a trainer, ``datasets``, a third party)."""
+
+    path: str = Field(description="Path inside the run's export folder, e.g. 'sft/train.jsonl'.")
+    size: int = Field(ge=0)
+    sha256: str
+    blake3: str
 
 
 class InputRef(_Model):
@@ -70,8 +83,14 @@ class StageReceipt(_Model):
     stats: dict[str, object] = Field(
         default_factory=dict, description="Stage-specific tallies (line kinds, redactions)."
     )
+    exports: list[ExportFile] = Field(
+        default_factory=list, description="Files in exports/<run_id>/ this stage published."
+    )
     validation: Validation
     error: str | None = None
+    cached_from: str | None = Field(
+        default=None, description="On a cache hit: the run whose execution is reused."
+    )
     tracelake_version: str
     git_sha: str | None
     recorded_at: str
@@ -91,8 +110,25 @@ class StageStatus(_Model):
     validation_passed: bool
 
 
+class RejectedCacheEntry(_Model):
+    """A stored cache entry a run refused to reuse (then the stage ran again)."""
+
+    stage: str
+    cache_key: str
+    reason: str
+
+
+class Cleanup(_Model):
+    """Debris of killed runs that this run removed before it started."""
+
+    temp_files: int = 0
+    temp_bytes: int = 0
+    unfinished_runs: list[str] = Field(default_factory=list)
+
+
 class RunSummary(_Model):
-    """Time-free summary: two runs over the same inputs produce the same run_hash."""
+    """The predicate of a run's signed statement. Time-free: two runs over the same
+    inputs produce the same run_hash."""
 
     run_id: str
     tracelake_version: str
@@ -105,3 +141,5 @@ class RunSummary(_Model):
     datasets: dict[str, int]
     overall_passed: bool
     run_hash: str
+    rejected_cache: list[RejectedCacheEntry] = Field(default_factory=list)
+    cleanup: Cleanup = Field(default_factory=Cleanup)

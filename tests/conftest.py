@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -14,12 +15,18 @@ CACHE = Path(__file__).parent / ".cache"
 TEICH_VERSION = "0.3.6"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_signing_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Never touch the developer's real key; one throwaway key per test session."""
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never touch the developer's real key; one throwaway key per test session, set
+    before any fixture (module-scoped lakes included) makes a run."""
     key_dir = tmp_path_factory.getbasetemp() / "signing"
-    monkeypatch.setenv("TRACELAKE_SIGNING_KEY", str(key_dir / "signing-key.pem"))
+    before = os.environ.get("TRACELAKE_SIGNING_KEY")
+    os.environ["TRACELAKE_SIGNING_KEY"] = str(key_dir / "signing-key.pem")
     yield
+    if before is None:
+        os.environ.pop("TRACELAKE_SIGNING_KEY", None)
+    else:
+        os.environ["TRACELAKE_SIGNING_KEY"] = before
 
 
 @pytest.fixture(scope="session")

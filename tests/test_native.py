@@ -96,10 +96,15 @@ def test_worker_tasks_survive_pickling() -> None:
     import pickle
 
     from pipeline.collect.shard import CollectSettings, ShardTask
+    from pipeline.core.hashing import CacheMac
 
     settings = CollectSettings(True, 1, 2, 3, 4)
-    task = ShardTask("claude-code", "/a", "a", "k", "/s", None, settings)
-    assert pickle.loads(pickle.dumps(task)) == task
+    mac = CacheMac(bytes(range(32)))
+    task = ShardTask("claude-code", "/a", "a", "k", "d", "/s", None, settings, "1", mac)
+    back = pickle.loads(pickle.dumps(task))
+    assert back == task
+    assert back.cache_mac.tag(b"x") == mac.tag(b"x")  # the key crosses, and stays out of reprs
+    assert "CacheMac(<key>)" in repr(task) or "cache_mac" not in repr(task)
 
 
 def test_the_build_precompiles_the_redaction_screens(tmp_path: Path) -> None:

@@ -152,11 +152,11 @@ def lake_env(work: Path) -> dict[str, str]:
 
 
 def last_run(root: Path) -> dict[str, Any]:
-    from pipeline.core.receipts import list_runs, load_summary
+    from pipeline.core.receipts import list_runs, load_run_summary
     from pipeline.core.store import LakeLayout
 
     layout = LakeLayout(root)
-    summary = load_summary(layout, list_runs(layout)[-1])
+    summary = load_run_summary(layout, list_runs(layout)[-1], None)
     return {
         "passed": summary.overall_passed,
         "stages": {

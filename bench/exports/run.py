@@ -149,7 +149,7 @@ def rerun_with_cpu(root: Path, sources: dict[str, Path], workers: int, work: Pat
     import resource
     import time
 
-    from pipeline.core.receipts import load_envelope, receipt_from_envelope
+    from pipeline.core.receipts import load_envelope, open_receipt
     from pipeline.core.runner import Runner, RunOptions
     from pipeline.core.sources import SourceSpec
     from pipeline.core.store import LakeLayout
@@ -157,7 +157,7 @@ def rerun_with_cpu(root: Path, sources: dict[str, Path], workers: int, work: Pat
 
     layout = LakeLayout(root)
     for path in layout.receipt_cache.glob("*.json"):
-        receipt = receipt_from_envelope(load_envelope(path))
+        receipt, _ = open_receipt(load_envelope(path), None)
         if receipt.stage in EXPORT_STAGES:
             path.unlink()
             for ref in receipt.outputs:  # or put_table finds them in place and skips the write

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.sources import env_root
@@ -53,7 +54,7 @@ class RichTracker(Tracker):
             yield from items
             return
         with Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -71,10 +72,12 @@ class RichTracker(Tracker):
         if not self.enabled:
             yield
             return
-        with err_console.status(f"[bold]{name}[/bold] …", spinner="dots"):
+        with err_console.status(Text(f"{name} …", style="bold"), spinner="dots"):
             yield
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
+    """One line on stderr; the message is data (paths, user input), never markup."""
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    err_console.print(Text.assemble(("error: ", "red"), first), soft_wrap=True)
     return typer.Exit(code)

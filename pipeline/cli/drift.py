@@ -6,25 +6,25 @@ Any crash maps to exit 2, never 1: CI must not mistake a broken tool for drift.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pipeline.cli.common import ROOT_HELP, fail, load_config_file, resolve_root
 from schemas.drift import DriftReport
 
+if TYPE_CHECKING:
+    from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import TrustedKeys
+
 TOOL_FAILURE = 2
 
 
-def _public_key(pubkey: Path | None) -> Ed25519PublicKey | None:
-    """An explicit PEM, else the local signing key if one exists (never create one here)."""
-    from pipeline.core.signing import default_key_path, load_or_create_key, load_public_key
+def _keys(layout: LakeLayout, pubkey: Path | None) -> TrustedKeys:
+    """An explicit PEM, else the root's trusted keys (never a key found elsewhere)."""
+    from pipeline.core.trust import load_trusted, pinned
 
-    if pubkey is not None:
-        return load_public_key(pubkey.read_bytes())
-    path = default_key_path()
-    return load_or_create_key(path).public_key() if path.exists() else None
+    return pinned(pubkey) if pubkey is not None else load_trusted(layout)
 
 
 def _run_drift(
@@ -57,7 +57,7 @@ def _run_drift(
     )
     gate = resolve_fail_on(fail_on, config_data)
     layout = LakeLayout(resolve_root(root))
-    report = compute_drift(layout, run_id, against, thresholds, _public_key(pubkey))
+    report = compute_drift(layout, run_id, against, thresholds, _keys(layout, pubkey))
     write_report(layout, report)
     return report, exit_code(report.severity, gate)
 

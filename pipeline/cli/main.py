@@ -8,11 +8,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.cli.common import (
     ROOT_HELP,
     RichTracker,
     console,
+    err_console,
     fail,
     load_config_file,
     resolve_root,
@@ -51,6 +53,14 @@ IncludePartialOpt = Annotated[
 IncludeReviewOpt = Annotated[
     bool, typer.Option("--include-review", help="Opt in: needs_human_review tasks may reach RAG.")
 ]
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option("--no-wait", help="Exit 2 at once if another run is writing this root (default: wait for it)."),
+]
+PubkeyOpt = Annotated[
+    Path | None,
+    typer.Option("--pubkey", help="Accept only this PEM public key (default: the root's trusted keys)."),
+]
 
 
 def _run(
@@ -63,9 +73,11 @@ def _run(
     quiet: bool,
     include_partial: bool,
     include_review: bool,
+    no_wait: bool,
 ) -> None:
     import datetime as dt
 
+    from pipeline.core.lock import writer_lock
     from pipeline.core.runner import Runner, RunOptions
     from pipeline.core.sources import SourceSpec, default_specs
     from pipeline.sql import write_lake_db
@@ -87,47 +99,58 @@ def _run(
         console.print("[yellow]no sources given and none found in ~/.claude or ~/.codex[/yellow]")
     try:
         stages = load_stages(targets)
-    except TracelakeError as exc:
+        runner = Runner(
+            stages,
+            RunOptions(
+                root=lake_root,
+                sources=specs,
+                stage_config=stage_config,
+                recorded_at=recorded_at,
+                workers=workers,
+                tracker=RichTracker(enabled=not quiet),
+                wait=not no_wait,
+                on_wait=lambda message: err_console.print(Text(message)),
+            ),
+        )
+        # The lake database is part of what a run writes: it is refreshed under the lock.
+        with writer_lock(runner.layout, wait=not no_wait, on_wait=runner.options.on_wait):
+            result = runner.run(targets)
+            write_lake_db(runner.layout, result.run_id)
+    except (TracelakeError, ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
-    runner = Runner(
-        stages,
-        RunOptions(
-            root=lake_root,
-            sources=specs,
-            stage_config=stage_config,
-            recorded_at=recorded_at,
-            workers=workers,
-            tracker=RichTracker(enabled=not quiet),
-        ),
-    )
-    try:
-        result = runner.run(targets)
-    except (TracelakeError, ValueError) as exc:
-        raise fail(str(exc)) from exc
-    write_lake_db(runner.layout, result.run_id)
     if not quiet:
         print_run(lake_root, result.run_id)
+    for entry in result.summary.rejected_cache:
+        err_console.print(Text(f"cache entry for {entry.stage} refused ({entry.cache_key}): "
+                               f"{entry.reason}; the stage ran again", style="yellow"))
+    cleanup = result.summary.cleanup
+    if cleanup.temp_files or cleanup.unfinished_runs:
+        err_console.print(Text(
+            f"cleared what killed runs left: {cleanup.temp_files} temp file(s) "
+            f"({cleanup.temp_bytes:,} bytes), {len(cleanup.unfinished_runs)} unfinished run folder(s)"
+        ))
     if not result.ok:
         raise typer.Exit(1)
 
 
 def print_run(root: Path, run_id: str) -> None:
-    from pipeline.core.receipts import load_run_receipts, load_summary
+    from pipeline.core.receipts import load_run_receipts, load_run_summary
     from pipeline.core.report import stage_rows
     from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import load_trusted
 
     layout = LakeLayout(root)
-    summary = load_summary(layout, run_id)
-    table = Table(title=f"run {run_id}")
+    keys = load_trusted(layout)
+    summary = load_run_summary(layout, run_id, keys)
+    table = Table(title=Text(f"run {run_id}"))
     for column in ("stage", "status", "in", "out", "quarantined", "filtered", "cache hit", "time (s)"):
         left = column in ("stage", "status")
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
-    for row in stage_rows(summary, load_run_receipts(layout, run_id)):
+    for row in stage_rows(summary, load_run_receipts(layout, run_id, keys)):
         status = str(row["status"])
-        color = "green" if status == "ok" else "red"
         table.add_row(
-            str(row["stage"]),
-            f"[{color}]{status}[/{color}]",
+            Text(str(row["stage"])),
+            Text(status, style="green" if status == "ok" else "red"),
             f"{row['in']:,}",
             f"{row['out']:,}",
             f"{row['quarantined']:,}",
@@ -136,13 +159,17 @@ def print_run(root: Path, run_id: str) -> None:
             f"{row['time_s']:.2f}" if row["time_s"] is not None else "-",
         )
     console.print(table)
-    console.print(f"run_hash  {summary.run_hash}")
-    console.print(f"receipts  {layout.run_dir(run_id)}")
-    console.print(f"objects   {layout.objects}")
-    console.print(f"duckdb    {layout.duckdb_file}")
-    exports = layout.exports / run_id
+    lines = [
+        f"run_hash  {summary.run_hash}",
+        f"receipts  {layout.run_dir(run_id)}",
+        f"objects   {layout.objects}",
+        f"duckdb    {layout.duckdb_file}",
+    ]
+    exports = layout.export_dir(run_id)
     if exports.exists():
-        console.print(f"exports   {exports}")
+        lines.append(f"exports   {exports}")
+    for line in lines:
+        console.print(Text(line))
 
 
 @app.command("run-all")
@@ -155,9 +182,10 @@ def run_all(
     quiet: QuietOpt = False,
     include_partial: IncludePartialOpt = False,
     include_review: IncludeReviewOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Run every stage; unchanged stages are cache hits. Exit 1 if any stage fails."""
-    _run(None, root, source, config, recorded_at, workers, quiet, include_partial, include_review)
+    _run(None, root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait)
 
 
 @app.command("run")
@@ -171,36 +199,87 @@ def run_one(
     quiet: QuietOpt = False,
     include_partial: IncludePartialOpt = False,
     include_review: IncludeReviewOpt = False,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Run one stage and its upstream stages."""
-    _run([stage], root, source, config, recorded_at, workers, quiet, include_partial, include_review)
+    _run([stage], root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait)
 
 
 @app.command("keygen")
 def keygen(
     path: Annotated[Path | None, typer.Option("--path", help="Where to write the key.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
+    rotate: Annotated[
+        bool,
+        typer.Option("--rotate", help="Replace the key and trust the new one in --root "
+                     "(the old one stays trusted, so old runs still verify)."),
+    ] = False,
+    root: RootOpt = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Create an Ed25519 signing key (0600). Default: $TRACELAKE_SIGNING_KEY or
     ~/.config/tracelake/signing-key.pem."""
-    from pipeline.core.signing import default_key_path, generate_key
+    from pipeline.core.lock import writer_lock
+    from pipeline.core.signing import default_key_path, generate_key, key_id, load_key
+    from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import trust
 
     target = path or default_key_path()
+    if not rotate:
+        try:
+            generate_key(target, overwrite=force)
+        except FileExistsError as exc:
+            raise fail(str(exc)) from exc
+        except OSError as exc:
+            raise fail(f"cannot write {target}: {exc.strerror}") from exc
+        console.print(Text(f"wrote {target}"))
+        return
+    layout = LakeLayout(resolve_root(root))
     try:
-        generate_key(target, overwrite=force)
-    except FileExistsError as exc:
-        raise fail(str(exc), 1) from exc
-    console.print(f"wrote {target}")
+        with writer_lock(layout, wait=not no_wait, on_wait=lambda m: err_console.print(Text(m))):
+            generate_key(target, overwrite=True)
+            new = load_key(target).public_key()
+            trust(layout, new, "rotated in with `tracelake keygen --rotate`")
+    except (TracelakeError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(Text(f"wrote {target}; key {key_id(new)[:16]} is now trusted in {layout.trusted_keys}"))
 
 
 @receipts_app.command("pubkey")
 def receipts_pubkey(
     key: Annotated[Path | None, typer.Option("--key", help="Private key file.")] = None,
 ) -> None:
-    """Print the public key as PEM, for third-party DSSE verification."""
-    from pipeline.core.signing import load_or_create_key, public_pem
+    """Print the signing key's public key as PEM, for third-party DSSE verification."""
+    from pipeline.core.signing import load_key, public_pem
 
-    typer.echo(public_pem(load_or_create_key(key).public_key()), nl=False)
+    try:
+        private = load_key(key)
+    except TracelakeError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(public_pem(private.public_key()), nl=False)
+
+
+@receipts_app.command("trust")
+def receipts_trust(
+    pem: Annotated[Path, typer.Argument(help="PEM public key to trust (from `tracelake receipts pubkey`).")],
+    root: RootOpt = None,
+    no_wait: NoWaitOpt = False,
+) -> None:
+    """Accept signatures by this public key in this root (e.g. after a key rotation)."""
+    from pipeline.core.lock import writer_lock
+    from pipeline.core.signing import key_id
+    from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import pinned, trust
+
+    layout = LakeLayout(resolve_root(root))
+    try:
+        keys = pinned(pem)
+        with writer_lock(layout, wait=not no_wait, on_wait=lambda m: err_console.print(Text(m))):
+            added = [key_id(k)[:16] for k in keys.keys if trust(layout, k, f"trusted from {pem.name}")]
+    except (TracelakeError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    message = f"now trusted: {', '.join(added)}" if added else "already trusted"
+    console.print(Text(f"{message} ({layout.trusted_keys})"))
 
 
 @receipts_app.command("list")
@@ -208,14 +287,27 @@ def receipts_list(
     root: RootOpt = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
-    """List runs, newest last."""
-    from pipeline.core.receipts import list_runs, load_summary
+    """List runs, newest last. A run whose statement does not verify is listed as such."""
+    from pipeline.core.receipts import list_runs, load_run_summary, run_state
     from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import load_trusted
 
+    if format not in ("table", "json"):
+        raise fail("--format must be table or json")
     layout = LakeLayout(resolve_root(root))
-    rows = []
+    try:
+        keys = load_trusted(layout)
+    except TracelakeError as exc:
+        raise fail(str(exc)) from exc
+    rows: list[dict[str, Any]] = []
     for run_id in list_runs(layout):
-        s = load_summary(layout, run_id)
+        try:
+            s = load_run_summary(layout, run_id, keys)
+        except TracelakeError as exc:
+            rows.append({"run_id": run_id, "passed": None, "stages": None, "cache_hits": None,
+                         "records_in": None, "quarantined": None, "run_hash": None,
+                         "problem": str(exc)})
+            continue
         rows.append(
             {
                 "run_id": run_id,
@@ -225,17 +317,28 @@ def receipts_list(
                 "records_in": s.total_records_in,
                 "quarantined": s.total_quarantined,
                 "run_hash": s.run_hash,
+                "problem": None,
             }
         )
+    legacy = [p.name for p in layout.receipts.iterdir() if p.is_dir() and run_state(layout, p.name) == "legacy"
+              and (p / "summary.json").exists()] if layout.receipts.is_dir() else []
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"runs in {layout.receipts}")
-    for column in ("run_id", "passed", "stages", "cache_hits", "records_in", "quarantined", "run_hash"):
-        table.add_column(column)
+    table = Table(title=Text(f"runs in {layout.receipts}"))
+    for column in ("run_id", "passed", "stages", "hits", "records_in", "run_hash"):
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(row[c]) for c in row))
+        if row["problem"] is not None:
+            table.add_row(Text(row["run_id"]), Text("UNVERIFIED", style="red"), "-", "-", "-",
+                          Text(row["problem"], style="red"))
+            continue
+        table.add_row(Text(row["run_id"]), str(row["passed"]), str(row["stages"]), str(row["cache_hits"]),
+                      f"{row['records_in']:,}", row["run_hash"][:16])
     console.print(table)
+    if legacy:
+        console.print(Text(f"{len(legacy)} run folder(s) written before signed run statements are "
+                           "not listed (they cannot be verified by this version)"))
 
 
 @receipts_app.command("show")
@@ -244,67 +347,89 @@ def receipts_show(
     root: RootOpt = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
-    """Show the stage receipts of a run."""
-    from pipeline.core.receipts import load_run_receipts, load_summary, resolve_run
+    """Show the stage receipts of a run (after their signatures verify)."""
+    from pipeline.core.receipts import load_run_receipts, load_run_summary, resolve_run
     from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import load_trusted
 
+    if format not in ("table", "json"):
+        raise fail("--format must be table or json")
     layout = LakeLayout(resolve_root(root))
     try:
         resolved = resolve_run(layout, run_id)
+        keys = load_trusted(layout)
+        receipts = load_run_receipts(layout, resolved, keys)
+        summary = load_run_summary(layout, resolved, keys)
     except TracelakeError as exc:
-        raise fail(str(exc)) from exc
-    receipts = load_run_receipts(layout, resolved)
+        raise fail(f"{exc} (`tracelake receipts verify` names every problem)", 1) from exc
     if format == "json":
         typer.echo(json.dumps([r.model_dump(mode="json") for r in receipts], indent=2))
         return
     print_run(layout.root, resolved)
-    summary = load_summary(layout, resolved)
     for receipt in receipts:
         if receipt.quarantined or receipt.filtered:
-            detail = Table(title=f"{receipt.stage}: set aside", show_header=True)
+            detail = Table(title=Text(f"{receipt.stage}: set aside"), show_header=True)
             detail.add_column("kind")
-            detail.add_column("reason")
+            detail.add_column("reason", overflow="fold")
             detail.add_column("count", justify="right")
             for reason, count in receipt.quarantined.items():
-                detail.add_row("quarantined", reason, f"{count:,}")
+                detail.add_row("quarantined", Text(reason), f"{count:,}")
             for reason, count in receipt.filtered.items():
-                detail.add_row("filtered", reason, f"{count:,}")
+                detail.add_row("filtered", Text(reason), f"{count:,}")
             console.print(detail)
-    console.print(f"overall_passed={summary.overall_passed}")
+    for entry in summary.rejected_cache:
+        console.print(Text(f"cache entry refused for {entry.stage}: {entry.reason}", style="yellow"))
+    console.print(Text(f"overall_passed={summary.overall_passed}"))
 
 
 @receipts_app.command("verify")
 def receipts_verify(
     run_id: Annotated[str | None, typer.Argument(help="Run id (default: latest).")] = None,
     root: RootOpt = None,
-    pubkey: Annotated[Path | None, typer.Option("--pubkey", help="PEM public key to verify with.")] = None,
+    pubkey: PubkeyOpt = None,
     deep: Annotated[bool, typer.Option("--deep", help="Re-run stages from the lake and compare digests.")] = False,
-    sample: Annotated[int | None, typer.Option("--sample", help="With --deep: limit re-run size.")] = None,
+    sample: Annotated[int | None, typer.Option("--sample", min=1, help="With --deep: limit re-run size.")] = None,
 ) -> None:
-    """Check every signature and re-hash every output object. Exit 1 naming what fails."""
-    from pipeline.core.receipts import resolve_run, verify_run
-    from pipeline.core.signing import load_or_create_key, load_public_key
+    """Check the run statement, every receipt, object and export file, and every claim
+    they make. Exit 0 when all hold, 1 naming each thing that does not."""
+    from pipeline.audit.verify import verify_run
+    from pipeline.core.receipts import resolve_run
+    from pipeline.core.signing import key_id
     from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import load_trusted, pinned
 
     layout = LakeLayout(resolve_root(root))
     try:
         resolved = resolve_run(layout, run_id)
-        public = load_public_key(pubkey.read_bytes()) if pubkey else load_or_create_key().public_key()
+        keys = pinned(pubkey) if pubkey is not None else load_trusted(layout)
     except (TracelakeError, OSError) as exc:
         raise fail(str(exc)) from exc
-    checked, problems = verify_run(layout, resolved, public)
-    for problem in problems:
-        console.print(f"[red]FAIL[/red] {problem.subject}: {problem.problem}")
-    if not problems:
-        console.print(f"[green]OK[/green] run {resolved}: {checked} signatures and objects verified")
+    if not keys.keys:
+        err_console.print(Text(f"FAIL no trusted keys: {keys.source} (give --pubkey PEM, or "
+                               "trust a key with `tracelake receipts trust`)", style="red"), soft_wrap=True)
+        raise typer.Exit(1)
+    report = verify_run(layout, resolved, keys)
+    for problem in report.problems:
+        console.print(Text.assemble(("FAIL ", "red"), f"{problem.subject}: {problem.problem}"), soft_wrap=True)
+    if report.passed:
+        signer = next((k for k in keys.keys if key_id(k) == report.signer), None)
+        console.print(Text.assemble(
+            ("OK ", "green"),
+            f"run {resolved}: statement, {report.receipts} receipts, {report.objects} objects and "
+            f"{report.export_files} export files verified (signed by {key_id(signer)[:16] if signer else '?'}, "
+            f"trusted via {keys.source})",
+        ), soft_wrap=True)
     deep_failed = False
     if deep:
-        from pipeline.deep_verify import deep_verify, print_deep_report
+        from pipeline.audit.deep import deep_verify, print_deep_report
 
-        report = deep_verify(layout.root, resolved, sample)
-        print_deep_report(report)
-        deep_failed = not report.passed
-    if problems or deep_failed:
+        try:
+            deep_report = deep_verify(layout.root, resolved, sample, keys=keys)
+        except TracelakeError as exc:
+            raise fail(str(exc), 1) from exc
+        print_deep_report(deep_report, console)
+        deep_failed = not deep_report.passed
+    if not report.passed or deep_failed:
         raise typer.Exit(1)
 
 
@@ -325,7 +450,7 @@ def sql(
     try:
         con, _ = connect(resolve_root(root), run)
         columns, rows = query(con, query_text)
-    except (TracelakeError, duckdb.Error) as exc:
+    except (TracelakeError, duckdb.Error, OSError) as exc:
         raise fail(str(exc), 1) from exc
     if format == "json":
         typer.echo(format_json(columns, rows))
@@ -334,9 +459,9 @@ def sql(
     else:
         table = Table(show_lines=False)
         for column in columns:
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*("NULL" if v is None else str(v) for v in row))
+            table.add_column(Text(column), overflow="fold")
+        for row in rows:  # values are data, never markup
+            table.add_row(*(Text("NULL" if v is None else str(v)) for v in row))
         console.print(table)
         console.print(f"{len(rows)} row(s)")
 
@@ -346,11 +471,26 @@ register_drift(app)
 
 
 def main() -> None:
-    """Console-script entry point (tests drive ``app`` directly)."""
+    """Console-script entry point (tests drive ``app`` directly). Whatever goes wrong
+    ends in one line and exit 2, never a traceback (TRACELAKE_DEBUG=1 shows it)."""
+    import os
+    import sys
+
     from pipeline.core.imports import block_pandas
 
     block_pandas()
-    app()
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print(Text("interrupted", style="red"))
+        sys.exit(130)
+    except BaseException as exc:  # the last guard: one clear line, exit 2
+        if os.environ.get("TRACELAKE_DEBUG"):
+            raise
+        err_console.print(Text.assemble(("error: ", "red"), f"{type(exc).__name__}: {exc}"))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

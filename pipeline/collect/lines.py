@@ -8,6 +8,7 @@ everything else as a reason so each line lands in exactly one tally.
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from pipeline.core.hashing import HashingReader
 
 BLANK = "blank"
 OVERSIZED = "oversized"
@@ -41,7 +44,7 @@ def check_depth(error: TypeError) -> None:
 
 
 def iter_lines(
-    path: Path, max_line_bytes: int, repairs: Counter[str]
+    path: Path, max_line_bytes: int, repairs: Counter[str], reader: HashingReader | None = None
 ) -> Iterator[tuple[int, bytes, str | None]]:
     """Yield (1-based line number, bytes without newline, problem or None).
 
@@ -49,9 +52,12 @@ def iter_lines(
     ``max_line_bytes`` (their bytes are not returned: the payload is the byte count
     as ASCII). NUL bytes and a UTF-8 byte-order mark opening the file are stripped and
     a final line without newline is accepted; each repair is tallied in ``repairs``.
+    With ``reader`` (a ``HashingReader`` over ``path``) the bytes come through it, so
+    its digest is of exactly the lines yielded.
     """
     limit = max_line_bytes + 2  # room for "\r\n"
-    with path.open("rb", buffering=1 << 20) as handle:
+    opened = io.BufferedReader(reader, buffer_size=1 << 20) if reader is not None else path.open("rb", buffering=1 << 20)
+    with opened as handle:
         line_no = 0
         while True:
             chunk = handle.readline(limit)

@@ -49,6 +49,7 @@ import re2
 # A compiled module's __file__ is not its path: the package's folder comes from here.
 from pipeline.collect._compiled import HERE as PACKAGE_DIR
 from pipeline.collect.lines import check_depth
+from pipeline.core.hashing import CacheMac
 
 try:  # optional: a faster screen where its wheel exists
     import hyperscan as _hyperscan
@@ -570,14 +571,16 @@ class _Screen:
         self.prepare()
         return "hyperscan" if self._database is not None else "re2"
 
-    def prepare(self, cache_dir: Path | None = None) -> None:
+    def prepare(self, cache_dir: Path | None = None, mac: CacheMac | None = None) -> None:
         """Compile now (before a fork, so that workers inherit it). With ``cache_dir``,
         the Hyperscan database is kept there between runs (compiling one costs ~45 ms,
-        loading it nothing), keyed by its pattern and Hyperscan's version."""
+        loading it nothing), keyed by its pattern and Hyperscan's version; with ``mac``
+        each file there carries a tag, and one without a valid tag is compiled again (a
+        planted database that matches nothing would let every secret through)."""
         if self._ready:
             return
         if _hyperscan is not None:
-            self._database = _hyperscan_database(self.pattern, cache_dir)
+            self._database = _hyperscan_database(self.pattern, cache_dir, mac)
         options = re2.Options()
         options.max_mem = 64 << 20  # room for the union's DFA; RE2 falls back to its NFA, never to "no"
         options.log_errors = False
@@ -629,20 +632,28 @@ class _Screen:
 PRECOMPILED_SCREENS = PACKAGE_DIR / "_screens"
 
 
-def _hyperscan_database(pattern: str, cache_dir: Path | None) -> Any:
+def _hyperscan_database(pattern: str, cache_dir: Path | None, mac: CacheMac | None = None) -> Any:
     """The compiled screen, loaded when the build or an earlier run compiled it (into
-    ``PRECOMPILED_SCREENS`` or ``cache_dir``); None when Hyperscan refuses the pattern."""
+    ``PRECOMPILED_SCREENS``, part of the installation, or ``cache_dir``, whose files must
+    carry ``mac``'s tag when one is given); None when Hyperscan refuses the pattern."""
     folding = "|".join(re.escape(c) for c in ASCII_FOLDING)
     expression = f"{pattern}|{folding}".encode()
     flags = _hyperscan.HS_FLAG_SINGLEMATCH | _hyperscan.HS_FLAG_PREFILTER
     version = getattr(_hyperscan, "__version__", "?")
     name = hashlib.sha256(b"%s\0%d\0%s" % (expression, flags, version.encode())).hexdigest()[:32] + ".hsdb"
-    for folder in (PRECOMPILED_SCREENS, cache_dir):
-        if folder is not None and (folder / name).exists():
-            try:
-                return _hyperscan.loadb((folder / name).read_bytes(), _hyperscan.HS_MODE_BLOCK)
-            except (OSError, _hyperscan.error):  # torn, or built for another CPU: compile again
-                continue
+    for folder, tagged in ((PRECOMPILED_SCREENS, False), (cache_dir, mac is not None)):
+        if folder is None or not (folder / name).exists():
+            continue
+        try:
+            data = (folder / name).read_bytes()
+            if tagged:
+                assert mac is not None
+                data, tag = data[: -CacheMac.SIZE], data[-CacheMac.SIZE:]
+                if not mac.same(tag, mac.tag(data)):
+                    continue
+            return _hyperscan.loadb(data, _hyperscan.HS_MODE_BLOCK)
+        except (OSError, _hyperscan.error):  # torn, or built for another CPU: compile again
+            continue
     database = _hyperscan.Database()
     try:
         database.compile(expressions=[expression], flags=[flags])
@@ -651,8 +662,11 @@ def _hyperscan_database(pattern: str, cache_dir: Path | None) -> Any:
     if cache_dir is not None:
         with contextlib.suppress(OSError, _hyperscan.error):
             cache_dir.mkdir(parents=True, exist_ok=True)
-            temp = cache_dir / f".{name}.{os.getpid()}.tmp"
-            temp.write_bytes(_hyperscan.dumpb(database))
+            data = _hyperscan.dumpb(database)
+            if mac is not None:
+                data += mac.tag(data)
+            temp = cache_dir / f".tmp-{name}.{os.getpid()}"
+            temp.write_bytes(data)
             temp.replace(cache_dir / name)  # atomic: a reader sees the whole database or none
     return database
 
@@ -679,11 +693,11 @@ def _screen_for(home_marks: tuple[str, ...], json: bool = False) -> _Screen:
     return _Screen("|".join([_SECRET_RE2, *(re.escape(m) for m in home_marks)]))
 
 
-def prepare_screens(fold_home: bool = True, cache_dir: Path | None = None) -> None:
+def prepare_screens(fold_home: bool = True, cache_dir: Path | None = None, mac: CacheMac | None = None) -> None:
     """Compile the screens a collect worker uses (see ``_Screen.prepare``)."""
     redactor = Redactor(fold_home=fold_home)
     for screen in (_SECRET_SCREEN, redactor._screen, redactor._json_screen):
-        screen.prepare(cache_dir)
+        screen.prepare(cache_dir, mac)
 
 
 def find_secrets(text: str) -> list[tuple[str, int, int]]:

@@ -36,7 +36,8 @@ from pipeline.collect.lines import (
 )
 from pipeline.collect.redact import Redactor
 from pipeline.collect.tasks import CollectSettings, ShardTask
-from pipeline.core.hashing import digest_json, xxh3_128_file
+from pipeline.core.hashing import CacheMac, HashingReader, digest_json, xxh3_128_hex
+from pipeline.core.sources import changed_during_run
 from pipeline.core.store import atomic_path
 
 STAGE_NAME = "collect"
@@ -108,6 +109,7 @@ LINE_REASONS = frozenset(
         "malformed_json", "not_an_object", "invalid_utf8", "oversized_line",
         "missing_session_id", "unknown_entry_type", "conflicting_duplicate", "invalid_record",
         "nesting_too_deep",
+        "source_changed_during_run",  # a whole file, counted as one record
     }
 )
 _DETAIL_CHARS = 300
@@ -220,35 +222,76 @@ def meta_path_for(path: Path) -> Path | None:
     return meta if meta.is_file() else None
 
 
-def meta_digest(meta: Path | None) -> str | None:
-    return xxh3_128_file(meta) if meta is not None else None
-
-
-def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> None:
+def parse_into(shard: Shard, path: Path, meta: dict[str, Any] | None) -> tuple[str, int]:
     """Feed every line of ``path`` to the format parser; every line lands in one tally.
+    Returns the xxh3-128 and size of exactly the bytes parsed.
 
     A record found too deeply nested only while it is being mapped (``NestingTooDeep``)
     may have left part of itself in the parser's state, so the file is parsed again
     from its first line with that line quarantined: rare, and never a half record.
     """
-    marks = {name: len(rows) for name, rows in shard.rows.items()}
+    mark = _mark(shard)
     too_deep: set[int] = set()
     while True:
         try:
-            _parse_once(shard, path, meta, too_deep)
-            return
+            return _parse_once(shard, path, meta, too_deep)
         except NestingTooDeep as error:
             if error.line_no is None or error.line_no in too_deep:
                 raise
             too_deep.add(error.line_no)
-            for name, rows in shard.rows.items():
-                del rows[marks[name]:]
-            shard.lines.clear()
-            shard.repairs.clear()
-            shard.redactor.counts.clear()
+            _rewind(shard, mark)
 
 
-def _parse_once(shard: Shard, path: Path, meta: dict[str, Any] | None, too_deep: set[int]) -> None:
+def _mark(shard: Shard) -> dict[str, int]:
+    return {name: len(rows) for name, rows in shard.rows.items()}
+
+
+def _rewind(shard: Shard, mark: dict[str, int]) -> None:
+    """Forget everything parsed since ``mark`` (rows are shared with the batch)."""
+    for name, rows in shard.rows.items():
+        del rows[mark[name]:]
+    shard.lines.clear()
+    shard.repairs.clear()
+    shard.redactor.counts.clear()
+
+
+# A file that gives other bytes on each read (a live session being appended to) is read
+# this many times in all; then it is set aside until it stops changing.
+SOURCE_READS = 3
+SOURCE_CHANGED = "source_changed_during_run"
+
+
+def parse_as_read(shard: Shard, path: Path, meta: dict[str, Any] | None, expected: str) -> tuple[str, int]:
+    """``parse_into``, but the rows always come from bytes whose digest is returned.
+
+    The runner digested the file before the run; a file that changed since parses to
+    other bytes. It is read again until two reads agree, and those rows are kept with
+    the digest they came from (the receipt then names it). A file that never reads
+    the same twice is one quarantined record (``source_changed_during_run``), its digest
+    ``changed_during_run(last)``: the rest of the run goes on without it.
+    """
+    mark = _mark(shard)
+    try:
+        digest, size = parse_into(shard, path, meta)
+        if digest == expected:
+            return digest, size
+        for _ in range(SOURCE_READS - 1):
+            _rewind(shard, mark)
+            again, size = parse_into(shard, path, meta)
+            if again == digest:
+                return digest, size
+            digest = again
+        why = f"the file gave different bytes in each of {SOURCE_READS} reads; it is parsed once it stops changing"
+    except FileNotFoundError:
+        digest, size, why = "missing", 0, "the file was deleted while the run read it"
+    _rewind(shard, mark)
+    shard.quarantine(None, SOURCE_CHANGED, why)
+    return changed_during_run(digest), size
+
+
+def _parse_once(
+    shard: Shard, path: Path, meta: dict[str, Any] | None, too_deep: set[int]
+) -> tuple[str, int]:
     from pipeline.collect.claude_code import ClaudeFile
     from pipeline.collect.codex import CodexFile
 
@@ -260,7 +303,9 @@ def _parse_once(shard: Shard, path: Path, meta: dict[str, Any] | None, too_deep:
     seen: dict[str, int] = {}
     lines = shard.lines
     feed, add_line, loads, digest = parser.feed, shard.add_line, orjson.loads, xxhash.xxh3_64_intdigest
-    for line_no, raw, problem in iter_lines(path, shard.settings.max_line_bytes, shard.repairs):
+    hasher = xxhash.xxh3_128()
+    reader = HashingReader(path, hasher)
+    for line_no, raw, problem in iter_lines(path, shard.settings.max_line_bytes, shard.repairs, reader):
         if problem == BLANK:
             lines["blank_line"] += 1
             continue
@@ -317,6 +362,7 @@ def _parse_once(shard: Shard, path: Path, meta: dict[str, Any] | None, too_deep:
             lines[outcome] += 1
         add_line(line_no, key, chash, outcome, session_id)
     parser.finish()
+    return hasher.hexdigest(), reader.size
 
 
 def _preview(raw: bytes) -> str:
@@ -344,35 +390,43 @@ def build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
 def _build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
     rows = empty_rows()
     members: dict[str, dict[str, Any]] = {}
+    read: list[dict[str, Any]] = []
     for task in tasks:
         before = row_counts(rows)
         shard = Shard(task.kind, task.display_path, task.settings, rows)
         shard.source_file = shard.redactor.redact(task.display_path)
-        parse_into(shard, Path(task.path), _read_meta(task.meta_path))
+        meta, meta_digest = _read_meta(task.meta_path)
+        digest, size = parse_as_read(shard, Path(task.path), meta, task.digest)
         after = row_counts(rows)
         ranges = {n: [before[n], after[n] - before[n]] for n in after if after[n] > before[n]}
         stats = {
             "lines": dict(shard.lines),
             "repairs": dict(shard.repairs),
             "redactions": dict(shard.redactor.counts),
-            "bytes": Path(task.path).stat().st_size,
+            "bytes": size,
         }
-        members[task.key] = {"stats": stats, "rows": ranges, "source_file": shard.source_file}
+        # Filed under the key of what was read (equal to the task's key unless the
+        # file or its sidecar changed after the run digested them).
+        key = shard_key(task.kind, task.display_path, digest, meta_digest, task.settings, task.stage_version)
+        members[key] = {"stats": stats, "rows": ranges, "source_file": shard.source_file}
+        read.append({"key": key, "task_key": task.key, "digest": digest, "meta_digest": meta_digest})
     shard_dir = Path(tasks[0].shard_dir)
     name = f"{digest_json(sorted(members))}.batch"
-    write_container(container_path(shard_dir, name), split_passthrough(rows_to_tables(rows)), members)
-    return [{"key": key, "container": name, **member} for key, member in members.items()]
+    write_container(container_path(shard_dir, name), split_passthrough(rows_to_tables(rows)), members,
+                    tasks[0].cache_mac)
+    return [{**entry, "container": name, **members[entry["key"]]} for entry in read]
 
 
-def load_index(shard_dir: Path) -> dict[str, dict[str, Any]]:
-    """key -> member entry, from every container's header. A key found in two
-    containers (parsed twice after a crash) takes the first by name: both hold the
-    same rows, since a key fixes the file's bytes and the parser."""
+def load_index(shard_dir: Path, mac: CacheMac) -> dict[str, dict[str, Any]]:
+    """key -> member entry, from the header of every container whose MAC holds (a torn,
+    foreign or forged container is skipped: its files are parsed again). A key found
+    in two containers (parsed twice after a crash) takes the first by name: both hold
+    the same rows, since a key fixes the file's bytes and the parser."""
     index: dict[str, dict[str, Any]] = {}
     for path in sorted((shard_dir / _BATCHES).glob("*.batch"), reverse=True):
         try:
-            _, header = read_container(path, tables=False)
-        except (OSError, ValueError):  # torn or foreign: its files are parsed again
+            _, header = read_header(path, mac)
+        except (OSError, ValueError):
             continue
         for key, member in header.get("members", {}).items():
             index[key] = {"key": key, "container": path.name, **member}
@@ -393,14 +447,20 @@ def prune(shard_dir: Path, keep: set[str], older_than: float) -> int:
     return removed
 
 
-def _read_meta(meta_path: str | None) -> dict[str, Any] | None:
+def _read_meta(meta_path: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The sidecar's record and the digest of the bytes it came from (one read)."""
     if meta_path is None:
-        return None
+        return None, None
     try:
-        loaded = orjson.loads(Path(meta_path).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
+        data = Path(meta_path).read_bytes()
+    except OSError:
+        return None, changed_during_run("missing")
+    digest = xxh3_128_hex(data)
+    try:
+        loaded = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, digest
+    return (loaded if isinstance(loaded, dict) else None), digest
 
 
 _BATCHES = "batches"
@@ -440,32 +500,40 @@ def split_passthrough(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
 
 
 # A container is one file: one Arrow IPC stream per table, then a JSON header (stats and
-# the byte range of each table), its length (8 bytes) and a magic tag. One file instead
-# of one Parquet file per table keeps a corpus of thousands of small sessions from being
-# I/O bound; the header goes last so the streams are written straight to the file
-# (assembling them in memory first cost 3x the write: 0.07 s against 0.02 s for 50 MB).
+# the byte range of each table), its length (8 bytes), a MAC over everything before it
+# and a magic tag. One file instead of one Parquet file per table keeps a corpus of
+# thousands of small sessions from being I/O bound; the header goes last so the streams
+# are written straight to the file (assembling them in memory first cost 3x the write:
+# 0.07 s against 0.02 s for 50 MB). The MAC (``CacheMac``) is what lets a later run
+# read rows back as its own: they go into signed tables.
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # lz4 costs 3x the write time here
-_MAGIC = b"TLSHARD1"
-_TRAILER = 8 + len(_MAGIC)
+_MAGIC = b"TLSHARD2"
+_MAC = CacheMac.SIZE
+_TRAILER = 8 + _MAC + len(_MAGIC)
 
 
-def write_container(target: Path, tables: dict[str, pa.Table], members: dict[str, Any]) -> None:
+def write_container(target: Path, tables: dict[str, pa.Table], members: dict[str, Any], mac: CacheMac) -> None:
     """Write atomically (temp file + rename): a crash never leaves half a shard."""
     ranges: dict[str, list[int]] = {}
-    with atomic_path(target, durable=False) as tmp, pa.OSFile(str(tmp), "wb") as sink:
-        for name, table in tables.items():
-            start = sink.tell()
-            with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
-                writer.write_table(table)
-            ranges[name] = [start, sink.tell() - start]
-        header = orjson.dumps({"members": members, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
-        sink.write(header)
-        sink.write(len(header).to_bytes(8, "little") + _MAGIC)
+    with atomic_path(target, durable=False) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink:
+            for name, table in tables.items():
+                start = sink.tell()
+                with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+                    writer.write_table(table)
+                ranges[name] = [start, sink.tell() - start]
+            header = orjson.dumps({"members": members, "tables": ranges}, option=orjson.OPT_SORT_KEYS)
+            sink.write(header)
+            sink.write(len(header).to_bytes(8, "little"))
+            body = sink.tell()
+        tag = mac.tag_file(tmp, body)
+        with tmp.open("ab") as handle:
+            handle.write(tag + _MAGIC)
 
 
-def read_header(path: Path) -> tuple[int, dict[str, Any]]:
+def read_header(path: Path, mac: CacheMac | None = None) -> tuple[int, dict[str, Any]]:
     """(offset of the first table, header) of one container; ValueError if it is not one
-    (torn, foreign, or of an older layout)."""
+    (torn, foreign, of an older layout) or, with ``mac``, if its MAC does not hold."""
     with path.open("rb") as handle:
         end = handle.seek(0, 2)
         if end < _TRAILER:
@@ -473,8 +541,10 @@ def read_header(path: Path) -> tuple[int, dict[str, Any]]:
         handle.seek(end - _TRAILER)
         trailer = handle.read(_TRAILER)
         size = int.from_bytes(trailer[:8], "little")
-        if trailer[8:] != _MAGIC or size > end - _TRAILER:
+        if trailer[8 + _MAC:] != _MAGIC or size > end - _TRAILER:
             raise ValueError(f"{path}: not a shard container")
+        if mac is not None and not mac.same(trailer[8:8 + _MAC], mac.tag_file(path, end - _MAC - len(_MAGIC))):
+            raise ValueError(f"{path}: MAC does not hold (not written with this signing key)")
         handle.seek(end - _TRAILER - size)
         return 0, orjson.loads(handle.read(size))
 

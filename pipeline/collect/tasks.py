@@ -7,7 +7,9 @@ process boundary with every batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pipeline.core.hashing import CacheMac
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,10 @@ class ShardTask:
     kind: str
     path: str
     display_path: str
-    key: str
+    key: str  # the shard's cache key for the digests below
+    digest: str  # what the runner digested the file as (the worker checks what it reads)
     shard_dir: str
-    meta_path: str | None
+    meta_path: str | None  # Claude subagent sidecar, read with the file
     settings: CollectSettings
+    stage_version: str
+    cache_mac: CacheMac = field(repr=False, compare=False)

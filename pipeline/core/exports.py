@@ -3,62 +3,69 @@
 An export stage writes files for external clients (JSONL, Parquet). Re-writing and
 re-validating them on every cache hit made a no-op run grow with the corpus, so they
 are built once into ``exports/.by-key/<cache_key>/`` (validated there, then renamed into
-place with a manifest of file digests) and hard-linked into ``exports/<run_id>/``. A
-cache hit re-checks the manifest, so an edited file is rebuilt and re-validated rather
-than trusted.
+place) and hard-linked into ``exports/<run_id>/``. The stage's signed receipt lists each
+file with its size, sha256 and BLAKE3: a cache hit re-checks every listed file before
+linking it, and links only listed files, so an edited or planted file is never passed on.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 from pathlib import Path
 
-from pipeline.core.hashing import xxh3_128_file
+from pipeline.core.hashing import blake3_file, file_digests
 from pipeline.core.store import LakeLayout
-
-MANIFEST = ".manifest.json"
-
-
-def keyed_dir(layout: LakeLayout, cache_key: str) -> Path:
-    return layout.exports / ".by-key" / cache_key
+from schemas.receipt import ExportFile
 
 
 def scratch_dir(layout: LakeLayout, cache_key: str) -> Path:
     return layout.exports / ".by-key" / f".tmp-{cache_key}-{secrets.token_hex(4)}"
 
 
-def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def file_manifest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): xxh3_128_file(p) for p in _files(root)}
+def describe(root: Path) -> list[ExportFile]:
+    """Every file under ``root`` with its digests, in path order."""
+    out = []
+    for path in files_under(root):
+        digests = file_digests(path)
+        out.append(
+            ExportFile(
+                path=path.relative_to(root).as_posix(), size=digests.size,
+                sha256=digests.sha256, blake3=digests.blake3,
+            )
+        )
+    return out
 
 
 def seal(scratch: Path, target: Path) -> None:
-    """Record the digests of what was validated, then move it into place atomically."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    (scratch / MANIFEST).write_text(json.dumps(file_manifest(scratch), sort_keys=True, indent=1))
+    """Move a validated build into place (replacing a damaged one)."""
     if target.exists():
         shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(scratch, target)
 
 
-def intact(target: Path) -> bool:
-    try:
-        recorded = json.loads((target / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(recorded, dict) and recorded == file_manifest(target)
+def problem(root: Path, files: list[ExportFile]) -> str | None:
+    """Why the files under ``root`` are not the ones listed (None when they are)."""
+    for file in files:
+        path = root / file.path
+        if not path.is_file():
+            return f"export file {file.path} is missing"
+        if path.stat().st_size != file.size or blake3_file(path) != file.blake3:
+            return f"export file {file.path} does not match its recorded BLAKE3"
+    return None
 
 
-def link_into(source: Path, run_dir: Path) -> list[Path]:
-    """Hard-link every file of ``source`` into ``run_dir`` (copy across filesystems)."""
-    linked = []
-    for path in _files(source):
+def link_into(source: Path, files: list[ExportFile] | None, run_dir: Path) -> None:
+    """Hard-link ``files`` (every file when None) of ``source`` into ``run_dir`` (copy
+    across filesystems)."""
+    paths = [source / f.path for f in files] if files is not None else files_under(source)
+    for path in paths:
         destination = run_dir / path.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
         if destination.exists():
@@ -67,5 +74,3 @@ def link_into(source: Path, run_dir: Path) -> list[Path]:
             os.link(path, destination)
         except OSError:
             shutil.copy2(path, destination)
-        linked.append(destination)
-    return linked

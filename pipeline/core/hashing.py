@@ -10,14 +10,19 @@ buffers and dictionary encoding).
 from __future__ import annotations
 
 import hashlib
+import hmac
+import io
 import json
 import math
+import mmap
 import struct
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,6 +93,125 @@ def sha256_file(path: Path) -> str:
     hasher = hashlib.sha256()
     _hash_file(path, hasher)
     return hasher.hexdigest()
+
+
+class HashingReader(io.RawIOBase):
+    """A raw file reader that feeds every byte it hands out to ``hasher``: wrapped in a
+    ``BufferedReader`` and read to the end, the digest is of exactly the bytes the
+    caller parsed (a file appended to meanwhile yields a digest of what was read, not of
+    what the file became). Hashing happens once per buffer refill, not per line."""
+
+    def __init__(self, path: Path, hasher: Any) -> None:
+        super().__init__()
+        self._raw = path.open("rb", buffering=0)
+        self._hasher = hasher
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._raw.readinto(buffer)
+        if count:
+            with memoryview(buffer) as view:
+                self._hasher.update(view[:count])
+            self.size += count
+        return count or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """What a receipt claims about a file's bytes: sha256 (what in-toto and third-party
+    tools check) and BLAKE3 (what a run checks before reusing the file: as strong, and
+    several times faster on two cores)."""
+
+    size: int
+    sha256: str
+    blake3: str
+
+
+class _Both:
+    """Feeds one read of a file to both hashers."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.blake3 = blake3.blake3()
+        self.size = 0
+
+    def update(self, data: memoryview) -> None:
+        self.sha256.update(data)
+        self.blake3.update(data)
+        self.size += len(data)
+
+
+def file_digests(path: Path) -> FileDigests:
+    both = _Both()
+    _hash_file(path, both)
+    return FileDigests(both.size, both.sha256.hexdigest(), both.blake3.hexdigest())
+
+
+def blake3_file(path: Path) -> str:
+    """BLAKE3 of a file, memory-mapped and spread over every core (a 244 MB export in
+    0.05 s); an empty file cannot be mapped everywhere, so it is read. Not for code that
+    may run in a forked child (see ``CacheMac``)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if path.stat().st_size:
+        hasher.update_mmap(path)
+    return hasher.hexdigest()
+
+
+class CacheMac:
+    """Authenticates the lake's derived caches (shard containers, the stat cache, compiled
+    screens): what a cache holds flows into signed outputs, so an entry someone else
+    wrote must never be read as ours. The key is derived from the signing key, so only
+    its holder can make a tag; a tag that fails makes the entry a miss."""
+
+    CONTEXT = "tracelake 2026-12 derived-cache authentication v1"
+    SIZE = 32
+    # Always one thread: tags are made in forked collect workers, where BLAKE3's thread
+    # pool (inherited from the parent without its threads) would wait forever.
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("a cache MAC key is 32 bytes")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "CacheMac(<key>)"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses into spawned workers
+        return (CacheMac, (self._key,))
+
+    @classmethod
+    def derive(cls, secret: bytes) -> CacheMac:
+        return cls(blake3.blake3(secret, derive_key_context=cls.CONTEXT).digest())
+
+    def hasher(self) -> Any:
+        """A keyed BLAKE3 to feed incrementally; ``.digest()`` is the tag."""
+        return blake3.blake3(key=self._key)
+
+    def tag(self, data: bytes | memoryview) -> bytes:
+        return bytes(blake3.blake3(data, key=self._key).digest())
+
+    def tag_file(self, path: Path, length: int) -> bytes:
+        """Tag of the first ``length`` bytes of ``path`` (memory-mapped)."""
+        hasher = blake3.blake3(key=self._key)
+        if length > 0:
+            with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    hasher.update(view[:length])
+                finally:
+                    view.release()
+        return bytes(hasher.digest())
+
+    @staticmethod
+    def same(a: bytes, b: bytes) -> bool:
+        return hmac.compare_digest(a, b)
 
 
 def xxh3_128_file(path: Path) -> str:

@@ -1,87 +1,277 @@
-"""Build, sign, store, load and verify StageReceipts and RunSummaries."""
+"""Write, sign, load and check StageReceipts and run statements.
+
+A run folder ``receipts/<run_id>/`` holds one signed StageReceipt per stage that ran and,
+written last, the run's own signed statement (``run.statement.json``): an in-toto
+Statement whose subjects are those receipt files (sha256 of their bytes) and every
+export file, and whose predicate is the RunSummary. ``summary.json`` and ``summary.md``
+are renderings of that statement for people; nothing reads them as the truth.
+
+A run folder starts with an ``.unfinished`` mark that goes only once the statement has
+landed: a run killed half-way is never listed as a run, and the next run clears it.
+Readers take the statement and receipts only after their signatures verify against the
+root's trusted keys (``pipeline.core.trust``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from pipeline.core.errors import NotFound, SignatureError
-from pipeline.core.hashing import digest_json, sha256_file
+from pipeline.core.hashing import canonical_json, digest_json
 from pipeline.core.signing import decode_payload_unverified, sign_statement, verify_envelope
-from pipeline.core.store import LakeLayout, atomic_write_text
+from pipeline.core.store import LakeLayout, atomic_write_bytes
+from pipeline.core.trust import TrustedKeys
 from schemas.receipt import (
     RECEIPT_PREDICATE_TYPE,
+    RUN_PREDICATE_TYPE,
     STATEMENT_TYPE,
+    ExportFile,
     RunSummary,
     StageReceipt,
 )
 
-RUN_FILE = "run.json"
+RECEIPT_SUFFIX = ".receipt.json"
+STATEMENT_FILE = "run.statement.json"
 SUMMARY_FILE = "summary.json"
+SUMMARY_MD = "summary.md"
+UNFINISHED_MARK = ".unfinished"
+
+
+class ReceiptError(SignatureError):
+    """A receipt or statement that does not verify or does not say what it must."""
+
+
+# --- statements ---------------------------------------------------------------------------
+
+
+def export_subject(run_id: str, file: ExportFile, stage: str | None = None) -> dict[str, Any]:
+    annotations: dict[str, Any] = {"size": file.size}
+    if stage is not None:
+        annotations["stage"] = stage
+    return {
+        "name": f"exports/{run_id}/{file.path}",
+        "digest": {"sha256": file.sha256, "blake3": file.blake3},
+        "annotations": annotations,
+    }
 
 
 def statement_for(receipt: StageReceipt) -> dict[str, Any]:
-    """in-toto Statement v1: subjects are the output objects, predicate the receipt."""
+    """in-toto Statement v1: subjects are the output objects and export files."""
+    subjects = [
+        {
+            "name": ref.path,
+            "digest": {"sha256": ref.sha256, "blake3": ref.blake3, "xxh3_128": ref.xxh3_128},
+            "annotations": {"table": ref.name, "rows": ref.rows},
+        }
+        for ref in receipt.outputs
+    ]
+    subjects += [export_subject(receipt.run_id, f) for f in receipt.exports]
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [
-            {
-                "name": ref.path,
-                "digest": {"sha256": ref.sha256, "xxh3_128": ref.xxh3_128},
-                "annotations": {"table": ref.name, "rows": ref.rows},
-            }
-            for ref in receipt.outputs
-        ],
+        "subject": subjects,
         "predicateType": RECEIPT_PREDICATE_TYPE,
         "predicate": receipt.model_dump(mode="json"),
     }
 
 
+def run_statement_for(
+    summary: RunSummary, receipt_digests: dict[str, str], exports: dict[str, list[ExportFile]]
+) -> dict[str, Any]:
+    """The run's Statement: subjects are its receipt files and every export file."""
+    subjects: list[dict[str, Any]] = [
+        {"name": f"receipts/{summary.run_id}/{stage}{RECEIPT_SUFFIX}", "digest": {"sha256": digest}}
+        for stage, digest in sorted(receipt_digests.items())
+    ]
+    for stage, files in sorted(exports.items()):
+        subjects += [export_subject(summary.run_id, f, stage) for f in files]
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": RUN_PREDICATE_TYPE,
+        "predicate": summary.model_dump(mode="json"),
+    }
+
+
+def _envelope_bytes(statement: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
+    envelope = sign_statement(statement, key)
+    return (json.dumps(envelope, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
 def receipt_path(layout: LakeLayout, run_id: str, stage: str) -> Path:
-    return layout.run_dir(run_id) / f"{stage}.receipt.json"
+    return layout.run_dir(run_id) / f"{stage}{RECEIPT_SUFFIX}"
 
 
-def write_receipt(layout: LakeLayout, receipt: StageReceipt, key: Ed25519PrivateKey) -> Path:
-    envelope = sign_statement(statement_for(receipt), key)
-    text = json.dumps(envelope, indent=2, sort_keys=True) + "\n"
-    path = receipt_path(layout, receipt.run_id, receipt.stage)
-    atomic_write_text(path, text)
+def cache_entry_path(layout: LakeLayout, cache_key: str) -> Path:
+    return layout.receipt_cache / f"{cache_key}.json"
+
+
+def begin_run(layout: LakeLayout, run_id: str) -> None:
+    folder = layout.run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=False)
+    (folder / UNFINISHED_MARK).write_text("a run is writing this folder, or was killed doing so\n")
+
+
+def write_receipt(layout: LakeLayout, receipt: StageReceipt, key: Ed25519PrivateKey) -> str:
+    """Sign and store a stage receipt (and, when it passed, the cache entry for its
+    key); returns the sha256 of the receipt file's bytes."""
+    data = _envelope_bytes(statement_for(receipt), key)
+    atomic_write_bytes(receipt_path(layout, receipt.run_id, receipt.stage), data)
     if receipt.status == "ok":
-        atomic_write_text(layout.receipt_cache / f"{receipt.cache_key}.json", text)
-    return path
+        atomic_write_bytes(cache_entry_path(layout, receipt.cache_key), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_run_statement(
+    layout: LakeLayout,
+    summary: RunSummary,
+    receipt_digests: dict[str, str],
+    exports: dict[str, list[ExportFile]],
+    key: Ed25519PrivateKey,
+    renderings: dict[str, str],
+) -> None:
+    """Renderings first, then the signed statement, then the mark goes: the statement
+    is what makes the folder a run."""
+    folder = layout.run_dir(summary.run_id)
+    for name, text in renderings.items():
+        atomic_write_bytes(folder / name, text.encode("utf-8"))
+    statement = run_statement_for(summary, receipt_digests, exports)
+    atomic_write_bytes(folder / STATEMENT_FILE, _envelope_bytes(statement, key))
+    (folder / UNFINISHED_MARK).unlink()
+
+
+def as_signed(summary: RunSummary) -> RunSummary:
+    """The summary as its signed statement carries it (canonical JSON sorts every
+    mapping's keys): what the renderings are made from, by the run and by verify."""
+    return RunSummary.model_validate_json(canonical_json(summary.model_dump(mode="json")))
+
+
+def summary_json(summary: RunSummary) -> str:
+    return summary.model_dump_json(indent=2) + "\n"
+
+
+# --- reading ------------------------------------------------------------------------------
 
 
 def load_envelope(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise NotFound(f"{path} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise ReceiptError(f"{path} is not readable JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise SignatureError(f"{path} is not a DSSE envelope")
+        raise ReceiptError(f"{path} is not a DSSE envelope")
     return data
 
 
-def receipt_from_envelope(envelope: dict[str, Any]) -> StageReceipt:
-    statement = decode_payload_unverified(envelope)
-    return StageReceipt.model_validate(statement["predicate"])
+def _open(
+    envelope: dict[str, Any], keys: TrustedKeys | None, predicate_type: str
+) -> tuple[dict[str, Any], str | None]:
+    """(statement, signer keyid); unverified (keyid None) only when ``keys`` is None."""
+    if keys is None:
+        statement, keyid = decode_payload_unverified(envelope), None
+    else:
+        try:
+            statement, keyid = verify_envelope(envelope, keys.keys)
+        except SignatureError as exc:
+            raise ReceiptError(f"{exc} (trusted keys: {keys.source})") from exc
+    if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != predicate_type:
+        raise ReceiptError(
+            f"not a {predicate_type} statement (predicateType {statement.get('predicateType')!r})"
+        )
+    return statement, keyid
 
 
-def cached_receipt(layout: LakeLayout, cache_key: str) -> StageReceipt | None:
-    path = layout.receipt_cache / f"{cache_key}.json"
-    if not path.exists():
-        return None
+def open_receipt(envelope: dict[str, Any], keys: TrustedKeys | None) -> tuple[StageReceipt, dict[str, Any]]:
+    """The receipt an envelope carries, after its signature verifies against ``keys``
+    (``None``: unverified, for showing a broken run only)."""
+    statement, _ = _open(envelope, keys, RECEIPT_PREDICATE_TYPE)
     try:
-        return receipt_from_envelope(load_envelope(path))
-    except (ValueError, KeyError, SignatureError):
-        return None
+        receipt = StageReceipt.model_validate(statement.get("predicate"))
+    except ValidationError as exc:
+        raise ReceiptError(f"predicate is not a StageReceipt: {_first_error(exc)}") from exc
+    if statement.get("subject") != statement_for(receipt)["subject"]:
+        raise ReceiptError("subjects disagree with the receipt's outputs and exports")
+    return receipt, statement
+
+
+def open_run_statement(
+    envelope: dict[str, Any], keys: TrustedKeys | None
+) -> tuple[RunSummary, dict[str, Any], str | None]:
+    statement, keyid = _open(envelope, keys, RUN_PREDICATE_TYPE)
+    try:
+        summary = RunSummary.model_validate(statement.get("predicate"))
+    except ValidationError as exc:
+        raise ReceiptError(f"predicate is not a RunSummary: {_first_error(exc)}") from exc
+    return summary, statement, keyid
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+
+
+def load_run_summary(layout: LakeLayout, run_id: str, keys: TrustedKeys | None) -> RunSummary:
+    """The RunSummary from the run's signed statement (verified unless ``keys`` is None)."""
+    path = layout.run_dir(run_id) / STATEMENT_FILE
+    try:
+        summary, _, _ = open_run_statement(load_envelope(path), keys)
+    except ReceiptError as exc:
+        raise ReceiptError(f"{layout.relative(path)}: {exc}") from exc
+    if summary.run_id != run_id:
+        raise ReceiptError(f"{layout.relative(path)} is the statement of run {summary.run_id}")
+    return summary
+
+
+def run_receipt_paths(layout: LakeLayout, run_id: str) -> list[Path]:
+    return sorted(layout.run_dir(run_id).glob(f"*{RECEIPT_SUFFIX}"))
+
+
+def load_run_receipts(layout: LakeLayout, run_id: str, keys: TrustedKeys | None) -> list[StageReceipt]:
+    """The run's stage receipts, each verified unless ``keys`` is None."""
+    receipts = []
+    for path in run_receipt_paths(layout, run_id):
+        try:
+            receipt, _ = open_receipt(load_envelope(path), keys)
+        except ReceiptError as exc:
+            raise ReceiptError(f"{layout.relative(path)}: {exc}") from exc
+        if receipt.run_id != run_id:
+            raise ReceiptError(f"{layout.relative(path)} is a receipt of run {receipt.run_id}")
+        receipts.append(receipt)
+    return receipts
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def run_state(layout: LakeLayout, run_id: str) -> str:
+    """'complete' (its statement landed), 'unfinished' (a run is writing it, or was
+    killed doing so), or 'legacy' (written before run statements existed)."""
+    folder = layout.run_dir(run_id)
+    if (folder / UNFINISHED_MARK).exists():
+        return "unfinished"
+    if (folder / STATEMENT_FILE).exists():
+        return "complete"
+    return "legacy"
 
 
 def list_runs(layout: LakeLayout) -> list[str]:
+    """Complete runs, oldest first (run ids sort by time)."""
     if not layout.receipts.is_dir():
         return []
     return sorted(
-        p.name for p in layout.receipts.iterdir() if p.is_dir() and (p / SUMMARY_FILE).exists()
+        p.name for p in layout.receipts.iterdir()
+        if p.is_dir() and run_state(layout, p.name) == "complete"
     )
 
 
@@ -105,18 +295,6 @@ def previous_run(layout: LakeLayout, run_id: str) -> str | None:
     return earlier[-1] if earlier else None
 
 
-def load_summary(layout: LakeLayout, run_id: str) -> RunSummary:
-    return RunSummary.model_validate_json((layout.run_dir(run_id) / SUMMARY_FILE).read_text())
-
-
-def run_receipt_paths(layout: LakeLayout, run_id: str) -> list[Path]:
-    return sorted(layout.run_dir(run_id).glob("*.receipt.json"))
-
-
-def load_run_receipts(layout: LakeLayout, run_id: str) -> list[StageReceipt]:
-    return [receipt_from_envelope(load_envelope(p)) for p in run_receipt_paths(layout, run_id)]
-
-
 def run_hash(receipts: list[StageReceipt]) -> str:
     """H(all cache keys and output digests): no run id, no time."""
     return digest_json(
@@ -125,40 +303,3 @@ def run_hash(receipts: list[StageReceipt]) -> str:
             for r in receipts
         )
     )
-
-
-@dataclass
-class VerifyProblem:
-    subject: str
-    problem: str
-
-
-def verify_run(
-    layout: LakeLayout, run_id: str, public_key: Ed25519PublicKey
-) -> tuple[int, list[VerifyProblem]]:
-    """Check every signature and re-hash every output object. Returns (checked, problems)."""
-    problems: list[VerifyProblem] = []
-    checked = 0
-    paths = run_receipt_paths(layout, run_id)
-    if not paths:
-        problems.append(VerifyProblem(run_id, "run has no receipts"))
-    for path in paths:
-        checked += 1
-        rel = layout.relative(path)
-        try:
-            statement = verify_envelope(load_envelope(path), public_key)
-            receipt = StageReceipt.model_validate(statement["predicate"])
-        except (SignatureError, ValueError, KeyError) as exc:
-            problems.append(VerifyProblem(rel, f"signature does not verify: {exc}"))
-            continue
-        subjects = {s["name"]: s["digest"] for s in statement.get("subject", [])}
-        for ref in receipt.outputs:
-            checked += 1
-            object_path = layout.root / ref.path
-            if subjects.get(ref.path, {}).get("sha256") != ref.sha256:
-                problems.append(VerifyProblem(ref.path, "subject digest disagrees with receipt"))
-            if not object_path.is_file():
-                problems.append(VerifyProblem(ref.path, "object missing"))
-            elif sha256_file(object_path) != ref.sha256:
-                problems.append(VerifyProblem(ref.path, "object bytes do not match sha256"))
-    return checked, problems

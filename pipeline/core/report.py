@@ -1,9 +1,11 @@
-"""Human-readable views of a run: the Markdown summary and the rows of the stage table."""
+"""Human-readable views of a run: the Markdown summary and the rows of the stage table.
+
+``summary.md`` is a rendering of the signed run statement and its receipts, a pure
+function of them, so ``receipts verify`` renders it again and compares.
+"""
 
 from __future__ import annotations
 
-from pipeline.core.receipts import load_run_receipts
-from pipeline.core.store import LakeLayout
 from schemas.receipt import RunSummary, StageReceipt
 
 
@@ -27,10 +29,9 @@ def stage_rows(summary: RunSummary, receipts: list[StageReceipt]) -> list[dict[s
     return rows
 
 
-def summary_markdown(layout: LakeLayout, run_id: str, summary: RunSummary) -> str:
-    receipts = load_run_receipts(layout, run_id)
+def summary_markdown(summary: RunSummary, receipts: list[StageReceipt]) -> str:
     lines = [
-        f"# tracelake run {run_id}",
+        f"# tracelake run {summary.run_id}",
         "",
         f"- overall: {'PASSED' if summary.overall_passed else 'FAILED'}",
         f"- run_hash: `{summary.run_hash}`",
@@ -50,6 +51,10 @@ def summary_markdown(layout: LakeLayout, run_id: str, summary: RunSummary) -> st
     lines += ["", "| table | rows | xxh3-128 |", "|---|---:|---|"]
     for name, ref in summary.tables.items():
         lines.append(f"| {name} | {ref.rows} | `{ref.xxh3_128}` |")
+    if summary.rejected_cache:
+        lines += ["", "## Cache entries refused", ""]
+        for entry in summary.rejected_cache:
+            lines.append(f"- **{entry.stage}** `{entry.cache_key}`: {entry.reason}")
     failures = [r for r in receipts if r.status != "ok"]
     if failures:
         lines += ["", "## Failures", ""]

@@ -1,9 +1,11 @@
-"""Run stages in dependency order: hit the content-keyed cache or execute, then receipt.
+"""Run stages in dependency order: reuse a verified cache entry or execute, then receipt.
 
 The cache key H(stage name, version, canonical config, sorted input digests) is computed
-before a stage runs. A key with a stored receipt whose outputs are intact is a hit. A
-failing stage (exception, broken count conservation, failed validation) stops every
-stage downstream of it, which is recorded as skipped rather than fed stale data.
+before a stage runs; a stored entry is reused only after it verifies (see
+``pipeline.core.cache``). A failing stage (exception, broken count conservation, failed
+validation) stops every stage downstream of it, which is recorded as skipped rather than
+fed stale data. A run holds the root's writer lock from start to end, clears what killed
+runs left, and becomes visible only when its signed run statement lands.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 import subprocess
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,10 +28,23 @@ from pydantic import BaseModel
 
 from pipeline import __version__
 from pipeline.core import exports
+from pipeline.core.cache import cache_key, conservation_problem, lookup
 from pipeline.core.errors import ConservationError, TracelakeError
 from pipeline.core.hashing import digest_json
-from pipeline.core.receipts import RUN_FILE, SUMMARY_FILE, cached_receipt, run_hash, write_receipt
-from pipeline.core.signing import load_or_create_key
+from pipeline.core.housekeeping import clean_leftovers
+from pipeline.core.lock import writer_lock
+from pipeline.core.receipts import (
+    SUMMARY_FILE,
+    SUMMARY_MD,
+    as_signed,
+    begin_run,
+    run_hash,
+    summary_json,
+    write_receipt,
+    write_run_statement,
+)
+from pipeline.core.report import summary_markdown
+from pipeline.core.signing import cache_mac, load_or_create_key
 from pipeline.core.sources import (
     SourceFile,
     SourceSpec,
@@ -41,15 +56,17 @@ from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult,
 from pipeline.core.store import (
     LakeLayout,
     TableStream,
-    atomic_write_text,
     canonicalize,
-    object_intact,
     put_stream,
     put_table,
 )
+from pipeline.core.trust import ensure_trusted_signer, load_trusted
 from schemas.receipt import (
+    Cleanup,
+    ExportFile,
     InputRef,
     ObjectRef,
+    RejectedCacheEntry,
     RunSummary,
     StageReceipt,
     StageStatus,
@@ -96,6 +113,8 @@ class RunOptions:
     workers: int = 2
     tracker: Tracker = field(default_factory=Tracker)
     key_path: Path | None = None
+    wait: bool = True  # for another run holding the root; False: RootBusy at once
+    on_wait: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -140,25 +159,25 @@ def build_config(stage: Stage, options: RunOptions) -> BaseModel:
     return stage.config_model.model_validate(dict(options.stage_config.get(stage.name, {})))
 
 
-def cache_key(stage: Stage, config: BaseModel, inputs: list[InputRef]) -> str:
-    return digest_json(
-        {
-            "stage": stage.name,
-            "version": stage.version,
-            "config": config.model_dump(mode="json"),
-            "inputs": sorted([i.name, i.xxh3_128] for i in inputs),
-        }
-    )
-
-
 def check_conservation(stage: Stage, result: StageResult) -> None:
-    total = result.records_out + sum(result.quarantined.values()) + sum(result.filtered.values())
-    if result.records_in != total:
-        raise ConservationError(
-            f"{stage.name}: records_in={result.records_in} != out {result.records_out} + "
-            f"quarantined {sum(result.quarantined.values())} + "
-            f"filtered {sum(result.filtered.values())}"
-        )
+    problem = conservation_problem(result.records_in, result.records_out, result.quarantined, result.filtered)
+    if problem:
+        raise ConservationError(f"{stage.name}: {problem}")
+
+
+@dataclass
+class _Execution:
+    """What a stage's execution (or a verified reuse of one) leaves for its receipt."""
+
+    inputs: list[InputRef]
+    key: str
+    outputs: list[ObjectRef] = field(default_factory=list)
+    exports: list[ExportFile] = field(default_factory=list)
+    records: tuple[int, int, dict[str, int], dict[str, int]] = (0, 0, {}, {})
+    stats: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    error: str | None = None
+    reused: StageReceipt | None = None
 
 
 class Runner:
@@ -167,33 +186,46 @@ class Runner:
         self.options = options
         self.layout = LakeLayout(options.root.resolve())
         self.key = load_or_create_key(options.key_path)
+        self.mac = cache_mac(self.key)
         self.run_id = new_run_id()
         self.recorded_at = options.recorded_at or utc_now()
         self.tables: dict[str, ObjectRef] = {}
         self.sources: dict[str, list[SourceFile]] = {}
+        self.exports: dict[str, list[ExportFile]] = {}
+        self.receipt_digests: dict[str, str] = {}
+        self.rejected: list[RejectedCacheEntry] = []
+        self.cleanup = Cleanup()
+        self.trusted = load_trusted(self.layout)
+
+    # --- inputs -------------------------------------------------------------------------
 
     def _resolve_sources(self, kinds: Sequence[str], fold_home: bool) -> None:
         wanted = [s for s in self.options.sources if s.kind in kinds]
-        cache = StatCache(self.layout.cache / "stat-cache.json")
+        cache = StatCache(self.layout.cache / "stat-cache.json", self.mac)
         files = resolve_sources(wanted, cache, fold_home=fold_home)
         for kind in kinds:
             self.sources[kind] = [f for f in files if f.kind == kind]
 
     def _inputs(self, stage: Stage, config: BaseModel) -> list[InputRef]:
-        refs: list[InputRef] = []
         if stage.source_kinds:
             fold_home = bool(getattr(config, "fold_home", True))
             self._resolve_sources(stage.source_kinds, fold_home)
-            for kind in stage.source_kinds:
-                files = self.sources[kind]
-                digest = save_manifest(self.layout.cache, files)  # deep verify re-reads these
-                refs.append(InputRef(name=f"source:{kind}", xxh3_128=digest, rows=len(files)))
+        return self._input_refs(stage)
+
+    def _input_refs(self, stage: Stage) -> list[InputRef]:
+        refs: list[InputRef] = []
+        for kind in stage.source_kinds:
+            files = self.sources[kind]
+            digest = save_manifest(self.layout.cache, files)  # deep verify re-reads these
+            refs.append(InputRef(name=f"source:{kind}", xxh3_128=digest, rows=len(files)))
         for name in stage.inputs:
             ref = self.tables[name]
             refs.append(InputRef(name=name, xxh3_128=ref.xxh3_128, sha256=ref.sha256, rows=ref.rows))
         return refs
 
-    def _execute(self, stage: Stage, config: BaseModel) -> tuple[StageResult, list[ObjectRef]]:
+    # --- execution ----------------------------------------------------------------------
+
+    def _execute(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
         ctx = StageContext(
             layout=self.layout,
             config=config,
@@ -203,10 +235,21 @@ class Runner:
             workers=self.options.workers,
             tracker=self.options.tracker,
             scratch=self.layout.cache / stage.name,
+            cache_mac=self.mac,
         )
         result = stage.run(ctx)
         check_conservation(stage, result)
-        metadata = {"tracelake.recorded_at": self.recorded_at, "tracelake.stage": stage.name}
+        if result.sources_read is not None:
+            # A source changed after it was digested: record (and key) what was read.
+            self.sources.update(result.sources_read)
+            run.inputs = self._input_refs(stage)
+            run.key = cache_key(stage.name, stage.version, config.model_dump(mode="json"), run.inputs)
+        run.outputs = self._store(stage, result)
+        run.records = (result.records_in, result.records_out, result.quarantined, result.filtered)
+        run.stats = result.stats
+        run.errors = list(result.validation_errors)
+
+    def _store(self, stage: Stage, result: StageResult) -> list[ObjectRef]:
         specs = {spec.name: spec for spec in stage.outputs}
         specs[stage.quarantine_table] = QUARANTINE
         missing = [
@@ -219,8 +262,8 @@ class Runner:
         def store(name: str, raw: pa.Table | TableStream) -> ObjectRef:
             spec = specs[name]
             if isinstance(raw, TableStream):
-                return put_stream(self.layout, name, spec.schema, spec.sort_keys, raw, metadata)
-            return put_table(self.layout, name, canonicalize(raw, spec.schema, spec.sort_keys), metadata)
+                return put_stream(self.layout, name, spec.schema, spec.sort_keys, raw)
+            return put_table(self.layout, name, canonicalize(raw, spec.schema, spec.sort_keys))
 
         # Sorting, hashing and Parquet encoding release the GIL: two tables at a time keep
         # both cores busy. Popping frees each raw table as soon as it is handed over.
@@ -233,26 +276,20 @@ class Runner:
                 )
                 for name in stage.output_names
             ]
-            refs = [future.result() for future in futures]
-        return result, refs
+            return [future.result() for future in futures]
 
-    def _export_and_validate(
-        self, stage: Stage, config: BaseModel, outputs: list[ObjectRef], key: str, hit: bool
-    ) -> list[str]:
-        """Materialise and validate exports once per cache key; link them into the run."""
+    def _export(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
+        """Materialise and validate a fresh execution's exports into
+        ``exports/.by-key/<key>/``, then link them into the run."""
         if stage.materialize is None and stage.validate is None:
-            return []
-        run_dir = self.layout.exports / self.run_id
-        keyed = exports.keyed_dir(self.layout, key)
-        if hit and exports.intact(keyed):
-            exports.link_into(keyed, run_dir)
-            return []
-        scratch = exports.scratch_dir(self.layout, key)
+            return
+        scratch = exports.scratch_dir(self.layout, run.key)
+        keyed = self.layout.keyed_exports(run.key)
         ctx = ExportContext(
             layout=self.layout,
             config=config,
             run_id=self.run_id,
-            outputs={ref.name: ref for ref in outputs},
+            outputs={ref.name: ref for ref in run.outputs},
             export_dir=scratch,
         )
         try:
@@ -260,98 +297,114 @@ class Runner:
                 stage.materialize(ctx)
             errors = stage.validate(ctx) if stage.validate is not None else []
             if errors:
-                # Never publish what failed the firewall; keep it aside for inspection.
-                failed = run_dir / "_failed" / stage.name
+                # Never published: kept out of exports/ for inspection.
                 if scratch.exists():
-                    exports.link_into(scratch, failed)
-                return errors
+                    exports.link_into(scratch, None, self.layout.failed_exports / self.run_id / stage.name)
+                run.errors += errors
+                return
+            scratch.mkdir(parents=True, exist_ok=True)
+            files = exports.describe(scratch)
             exports.seal(scratch, keyed)
         finally:
             if scratch.exists():
                 shutil.rmtree(scratch)
-        exports.link_into(keyed, run_dir)
-        return []
+        exports.link_into(keyed, files, self.layout.export_dir(self.run_id))
+        run.exports = files
+
+    def _reuse(self, stage: Stage, run: _Execution, reused: StageReceipt) -> None:
+        run.reused = reused
+        run.outputs = list(reused.outputs)
+        run.exports = list(reused.exports)
+        run.records = (reused.records_in, reused.records_out, dict(reused.quarantined), dict(reused.filtered))
+        run.stats = dict(reused.stats)
+        run.errors = list(reused.validation.errors)
+        if run.exports:
+            exports.link_into(self.layout.keyed_exports(run.key), run.exports, self.layout.export_dir(self.run_id))
 
     def run_stage(self, stage: Stage) -> StageOutcome:
         started_wall, started = utc_now(), time.perf_counter()
         config = build_config(stage, self.options)
+        config_json = config.model_dump(mode="json")
         inputs = self._inputs(stage, config)
-        key = cache_key(stage, config, inputs)
-        cached = cached_receipt(self.layout, key)
-        hit = cached is not None and all(object_intact(self.layout, o) for o in cached.outputs)
-        error: str | None = None
-        if cached is not None and hit:
-            outputs = list(cached.outputs)
-            counts = cached
-            records = (counts.records_in, counts.records_out, dict(counts.quarantined), dict(counts.filtered))
-            stats = dict(counts.stats)
-            errors = list(counts.validation.errors)
-        else:
-            try:
-                result, outputs = self._execute(stage, config)
-            except Exception as exc:  # recorded in a failed receipt, then re-raised as status
-                error = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, TracelakeError):
-                    error += "\n" + traceback.format_exc(limit=8)
-                result, outputs = StageResult(tables={}, records_in=0, records_out=0), []
-            records = (result.records_in, result.records_out, result.quarantined, result.filtered)
-            stats = result.stats
-            errors = list(result.validation_errors)
-        if error is None:
-            try:
-                errors += self._export_and_validate(stage, config, outputs, key, hit)
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-        passed = error is None and not errors
-        finished = time.perf_counter()
+        run = _Execution(inputs=inputs, key=cache_key(stage.name, stage.version, config_json, inputs))
+        found = lookup(self.layout, stage.name, stage.version, stage.output_names, run.key, inputs, self.trusted)
+        if found.rejected is not None:
+            self.rejected.append(RejectedCacheEntry(stage=stage.name, cache_key=run.key, reason=found.rejected))
+        try:
+            if found.receipt is not None:
+                self._reuse(stage, run, found.receipt)
+            else:
+                self._execute(stage, config, run)
+                self._export(stage, config, run)
+        except Exception as exc:  # recorded in a failed receipt, then reported as status
+            run.error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, TracelakeError):
+                run.error += "\n" + traceback.format_exc(limit=8)
+            run.outputs, run.exports, run.records, run.stats = [], [], (0, 0, {}, {}), {}
+        passed = run.error is None and not run.errors
+        reused = run.reused
         receipt = StageReceipt(
             run_id=self.run_id,
             stage=stage.name,
             stage_version=stage.version,
             status="ok" if passed else "failed",
-            cache_key=key,
-            cache_hit=hit,
-            config=config.model_dump(mode="json"),
-            config_hash=digest_json(config.model_dump(mode="json")),
-            inputs=inputs,
-            outputs=outputs,
-            records_in=records[0],
-            records_out=records[1],
-            quarantined=dict(sorted(records[2].items())),
-            filtered=dict(sorted(records[3].items())),
-            stats=stats,
-            validation=Validation(passed=passed, errors=errors + ([error] if error else [])),
-            error=error,
+            cache_key=run.key,
+            cache_hit=reused is not None,
+            config=config_json,
+            config_hash=digest_json(config_json),
+            inputs=run.inputs,
+            outputs=run.outputs,
+            records_in=run.records[0],
+            records_out=run.records[1],
+            quarantined=dict(sorted(run.records[2].items())),
+            filtered=dict(sorted(run.records[3].items())),
+            stats=run.stats,
+            exports=run.exports if passed else [],
+            validation=Validation(passed=passed, errors=run.errors + ([run.error] if run.error else [])),
+            error=run.error,
+            cached_from=(reused.cached_from or reused.run_id) if reused is not None else None,
             tracelake_version=__version__,
             git_sha=git_sha(),
             recorded_at=self.recorded_at,
             timings=Timings(
-                started_at=started_wall, finished_at=utc_now(), duration_s=round(finished - started, 4)
+                started_at=started_wall, finished_at=utc_now(),
+                duration_s=round(time.perf_counter() - started, 4),
             ),
         )
-        write_receipt(self.layout, receipt, self.key)
+        self.receipt_digests[stage.name] = write_receipt(self.layout, receipt, self.key)
         if passed:
-            self.tables.update({ref.name: ref for ref in outputs})
-        return StageOutcome(stage.name, receipt.status, receipt, error)
+            self.tables.update({ref.name: ref for ref in run.outputs})
+            if receipt.exports:
+                self.exports[stage.name] = receipt.exports
+        return StageOutcome(stage.name, receipt.status, receipt, run.error)
 
     def run(self, targets: Sequence[str] | None = None) -> RunResult:
         plan = closure(self.stages, targets)
-        outcomes: list[StageOutcome] = []
-        failed: set[str] = set()
-        producer = {name: s.name for s in plan for name in s.output_names}
-        for stage in plan:
-            upstream = {producer[t] for t in stage.inputs if t in producer}
-            if upstream & failed:
-                failed.add(stage.name)
-                outcomes.append(StageOutcome(stage.name, "skipped_upstream_failed", None))
-                continue
-            with self.options.tracker.stage(stage.name):
-                outcome = self.run_stage(stage)
-            outcomes.append(outcome)
-            if outcome.status != "ok":
-                failed.add(stage.name)
-        summary = self._summarise(outcomes)
-        self._write_run_files(summary)
+        with writer_lock(self.layout, wait=self.options.wait, on_wait=self.options.on_wait):
+            ensure_trusted_signer(self.layout, self.key.public_key())
+            self.trusted = load_trusted(self.layout)
+            self.cleanup = clean_leftovers(self.layout)
+            begin_run(self.layout, self.run_id)
+            outcomes: list[StageOutcome] = []
+            failed: set[str] = set()
+            producer = {name: s.name for s in plan for name in s.output_names}
+            for stage in plan:
+                upstream = {producer[t] for t in stage.inputs if t in producer}
+                if upstream & failed:
+                    failed.add(stage.name)
+                    outcomes.append(StageOutcome(stage.name, "skipped_upstream_failed", None))
+                    continue
+                with self.options.tracker.stage(stage.name):
+                    outcome = self.run_stage(stage)
+                outcomes.append(outcome)
+                if outcome.status != "ok":
+                    failed.add(stage.name)
+            summary = as_signed(self._summarise(outcomes))
+            receipts = [o.receipt for o in outcomes if o.receipt is not None]
+            write_run_statement(
+                self.layout, summary, self.receipt_digests, self.exports, self.key,
+                {SUMMARY_FILE: summary_json(summary), SUMMARY_MD: summary_markdown(summary, receipts)},
+            )
         return RunResult(self.run_id, summary, outcomes)
 
     def _summarise(self, outcomes: list[StageOutcome]) -> RunSummary:
@@ -385,22 +438,6 @@ class Runner:
             datasets={n: self.tables[n].rows for n in DATASET_TABLES if n in self.tables},
             overall_passed=all(o.status == "ok" for o in outcomes),
             run_hash=run_hash(receipts),
+            rejected_cache=self.rejected,
+            cleanup=self.cleanup,
         )
-
-    def _write_run_files(self, summary: RunSummary) -> None:
-        from pipeline.core.report import summary_markdown
-
-        run_dir = self.layout.run_dir(self.run_id)
-        atomic_write_text(
-            run_dir / RUN_FILE,
-            digestless_json({n: r.model_dump() for n, r in summary.tables.items()}),
-        )
-        atomic_write_text(run_dir / "summary.md", summary_markdown(self.layout, self.run_id, summary))
-        # summary.json last: its presence marks the run as complete (see list_runs).
-        atomic_write_text(run_dir / SUMMARY_FILE, summary.model_dump_json(indent=2) + "\n")
-
-
-def digestless_json(obj: object) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"

@@ -4,6 +4,9 @@ The envelope is the standard shape (``payload``, ``payloadType``, ``signatures[{
 sig}]``) and the keyid is securesystemslib's default for the key, so a third party can
 verify any receipt with ``securesystemslib.dsse.Envelope.verify`` and the PEM from
 ``tracelake receipts pubkey``, without tracelake.
+
+Only a run (and ``tracelake keygen``) ever creates a private key; everything that
+checks signatures takes public keys (see ``pipeline.core.trust``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from securesystemslib.signer import SSlibKey
 
-from pipeline.core.errors import SignatureError
-from pipeline.core.hashing import canonical_json
+from pipeline.core.errors import NotFound, SignatureError
+from pipeline.core.hashing import CacheMac, canonical_json
 from pipeline.core.store import atomic_write_bytes
 from schemas.receipt import DSSE_PAYLOAD_TYPE
 
@@ -50,14 +54,35 @@ def generate_key(path: Path, overwrite: bool = False) -> Path:
     return path
 
 
-def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
+def load_key(path: Path | None = None) -> Ed25519PrivateKey:
+    """The signing key at ``path`` (default: ``default_key_path()``); never creates one."""
     path = path or default_key_path()
-    if not path.exists():
-        generate_key(path)
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise NotFound(f"no signing key at {path} (`tracelake keygen` makes one)") from exc
+    except OSError as exc:
+        raise SignatureError(f"cannot read signing key {path}: {exc.strerror}") from exc
+    try:
+        loaded = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"{path} is not a PEM private key without a password") from exc
     if not isinstance(loaded, Ed25519PrivateKey):
         raise SignatureError(f"{path} is not an Ed25519 private key")
     return loaded
+
+
+def load_or_create_key(path: Path | None = None) -> Ed25519PrivateKey:
+    """For runs only: the first run on a machine makes its key."""
+    path = path or default_key_path()
+    if not path.exists():
+        generate_key(path)
+    return load_key(path)
+
+
+def cache_mac(private_key: Ed25519PrivateKey) -> CacheMac:
+    """The derived-cache MAC of this signing key (see ``CacheMac``)."""
+    return CacheMac.derive(private_key.private_bytes_raw())
 
 
 def public_pem(public_key: Ed25519PublicKey) -> str:
@@ -67,7 +92,10 @@ def public_pem(public_key: Ed25519PublicKey) -> str:
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:
-    loaded = serialization.load_pem_public_key(pem)
+    try:
+        loaded = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError("not a PEM public key") from exc
     if not isinstance(loaded, Ed25519PublicKey):
         raise SignatureError("public key is not Ed25519")
     return loaded
@@ -109,33 +137,56 @@ def _b64decode(text: str) -> bytes:
     return base64.b64decode(padded, validate=True)
 
 
-def verify_envelope(envelope: dict[str, Any], public_key: Ed25519PublicKey) -> dict[str, Any]:
-    """Return the Statement if a signature by ``public_key`` verifies; raise otherwise.
-
-    The payload is parsed only after the signature checks out.
-    """
+def verify_envelope(
+    envelope: dict[str, Any], public_keys: Ed25519PublicKey | Sequence[Ed25519PublicKey]
+) -> tuple[dict[str, Any], str]:
+    """(Statement, keyid of the key that signed it) if a signature by one of
+    ``public_keys`` verifies; SignatureError otherwise. The payload is parsed only
+    after a signature checks out."""
+    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
+    if not keys:
+        raise SignatureError("no trusted public key to check the signature with")
     try:
         payload = _b64decode(envelope["payload"])
         payload_type = envelope["payloadType"]
         signatures = envelope["signatures"]
+        if not isinstance(payload_type, str) or not isinstance(signatures, list):
+            raise TypeError("payloadType must be a string and signatures a list")
     except (KeyError, TypeError, ValueError) as exc:
         raise SignatureError(f"malformed envelope: {exc}") from exc
+    if payload_type != DSSE_PAYLOAD_TYPE:
+        raise SignatureError(f"payloadType is {payload_type!r}, not {DSSE_PAYLOAD_TYPE!r}")
     message = pae(payload_type, payload)
     for signature in signatures:
-        try:
-            public_key.verify(_b64decode(signature["sig"]), message)
-        except (InvalidSignature, KeyError, TypeError, ValueError):
-            continue
-        statement = json.loads(payload)
-        if not isinstance(statement, dict):
-            raise SignatureError("payload is not a JSON object")
-        return statement
-    raise SignatureError("no signature verifies with the given public key")
+        for key in keys:
+            try:
+                key.verify(_b64decode(signature["sig"]), message)
+            except (InvalidSignature, KeyError, TypeError, ValueError):
+                continue
+            try:
+                statement = json.loads(payload)
+            except ValueError as exc:
+                raise SignatureError("signed payload is not JSON") from exc
+            if not isinstance(statement, dict):
+                raise SignatureError("payload is not a JSON object")
+            return statement, key_id(key)
+    raise SignatureError("no signature verifies with a trusted key")
 
 
 def decode_payload_unverified(envelope: dict[str, Any]) -> dict[str, Any]:
-    """For display and cache look-ups only; never for trust decisions."""
-    result = json.loads(_b64decode(envelope["payload"]))
+    """For showing a run that does not verify; never for trust decisions."""
+    try:
+        result = json.loads(_b64decode(envelope["payload"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SignatureError(f"malformed envelope: {exc}") from exc
     if not isinstance(result, dict):
         raise SignatureError("payload is not a JSON object")
     return result
+
+
+def signer_ids(envelope: dict[str, Any]) -> list[str]:
+    """The keyids an envelope claims (unverified: for messages only)."""
+    signatures = envelope.get("signatures")
+    if not isinstance(signatures, list):
+        return []
+    return [str(s.get("keyid")) for s in signatures if isinstance(s, dict)]

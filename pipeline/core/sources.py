@@ -1,8 +1,14 @@
 """Source discovery and content digests with a verified stat fast path.
 
 A file's digest is xxh3-128 of its bytes. Re-reading thousands of session files on
-every run would dominate a no-op run, so a stat cache maps (size, mtime_ns, inode) to
-the digest; any change in those three forces a re-read.
+every run would dominate a no-op run, so a stat cache maps (size, mtime_ns, ctime_ns,
+inode) to the digest; any change in those forces a re-read. ctime is there because
+tools that copy a file over another keep its size and mtime (``cp -p``, ``rsync -t``,
+``touch -r``) but cannot keep its ctime. The cache file carries a MAC (``CacheMac``):
+an entry someone else wrote would make a run claim a digest it never computed.
+
+A digest is only what the runner expected: a stage reads the bytes again and reports
+the digest of what it actually parsed (``StageResult.sources_read``) when they differ.
 """
 
 from __future__ import annotations
@@ -14,10 +20,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.hashing import digest_json, xxh3_128_file
-from pipeline.core.store import atomic_write_text
+from pipeline.core.hashing import CacheMac, digest_json, xxh3_128_file, xxh3_128_hex
+from pipeline.core.store import atomic_write_bytes, atomic_write_text
 
 SOURCE_KINDS = ("claude-code", "codex", "outcomes")
+# What discovery takes from a source folder, per kind: Claude Code's subagent sidecars
+# (``agent-<id>.meta.json``) are read by collect, so they are inputs like the logs.
+SOURCE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "claude-code": (".jsonl", ".meta.json"),
+    "codex": (".jsonl",),
+    "outcomes": (".jsonl",),
+}
+CHANGED_DURING_RUN = "changed-during-run:"
+
+
+def changed_during_run(last_digest: str) -> str:
+    """The digest recorded for a file a stage set aside because it kept changing while
+    it was read: never equal to the digest of any content, so no later run reuses it."""
+    return CHANGED_DURING_RUN + last_digest
 
 
 @dataclass(frozen=True)
@@ -59,25 +79,44 @@ def discover(spec: SourceSpec) -> list[Path]:
         return [root]
     if not root.is_dir():
         return []
+    suffixes = SOURCE_SUFFIXES[spec.kind]
     found: list[str] = []
     for folder, _, names in os.walk(root):  # a third of rglob's time on thousands of files
-        found.extend(os.path.join(folder, name) for name in names if name.endswith(".jsonl"))
+        found.extend(os.path.join(folder, name) for name in names if name.endswith(suffixes))
     # Sorted as strings (Path comparison costs ~10x more), regular files only.
     return [Path(name) for name in sorted(found) if os.path.isfile(name)]
 
 
 class StatCache:
-    """(path) -> (size, mtime_ns, inode, digest), persisted as JSON under data/cache/."""
+    """(path) -> (size, mtime_ns, ctime_ns, inode, digest), persisted under data/cache/
+    as one MAC line and the JSON entries; a file whose MAC fails is an empty cache."""
 
-    def __init__(self, path: Path) -> None:
+    HEADER = b"tracelake-stat-cache-v2 "
+
+    def __init__(self, path: Path, mac: CacheMac) -> None:
         self.path = path
+        self.mac = mac
         self.entries: dict[str, list[object]] = {}
         self.dirty = False
-        if path.exists():
-            try:
-                self.entries = json.loads(path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return
+        head, _, body = data.partition(b"\n")
+        if not head.startswith(self.HEADER):
+            return
+        try:
+            tag = bytes.fromhex(head[len(self.HEADER):].decode("ascii"))
+        except ValueError:
+            return
+        if not mac.same(tag, mac.tag(body)):
+            return
+        try:
+            loaded = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(loaded, dict):
+            self.entries = loaded
 
     def digest_all(self, files: Sequence[Path]) -> list[tuple[int, str]]:
         """(size, digest) per file. Files whose fingerprint changed are read by two
@@ -87,10 +126,10 @@ class StatCache:
         stale: list[tuple[int, list[object]]] = []
         for index, file in enumerate(files):
             stat = file.stat()
-            fingerprint: list[object] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+            fingerprint: list[object] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
             cached = self.entries.get(file.as_posix())
-            if cached is not None and cached[:3] == fingerprint:
-                out.append((stat.st_size, str(cached[3])))
+            if isinstance(cached, list) and len(cached) == 5 and cached[:4] == fingerprint:
+                out.append((stat.st_size, str(cached[4])))
             else:
                 out.append((stat.st_size, ""))
                 stale.append((index, fingerprint))
@@ -108,7 +147,9 @@ class StatCache:
 
     def save(self) -> None:
         if self.dirty:
-            atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True))
+            body = json.dumps(self.entries, sort_keys=True).encode("utf-8")
+            head = self.HEADER + self.mac.tag(body).hex().encode("ascii")
+            atomic_write_bytes(self.path, head + b"\n" + body)
             self.dirty = False
 
 
@@ -124,6 +165,16 @@ def resolve_sources(
         files[(kind, shown)] = SourceFile(kind, path, shown, size, digest)
     cache.save()
     return [files[key] for key in sorted(files)]
+
+
+def read_source(file: SourceFile) -> tuple[bytes, SourceFile]:
+    """A source file's bytes in one read, and the file as read: its digest is of those
+    bytes, whatever it was when the run digested it."""
+    data = file.path.read_bytes()
+    digest = xxh3_128_hex(data)
+    if digest == file.digest and len(data) == file.size:
+        return data, file
+    return data, SourceFile(file.kind, file.path, file.display_path, len(data), digest)
 
 
 def manifest_digest(files: Iterable[SourceFile]) -> str:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from pipeline.core.hashing import CacheMac
 from pipeline.core.sources import SourceFile
 from pipeline.core.store import LakeLayout, TableStream
 from schemas.receipt import ObjectRef
@@ -36,6 +37,11 @@ class StageResult:
     filtered: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     validation_errors: list[str] = field(default_factory=list)
+    # The source files as the stage actually read them, when any differs from what it
+    # was handed (a file changed after it was digested): each with the digest of the
+    # bytes it parsed, or ``changed_during_run(...)`` for one it set aside because it
+    # kept changing. The receipt then names these, and is keyed by them.
+    sources_read: dict[str, list[SourceFile]] | None = None
 
 
 class Tracker:
@@ -60,6 +66,9 @@ class StageContext:
     workers: int
     tracker: Tracker
     scratch: Path  # content-keyed cache area this stage may use (data/cache/<stage>)
+    # Tags what the stage caches in ``scratch`` and checks it before reading it back:
+    # a cache entry someone else wrote is never read as ours (see ``CacheMac``).
+    cache_mac: CacheMac
 
     def path(self, name: str) -> Path:
         return self.layout.root / self.inputs[name].path

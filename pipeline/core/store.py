@@ -5,9 +5,17 @@ Layout under ``root``::
     data/objects/<aa>/<xxh3>.parquet   content-addressed tables
     data/cache/                        per-source-file shards and the stat cache
     data/lake.duckdb                   views over the latest run, for ad-hoc users
-    receipts/<run_id>/                 signed receipts, run.json, summary.{json,md}
+    data/.lock                         held by the one run writing to this root
+    data/failed-exports/<run_id>/      exports that failed their firewall (never published)
+    receipts/<run_id>/                 signed stage receipts, the signed run statement,
+                                       summary.{json,md} rendered from it
     receipts/cache/<cache_key>.json    run-cache index: key -> receipt envelope
+    receipts/trusted-keys.pem          public keys whose signatures this root accepts
     exports/<run_id>/                  datasets for external clients
+    exports/.by-key/<cache_key>/       each export built once, hard-linked into runs
+
+An object's bytes are a function of its rows alone (fixed writer settings, no run- or
+stage-specific metadata), so one logical digest always names one file content.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import TracelakeError
-from pipeline.core.hashing import TableHasher, sha256_file, table_digest
+from pipeline.core.hashing import FileDigests, TableHasher, blake3_file, file_digests, table_digest
 from schemas.receipt import ObjectRef
 
 # Fixed writer settings: changing any of them changes file bytes (not logical digests).
@@ -73,8 +81,26 @@ class LakeLayout:
     def duckdb_file(self) -> Path:
         return self.data / "lake.duckdb"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.data / ".lock"
+
+    @property
+    def trusted_keys(self) -> Path:
+        return self.receipts / "trusted-keys.pem"
+
+    @property
+    def failed_exports(self) -> Path:
+        return self.data / "failed-exports"
+
     def run_dir(self, run_id: str) -> Path:
         return self.receipts / run_id
+
+    def export_dir(self, run_id: str) -> Path:
+        return self.exports / run_id
+
+    def keyed_exports(self, cache_key: str) -> Path:
+        return self.exports / ".by-key" / cache_key
 
     def object_path(self, digest: str) -> Path:
         return self.objects / digest[:2] / f"{digest}.parquet"
@@ -174,9 +200,9 @@ class _GroupWriter:
     """Parquet with fixed settings, in row groups cut where the rows alone decide (at
     ``PARQUET_ROW_GROUP_SIZE`` rows or ``PARQUET_ROW_GROUP_BYTES`` of strings), each one
     contiguous chunk: page and row-group boundaries then do not depend on how the table
-    was chunked or streamed, so neither do the file bytes. The only key-value metadata
-    is what the caller passes (no ``ARROW:schema``, whose bytes vary with the writer's
-    version)."""
+    was chunked or streamed, so neither do the file bytes. No key-value metadata at
+    all: no ``ARROW:schema`` (its bytes vary with the writer's version), and nothing of
+    the run or stage that wrote it (one digest must always name one content)."""
 
     def __init__(self, path: Path, schema: pa.Schema, sort_keys: Sequence[str] = ()) -> None:
         self.schema = schema.remove_metadata()
@@ -263,15 +289,13 @@ class _GroupWriter:
             raise TableOrderError(f"rows are not in canonical order on {self.sort_keys}")
         self.last_keys = keys.slice(keys.num_rows - 1)
 
-    def close(self, metadata: dict[str, str] | None) -> tuple[str, int]:
+    def close(self) -> tuple[str, int]:
         """Flush the tail, seal the file, return (logical digest, rows)."""
         if self.pending_rows or self.hasher.rows == 0:
             if self.pending_rows:
                 self._flush(self.pending_rows)
             else:
                 self.writer.write_table(self.schema.empty_table(), row_group_size=PARQUET_ROW_GROUP_SIZE)
-        if metadata:
-            self.writer.add_key_value_metadata(dict(sorted(metadata.items())))
         self.writer.close()
         return self.hasher.hexdigest(), self.hasher.rows
 
@@ -281,26 +305,16 @@ def _in_order(keys: pa.Table, sort_keys: Sequence[str]) -> bool:
     return bool(np.array_equal(order.to_numpy(zero_copy_only=False), np.arange(keys.num_rows)))
 
 
-def write_parquet(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
+def write_parquet(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:
         writer = _GroupWriter(tmp, table.schema)
         writer.add(table)
-        writer.close(metadata)
+        writer.close()
 
 
-def put_table(
-    layout: LakeLayout, name: str, table: pa.Table, metadata: dict[str, str] | None = None
-) -> ObjectRef:
-    """Store ``table`` (already canonical) as a content-addressed object.
-
-    An object whose logical digest already exists is not rewritten, so re-runs never
-    touch finished files.
-    """
-    digest = table_digest(table)
-    path = layout.object_path(digest)
-    if not path.exists():
-        write_parquet(table, path, metadata)
-    return _ref(layout, name, digest, table.num_rows, path)
+def put_table(layout: LakeLayout, name: str, table: pa.Table) -> ObjectRef:
+    """Store ``table`` (already canonical) as a content-addressed object."""
+    return put_stream(layout, name, table.schema, (), TableStream(table.schema, [table], table.num_rows))
 
 
 _T = TypeVar("_T")
@@ -358,10 +372,9 @@ def put_stream(
     schema: pa.Schema,
     sort_keys: Sequence[str],
     stream: TableStream,
-    metadata: dict[str, str] | None = None,
 ) -> ObjectRef:
     """Store a streamed table: written to a temporary file while it is hashed, then
-    published under its digest (or dropped, when that object already exists)."""
+    published under its digest (see ``_publish_object``)."""
     layout.objects.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-stream-{name}-", dir=layout.objects)
     os.close(fd)
@@ -373,32 +386,59 @@ def put_stream(
         prepared = (table for batch in stream.batches if (table := writer.prepare(batch)) is not None)
         for table in prefetched(prepared):
             writer.push(table)
-        digest, rows = writer.close(metadata)
+        digest, rows = writer.close()
         if rows != stream.rows:
             raise TracelakeError(f"table {name} streamed {rows} rows, announced {stream.rows}")
-        path = layout.object_path(digest)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _publish(tmp, path)
+        path, digests = _publish_object(layout, tmp, digest)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return _ref(layout, name, digest, rows, path)
-
-
-def _ref(layout: LakeLayout, name: str, digest: str, rows: int, path: Path) -> ObjectRef:
     return ObjectRef(
-        name=name, xxh3_128=digest, sha256=sha256_file(path), rows=rows, path=layout.relative(path)
+        name=name, xxh3_128=digest, sha256=digests.sha256, blake3=digests.blake3, rows=rows,
+        path=layout.relative(path),
     )
+
+
+def _publish_object(layout: LakeLayout, tmp: Path, digest: str) -> tuple[Path, FileDigests]:
+    """Move ``tmp`` into place as the object named ``digest``, unless that object is
+    already there and sound.
+
+    Files are a function of their rows, so an existing object normally has our bytes
+    and stays untouched. One with other bytes is kept only if it still reads back to
+    its digest (written by another pyarrow release: a sound object that older receipts
+    name); anything else is damage, and our copy replaces it: a run repairs the lake,
+    never records the digests of a damaged file.
+    """
+    ours = file_digests(tmp)
+    path = layout.object_path(digest)
+    if path.exists():
+        theirs = file_digests(path)
+        if theirs.sha256 == ours.sha256:
+            return path, theirs
+        if _reads_as(path, digest):
+            return path, theirs
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _publish(tmp, path)
+    return path, ours
+
+
+def _reads_as(path: Path, digest: str) -> bool:
+    try:
+        return table_digest(pq.read_table(path)) == digest
+    except Exception:  # a damaged file may fail anywhere in the reader
+        return False
 
 
 def read_object(layout: LakeLayout, ref: ObjectRef) -> pa.Table:
     return pq.read_table(layout.root / ref.path)
 
 
-def object_intact(layout: LakeLayout, ref: ObjectRef, deep: bool = False) -> bool:
-    """Cheap check (exists) by default; ``deep`` re-hashes the file bytes."""
+def object_problem(layout: LakeLayout, ref: ObjectRef) -> str | None:
+    """Why the object's file is not the one ``ref`` names (None when it is): missing,
+    or its BLAKE3 differs. The check a run makes before it reuses an object."""
     path = layout.root / ref.path
     if not path.is_file():
-        return False
-    return not deep or sha256_file(path) == ref.sha256
+        return f"object {ref.path} is missing"
+    if blake3_file(path) != ref.blake3:
+        return f"object {ref.path} does not match its recorded BLAKE3"
+    return None

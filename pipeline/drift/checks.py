@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from pipeline.core.receipts import load_summary, verify_run
+from pipeline.audit.verify import verify_run
+from pipeline.core.receipts import load_run_summary
 from pipeline.core.stage import ExportContext, Stage
 from pipeline.core.store import LakeLayout
+from pipeline.core.trust import TrustedKeys
 from pipeline.drift.metrics import RunView
 from schemas.drift import Finding
 
@@ -56,7 +56,7 @@ def deterministic_findings(before: RunView, after: RunView) -> list[Finding]:
 
 def stage_findings(layout: LakeLayout, before: RunView | None, after: RunView) -> list[Finding]:
     """Failed, skipped, receipt-less stages, and stages the earlier run had but this lacks."""
-    summary = load_summary(layout, after.run_id)
+    summary = load_run_summary(layout, after.run_id, None)  # signatures: signature_findings
     findings: list[Finding] = []
     seen: set[str] = set()
     for status in summary.stages:
@@ -94,25 +94,23 @@ def _stage_problem(kind: str, stage: str, message: str) -> Finding:
 
 
 def signature_findings(
-    layout: LakeLayout, run_id: str, public_key: Ed25519PublicKey | None, label: str
+    layout: LakeLayout, run_id: str, keys: TrustedKeys | None, label: str
 ) -> list[Finding]:
-    if public_key is None:
+    if keys is None or not keys.keys:
         return [
             Finding(
                 kind="signature_unchecked",
                 severity="warn",
                 subject=f"run:{run_id}",
-                message=f"signatures of the {label} run were not checked: no public key "
-                "(pass --pubkey, or keep the signing key at $TRACELAKE_SIGNING_KEY)",
+                message=f"signatures of the {label} run were not checked: no trusted key "
+                "(pass --pubkey, or trust a key with `tracelake receipts trust`)",
             )
         ]
-    _, problems = verify_run(layout, run_id, public_key)
     findings = []
-    for problem in problems:
-        is_signature = "signature" in problem.problem or "no receipts" in problem.problem
+    for problem in verify_run(layout, run_id, keys).problems:
         findings.append(
             Finding(
-                kind="signature_invalid" if is_signature else "object_integrity",
+                kind="signature_invalid" if problem.kind == "signature" else "object_integrity",
                 severity="alert",
                 subject=problem.subject,
                 message=f"{label} run {run_id}: {problem.subject}: {first_line(problem.problem)}",

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import SignatureError
-from pipeline.core.receipts import load_envelope, receipt_from_envelope, run_receipt_paths
+from pipeline.core.receipts import load_envelope, open_receipt, run_receipt_paths
 from pipeline.core.runner import DATASET_TABLES
 from pipeline.core.store import LakeLayout
 from schemas.drift import DriftThresholds, Finding, MetricDelta
@@ -47,7 +47,7 @@ def load_view(layout: LakeLayout, run_id: str) -> RunView:
     view = RunView(run_id)
     for path in run_receipt_paths(layout, run_id):
         try:
-            receipt = receipt_from_envelope(load_envelope(path))
+            receipt, _ = open_receipt(load_envelope(path), None)
         except (OSError, ValueError, KeyError, TypeError, SignatureError) as exc:
             view.unreadable[path.name] = f"{type(exc).__name__}: {exc}"
             continue

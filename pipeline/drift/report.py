@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from pipeline.core.receipts import previous_run, resolve_run
 from pipeline.core.stage import Stage
 from pipeline.core.store import LakeLayout, atomic_write_text
+from pipeline.core.trust import TrustedKeys
 from pipeline.drift.checks import (
     deterministic_findings,
     firewall_findings,
@@ -34,7 +33,7 @@ def compute_drift(
     run_id: str | None,
     against: str | None,
     thresholds: DriftThresholds,
-    public_key: Ed25519PublicKey | None,
+    keys: TrustedKeys | None,
     stages: Sequence[Stage] | None = None,
 ) -> DriftReport:
     """Compare ``run_id`` (default latest) with ``against`` (default the run before it).
@@ -53,14 +52,14 @@ def compute_drift(
     findings: list[Finding] = []
     checks = ["stages", "signatures"]
     findings += stage_findings(layout, prior, current)
-    findings += signature_findings(layout, current_id, public_key, "this")
+    findings += signature_findings(layout, current_id, keys, "this")
     firewall_checks, firewall = firewall_findings(layout, current, stages)
     checks += firewall_checks
     findings += firewall
     deltas: list[MetricDelta] = []
     if prior is not None and prior_id is not None and prior_id != current_id:
         checks += ["signatures:against", "determinism", "counts"]
-        findings += signature_findings(layout, prior_id, public_key, "earlier")
+        findings += signature_findings(layout, prior_id, keys, "earlier")
         findings += deterministic_findings(prior, current)
         deltas, swings = compare_metrics(
             run_metrics(layout, prior), run_metrics(layout, current), thresholds

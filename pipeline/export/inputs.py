@@ -248,10 +248,10 @@ def run_conversations(ctx: ExportContext) -> dict[str, list[str]] | None:
     """task_id -> JSON digests of the conversations this run's score wrote and scanned
     clean, re-read from the table its receipt names; None when unavailable (then every
     field is scanned in full)."""
-    from pipeline.core.receipts import load_envelope, receipt_from_envelope, receipt_path
+    from pipeline.core.receipts import load_envelope, open_receipt, receipt_path
 
-    try:
-        receipt = receipt_from_envelope(load_envelope(receipt_path(ctx.layout, ctx.run_id, "score")))
+    try:  # this run's own receipt, written moments ago under the writer lock
+        receipt, _ = open_receipt(load_envelope(receipt_path(ctx.layout, ctx.run_id, "score")), None)
         ref = next(o for o in receipt.outputs if o.name == "conversations")
         table = read_table(ctx.layout.root / ref.path,
                            columns=["task_id", "json_digests", "secret_kinds", "template_token"])

@@ -32,12 +32,11 @@ from pipeline.collect.shard import (
     ShardTask,
     build_batch,
     load_index,
-    meta_digest,
-    meta_path_for,
     prune,
     shard_key,
 )
 from pipeline.core.imports import block_pandas
+from pipeline.core.sources import SourceFile
 from pipeline.core.stage import Stage, StageContext, StageResult
 from schemas.records import COLLECT_TABLES
 
@@ -73,22 +72,64 @@ def _settings(config: CollectConfig) -> CollectSettings:
     )
 
 
+SIDECAR = ".meta.json"
+
+
+def _sidecar_name(display_path: str) -> str | None:
+    """Claude subagent sidecar: ``agent-<id>.meta.json`` beside ``agent-<id>.jsonl``."""
+    name = display_path.rsplit("/", 1)[-1]
+    if not name.startswith("agent-") or not display_path.endswith(".jsonl"):
+        return None
+    return display_path[: -len(".jsonl")] + SIDECAR
+
+
 def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
     tasks = []
     shard_dir = ctx.scratch / "shards"
     for kind in ("claude-code", "codex"):
-        for source in ctx.sources.get(kind, []):
-            meta = meta_path_for(source.path) if kind == "claude-code" else None
-            key = shard_key(kind, source.display_path, source.digest, meta_digest(meta), settings, VERSION)
+        sources = ctx.sources.get(kind, [])
+        sidecars = {f.display_path: f for f in sources if f.display_path.endswith(SIDECAR)}
+        for source in sources:
+            if source.display_path.endswith(SIDECAR):
+                continue
+            name = _sidecar_name(source.display_path) if kind == "claude-code" else None
+            meta = sidecars.get(name) if name else None
+            digest = meta.digest if meta else None
+            key = shard_key(kind, source.display_path, source.digest, digest, settings, VERSION)
             tasks.append(
                 ShardTask(
                     kind=kind, path=str(source.path), display_path=source.display_path, key=key,
-                    shard_dir=str(shard_dir), meta_path=str(meta) if meta else None, settings=settings,
+                    digest=source.digest, shard_dir=str(shard_dir),
+                    meta_path=str(meta.path) if meta else None, settings=settings,
+                    stage_version=VERSION, cache_mac=ctx.cache_mac,
                 )
             )
     # Merge order is by recorded path, never by discovery or completion order.
     tasks.sort(key=lambda t: (t.display_path, t.kind))
     return tasks
+
+
+def _as_read(ctx: StageContext, tasks: list[ShardTask], members: list[dict[str, Any]]) -> dict[str, list[SourceFile]] | None:
+    """The sources with the digests of what the workers actually read, when any file
+    (or sidecar) changed after the runner digested it; None when none did."""
+    read: dict[str, tuple[str, int | None]] = {}
+    for task, member in zip(tasks, members, strict=True):
+        if member.get("cached"):
+            continue
+        read[task.path] = (member["digest"], int(member["stats"]["bytes"]))
+        if task.meta_path is not None:
+            read[task.meta_path] = (member["meta_digest"], None)
+    changed = False
+    out: dict[str, list[SourceFile]] = {}
+    for kind, files in ctx.sources.items():
+        out[kind] = []
+        for f in files:
+            digest, size = read.get(str(f.path), (f.digest, f.size))
+            if digest != f.digest:
+                changed = True
+                f = SourceFile(f.kind, f.path, f.display_path, f.size if size is None else size, digest)
+            out[kind].append(f)
+    return out if changed else None
 
 
 # A batch (one container) is a run of consecutive files of about this many bytes: big
@@ -133,7 +174,7 @@ def _batches(pending: list[ShardTask], workers: int) -> list[list[ShardTask]]:
 def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]]:
     """Each file's member entry (container, row ranges, stats), parsing only the files
     no container holds yet."""
-    index = load_index(ctx.scratch / "shards")
+    index = load_index(ctx.scratch / "shards", ctx.cache_mac)
     results: dict[str, dict[str, Any]] = {}
     pending = []
     for task in tasks:
@@ -153,8 +194,8 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
         # Compile (or load) the redaction screens here, once: forked workers inherit them
         # (each worker compiling its own cost ~0.15 s of its time).
         screens = ctx.scratch / "screens"
-        prepare_screens(pending[0].settings.fold_home, screens)
-        prepare_error_screen(screens)
+        prepare_screens(pending[0].settings.fold_home, screens, ctx.cache_mac)
+        prepare_error_screen(screens, ctx.cache_mac)
         # Freeze the parent's objects out of the cyclic GC before forking: otherwise the
         # children's collections touch (and so copy) every inherited page.
         gc.collect()
@@ -214,7 +255,7 @@ def _worker_init() -> None:
 
 def _record(results: dict[str, dict[str, Any]], members: list[dict[str, Any]], done: Any) -> None:
     for member in members:
-        results[member["key"]] = {**member, "cached": False}
+        results[member["task_key"]] = {**member, "cached": False}
         next(done, None)
 
 
@@ -253,6 +294,7 @@ def run(ctx: StageContext) -> StageResult:
         "empty": sum(1 for m in members if not m["stats"]["lines"]),
     }
     return StageResult(
+        sources_read=_as_read(ctx, tasks, members),
         tables=merged.tables,
         records_in=records_in,
         records_out=lines.get("mapped", 0),

@@ -42,7 +42,8 @@ def test_failed_validation_is_never_published(tmp_path: Path) -> None:
     assert not result.ok
     run_dir = tmp_path / "exports" / result.run_id
     assert not (run_dir / "numbers").exists()
-    assert (run_dir / "_failed" / "export" / "numbers" / "rows.txt").exists()
+    assert not list(run_dir.rglob("*.txt"))  # nothing of it under exports/, where clients look
+    assert (tmp_path / "data" / "failed-exports" / result.run_id / "export" / "numbers" / "rows.txt").exists()
     receipt = result.outcomes[-1].receipt
     assert receipt is not None and receipt.validation.errors == ["forbidden key k0003"]
 

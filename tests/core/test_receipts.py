@@ -38,7 +38,7 @@ def test_envelopes_verify_with_securesystemslib_and_the_printed_pem(tmp_path: Pa
         assert statement["_type"] == STATEMENT_TYPE
         assert statement["predicateType"] == RECEIPT_PREDICATE_TYPE
         for subject in statement["subject"]:
-            assert set(subject["digest"]) == {"sha256", "xxh3_128"}
+            assert set(subject["digest"]) == {"sha256", "blake3", "xxh3_128"}
             assert (root / subject["name"]).is_file()
 
 

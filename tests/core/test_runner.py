@@ -80,23 +80,30 @@ def test_upstream_failure_skips_downstream(tmp_path: Path) -> None:
     ).run()
     assert [o.status for o in failing.outcomes] == ["failed", "skipped_upstream_failed"]
     assert not failing.summary.overall_passed
-    assert {r.stage for r in load_run_receipts(toy_layout(tmp_path), failing.run_id)} == {"make"}
+    assert {r.stage for r in load_run_receipts(toy_layout(tmp_path), failing.run_id, None)} == {"make"}
 
 
 def _explode(ctx):  # type: ignore[no-untyped-def]
     raise RuntimeError("boom")
 
 
-def test_recorded_at_pin_gives_byte_identical_files(tmp_path: Path) -> None:
+def test_objects_are_byte_identical_whatever_run_or_time_wrote_them(tmp_path: Path) -> None:
+    """One logical digest names one file content: nothing of the run (its time, its id)
+    or of the stage goes into an object's bytes, so two runs can never publish two
+    different files under one name."""
     a = _run(tmp_path / "a", recorded_at="2026-01-01T00:00:00Z")
-    b = _run(tmp_path / "b", recorded_at="2026-01-01T00:00:00Z")
-    c = _run(tmp_path / "c", recorded_at="2026-06-01T00:00:00Z")
-    for name, ref in a.summary.tables.items():
-        assert b.summary.tables[name].sha256 == ref.sha256
-        assert c.summary.tables[name].xxh3_128 == ref.xxh3_128
+    b = _run(tmp_path / "b", recorded_at="2026-06-01T00:00:00Z")
+    c = _run(tmp_path / "c")  # unpinned: the wall clock
     assert a.summary.run_hash == b.summary.run_hash == c.summary.run_hash
-    meta = pq.read_metadata(tmp_path / "a" / a.summary.tables["numbers"].path).metadata
-    assert meta[b"tracelake.recorded_at"] == b"2026-01-01T00:00:00Z"
+    for name, ref in a.summary.tables.items():
+        for other in (b, c):
+            theirs = other.summary.tables[name]
+            assert theirs.xxh3_128 == ref.xxh3_128 and theirs.path == ref.path
+            assert (tmp_path / "a" / ref.path).read_bytes() == (tmp_path / "b" / theirs.path).read_bytes()
+            assert theirs.sha256 == ref.sha256 and theirs.blake3 == ref.blake3
+        assert pq.read_metadata(tmp_path / "a" / ref.path).metadata is None
+    receipt = a.outcomes[0].receipt
+    assert receipt is not None and receipt.recorded_at == "2026-01-01T00:00:00Z"  # in the receipt only
 
 
 def test_run_one_stage_runs_its_upstream_only(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli.drift import register
 from pipeline.core.receipts import list_runs
-from pipeline.core.signing import default_key_path, load_or_create_key
 from pipeline.core.store import LakeLayout
+from pipeline.core.trust import TrustedKeys, load_trusted
 from pipeline.drift import compute_drift, resolve_thresholds
 from pipeline.drift.metrics import swing_severity
 from schemas.drift import DriftReport, DriftThresholds
@@ -49,8 +49,8 @@ def kinds(report: DriftReport) -> set[str]:
     return {f.kind for f in report.findings}
 
 
-def public_key():  # type: ignore[no-untyped-def]
-    return load_or_create_key(default_key_path()).public_key()
+def trusted(root: Path) -> TrustedKeys:
+    return load_trusted(LakeLayout(root))
 
 
 def test_identical_rerun_is_ok(tmp_path: Path) -> None:
@@ -212,21 +212,25 @@ def test_failed_and_missing_stages_alert(tmp_path: Path) -> None:
 
 
 def test_firewall_breach_in_export_file_is_an_alert(tmp_path: Path) -> None:
-    toy.run(tmp_path)
+    first = toy.run(tmp_path)
     second = toy.run(tmp_path)
     layout = LakeLayout(tmp_path)
     thresholds = DriftThresholds()
-    clean = compute_drift(layout, None, None, thresholds, public_key(), toy.STABLE)
+    clean = compute_drift(layout, None, None, thresholds, trusted(tmp_path), toy.STABLE)
     assert clean.severity == "ok" and "firewall:export-toy" in clean.checks
     export = tmp_path / "exports" / second.run_id / "sft.jsonl"
     planted = {"task_id": "t0000", "session_id": "s0000", "category": "bugfix", "accepted": False}
     with export.open("a") as handle:
         handle.write(json.dumps(planted) + "\n")
-    report = compute_drift(layout, None, None, thresholds, public_key(), toy.STABLE)
+    report = compute_drift(layout, None, None, thresholds, trusted(tmp_path), toy.STABLE)
     assert report.severity == "alert"
-    (finding,) = report.findings
-    assert finding.kind == "firewall_breach" and finding.stage == "export-toy"
+    (finding,) = [f for f in report.findings if f.kind == "firewall_breach"]
+    assert finding.stage == "export-toy"
     assert "t0000" in finding.details[0]
+    # The edited file no longer matches what its receipt signed, either (in both runs:
+    # an export is one file hard-linked into every run that reuses it).
+    integrity = [f for f in report.findings if f.kind == "object_integrity"]
+    assert sorted(f.subject for f in integrity) == [f"exports/{r.run_id}/sft.jsonl" for r in (first, second)]
 
 
 def test_single_run_has_nothing_to_compare(tmp_path: Path) -> None:

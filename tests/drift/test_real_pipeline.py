@@ -7,14 +7,14 @@ from pathlib import Path
 
 import duckdb
 
+from pipeline.audit.deep import deep_verify
+from pipeline.audit.lineage import lineage_view_sql
 from pipeline.core.runner import Runner, RunOptions, RunResult
-from pipeline.core.signing import default_key_path, load_or_create_key
 from pipeline.core.sources import SourceSpec
 from pipeline.core.stage import Stage
 from pipeline.core.store import LakeLayout
-from pipeline.deep_verify import deep_verify
+from pipeline.core.trust import load_trusted
 from pipeline.drift import compute_drift
-from pipeline.lineage import lineage_view_sql
 from pipeline.stages.registry import STAGES as REGISTERED
 from schemas.drift import DriftThresholds
 
@@ -36,7 +36,7 @@ def test_planted_row_in_sft_export_is_a_firewall_breach(tmp_path: Path, teich_ex
     run(tmp_path, teich_examples)
     second = run(tmp_path, teich_examples)
     layout = LakeLayout(tmp_path)
-    key = load_or_create_key(default_key_path()).public_key()
+    key = load_trusted(layout)
     clean = compute_drift(layout, None, None, DriftThresholds(), key, STAGES)
     assert clean.severity == "ok", clean.findings
     assert "firewall:export-sft" in clean.checks

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipeline.lineage import COLUMNS, lineage_view_sql
+from pipeline.audit.lineage import COLUMNS, lineage_view_sql
 from schemas.datasets import KTO, PREFERENCE, RAG, SCORING_TABLES, SFT
 from schemas.records import COLLECT_TABLES
 from schemas.tables import TableSpec, from_rows
@@ -112,7 +112,7 @@ def test_no_datasets_no_view() -> None:
 
 def test_dataset_columns_exist_in_specs() -> None:
     """Fails loudly when an export schema renames a column the view relies on."""
-    from pipeline.lineage import PAIRED_DATASETS, SINGLE_TASK_DATASETS
+    from pipeline.audit.lineage import PAIRED_DATASETS, SINGLE_TASK_DATASETS
 
     specs = {"sft": SFT, "rag": RAG, "kto": KTO, "preference": PREFERENCE}
     for view, (row_id, task_id, session_id) in SINGLE_TASK_DATASETS.items():

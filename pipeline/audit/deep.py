@@ -9,6 +9,7 @@ output exactly as the runner does, and compares logical digests.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +20,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from pipeline.core.hashing import table_digest, xxh3_128_file
+from pipeline.core.hashing import CacheMac, table_digest, xxh3_128_file
 from pipeline.core.receipts import load_run_receipts, resolve_run
-from pipeline.core.sources import SourceFile, load_manifest
+from pipeline.core.sources import CHANGED_DURING_RUN, SourceFile, load_manifest
 from pipeline.core.stage import Stage, StageContext, StageResult, Tracker
 from pipeline.core.store import LakeLayout, canonicalize, materialize
+from pipeline.core.trust import TrustedKeys, load_trusted
 from schemas.drift import RowSample
 from schemas.receipt import InputRef, ObjectRef, StageReceipt
 from schemas.records import QUARANTINE
@@ -163,6 +166,7 @@ def _context(layout: LakeLayout, stage: Stage, receipt: StageReceipt, scratch: P
         workers=1,
         tracker=Tracker(),
         scratch=scratch,
+        cache_mac=CacheMac(os.urandom(32)),  # a throwaway scratch: nothing to share
     )
 
 
@@ -176,7 +180,7 @@ def lake_inputs(layout: LakeLayout, refs: Sequence[InputRef]) -> dict[str, Objec
         if not path.is_file():
             return None
         objects[ref.name] = ObjectRef(
-            name=ref.name, xxh3_128=ref.xxh3_128, sha256=ref.sha256 or "", rows=ref.rows or 0,
+            name=ref.name, xxh3_128=ref.xxh3_128, sha256=ref.sha256 or "", blake3="", rows=ref.rows or 0,
             path=layout.relative(path),
         )
     return objects
@@ -216,6 +220,9 @@ def recorded_sources(
         files = load_manifest(layout.cache, recorded.xxh3_128)
         if files is None:
             return None, f"no manifest recorded for source:{kind} (run predates manifests?)"
+        unstable = [f.display_path for f in files if f.digest.startswith(CHANGED_DURING_RUN)]
+        if unstable:
+            return None, f"{len(unstable)} {kind} file(s) kept changing during the run, e.g. {unstable[0]}"
         changed = [f.display_path for f in files if not _same_bytes(f)]
         if changed:
             return None, f"{len(changed)} {kind} file(s) changed or missing, e.g. {changed[0]}"
@@ -286,7 +293,10 @@ def verify_source_stage(
     if inputs is None:
         return StageCheck(stage=stage.name, verdict="inputs_unavailable",
                           detail="an input object is no longer in the lake")
-    all_files = sorted((f for files in sources.values() for f in files), key=lambda f: f.digest)
+    all_files = sorted(
+        (f for files in sources.values() for f in files if not f.display_path.endswith(".meta.json")),
+        key=lambda f: f.digest,
+    )
     seed: set[str] | None = None
     recorded: dict[str, pa.Table] = {}
     if sample is not None and not stage.inputs and sample < len(all_files):
@@ -296,6 +306,8 @@ def verify_source_stage(
         }
         seed = {f.display_path for f in all_files[:sample]}  # digest order: spread, reproducible
         needed = _closure(seed, list(recorded.values()))
+        # A subagent log's sidecar (agent-<id>.meta.json) goes with it.
+        needed |= {p[: -len(".jsonl")] + ".meta.json" for p in needed if p.endswith(".jsonl")}
         sources = {k: [f for f in files if f.display_path in needed] for k, files in sources.items()}
     with tempfile.TemporaryDirectory(prefix=f"tracelake-deep-{stage.name}-") as scratch:
         result = _gathered(stage.run(_context(layout, stage, receipt, Path(scratch), inputs, sources)))
@@ -350,8 +362,11 @@ def verify_stage(layout: LakeLayout, stage: Stage | None, receipt: StageReceipt,
 
 
 def deep_verify(
-    root: Path, run_id: str | None, sample: int | None, stages: Sequence[Stage] | None = None
+    root: Path, run_id: str | None, sample: int | None, stages: Sequence[Stage] | None = None,
+    keys: TrustedKeys | None = None,
 ) -> DeepVerifyReport:
+    """Receipts are read only after their signatures verify with ``keys`` (default: the
+    root's trusted keys)."""
     if stages is None:
         from pipeline.stages.registry import STAGES
 
@@ -360,7 +375,9 @@ def deep_verify(
     resolved = resolve_run(layout, run_id)
     by_name = {s.name: s for s in stages}
     order = {s.name: i for i, s in enumerate(stages)}
-    receipts = sorted(load_run_receipts(layout, resolved), key=lambda r: (order.get(r.stage, len(order)), r.stage))
+    trusted = keys if keys is not None else load_trusted(layout)
+    receipts = sorted(load_run_receipts(layout, resolved, trusted),
+                      key=lambda r: (order.get(r.stage, len(order)), r.stage))
     checks = [verify_stage(layout, by_name.get(r.stage), r, sample) for r in receipts]
     return DeepVerifyReport(
         run_id=resolved, sample=sample, stages=checks,
@@ -375,7 +392,7 @@ _COLORS = {"match": "green", "differs": "red", "error": "red"}
 
 def print_deep_report(report: DeepVerifyReport, console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"deep verify {report.run_id}" + (f" (sample {report.sample})" if report.sample else ""))
+    table = Table(title=escape(f"deep verify {report.run_id}" + (f" (sample {report.sample})" if report.sample else "")))
     for column in ("stage", "verdict", "tables", "detail"):
         table.add_column(column)
     for check in report.stages:
@@ -385,12 +402,13 @@ def print_deep_report(report: DeepVerifyReport, console: Console | None = None) 
         detail = check.detail or (", ".join(differing) and f"differs: {', '.join(differing)}")
         if check.sampled_files is not None:
             detail = f"sample: re-read {check.sampled_files} file(s); {detail}".rstrip("; ")
-        table.add_row(check.stage, f"[{color}]{check.verdict}[/{color}]", tables if check.tables else "-", detail)
+        table.add_row(escape(check.stage), f"[{color}]{escape(check.verdict)}[/{color}]",
+                      tables if check.tables else "-", escape(detail))
     console.print(table)
     for check in report.stages:
         for t in check.tables:
             for diff in t.first_differences:
-                console.print(f"[red]{check.stage}/{t.table}[/red] row {diff.index}:")
-                console.print(f"  recorded:   {diff.recorded}")
-                console.print(f"  recomputed: {diff.recomputed}")
+                console.print(f"[red]{escape(check.stage)}/{escape(t.table)}[/red] row {diff.index}:")
+                console.print(f"  recorded:   {escape(str(diff.recorded))}")
+                console.print(f"  recomputed: {escape(str(diff.recomputed))}")
     console.print("[green]deep verify passed[/green]" if report.passed else "[red]deep verify found differences[/red]")

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.audit.deep import DeepVerifyReport, deep_verify, first_differences, print_deep_report
 from pipeline.core.store import LakeLayout
-from pipeline.deep_verify import DeepVerifyReport, deep_verify, first_differences, print_deep_report
 from schemas.tables import from_rows
-
-from . import toy
+from tests.drift import toy
 
 
 def verdicts(report: DeepVerifyReport) -> dict[str, str]:
