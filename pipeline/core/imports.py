@@ -23,3 +23,26 @@ def block_pandas() -> None:
     """Only for processes that own their imports (console script, pool workers)."""
     if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
         sys.meta_path.insert(0, _NoPandas())
+
+
+class LazyModule:
+    """A module imported on first use: polars costs ~0.11 s to import, and a stage that
+    is a cache hit never touches it (a no-op run imports every stage). Modules write::
+
+        if TYPE_CHECKING:
+            import polars as pl
+        else:
+            pl = LazyModule("polars")
+
+    Attribute access goes through ``importlib.import_module``, so the first use is
+    thread-safe (the import lock) and later ones cost a dictionary look-up.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self) -> str:
+        return f"LazyModule({self._name!r})"

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from pipeline.core.imports import LazyModule
 from pipeline.core.stage import ExportContext, StageContext
 from schemas.records import QUARANTINE
 from schemas.tables import TableSpec, from_rows
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 SCORER_VERSION = "1.0.0"
 

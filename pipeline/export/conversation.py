@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import polars as pl
 
+from pipeline.core.imports import LazyModule
 from pipeline.export.tools import (
     call_category,
     call_stats,
@@ -32,6 +32,11 @@ from pipeline.export.tools import (
     missing_required,
     parse_args,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 COPIED_CONTEXT_PREFIXES = (
     "This session is being continued from a previous conversation",

@@ -16,10 +16,15 @@ thinking likewise; its calls are followed by one ``tool`` message each.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
-import polars as pl
-
+from pipeline.core.imports import LazyModule
 from pipeline.export.conversation import COPIED_CONTEXT_PREFIXES
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 # What Python's str.strip()/lstrip() strip (str.isspace), for polars' strip_chars.
 PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
@@ -74,7 +79,7 @@ def build(tasks: pl.DataFrame, messages: pl.DataFrame, calls: pl.DataFrame,
     return build_part(*part, branches)
 
 
-Part = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+Part: TypeAlias = "tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]"
 
 
 def parts(tasks: pl.DataFrame, messages: pl.DataFrame, calls: pl.DataFrame, n: int) -> list[Part]:

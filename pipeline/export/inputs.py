@@ -6,14 +6,14 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.imports import LazyModule
 from pipeline.core.stage import ExportContext, StageContext
 from pipeline.export.common import Quarantine, frame, read_frame, read_table
 from pipeline.export.conversation import (
@@ -25,6 +25,11 @@ from pipeline.export.conversation import (
 from pipeline.export.dedupe import DedupeConfig, DedupeResult, collapse
 from pipeline.export.firewall import BATCH_ROWS, TEMPLATE_TOKENS, StringScan, value_digests
 from pipeline.export.prepare import dedupe_keys
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 EXPORT_INPUTS = ("scores", "tasks", "conversations", "tool_specs", "branches")
 

@@ -9,13 +9,13 @@ into ``tool_specs``. Exports read both and recompute only for rows they transfor
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import xxhash
 
+from pipeline.core.imports import LazyModule
 from pipeline.export.common import dumps
 from pipeline.export.conversation import CallFacts
 from pipeline.export.dedupe import DEFAULT_SIGNATURE
@@ -32,6 +32,11 @@ from pipeline.export.firewall import (
 from pipeline.export.frames import Part, build_part, parts
 from schemas.datasets import SCORING_TABLES
 from schemas.tables import from_columns
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 
 def required_of(schemas: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], list[str]]:

@@ -10,10 +10,15 @@ no provenance and are set aside rather than guessed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
-
+from pipeline.core.imports import LazyModule
 from pipeline.export.common import Quarantine
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 _END = 1 << 62
 

@@ -15,12 +15,12 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.imports import LazyModule
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
 from pipeline.export.common import (
     SCORER_VERSION,
@@ -58,6 +58,11 @@ from pipeline.export.inputs import (
 )
 from schemas.datasets import KTO, PREFERENCE
 from schemas.tables import TableSpec
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 # (chosen, rejected) category pairs in priority order.
 PAIRINGS = (("accepted", "rejected"), ("accepted", "partially_accepted"))

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.core.imports import LazyModule
 from pipeline.core.sources import SourceFile
 from pipeline.core.stage import Stage, StageContext, StageResult
 from pipeline.export.common import SCORER_VERSION, Quarantine, frame, to_table
@@ -34,6 +34,11 @@ from pipeline.export.tools import (
     parse_all,
 )
 from schemas.datasets import CATEGORIES, SCORING_TABLES
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = LazyModule("polars")
 
 # The stage's output version (tables and their contents); SCORER_VERSION is the rules'.
 STAGE_VERSION = "1.1.0"
