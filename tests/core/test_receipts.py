@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli.main import app
 from pipeline.core.runner import Runner, RunOptions
-from schemas.receipt import RECEIPT_PREDICATE_TYPE, STATEMENT_TYPE
+from schemas.receipt import RECEIPT_PREDICATE_TYPE, RUN_PREDICATE_TYPE, STATEMENT_TYPE
 from tests.core import toy
 
 cli = CliRunner()
@@ -40,6 +41,15 @@ def test_envelopes_verify_with_securesystemslib_and_the_printed_pem(tmp_path: Pa
         for subject in statement["subject"]:
             assert set(subject["digest"]) == {"sha256", "blake3", "xxh3_128"}
             assert (root / subject["name"]).is_file()
+    # The run statement too: a third party checks every receipt file against it.
+    envelope = Envelope.from_dict(json.loads((root / "receipts" / run_id / "run.statement.json").read_text()))
+    assert key.keyid in envelope.verify([key], 1)
+    statement = json.loads(envelope.pae().split(b" ", 4)[4])
+    assert statement["predicateType"] == RUN_PREDICATE_TYPE
+    listed = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+    assert listed == {
+        f"receipts/{run_id}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in receipts
+    }
 
 
 def test_key_is_created_on_first_run_with_0600(tmp_path: Path) -> None:
