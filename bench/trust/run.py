@@ -28,7 +28,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.collect.run import build_corpus, lake_env, tracelake
-from bench.common import REPO, drop_into_page_cache, machine, run_measured, today, update_doc_section
+from bench.common import (
+    REPO,
+    drop_into_page_cache,
+    machine,
+    run_measured,
+    today,
+    update_doc_section,
+)
 
 NOOP_FLOOR_S = 1.5
 
