@@ -176,7 +176,9 @@ def lake_inputs(layout: LakeLayout, refs: Sequence[InputRef]) -> dict[str, Objec
     for ref in refs:
         if ref.name.startswith("source:"):
             continue
-        path = layout.object_path(ref.xxh3_128)
+        if ref.sha256 is None:
+            return None
+        path = layout.object_path(ref.xxh3_128, ref.sha256)
         if not path.is_file():
             return None
         objects[ref.name] = ObjectRef(

@@ -16,19 +16,27 @@ thing that differs:
 - the statement's own claims (run_hash, totals, stages, tables, datasets) follow from
   the receipts;
 - ``summary.json`` and ``summary.md`` are exactly the renderings of the statement.
+
+Around the run, ``root_problems`` reports what no run accounts for: a run folder whose
+statement is gone, one marked unfinished while no run is writing, an export folder of
+no complete run. Files must be regular files: a link or a FIFO is reported, not followed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.cache import claims_problem
 from pipeline.core.errors import NotFound
 from pipeline.core.hashing import file_digests
+from pipeline.core.lock import writer_active
 from pipeline.core.receipts import (
     RECEIPT_SUFFIX,
+    RUN_ID,
     STATEMENT_FILE,
     SUMMARY_FILE,
     SUMMARY_MD,
@@ -37,6 +45,7 @@ from pipeline.core.receipts import (
     load_envelope,
     open_receipt,
     open_run_statement,
+    run_folders,
     run_hash,
     run_receipt_paths,
     summary_json,
@@ -73,8 +82,12 @@ class VerifyReport:
 
 
 def _file_problem(path: Path, size: int | None, sha256: str, blake3: str) -> str | None:
-    if not path.is_file():
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
         return "missing"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a link, a FIFO...)"
     digests = file_digests(path)
     if size is not None and digests.size != size:
         return f"size is {digests.size} bytes, recorded {size}"
@@ -85,9 +98,21 @@ def _file_problem(path: Path, size: int | None, sha256: str, blake3: str) -> str
     return None
 
 
+def _rel(layout: LakeLayout, path: Path) -> str:
+    """``path`` relative to the root, without following links (a link out of the root is
+    a finding to name, not a crash)."""
+    try:
+        return path.relative_to(layout.root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def _check_receipt(layout: LakeLayout, run_id: str, path: Path, keys: TrustedKeys,
                    report: VerifyReport) -> StageReceipt | None:
-    rel = layout.relative(path)
+    rel = _rel(layout, path)
+    if path.is_symlink():
+        report.add(rel, "is a link, not a file of this run", "signature")
+        return None
     try:
         receipt, _ = open_receipt(load_envelope(path), keys)
     except (ReceiptError, NotFound) as exc:
@@ -108,7 +133,7 @@ def _check_receipt(layout: LakeLayout, run_id: str, path: Path, keys: TrustedKey
         report.export_files += 1
         target = layout.export_dir(run_id) / file.path
         if (problem := _file_problem(target, file.size, file.sha256, file.blake3)) is not None:
-            report.add(layout.relative(target), f"export file {problem}")
+            report.add(_rel(layout, target), f"export file {problem}")
     return receipt
 
 
@@ -122,7 +147,7 @@ def _check_listing(layout: LakeLayout, run_id: str, statement: dict[str, object]
             listed[str(subject["name"])] = subject
     prefix = f"receipts/{run_id}/"
     listed_receipts = {n: s for n, s in listed.items() if n.startswith(prefix)}
-    on_disk = {layout.relative(p) for p in run_receipt_paths(layout, run_id)}
+    on_disk = {_rel(layout, p) for p in run_receipt_paths(layout, run_id)}
     for name, subject in sorted(listed_receipts.items()):
         digest = subject.get("digest")
         expected = digest.get("sha256") if isinstance(digest, dict) else None
@@ -148,11 +173,17 @@ def _check_listing(layout: LakeLayout, run_id: str, statement: dict[str, object]
         elif stated[name] != expected_exports[name]:
             report.add(name, "export file digests differ between the run statement and its receipt")
     folder = layout.export_dir(run_id)
-    if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
-            name = path.relative_to(layout.root).as_posix()
-            if name not in stated:
-                report.add(name, "file in the run's export folder is not in the run statement")
+    if folder.is_symlink():
+        report.add(_rel(layout, folder), "the run's export folder is a link")
+    elif folder.is_dir():
+        for current, dirs, files in os.walk(folder):  # never follows links
+            for name in sorted(dirs + files):
+                path = Path(current) / name
+                if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                    if _rel(layout, path) not in stated:
+                        report.add(_rel(layout, path), "is in the run's export folder but is not a file of the run")
+                elif path.is_file() and _rel(layout, path) not in stated:
+                    report.add(_rel(layout, path), "file in the run's export folder is not in the run statement")
 
 
 def _check_claims(summary: RunSummary, receipts: dict[str, StageReceipt], report: VerifyReport,
@@ -210,16 +241,19 @@ def _check_renderings(layout: LakeLayout, summary: RunSummary, receipts: dict[st
         try:
             actual = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            report.add(layout.relative(path), "missing or unreadable (a rendering of the run statement)")
+            report.add(_rel(layout, path), "missing or unreadable (a rendering of the run statement)")
             continue
         if actual != expected:
-            report.add(layout.relative(path), "differs from the signed run statement it renders")
+            report.add(_rel(layout, path), "differs from the signed run statement it renders")
 
 
 def verify_run(layout: LakeLayout, run_id: str, keys: TrustedKeys) -> VerifyReport:
     report = VerifyReport(run_id)
     statement_path = layout.run_dir(run_id) / STATEMENT_FILE
-    subject = layout.relative(statement_path)
+    subject = _rel(layout, statement_path)
+    if layout.run_dir(run_id).is_symlink():
+        report.add(_rel(layout, layout.run_dir(run_id)), "the run folder is a link", "signature")
+        return report
     summary: RunSummary | None = None
     statement: dict[str, object] = {}
     try:
@@ -241,3 +275,23 @@ def verify_run(layout: LakeLayout, run_id: str, keys: TrustedKeys) -> VerifyRepo
     _check_renderings(layout, summary, receipts, report)
     return report
 
+
+
+def root_problems(layout: LakeLayout) -> list[Problem]:
+    """Folders no complete run accounts for (see the module docstring)."""
+    folders = run_folders(layout)
+    writing = writer_active(layout)
+    problems = []
+    for run_id, state in folders.items():
+        name = f"receipts/{run_id}"
+        if state == "broken":
+            problems.append(Problem(name, "is not a complete run: its signed run statement is missing", "signature"))
+        elif state == "unfinished" and not writing:
+            problems.append(Problem(name, "is marked unfinished but no run is writing this root "
+                                          "(left by a killed run: the next run clears it)", "integrity"))
+    if layout.exports.is_dir():
+        for entry in sorted(layout.exports.iterdir()):
+            if RUN_ID.match(entry.name) and folders.get(entry.name) not in ("complete", "legacy") and not (
+                    writing and folders.get(entry.name) == "unfinished"):
+                problems.append(Problem(f"exports/{entry.name}", "export folder of no complete run", "integrity"))
+    return problems

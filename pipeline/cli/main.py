@@ -220,9 +220,9 @@ def keygen(
     """Create an Ed25519 signing key (0600). Default: $TRACELAKE_SIGNING_KEY or
     ~/.config/tracelake/signing-key.pem."""
     from pipeline.core.lock import writer_lock
-    from pipeline.core.signing import default_key_path, generate_key, key_id, load_key
+    from pipeline.core.signing import default_key_path, generate_key, key_id
     from pipeline.core.store import LakeLayout
-    from pipeline.core.trust import trust
+    from pipeline.core.trust import rotate_key
 
     target = path or default_key_path()
     if not rotate:
@@ -237,12 +237,11 @@ def keygen(
     layout = LakeLayout(resolve_root(root))
     try:
         with writer_lock(layout, wait=not no_wait, on_wait=lambda m: err_console.print(Text(m))):
-            generate_key(target, overwrite=True)
-            new = load_key(target).public_key()
-            trust(layout, new, "rotated in with `tracelake keygen --rotate`")
+            new, retired = rotate_key(target, layout)
     except (TracelakeError, OSError) as exc:
         raise fail(str(exc)) from exc
-    console.print(Text(f"wrote {target}; key {key_id(new)[:16]} is now trusted in {layout.trusted_keys}"))
+    console.print(Text(f"wrote {target}; key {key_id(new)[:16]} is now trusted in {layout.trusted_keys}"
+                       + (f"; the old key is kept at {retired}" if retired else "")), soft_wrap=True)
 
 
 @receipts_app.command("pubkey")
@@ -288,7 +287,7 @@ def receipts_list(
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """List runs, newest last. A run whose statement does not verify is listed as such."""
-    from pipeline.core.receipts import list_runs, load_run_summary, run_state
+    from pipeline.core.receipts import list_runs, load_run_summary, run_folders
     from pipeline.core.store import LakeLayout
     from pipeline.core.trust import load_trusted
 
@@ -320,8 +319,7 @@ def receipts_list(
                 "problem": None,
             }
         )
-    legacy = [p.name for p in layout.receipts.iterdir() if p.is_dir() and run_state(layout, p.name) == "legacy"
-              and (p / "summary.json").exists()] if layout.receipts.is_dir() else []
+    others = {run_id: state for run_id, state in run_folders(layout).items() if state != "complete"}
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -336,9 +334,14 @@ def receipts_list(
         table.add_row(Text(row["run_id"]), str(row["passed"]), str(row["stages"]), str(row["cache_hits"]),
                       f"{row['records_in']:,}", row["run_hash"][:16])
     console.print(table)
-    if legacy:
-        console.print(Text(f"{len(legacy)} run folder(s) written before signed run statements are "
-                           "not listed (they cannot be verified by this version)"))
+    meaning = {
+        "unfinished": "a run is writing it, or was killed doing so",
+        "broken": "its signed run statement is missing",
+        "legacy": "written before signed run statements; this version cannot verify it",
+    }
+    for run_id, state in others.items():
+        console.print(Text(f"not a run: receipts/{run_id} ({state}: {meaning[state]})", style="yellow"),
+                      soft_wrap=True)
 
 
 @receipts_app.command("show")
@@ -392,8 +395,8 @@ def receipts_verify(
 ) -> None:
     """Check the run statement, every receipt, object and export file, and every claim
     they make. Exit 0 when all hold, 1 naming each thing that does not."""
-    from pipeline.audit.verify import verify_run
-    from pipeline.core.receipts import resolve_run
+    from pipeline.audit.verify import root_problems, verify_run
+    from pipeline.core.receipts import load_run_summary, resolve_run
     from pipeline.core.signing import key_id
     from pipeline.core.store import LakeLayout
     from pipeline.core.trust import load_trusted, pinned
@@ -409,9 +412,10 @@ def receipts_verify(
                                "trust a key with `tracelake receipts trust`)", style="red"), soft_wrap=True)
         raise typer.Exit(1)
     report = verify_run(layout, resolved, keys)
-    for problem in report.problems:
+    problems = report.problems + root_problems(layout)
+    for problem in problems:
         console.print(Text.assemble(("FAIL ", "red"), f"{problem.subject}: {problem.problem}"), soft_wrap=True)
-    if report.passed:
+    if not problems:
         signer = next((k for k in keys.keys if key_id(k) == report.signer), None)
         console.print(Text.assemble(
             ("OK ", "green"),
@@ -419,6 +423,14 @@ def receipts_verify(
             f"{report.export_files} export files verified (signed by {key_id(signer)[:16] if signer else '?'}, "
             f"trusted via {keys.source})",
         ), soft_wrap=True)
+        if pubkey is None:
+            console.print(Text("the trusted keys are a file in this root; to check against a key you "
+                               "got elsewhere, give --pubkey PEM"), soft_wrap=True)
+        summary = load_run_summary(layout, resolved, keys)
+        failed = [s.stage for s in summary.stages if s.status != "ok"]
+        if failed:
+            console.print(Text(f"the run itself failed: {', '.join(failed)} (its receipts say why: "
+                               f"tracelake receipts show {resolved})", style="yellow"), soft_wrap=True)
     deep_failed = False
     if deep:
         from pipeline.audit.deep import deep_verify, print_deep_report
@@ -429,7 +441,7 @@ def receipts_verify(
             raise fail(str(exc), 1) from exc
         print_deep_report(deep_report, console)
         deep_failed = not deep_report.passed
-    if not report.passed or deep_failed:
+    if problems or deep_failed:
         raise typer.Exit(1)
 
 

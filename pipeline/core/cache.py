@@ -6,7 +6,10 @@ run that last executed the stage under that key. Reusing it means copying its cl
 (counts, digests, export files) into this run's receipt and signing them again, so
 an entry is reused only after all of these hold:
 
-- its signature verifies with a key the root trusts;
+- its signature verifies with the key this run signs with. Not merely a key the root
+  trusts: ``receipts/trusted-keys.pem`` is a file in the root, and anyone who can add a
+  key to it could otherwise have their forgery re-signed with ours (after a key rotation
+  every stage therefore runs once more);
 - it is a passed receipt of this stage and version, filed under this key, its key
   recomputes from its own fields and its inputs are this run's inputs;
 - its counts conserve;
@@ -83,13 +86,14 @@ def lookup(
     outputs: tuple[str, ...],
     key: str,
     inputs: list[InputRef],
-    trusted: TrustedKeys,
+    signer: TrustedKeys,
 ) -> Lookup:
+    """``signer``: the public key of the key this run signs with (only)."""
     path = cache_entry_path(layout, key)
     if not path.exists():
         return Lookup(None)
     try:
-        receipt, _ = open_receipt(load_envelope(path), trusted)
+        receipt, _ = open_receipt(load_envelope(path), signer)
     except (ReceiptError, NotFound) as exc:
         return Lookup(None, str(exc))
     problem = _mismatch(receipt, stage, version, outputs, key, inputs) or claims_problem(receipt)

@@ -4,29 +4,36 @@ Every file is published by an atomic rename and a run becomes a run only when it
 signed statement lands, so a killed run loses nothing; it only leaves debris: ``.tmp-*``
 files and folders, and a run folder (plus its export folder) marked unfinished. While
 the root's writer lock is held no one else writes, so all of it is debris and goes.
-The one exception is a complete run's folder, where ``tracelake drift`` (a reader,
-lock-free) may be writing its report: there only temp files older than a minute go.
+
+Two exceptions. A marked folder whose statement did land (killed between the two) is a
+complete run once its statement verifies with this run's key: only the mark goes; a
+folder holding a statement is never deleted. And in a complete run's folder, where
+``tracelake drift`` (a reader, lock-free) may be writing its report, only temp files
+older than a minute go.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 
-from pipeline.core.receipts import run_state
+from pipeline.core.errors import TracelakeError
+from pipeline.core.receipts import (
+    STATEMENT_FILE,
+    UNFINISHED_MARK,
+    ReceiptError,
+    load_envelope,
+    open_run_statement,
+    run_folders,
+)
 from pipeline.core.store import LakeLayout
+from pipeline.core.trust import TrustedKeys
 from schemas.receipt import Cleanup
 
-RUN_ID = re.compile(r"^\d{8}T\d{6}\d*Z-[0-9a-f]{4}$")
 TEMP_PREFIX = ".tmp-"
 _READER_GRACE_S = 60.0
-
-
-def is_run_id(name: str) -> bool:
-    return bool(RUN_ID.match(name))
 
 
 def _remove(path: Path, tally: list[int]) -> None:
@@ -43,11 +50,13 @@ def _remove(path: Path, tally: list[int]) -> None:
     tally[1] += size
 
 
-def _temp_debris(folder: Path, tally: list[int], older_than: float | None = None) -> None:
+def _temp_debris(folder: Path, tally: list[int], older_than: float | None = None, recurse: bool = True) -> None:
     """Every ``.tmp-*`` entry under ``folder`` (a temp folder goes whole)."""
     if not folder.is_dir():
         return
     for current, dirs, files in os.walk(folder):
+        if not recurse:
+            dirs[:] = [d for d in dirs if d.startswith(TEMP_PREFIX)]
         base = Path(current)
         for name in [d for d in dirs if d.startswith(TEMP_PREFIX)]:
             dirs.remove(name)
@@ -65,22 +74,34 @@ def _temp_debris(folder: Path, tally: list[int], older_than: float | None = None
             _remove(path, tally)
 
 
-def clean_leftovers(layout: LakeLayout) -> Cleanup:
-    """Call only while holding the writer lock (``pipeline.core.lock``)."""
+def clean_leftovers(layout: LakeLayout, signer: TrustedKeys) -> Cleanup:
+    """Call only while holding the writer lock (``pipeline.core.lock``); ``signer`` is
+    the public key this run signs with."""
     tally = [0, 0]
     _temp_debris(layout.data, tally)
     _temp_debris(layout.exports, tally)
     _temp_debris(layout.receipt_cache, tally)
+    _temp_debris(layout.receipts, tally, recurse=False)
     unfinished: list[str] = []
-    if layout.receipts.is_dir():
-        for entry in sorted(layout.receipts.iterdir()):
-            if not (entry.is_dir() and is_run_id(entry.name)):
-                continue
-            if run_state(layout, entry.name) == "unfinished":
-                shutil.rmtree(entry, ignore_errors=True)
-                shutil.rmtree(layout.export_dir(entry.name), ignore_errors=True)
-                shutil.rmtree(layout.failed_exports / entry.name, ignore_errors=True)
-                unfinished.append(entry.name)
-            else:
-                _temp_debris(entry, tally, older_than=time.time() - _READER_GRACE_S)
+    for run_id, state in run_folders(layout).items():
+        folder = layout.run_dir(run_id)
+        if state == "unfinished":
+            if (folder / STATEMENT_FILE).exists():
+                if _signed_by(folder / STATEMENT_FILE, signer):
+                    (folder / UNFINISHED_MARK).unlink(missing_ok=True)
+                continue  # a statement is never deleted; verify reports one that fails
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(layout.export_dir(run_id), ignore_errors=True)
+            shutil.rmtree(layout.failed_exports / run_id, ignore_errors=True)
+            unfinished.append(run_id)
+        elif state == "complete":
+            _temp_debris(folder, tally, older_than=time.time() - _READER_GRACE_S)
     return Cleanup(temp_files=tally[0], temp_bytes=tally[1], unfinished_runs=unfinished)
+
+
+def _signed_by(path: Path, signer: TrustedKeys) -> bool:
+    try:
+        open_run_statement(load_envelope(path), signer)
+    except (ReceiptError, OSError, TracelakeError):
+        return False
+    return True

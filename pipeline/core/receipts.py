@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ STATEMENT_FILE = "run.statement.json"
 SUMMARY_FILE = "summary.json"
 SUMMARY_MD = "summary.md"
 UNFINISHED_MARK = ".unfinished"
+RUN_ID = re.compile(r"^\d{8}T\d{6}\d*Z-[0-9a-f]{4}$")
 
 
 class ReceiptError(SignatureError):
@@ -115,9 +118,12 @@ def cache_entry_path(layout: LakeLayout, cache_key: str) -> Path:
 
 
 def begin_run(layout: LakeLayout, run_id: str) -> None:
-    folder = layout.run_dir(run_id)
-    folder.mkdir(parents=True, exist_ok=False)
-    (folder / UNFINISHED_MARK).write_text("a run is writing this folder, or was killed doing so\n")
+    """The run folder appears with its mark already in it (made aside, then renamed):
+    a run killed at any point never leaves an unmarked folder behind."""
+    staging = layout.receipts / f".tmp-run-{run_id}"
+    staging.mkdir(parents=True)
+    (staging / UNFINISHED_MARK).write_text("a run is writing this folder, or was killed doing so\n")
+    os.rename(staging, layout.run_dir(run_id))
 
 
 def write_receipt(layout: LakeLayout, receipt: StageReceipt, key: Ed25519PrivateKey) -> str:
@@ -145,7 +151,7 @@ def write_run_statement(
         atomic_write_bytes(folder / name, text.encode("utf-8"))
     statement = run_statement_for(summary, receipt_digests, exports)
     atomic_write_bytes(folder / STATEMENT_FILE, _envelope_bytes(statement, key))
-    (folder / UNFINISHED_MARK).unlink()
+    (folder / UNFINISHED_MARK).unlink(missing_ok=True)
 
 
 def as_signed(summary: RunSummary) -> RunSummary:
@@ -254,25 +260,49 @@ def load_run_receipts(layout: LakeLayout, run_id: str, keys: TrustedKeys | None)
 # --- runs -----------------------------------------------------------------------------------
 
 
+LEGACY_RECEIPT_TYPE = "https://tracelake.dev/StageReceipt/v1"
+
+
 def run_state(layout: LakeLayout, run_id: str) -> str:
-    """'complete' (its statement landed), 'unfinished' (a run is writing it, or was
-    killed doing so), or 'legacy' (written before run statements existed)."""
+    """What a folder under receipts/ named like a run is:
+
+    - 'complete': its signed statement landed (and the mark is gone);
+    - 'unfinished': marked: a run is writing it, or was killed doing so;
+    - 'legacy': a run written before run statements (receipts of StageReceipt/v1);
+    - 'broken': anything else (a statement deleted, a folder replaced by a link...).
+    """
     folder = layout.run_dir(run_id)
+    if folder.is_symlink() or not folder.is_dir():
+        return "broken"
     if (folder / UNFINISHED_MARK).exists():
         return "unfinished"
     if (folder / STATEMENT_FILE).exists():
         return "complete"
+    if not (folder / SUMMARY_FILE).is_file():
+        return "broken"
+    for path in run_receipt_paths(layout, run_id):
+        try:
+            if decode_payload_unverified(load_envelope(path)).get("predicateType") != LEGACY_RECEIPT_TYPE:
+                return "broken"
+        except (ReceiptError, NotFound):
+            return "broken"
     return "legacy"
+
+
+def run_folders(layout: LakeLayout) -> dict[str, str]:
+    """Every folder under receipts/ named like a run id -> its state."""
+    if not layout.receipts.is_dir():
+        return {}
+    return {
+        p.name: run_state(layout, p.name)
+        for p in sorted(layout.receipts.iterdir())
+        if RUN_ID.match(p.name)
+    }
 
 
 def list_runs(layout: LakeLayout) -> list[str]:
     """Complete runs, oldest first (run ids sort by time)."""
-    if not layout.receipts.is_dir():
-        return []
-    return sorted(
-        p.name for p in layout.receipts.iterdir()
-        if p.is_dir() and run_state(layout, p.name) == "complete"
-    )
+    return [run_id for run_id, state in run_folders(layout).items() if state == "complete"]
 
 
 def resolve_run(layout: LakeLayout, run_id: str | None) -> str:
@@ -286,6 +316,9 @@ def resolve_run(layout: LakeLayout, run_id: str | None) -> str:
     matches = [r for r in runs if r.startswith(run_id)]
     if len(matches) == 1:
         return matches[0]
+    state = run_folders(layout).get(run_id)
+    if state is not None:
+        raise NotFound(f"run {run_id} is not a complete run ({state}: its signed run statement is missing)")
     raise NotFound(f"run {run_id!r} not found (have {len(runs)} runs)")
 
 

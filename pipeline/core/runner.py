@@ -60,7 +60,7 @@ from pipeline.core.store import (
     put_stream,
     put_table,
 )
-from pipeline.core.trust import ensure_trusted_signer, load_trusted
+from pipeline.core.trust import TrustedKeys, ensure_trusted_signer
 from schemas.receipt import (
     Cleanup,
     ExportFile,
@@ -195,7 +195,8 @@ class Runner:
         self.receipt_digests: dict[str, str] = {}
         self.rejected: list[RejectedCacheEntry] = []
         self.cleanup = Cleanup()
-        self.trusted = load_trusted(self.layout)
+        # A cache entry is reused only if this very key signed it (see pipeline.core.cache).
+        self.signer = TrustedKeys((self.key.public_key(),), "this run's signing key")
 
     # --- inputs -------------------------------------------------------------------------
 
@@ -327,7 +328,7 @@ class Runner:
         config_json = config.model_dump(mode="json")
         inputs = self._inputs(stage, config)
         run = _Execution(inputs=inputs, key=cache_key(stage.name, stage.version, config_json, inputs))
-        found = lookup(self.layout, stage.name, stage.version, stage.output_names, run.key, inputs, self.trusted)
+        found = lookup(self.layout, stage.name, stage.version, stage.output_names, run.key, inputs, self.signer)
         if found.rejected is not None:
             self.rejected.append(RejectedCacheEntry(stage=stage.name, cache_key=run.key, reason=found.rejected))
         try:
@@ -382,8 +383,7 @@ class Runner:
         plan = closure(self.stages, targets)
         with writer_lock(self.layout, wait=self.options.wait, on_wait=self.options.on_wait):
             ensure_trusted_signer(self.layout, self.key.public_key())
-            self.trusted = load_trusted(self.layout)
-            self.cleanup = clean_leftovers(self.layout)
+            self.cleanup = clean_leftovers(self.layout, self.signer)
             begin_run(self.layout, self.run_id)
             outcomes: list[StageOutcome] = []
             failed: set[str] = set()

@@ -2,7 +2,7 @@
 
 Layout under ``root``::
 
-    data/objects/<aa>/<xxh3>.parquet   content-addressed tables
+    data/objects/<aa>/<xxh3>-<sha>.parquet  tables, by logical digest and file bytes
     data/cache/                        per-source-file shards and the stat cache
     data/lake.duckdb                   views over the latest run, for ad-hoc users
     data/.lock                         held by the one run writing to this root
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import TracelakeError
-from pipeline.core.hashing import FileDigests, TableHasher, blake3_file, file_digests, table_digest
+from pipeline.core.hashing import FileDigests, TableHasher, blake3_file, file_digests
 from schemas.receipt import ObjectRef
 
 # Fixed writer settings: changing any of them changes file bytes (not logical digests).
@@ -102,8 +102,11 @@ class LakeLayout:
     def keyed_exports(self, cache_key: str) -> Path:
         return self.exports / ".by-key" / cache_key
 
-    def object_path(self, digest: str) -> Path:
-        return self.objects / digest[:2] / f"{digest}.parquet"
+    def object_path(self, digest: str, sha256: str) -> Path:
+        """Named by the table's logical digest and the file's own sha256 (its first 16
+        hex digits): a name is never reused for other bytes, so a file that does not
+        hash to its name is damage, never "another valid copy"."""
+        return self.objects / digest[:2] / f"{digest}-{sha256[:16]}.parquet"
 
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root.resolve()).as_posix()
@@ -400,33 +403,21 @@ def put_stream(
 
 
 def _publish_object(layout: LakeLayout, tmp: Path, digest: str) -> tuple[Path, FileDigests]:
-    """Move ``tmp`` into place as the object named ``digest``, unless that object is
-    already there and sound.
+    """Move ``tmp`` into place under its name (logical digest + sha256 of its bytes),
+    unless a file with exactly these bytes is already there.
 
-    Files are a function of their rows, so an existing object normally has our bytes
-    and stays untouched. One with other bytes is kept only if it still reads back to
-    its digest (written by another pyarrow release: a sound object that older receipts
-    name); anything else is damage, and our copy replaces it: a run repairs the lake,
-    never records the digests of a damaged file.
+    Files are a function of their rows, so the same table written again normally finds
+    its file in place. Any other content under that name is damage (a flipped byte, a
+    forged footer or statistics that readers would trust) and our copy replaces it: a
+    run repairs the lake, never records the digests of bytes it did not write.
     """
     ours = file_digests(tmp)
-    path = layout.object_path(digest)
-    if path.exists():
-        theirs = file_digests(path)
-        if theirs.sha256 == ours.sha256:
-            return path, theirs
-        if _reads_as(path, digest):
-            return path, theirs
+    path = layout.object_path(digest, ours.sha256)
+    if path.is_file() and not path.is_symlink() and blake3_file(path) == ours.blake3:
+        return path, ours
     path.parent.mkdir(parents=True, exist_ok=True)
     _publish(tmp, path)
     return path, ours
-
-
-def _reads_as(path: Path, digest: str) -> bool:
-    try:
-        return table_digest(pq.read_table(path)) == digest
-    except Exception:  # a damaged file may fail anywhere in the reader
-        return False
 
 
 def read_object(layout: LakeLayout, ref: ObjectRef) -> pa.Table:
@@ -437,8 +428,8 @@ def object_problem(layout: LakeLayout, ref: ObjectRef) -> str | None:
     """Why the object's file is not the one ``ref`` names (None when it is): missing,
     or its BLAKE3 differs. The check a run makes before it reuses an object."""
     path = layout.root / ref.path
-    if not path.is_file():
-        return f"object {ref.path} is missing"
+    if path.is_symlink() or not path.is_file():
+        return f"object {ref.path} is missing or not a regular file"
     if blake3_file(path) != ref.blake3:
         return f"object {ref.path} does not match its recorded BLAKE3"
     return None

@@ -12,6 +12,7 @@ Old keys stay, so runs signed before a rotation still verify.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pipeline.core.errors import SignatureError, TracelakeError
-from pipeline.core.signing import key_id, load_public_key, public_pem
+from pipeline.core.signing import generate_key, key_id, load_key, load_public_key, public_pem
 from pipeline.core.store import LakeLayout, atomic_write_text
 
 _PEM_BLOCK = re.compile(
@@ -112,3 +113,29 @@ def ensure_trusted_signer(layout: LakeLayout, public_key: Ed25519PublicKey) -> b
             f"{layout.root}` (PEM from `tracelake receipts pubkey`)"
         )
     return trust(layout, public_key, "first run in this root")
+
+
+def rotate_key(path: Path, layout: LakeLayout) -> tuple[Ed25519PublicKey, Path | None]:
+    """Replace the signing key at ``path`` with a new one trusted in ``layout``'s root.
+
+    Nothing is lost on the way: the trusted keys are read (and must parse) first, the new
+    key is made aside and trusted before it takes the old one's place, and the old key
+    is kept beside it as ``<name>.<keyid>.retired`` (delete it once nothing needs it).
+    Returns the new public key and where the old key went.
+    """
+    load_trusted(layout)  # a malformed file stops here, before anything changes
+    staged = path.with_name(f".tmp-{path.name}-new")
+    generate_key(staged, overwrite=True)
+    try:
+        new = load_key(staged).public_key()
+        trust(layout, new, "rotated in with `tracelake keygen --rotate`")
+        retired = None
+        if path.exists():
+            old_id = key_id(load_key(path).public_key())[:16]
+            retired = path.with_name(f"{path.name}.{old_id}.retired")
+            if not retired.exists():
+                os.link(path, retired)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return new, retired

@@ -56,7 +56,7 @@ def frame(ctx: StageContext, name: str, columns: list[str] | None = None) -> pl.
 
 
 def read_frame(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    return pl.read_parquet(path, columns=columns)
+    return pl.read_parquet(path, columns=columns, glob=False)  # a root may hold [ ] * ?
 
 
 def dumps(obj: Any) -> str:

@@ -354,3 +354,96 @@ def test_keys_never_leak_into_reprs(tmp_path: Path) -> None:
     runner = Runner(STAGES, RunOptions(root=tmp_path, sources=[]))
     assert "key" not in repr(runner.mac).replace("<key>", "")
     assert os.environ["TRACELAKE_SIGNING_KEY"]  # the conftest's throwaway key
+
+
+# --- found by review: the trusted-keys file, forged statistics, broken folders -----------
+
+
+def test_a_key_planted_in_trusted_keys_cannot_launder_a_cache_entry(tmp_path: Path) -> None:
+    """The trusted-keys file is in the root, so an attacker can add a key to it; a cache
+    entry is reused only if the run's own key signed it."""
+    from pipeline.core.signing import public_pem
+
+    first = run(tmp_path)
+    honest = outcome(first, "make")
+    attacker = Ed25519PrivateKey.generate()
+    with (tmp_path / "receipts" / "trusted-keys.pem").open("a") as handle:
+        handle.write(public_pem(attacker.public_key()))
+    rewrite(cache_entry_path(LakeLayout(tmp_path), honest.cache_key), _more_out, attacker)
+    second = run(tmp_path)
+    receipt = outcome(second, "make")
+    assert not receipt.cache_hit and receipt.records_out == honest.records_out
+    assert "signature" in second.summary.rejected_cache[0].reason
+
+
+def test_an_object_rewritten_to_read_the_same_is_still_replaced(tmp_path: Path) -> None:
+    """Other bytes that read back to the same rows (another compression, forged footer
+    statistics a query engine would trust) are damage too: the next run restores ours."""
+    import pyarrow.parquet as pq
+
+    first = run(tmp_path)
+    ref = first.summary.tables["squares"]
+    target = tmp_path / ref.path
+    good = target.read_bytes()
+    pq.write_table(pq.read_table(target), target, compression="snappy")
+    assert target.read_bytes() != good
+    second = run(tmp_path)
+    assert not outcome(second, "square").cache_hit
+    assert target.read_bytes() == good
+    assert problems(tmp_path, first.run_id) == [] and problems(tmp_path, second.run_id) == []
+
+
+def test_verify_reports_a_run_whose_statement_is_gone(tmp_path: Path) -> None:
+    first = run(tmp_path)
+    second = run(tmp_path)
+    (tmp_path / "receipts" / second.run_id / "run.statement.json").unlink()
+    result = verify_cli(tmp_path)  # latest complete is now the first run, which is sound
+    assert result.exit_code == 1
+    assert f"receipts/{second.run_id}: is not a complete run" in result.stdout
+    assert f"exports/{second.run_id}: export folder of no complete run" in result.stdout
+    explicit = verify_cli(tmp_path, second.run_id)
+    assert explicit.exit_code == 2 and "not a complete run" in explicit.output
+    assert list_runs(LakeLayout(tmp_path)) == [first.run_id]
+
+
+def test_a_planted_unfinished_mark_never_deletes_a_signed_run(tmp_path: Path) -> None:
+    first = run(tmp_path)
+    (tmp_path / "receipts" / first.run_id / ".unfinished").write_text("")
+    assert list_runs(LakeLayout(tmp_path)) == []
+    listed = cli.invoke(app, ["receipts", "list", "--root", str(tmp_path)])
+    assert f"not a run: receipts/{first.run_id} (unfinished" in listed.stdout
+    second = run(tmp_path)
+    assert second.summary.cleanup.unfinished_runs == []
+    assert list_runs(LakeLayout(tmp_path)) == [first.run_id, second.run_id]
+    assert problems(tmp_path, first.run_id) == []
+
+
+def test_links_and_fifos_are_findings_not_crashes(tmp_path: Path) -> None:
+    first = run(tmp_path)
+    layout = LakeLayout(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    receipt = receipt_path(layout, first.run_id, "square")
+    outside.write_bytes(receipt.read_bytes())
+    receipt.unlink()
+    receipt.symlink_to(outside)
+    os.mkfifo(layout.export_dir(first.run_id) / "numbers" / "extra.txt")
+    result = verify_cli(tmp_path)
+    assert result.exit_code == 1, result.output
+    assert "square.receipt.json: is a link" in result.stdout
+    assert "numbers/extra.txt: is in the run's export folder but is not a file of the run" in result.stdout
+
+
+def test_rotation_with_a_malformed_trust_file_keeps_the_old_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = tmp_path / "k.pem"
+    monkeypatch.setenv("TRACELAKE_SIGNING_KEY", str(key))
+    run(tmp_path)
+    before = key.read_bytes()
+    trusted = tmp_path / "receipts" / "trusted-keys.pem"
+    trusted.write_text(trusted.read_text() + "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    result = cli.invoke(app, ["keygen", "--rotate", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and key.read_bytes() == before
+    trusted.write_text(trusted.read_text().split("-----BEGIN PUBLIC KEY-----\nnot a key")[0])
+    assert cli.invoke(app, ["keygen", "--rotate", "--root", str(tmp_path)]).exit_code == 0
+    assert key.read_bytes() != before
+    [retired] = tmp_path.glob("k.pem.*.retired")
+    assert retired.read_bytes() == before

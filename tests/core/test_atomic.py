@@ -35,7 +35,8 @@ def _assert_lake_consistent(root: Path) -> None:
     for path in objects.rglob("*.parquet"):
         assert not path.name.startswith(".tmp-")
         table = pq.read_table(path)  # would raise on a torn file
-        assert table_digest(table) == path.stem
+        assert table_digest(table) == path.stem.split("-")[0]
+        assert sha256_file(path)[:16] == path.stem.split("-")[1]
     for receipt in (root / "receipts").rglob("*.json"):
         if not receipt.name.startswith(".tmp-"):
             load_envelope(receipt) if receipt.name.endswith(".receipt.json") else receipt.read_text()
