@@ -190,3 +190,37 @@ def _parses(line: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_an_outcomes_file_changed_after_digesting_is_recorded_as_read(
+    corpus: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score reads an outcomes file once; if it changed since the runner digested it, the
+    receipt names the bytes score read."""
+    from pipeline.core import sources
+    from pipeline.stages.registry import load_stages
+
+    folder, _ = corpus
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text(json.dumps({"session_id": "nope", "verdict": "pass", "created_at": "2026-01-01"}) + "\n")
+    extra = json.dumps({"session_id": "other", "verdict": "fail", "created_at": "2026-01-02"}) + "\n"
+    original = sources.read_source
+
+    def appended_first(file: Any) -> Any:
+        with outcomes.open("a") as handle:
+            handle.write(extra)
+        return original(file)
+
+    monkeypatch.setattr("pipeline.stages.score.read_source", appended_first)
+    options = RunOptions(root=tmp_path / "lake", workers=1, sources=[
+        SourceSpec("claude-code", folder), SourceSpec("outcomes", outcomes)])
+    result = Runner(load_stages(["score"]), options).run(["score"])
+    assert result.ok
+    layout = LakeLayout(tmp_path / "lake")
+    assert verify_run(layout, result.run_id, load_trusted(layout)).problems == []
+    score = next(o.receipt for o in result.outcomes if o.stage == "score")
+    manifest = load_manifest(layout.cache, next(i.xxh3_128 for i in score.inputs if i.name == "source:outcomes"))
+    assert manifest is not None
+    [recorded] = manifest
+    assert recorded.digest == xxhash.xxh3_128_hexdigest(outcomes.read_bytes())  # two rows, as parsed
+    assert score.stats["outcome_rows"] == 2

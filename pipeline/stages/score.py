@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.core.imports import LazyModule
-from pipeline.core.sources import SourceFile
+from pipeline.core.sources import SourceFile, read_source
 from pipeline.core.stage import Stage, StageContext, StageResult
 from pipeline.export.common import SCORER_VERSION, Quarantine, frame, to_table
 from pipeline.export.conversation import CallFacts
@@ -136,9 +136,12 @@ def _verdict(value: object, config: ScoreConfig) -> str | None:
 
 
 def read_outcomes(
-    files: list[SourceFile], tasks: pl.DataFrame, config: ScoreConfig, quarantine: Quarantine
+    files: list[SourceFile], tasks: pl.DataFrame, config: ScoreConfig, quarantine: Quarantine,
+    read: list[SourceFile] | None = None,
 ) -> tuple[dict[str, tuple[str, str | None]], Counter[str], int]:
-    """task_id -> (verdict, note). Task-level rows beat session-level ones; latest wins."""
+    """task_id -> (verdict, note). Task-level rows beat session-level ones; latest wins.
+    Each file is read once; ``read`` collects the files as read (their digests are of
+    the bytes parsed, whatever the runner digested before)."""
     task_ids = set(tasks["task_id"].to_list())
     sessions: dict[str, list[str]] = {}
     for task_id, session_id in tasks.select("task_id", "session_id").iter_rows():
@@ -148,7 +151,10 @@ def read_outcomes(
     n_rows = 0
     filtered: Counter[str] = Counter()
     for file in sorted(files, key=lambda f: f.display_path):
-        for line_no, line in enumerate(file.path.read_bytes().splitlines(), start=1):
+        data, as_read = read_source(file)
+        if read is not None:
+            read.append(as_read)
+        for line_no, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             n_rows += 1
@@ -360,9 +366,11 @@ def run(ctx: StageContext) -> StageResult:
         later = pool.submit(markers_of) if pool else None
         conversations = conversations_table(tasks, assembled.messages, calls, parsed, branches, facts, pool)
         markers = later.result() if later else markers_of()
-    outcomes, filtered, n_outcome_rows = read_outcomes(
-        ctx.sources.get("outcomes", []), tasks, config, quarantine
-    )
+    outcome_files = sorted(ctx.sources.get("outcomes", []), key=lambda f: f.display_path)
+    outcomes_read: list[SourceFile] = []
+    outcomes, filtered, n_outcome_rows = read_outcomes(outcome_files, tasks, config, quarantine, outcomes_read)
+    # read_source hands back the very file it was given when its bytes are as digested.
+    changed = any(a is not b for a, b in zip(outcome_files, outcomes_read, strict=True))
     rows = []
     for m in markers.iter_rows(named=True):
         verdict, note = outcomes.get(m["task_id"], (None, None))
@@ -374,6 +382,7 @@ def run(ctx: StageContext) -> StageResult:
     n_outcome_used = n_outcome_rows - n_outcome_bad - sum(filtered.values())
     by_category = Counter(r["category"] for r in rows)
     return StageResult(
+        sources_read={"outcomes": outcomes_read} if changed else None,
         tables={
             "tasks": tasks.to_arrow(),
             "scores": to_table(SCORING_TABLES["scores"], rows),
