@@ -117,8 +117,10 @@ def test_the_build_precompiles_the_redaction_screens(tmp_path: Path) -> None:
         return
     assert sorted(redact.PRECOMPILED_SCREENS.glob("*.hsdb"))
     redactor = redact.Redactor()
-    for pattern in (redact._SECRET_RE2, redactor._screen.pattern, redactor._json_screen.pattern):
-        screen = redact._Screen(pattern)  # fresh: the module's own screens may be compiled already
+    for built in (redact._SECRET_SCREEN, redact._catalogue_screen(), redact._secrets_screen(),
+                  redact._SECRET_JSON_SCREEN, redactor._screen, redactor._json_screen):
+        # fresh: the module's own screens may be compiled already
+        screen = redact._Screen(built.pattern, built.extra)
         screen.prepare(tmp_path / "default")
         assert screen.engine == "hyperscan"
     assert not (tmp_path / "default").exists()

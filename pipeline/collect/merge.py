@@ -58,6 +58,7 @@ class Merged:
     lines: Counter[str]
     set_aside: dict[str, int]
     redactions: Counter[str] = field(default_factory=Counter)
+    redaction_rules: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -229,7 +230,8 @@ def merge_shards(
     quarantine = queries["quarantine"].sql.format(where="TRUE")
     reasons = con.execute(f"SELECT reason, count(*) FROM ({quarantine}) GROUP BY ALL").fetchall()
     set_aside = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
-    return Merged(tables=tables, lines=+tallies, set_aside=set_aside, redactions=redactor.counts)
+    return Merged(tables=tables, lines=+tallies, set_aside=set_aside, redactions=redactor.counts,
+                  redaction_rules=redactor.rules)
 
 
 # Rows a sort may hold at once (a range of whole sessions; one session bigger than this

@@ -30,6 +30,7 @@ Design (why it is shaped like this):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import math
@@ -50,13 +51,14 @@ import re2
 from pipeline.collect._compiled import HERE as PACKAGE_DIR
 from pipeline.collect.lines import check_depth
 from pipeline.core.hashing import CacheMac
+from pipeline.secrets import catalogue
 
 try:  # optional: a faster screen where its wheel exists
     import hyperscan as _hyperscan
 except ImportError:  # pragma: no cover - depends on the platform
     _hyperscan = None  # type: ignore[assignment]
 
-__all__ = ["KINDS", "HOME_KIND", "Redactor", "find_secrets", "placeholder"]
+__all__ = ["KINDS", "HOME_KIND", "Redactor", "find_secret_rules", "find_secrets", "placeholder", "relaxed"]
 
 KINDS: tuple[str, ...] = (
     "private_key",
@@ -73,6 +75,37 @@ KINDS: tuple[str, ...] = (
     "huggingface_token",
     "bearer_token",
     "url_password",
+    "url_userinfo_token",
+    "doppler_token",
+    "mailgun_key",
+    "kubernetes_secret_data",
+    "sentry_token",
+    "stripe_webhook_secret",
+    "discord_token",
+    "discord_webhook",
+    "telegram_bot_token",
+    "netlify_token",
+    "mapbox_token",
+    "vault_token",
+    "azure_client_secret",
+    "azure_sas_signature",
+    "bitbucket_app_password",
+    "fly_token",
+    "fcm_server_key",
+    "dropbox_token",
+    "flutterwave_key",
+    "mailchimp_key",
+    "asana_token",
+    "hubspot_token",
+    "nuget_key",
+    "crates_token",
+    "tailscale_key",
+    "resend_key",
+    "launchdarkly_key",
+    "cli_secret",
+    "env_secret_value",
+    "password_value",
+    "kubernetes_secret_output",
     "high_entropy_assignment",
 )
 HOME_KIND = "home_path"
@@ -135,9 +168,13 @@ def _classes(value: str) -> tuple[bool, bool, bool]:
 
 
 def _mixed_token(text: str, m: re.Match[str]) -> bool:
-    """Generic prefixes (sk-, hf_) need a random-looking body, not a kebab-case word."""
+    """Generic prefixes (sk-, hf_) need a random-looking body, not a kebab-case word.
+    Random letters alone count too (Hugging Face issues `hf_` + 34 letters): mixed case
+    at an entropy no CamelCase name reaches."""
     lower, upper, digit = _classes(m.group(0))
     if lower and upper and digit:
+        return True
+    if lower and upper and len(m.group(0)) >= 30 and _entropy(m.group(0)) >= 4.2:
         return True
     return lower + upper + digit >= 2 and _IDENTIFIER.fullmatch(m.group(0)) is None
 
@@ -161,7 +198,7 @@ def _assignment_kind(text: str, m: re.Match[str]) -> str:
     )
 
 
-_PLACEHOLDER_END = re.compile(r"\[REDACTED:[a-z_]+$")
+_PLACEHOLDER_END = re.compile(r"\[REDACTED:[a-z0-9_]+$")
 
 
 def _after_placeholder(text: str, m: re.Match[str]) -> bool:
@@ -191,9 +228,69 @@ def _pem_body(text: str, m: re.Match[str]) -> bool:
     return _PEM_BODY.search(m.group(0), len("BEGIN ")) is not None
 
 
+_HEX_TOKEN = re.compile(r"[0-9a-fA-F]{16,}", re.ASCII)
+
+
+def _machine_made(value: str) -> bool:
+    """Digits scattered through letters at high entropy: no one names a variable so
+    (`ax7bdobyimfxzisc72z2...`), many tokens look so."""
+    if not (value.isascii() and value.isalnum()):
+        return False  # separators (`ed25519.Ed25519PrivateKey`) are how code reads
+    digits = sum(ch.isdigit() for ch in value)
+    return digits >= 4 and len(value) - digits >= 4 and _entropy(value) >= 3.5
+
+
+_PLACEHOLDER_WORDS = ("change", "example", "your", "xxxx", "****", "<", "redacted", "secret", "password")
+
+
+def _password(text: str, m: re.Match[str]) -> bool:
+    """A value where a password goes (`-p...`, `password ...`, `--password=`): at least
+    8 characters, letters with digits or symbols, and not a placeholder or a path."""
+    value = m.group(1).strip("'\"")
+    if len(value) < 8 or value.startswith(_NOT_SECRET_PREFIXES) or _PATHLIKE.match(value):
+        return False
+    low = value.lower()
+    if any(word in low for word in _PLACEHOLDER_WORDS):
+        return False
+    lower, upper, digit = _classes(value)
+    symbol = any(not ch.isalnum() for ch in value)
+    if not ((lower or upper) and (digit or symbol or (lower and upper))):
+        return False
+    if _code_like(text, m, value):
+        return False
+    return _entropy(value) >= 2.5
+
+
+def _secret_value(text: str, m: re.Match[str]) -> bool:
+    """What follows a name or flag that says secret: a password check where the name
+    says password, the machine-made-value check otherwise."""
+    named = text[max(0, m.start() - 2) : m.start(1)].lower()
+    if "pass" in named or "pwd" in named:
+        return _password(text, m)
+    return _assignment(text, m)
+
+
+_KUBECTL_VALUE = re.compile(r"jsonpath|go-template|base64|template=", re.ASCII)
+
+
+def _kubectl_output(text: str, m: re.Match[str]) -> bool:
+    """The line after `kubectl get secret ... -o jsonpath=...` (or `| base64 -d`) is the
+    secret's value."""
+    command = text[m.start() : m.start(1)]
+    return _KUBECTL_VALUE.search(command) is not None and len(m.group(1)) >= 8
+
+
 def _code_like(text: str, m: re.Match[str], value: str) -> bool:
-    """Identifiers, attribute chains and calls (`x = foo.bar(`) are code, not values."""
+    """Identifiers, attribute chains and calls (`x = foo.bar(`) are code, not values.
+    Hex with digits and letters under a name that says secret (`DD_API_KEY=8f3a...`,
+    `"client_secret": "1fa6..."`) is a key, not an identifier."""
     if _UUID.fullmatch(value) is not None:
+        return False
+    if _HEX_TOKEN.fullmatch(value) is not None:
+        lower, upper, digit = _classes(value)
+        if digit and (lower or upper):
+            return False
+    if len(value) >= 24 and _machine_made(value):
         return False
     if _IDENTIFIER.fullmatch(value) is not None:
         return True
@@ -212,12 +309,42 @@ def _authorization(text: str, m: re.Match[str]) -> bool:
 _URL_PLACEHOLDERS = frozenset({"password", "pass", "passwd", "pwd", "secret", "pw", "token"})
 
 
+_PORT_PATH = re.compile(r"[0-9]{1,5}(?:/[^ \t/]*)*", re.ASCII)
+
+
 def _url_password(text: str, m: re.Match[str]) -> bool:
-    """Templates (`$PASS`, `{password}`, `****`) are documentation, not credentials."""
+    """Templates (`$PASS`, `{password}`, `****`) are documentation, not credentials; a
+    port and a path before an `@` (`host:443/@scope/pkg`) are not one either."""
     value = m.group(2)
-    if value.startswith(("$", "{", "%(", "*")) or value.lower() in _URL_PLACEHOLDERS:
+    if value.startswith(("$", "{", "%(", "*", "/")) or value.lower() in _URL_PLACEHOLDERS:
+        return False
+    if "/" in value and _PORT_PATH.fullmatch(value) is not None:
         return False
     return not (len(value) > 1 and len(set(value)) == 1 and value[0] in "*xX.")
+
+
+def _userinfo_token(text: str, m: re.Match[str]) -> bool:
+    """A URL whose user part is a key (a Sentry DSN, `https://<token>@host`): long and
+    machine-made, not a user name."""
+    value = m.group(1)
+    if _HEX_TOKEN.fullmatch(value) is not None:
+        return len(value) >= 32
+    lower, upper, digit = _classes(value)
+    return len(value) >= 24 and digit and lower and upper
+
+
+def _never(text: str, m: re.Match[str]) -> bool:
+    return False
+
+
+_K8S_SECRET = re.compile(r"kind:[ \t]*[\"']?Secret\b", re.ASCII)
+_B64_VALUE = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}", re.ASCII)
+
+
+def _k8s_data(text: str, m: re.Match[str]) -> bool:
+    """In a Kubernetes Secret every `data:` value is a secret by declaration (base64 of a
+    password is as secret as the password); elsewhere only what decodes to one counts."""
+    return _K8S_SECRET.search(text) is not None and _B64_VALUE.fullmatch(m.group(1)) is not None
 
 
 _ENTROPY_MIN = 3.0
@@ -241,6 +368,7 @@ def _assignment(text: str, m: re.Match[str]) -> bool:
 _WS = r"[ \t]{0,4}"
 _SEP = r"(?::=|=>|[:=])"
 _VALUE = r"([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{16,})"
+_VALUE8 = r"([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})"
 _OPEN_Q = r"(?:\\?[\"'`])?"
 _CLOSE_Q = r"(?:\\?[\"'])?"
 _B64URL = "A-Za-z0-9_-"
@@ -318,14 +446,130 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(
         "url_password",
-        r"://([^ \t\r\n\f\v:/?#@\[\]\"'<>\\]{1,256}):([^ \t\r\n\f\v/?#@\[\]\"'<>\\]{1,256})@",
+        r"://([^ \t\r\n\f\v:/?#@\[\]\"'<>\\]{0,256}):([^ \t\r\n\f\v?#@\[\]\"'<>\\]{1,256})@",
         group=2,
         check=_url_password,
     ),
     _Detector(
+        "url_userinfo_token",
+        r"://([A-Za-z0-9_-]{24,})@",
+        group=1,
+        check=_userinfo_token,
+    ),
+    _Detector(
+        "doppler_token",
+        r"p\.(?:st|sa|ct|scim|audit|pt)\.(?:[a-z0-9_-]{2,35}\.)?[A-Za-z0-9]{40,44}",
+        lead="d",
+        boundary=True,
+    ),
+    _Detector("mailgun_key", r"ey-[0-9a-f]{32}", lead="k", boundary=True),
+    # Provider formats the catalogue (at the confidence used) does not know; each has a
+    # case in tests/test_redact.py and tests/secrets/.
+    _Detector("sentry_token", r"ntry[su]_[A-Za-z0-9_=-]{20,}", lead="s", boundary=True),
+    _Detector("stripe_webhook_secret", r"sec_[A-Za-z0-9]{24,}", lead="wh", boundary=True),
+    _Detector(
+        "discord_token", r"[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,40}",
+        boundary=True, check=_mixed_token,
+    ),
+    _Detector(
+        "discord_webhook", r"iscord(?:app)?\.com/api/webhooks/[0-9]{5,30}/([A-Za-z0-9_-]{20,})",
+        lead="d", group=1,
+    ),
+    # No boundary: the Bot API puts the token right after `/bot` in its URLs.
+    _Detector("telegram_bot_token", r"[0-9]{8,10}:AA[A-Za-z0-9_-]{30,40}"),
+    _Detector("netlify_token", r"fp_[A-Za-z0-9]{36,}", lead="n", boundary=True),
+    _Detector("mapbox_token", r"k\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{20,}", lead="s", boundary=True),
+    _Detector("vault_token", r"v[sbr]\.[A-Za-z0-9_-]{24,}", lead="h", boundary=True),
+    _Detector(
+        "azure_client_secret", r"[A-Za-z0-9_~.-]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}", boundary=True,
+    ),
+    _Detector("azure_sas_signature", r"ig=([A-Za-z0-9%+/=]{20,})", lead="s", before="?&", group=1),
+    _Detector("bitbucket_app_password", r"TBB[A-Za-z0-9]{32,}", lead="A", boundary=True),
+    _Detector("fly_token", r"o1_[A-Za-z0-9_-]{40,}", lead="f", boundary=True),
+    _Detector("fcm_server_key", r"AAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{100,}", lead="A", boundary=True),
+    _Detector("dropbox_token", r"l\.[A-Za-z0-9_-]{130,}", lead="s", boundary=True),
+    _Detector("flutterwave_key", r"LWSECK(?:_TEST)?-[0-9a-f]{32}-X", lead="F", boundary=True),
+    _Detector("mailchimp_key", r"[0-9a-f]{32}-us[0-9]{1,2}", boundary=True),
+    _Detector("asana_token", r"[0-9]/[0-9]{16}/[0-9]{16}:[0-9a-f]{32}", boundary=True),
+    _Detector(
+        "hubspot_token",
+        r"at-(?:na|eu|ap)[0-9]{1,2}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        lead="p", boundary=True,
+    ),
+    _Detector("nuget_key", r"y2[a-z0-9]{43}", lead="o", boundary=True),
+    _Detector("crates_token", r"io[A-Za-z0-9]{32}", lead="c", boundary=True, check=_mixed_token),
+    _Detector("tailscale_key", r"skey-[a-z]+-[A-Za-z0-9]{6,}-[A-Za-z0-9]{20,}", lead="t", boundary=True),
+    _Detector("resend_key", r"e_[A-Za-z0-9]{8}_[A-Za-z0-9]{24}", lead="r", boundary=True),
+    _Detector(
+        "launchdarkly_key",
+        r"(?:sdk|api|mob)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        boundary=True,
+    ),
+    # Structure: where a command line, a manifest or a netrc says what a value is.
+    _Detector(
+        "cli_secret",
+        r"--[a-z0-9-]{0,30}(?:token|key|secret|password|passwd|auth)(?:=|[ \t]+)[\"']?"
+        r"([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})",
+        low=True, group=1, check=_secret_value,
+    ),
+    _Detector(
+        "cli_secret",
+        r"(?:mysql|mysqldump|mariadb)[^\n|;&]{0,200}?[ \t]-p[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(
+        "cli_secret", r"shpass[ \t]+-p[ \t]+[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
+        lead="s", low=True, group=1, check=_password,
+    ),
+    _Detector(
+        "cli_secret",
+        r"ecret[ \t]+set[ \t]+[a-z0-9_]+[ \t]+(?:--body|-b)[ \t=]+[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
+        lead="s", low=True, group=1, check=_password,
+    ),
+    _Detector(
+        "cli_secret",
+        r"onfigure[ \t]+set[ \t]+[a-z0-9_.]*(?:secret|key|token)[a-z0-9_]*[ \t]+([^ \t\r\n\f\v\"'`;]{8,})",
+        lead="c", low=True, group=1, check=_assignment,
+    ),
+    _Detector(
+        "cli_secret", r"uthtoken[ \t]+([A-Za-z0-9_-]{30,})", lead="a", low=True, group=1,
+        check=_assignment,
+    ),
+    _Detector(
+        "cli_secret", r"nyk[ \t]+auth[ \t]+([0-9a-f-]{36})", lead="s", low=True, group=1,
+    ),
+    _Detector(
+        "cli_secret", r"andb[ \t]+login[ \t]+(?:--[a-z-]+[ \t]+)*([0-9a-f]{40})", lead="w", low=True,
+        group=1,
+    ),
+    _Detector(
+        "env_secret_value",
+        r"name:[ \t]*[\"']?[a-z0-9_.-]*(?:key|token|secret|pass|pwd|auth|credential)[a-z0-9_]*[\"']?"
+        r"[ \t]*\n[+-]?[ \t]*value:[ \t]*[\"']?([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})",
+        low=True, group=1, check=_secret_value,
+    ),
+    _Detector(
+        "password_value", r"password[ \t]+([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(
+        "kubernetes_secret_output",
+        r"et[ \t]+secrets?[ \t][^\n]{0,300}\n([A-Za-z0-9+/=_~.-]{8,})",
+        lead="g", low=True, group=1, check=_kubectl_output,
+    ),
+    # Not a secret: makes the screen pass strings that decode base64, so their runs are
+    # decoded and scanned (``_encoded_hits``).
+    _Detector("base64_cue", r"(?:base64[ \t]+(?:-d|--decode|-D)|b64decode|atob\()", low=True, check=_never),
+    _Detector(
+        "kubernetes_secret_data",
+        r"\n[ \t]+[A-Za-z0-9._-]{1,253}:[ \t]+([A-Za-z0-9+/]{4,}={0,2})",
+        group=1,
+        check=_k8s_data,
+    ),
+    _Detector(
         "bearer_token",
         rf"zation{_CLOSE_Q}{_WS}[:=]{_WS}{_OPEN_Q}"
-        r"(?:(?:bearer|basic|token|digest|negotiate)[ \t]+)?([a-z0-9._~+/=-]{8,})",
+        r"(?:(?:bearer|basic|token|digest|negotiate|ssws|bot)[ \t]+)?([a-z0-9._~+/=-]{8,})",
         lead="authori",
         low=True,
         group=1,
@@ -349,20 +593,23 @@ _DETECTORS: tuple[_Detector, ...] = (
     *(
         _Detector(
             _assignment_kind,
-            rf"{core}[a-z0-9_.-]{{0,30}}{_CLOSE_Q}{_WS}{_SEP}{_WS}{_OPEN_Q}{_VALUE}",
+            rf"{core}[a-z0-9_.-]{{0,30}}{_CLOSE_Q}\]?{_WS}{_SEP}{_WS}{_OPEN_Q}{value}",
             lead=lead,
             low=True,
             group=1,
-            check=_assignment,
+            check=check,
         )
         # Key names that mark a value as a credential (measured: fastest split for `re`).
-        for lead, core in (
-            ("", "pass"),
-            ("", "pwd"),
-            ("se", "cret"),
-            ("to", "ken"),
-            ("", "key"),
-            ("", "credential"),
+        # A password may be short; other secrets are machine-made and long.
+        for lead, core, value, check in (
+            ("", "pass", _VALUE8, _secret_value),
+            ("", "pwd", _VALUE8, _secret_value),
+            ("se", "cret", _VALUE, _assignment),
+            ("to", "ken", _VALUE, _assignment),
+            ("", "key", _VALUE, _assignment),
+            ("", "credential", _VALUE, _assignment),
+            ("", "auth", _VALUE, _assignment),
+            ("", "_pat", _VALUE, _assignment),
         )
     ),
 )
@@ -465,7 +712,7 @@ def _scan(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:
     return out
 
 
-def _accept(comp: _Compiled, text: str, m: re.Match[str]) -> tuple[int, int, int, str] | None:
+def _accept(comp: _Compiled, text: str, m: re.Match[str]) -> _Hit | None:
     det = comp.det
     start = m.start()
     if det.lead:
@@ -480,14 +727,98 @@ def _accept(comp: _Compiled, text: str, m: re.Match[str]) -> tuple[int, int, int
         return None
     if det.check is not None and not det.check(text, m):
         return None
+    kind = det.kind_of(text, m)
     if det.group:
-        return (m.start(det.group), m.end(det.group), comp.rank, det.kind_of(text, m))
-    return (start, m.end(), comp.rank, det.kind_of(text, m))
+        return (m.start(det.group), m.end(det.group), comp.rank, kind, OWN_RULES + kind)
+    return (start, m.end(), comp.rank, kind, OWN_RULES + kind)
 
 
-def _detect(text: str) -> list[tuple[int, int, int, str]]:
-    """Candidate spans (start, end, rank, kind); one `re` pass per detector family."""
-    hits: list[tuple[int, int, int, str]] = []
+# (start, end, rank, kind, rule id)
+_Hit = tuple[int, int, int, str, str]
+OWN_RULES = "tracelake."  # rule ids of this module's detectors: "tracelake.<kind>"
+_PLACEHOLDER = re.compile(r"\[REDACTED:[a-z0-9_]+\]")
+
+
+def _detect(text: str, depth: int = 0) -> list[_Hit]:
+    """Candidate spans from this module's detectors (where their screen fires), from
+    the catalogue (where its screen fires) and from base64 runs that decode to text
+    holding either (two layers deep); none inside a placeholder."""
+    hits = _own_hits(text) if _SECRET_SCREEN.hit(text) else []
+    if _catalogue_screen().hit(text):
+        rank = len(_COMPILED)
+        hits.extend((f.start, f.end, rank, f.kind, f.rule) for f in catalogue.find(text))
+    if depth < _BASE64_DEPTH:
+        hits.extend(_encoded_hits(text, depth))
+    if "\\" in text and depth < _BASE64_DEPTH:
+        plain, origin = _unescaped(text)
+        if plain != text:
+            for start, end, rank, kind, rule in _detect(plain, depth + 1):
+                hits.append((origin[start], origin[end], rank, kind, rule))
+    if hits:
+        hits = [h for h in hits if not _documented(text[h[0] : h[1]])]
+    if hits and "[REDACTED:" in text:
+        taken = [m.span() for m in _PLACEHOLDER.finditer(text)]
+        hits = [h for h in hits if all(h[1] <= s or h[0] >= e for s, e in taken)]
+    return hits
+
+
+# Base64 inside a string the screens already look at (a Kubernetes `data:` block, a
+# `... | base64 -d`, a config value): decoded and scanned again, two layers deep. Where
+# the decoded text holds a secret, the whole encoded run goes.
+_BASE64_DEPTH = 2
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}", re.ASCII)
+
+
+def _decoded(run: str) -> str | None:
+    """The text a base64 run encodes, or None when it is not base64 of text."""
+    body = run.rstrip("=")
+    if len(body) % 4 == 1:
+        return None
+    padded = body + "=" * (-len(body) % 4)
+    try:
+        raw = base64.urlsafe_b64decode(padded) if ("-" in body or "_" in body) else base64.b64decode(padded, validate=True)
+        decoded = raw.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if len(decoded) < 6:
+        return None
+    printable = sum(1 for ch in decoded if ch.isprintable() or ch in "\n\r\t")
+    return decoded if printable >= 0.95 * len(decoded) else None
+
+
+def _encoded_hits(text: str, depth: int) -> list[_Hit]:
+    hits: list[_Hit] = []
+    for m in _B64_RUN.finditer(text):
+        decoded = _decoded(m.group(0))
+        if decoded is None:
+            continue
+        inner = _resolve(_detect(decoded, depth + 1))
+        if inner:
+            kind, _start, _end, rule = inner[0]
+            hits.append((m.start(), m.end(), len(_COMPILED) + 1, "base64_" + kind, f"{OWN_RULES}base64/{rule}"))
+    return hits
+
+
+_FILLER = re.compile(r"([xX*0.])\1{5,}", re.ASCII)
+_TEMPLATE_VALUES = frozenset({
+    "password", "passwd", "changeme", "secret", "pass", "your-password", "yourpassword", "mypassword",
+    "your_password", "your-api-key", "your_api_key", "your-token", "your_token", "token", "apikey",
+})
+
+
+def _documented(value: str) -> bool:
+    """Values that documentation writes where a secret goes: the providers' published
+    example keys (`AKIAIOSFODNN7EXAMPLE`), filler (`ghp_xxxx...`, `****`) and template
+    words (`postgres://user:password@...`). Not secrets, for every detector alike."""
+    if "example" in value.lower() or value.lower() in _TEMPLATE_VALUES:
+        return True
+    filled = sum(m.end() - m.start() for m in _FILLER.finditer(value))
+    return filled * 5 >= len(value) * 2
+
+
+def _own_hits(text: str) -> list[_Hit]:
+    """Candidate spans (start, end, rank, kind, rule); one `re` pass per detector family."""
+    hits: list[_Hit] = []
     for comp in _RAW:
         for m in _scan(comp.scan, text):
             hit = _accept(comp, text, m)
@@ -510,20 +841,48 @@ def _detect(text: str) -> list[tuple[int, int, int, str]]:
 
 # Context-only kinds lose to a provider-specific match they overlap: `key=AIza...&q=1` is a
 # Google key, not an opaque assignment, and the `&q=1` after it is kept.
-_GENERIC = frozenset({"high_entropy_assignment", "bearer_token", "url_password"})
+_GENERIC = frozenset({
+    "high_entropy_assignment", "bearer_token", "url_password", "kubernetes_secret_data", "cli_secret",
+    "env_secret_value", "password_value", "kubernetes_secret_output",
+})
 
 
-def _resolve(hits: list[tuple[int, int, int, str]]) -> list[tuple[str, int, int]]:
-    """Non-overlapping spans in text order.
+def _generic(kind: str) -> bool:
+    return kind in _GENERIC or "generic" in kind
 
-    Specific kinds first, then generic ones; within each, leftmost, then longest, then the
-    detector listed first.
+
+_URL_PARTS = frozenset({"url_password", "url_userinfo_token"})
+
+
+def _keep_url_parts(hits: list[_Hit]) -> list[_Hit]:
+    """A connection string whose password this module found keeps its scheme, user and
+    host: the catalogue's whole-URI match around that password goes."""
+    parts = [h for h in hits if h[3] in _URL_PARTS]
+    if not parts:
+        return hits
+    def whole_uri(h: _Hit) -> bool:
+        return (not h[4].startswith(OWN_RULES) and ("uri" in h[3] or "connection_string" in h[3])
+                and any(h[0] <= p[0] and p[1] <= h[1] for p in parts))
+
+    return [h for h in hits if not whole_uri(h)]
+
+
+def _resolve(hits: list[_Hit]) -> list[tuple[str, int, int, str]]:
+    """Non-overlapping (kind, start, end, rule) in text order.
+
+    One span found by several detectors is labelled by the one listed first (this
+    module's before the catalogue's: stable labels). Then specific kinds first, generic
+    ones after; within each, leftmost, then longest, then the detector listed first.
     """
-    ordered = sorted(set(hits), key=lambda h: (h[3] in _GENERIC, h[0], h[0] - h[1], h[2]))
-    taken: list[tuple[str, int, int]] = []
-    for start, stop, _rank, kind in ordered:
-        if stop > start and all(stop <= s or start >= e for _, s, e in taken):
-            taken.append((kind, start, stop))
+    hits = _keep_url_parts(hits)
+    first: dict[tuple[int, int], _Hit] = {}
+    for hit in sorted(set(hits), key=lambda h: (h[2], h[4])):
+        first.setdefault((hit[0], hit[1]), hit)
+    ordered = sorted(first.values(), key=lambda h: (_generic(h[3]), h[0], h[0] - h[1], h[2], h[4]))
+    taken: list[tuple[str, int, int, str]] = []
+    for start, stop, _rank, kind, rule in ordered:
+        if stop > start and all(stop <= s or start >= e for _, s, e, _r in taken):
+            taken.append((kind, start, stop, rule))
     return sorted(taken, key=lambda t: t[1])
 
 
@@ -554,11 +913,14 @@ class _Screen:
     64 MB of record JSON in 98K calls) when its wheel is installed, compiled in
     prefilter mode: it may fire where the pattern would not, never the other way. It
     works on bytes without Unicode case folding, so any character that folds to ASCII
-    fires it too. RE2 otherwise, or for a pattern Hyperscan refuses.
+    fires it too. RE2 otherwise, or for a pattern Hyperscan refuses. ``extra`` holds
+    more expressions (the catalogue's rule patterns), each its own Hyperscan expression
+    and a branch of the RE2 union.
     """
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, extra: tuple[str, ...] = ()) -> None:
         self.pattern = pattern
+        self.extra = extra
         self._ready = False
         self._database: Any = None
         self._local = threading.local()
@@ -574,18 +936,19 @@ class _Screen:
     def prepare(self, cache_dir: Path | None = None, mac: CacheMac | None = None) -> None:
         """Compile now (before a fork, so that workers inherit it). With ``cache_dir``,
         the Hyperscan database is kept there between runs (compiling one costs ~45 ms,
-        loading it nothing), keyed by its pattern and Hyperscan's version; with ``mac``
-        each file there carries a tag, and one without a valid tag is compiled again (a
-        planted database that matches nothing would let every secret through)."""
+        ~4 s with the catalogue's patterns; loading it nothing), keyed by its patterns
+        and Hyperscan's version; with ``mac`` each file there carries a tag, and one
+        without a valid tag is compiled again (a planted database that matches nothing
+        would let every secret through)."""
         if self._ready:
             return
         if _hyperscan is not None:
-            self._database = _hyperscan_database(self.pattern, cache_dir, mac)
+            self._database = _hyperscan_database((self.pattern, *self.extra), cache_dir, mac)
         options = re2.Options()
-        options.max_mem = 64 << 20  # room for the union's DFA; RE2 falls back to its NFA, never to "no"
+        options.max_mem = 256 << 20  # room for the union's DFA; RE2 falls back to its NFA, never to "no"
         options.log_errors = False
         options.never_capture = True
-        self._compiled = re2.compile(self.pattern, options)
+        self._compiled = re2.compile(_re2_union(self.pattern, self.extra, options), options)
         # The public search() spends ~1.5 µs of Python per call (offset bookkeeping for
         # match objects); the wrapped RE2 object answers the yes/no question directly.
         # Kept behind a fallback so a google-re2 without it still works, only slower.
@@ -621,10 +984,27 @@ class _Screen:
 
     def reference(self) -> _Screen:
         """The same screen on RE2 alone (what the Hyperscan screen must cover)."""
-        twin = _Screen(self.pattern)
+        twin = _Screen(self.pattern, self.extra)
         twin.prepare()
         twin._database = None
         return twin
+
+
+# A branch no text matches: the screen of the catalogue alone has no pattern of ours.
+NEVER = "(?!)"
+
+
+def _re2_union(pattern: str, extra: tuple[str, ...], options: Any) -> str:
+    """``pattern`` and every extra expression RE2 takes (one catalogue pattern of 488
+    uses a construct RE2 lacks: RE2 screens only where Hyperscan is not installed)."""
+    parts = [pattern] if pattern != NEVER else []
+    for expression in extra:
+        try:
+            re2.compile(expression, options)
+        except Exception:  # google-re2 raises its own error type
+            continue
+        parts.append(f"(?:{expression})")
+    return "|".join(parts) if parts else r"\b\B"  # RE2 for "never"
 
 
 # Screens compiled by the build (``python -m pipeline.collect.native build``), read-only;
@@ -632,15 +1012,17 @@ class _Screen:
 PRECOMPILED_SCREENS = PACKAGE_DIR / "_screens"
 
 
-def _hyperscan_database(pattern: str, cache_dir: Path | None, mac: CacheMac | None = None) -> Any:
+def _hyperscan_database(
+    expressions: tuple[str, ...], cache_dir: Path | None, mac: CacheMac | None = None
+) -> Any:
     """The compiled screen, loaded when the build or an earlier run compiled it (into
     ``PRECOMPILED_SCREENS``, part of the installation, or ``cache_dir``, whose files must
-    carry ``mac``'s tag when one is given); None when Hyperscan refuses the pattern."""
+    carry ``mac``'s tag when one is given); None when Hyperscan refuses a pattern."""
     folding = "|".join(re.escape(c) for c in ASCII_FOLDING)
-    expression = f"{pattern}|{folding}".encode()
+    encoded = [e.encode() for e in (*expressions, folding) if e != NEVER]
     flags = _hyperscan.HS_FLAG_SINGLEMATCH | _hyperscan.HS_FLAG_PREFILTER
     version = getattr(_hyperscan, "__version__", "?")
-    name = hashlib.sha256(b"%s\0%d\0%s" % (expression, flags, version.encode())).hexdigest()[:32] + ".hsdb"
+    name = hashlib.sha256(b"\0".join([*encoded, b"%d" % flags, version.encode()])).hexdigest()[:32] + ".hsdb"
     for folder, tagged in ((PRECOMPILED_SCREENS, False), (cache_dir, mac is not None)):
         if folder is None or not (folder / name).exists():
             continue
@@ -656,7 +1038,7 @@ def _hyperscan_database(pattern: str, cache_dir: Path | None, mac: CacheMac | No
             continue
     database = _hyperscan.Database()
     try:
-        database.compile(expressions=[expression], flags=[flags])
+        database.compile(expressions=encoded, ids=list(range(len(encoded))), flags=[flags] * len(encoded))
     except _hyperscan.error:
         return None
     if cache_dir is not None:
@@ -681,39 +1063,136 @@ _CLEAN_MAX_LEN = 64
 _CLEAN_MAX_SIZE = 1 << 16
 
 
+@lru_cache(maxsize=1)
+def _catalogue_screen() -> _Screen:
+    """Where the catalogue may find something: its rules' own patterns (prefilter)."""
+    return _Screen(NEVER, catalogue.screen_patterns())
+
+
 @lru_cache(maxsize=16)
 def _screen_for(home_marks: tuple[str, ...], json: bool = False) -> _Screen:
-    """Secrets or any home mark, in text or (``json``) in orjson's JSON text.
+    """Secrets (this module's and the catalogue's) or any home mark, in text or
+    (``json``) in orjson's JSON text; the catalogue's part of a JSON screen is
+    ``_catalogue_screen`` on ``relaxed`` JSON, not in here.
 
     Cached because a worker makes one Redactor per file.
     """
     if json:
         marks = [re.escape(orjson.dumps(m).decode("utf-8")[1:-1]) for m in home_marks]
         return _Screen("|".join([_SECRET_JSON_RE2, *marks]))
-    return _Screen("|".join([_SECRET_RE2, *(re.escape(m) for m in home_marks)]))
+    return _Screen("|".join([_SECRET_RE2, *(re.escape(m) for m in home_marks)]), catalogue.screen_patterns())
+
+
+def relaxed(data: bytes) -> bytes:
+    """orjson's JSON text with the escapes it writes inside strings undone (``\\"``,
+    ``\\\\``, ``\\n``, ``\\t``, ``\\r``): every string's text then stands in it as is, so
+    a pattern written for plain text (the catalogue's: word boundaries, quotes, spaces)
+    matches it wherever it matches a string inside."""
+    if b"\\" not in data:
+        return data
+    parts = data.split(b"\\\\")
+    for i, part in enumerate(parts):
+        if b"\\" in part:
+            parts[i] = (part.replace(b'\\"', b'"').replace(b"\\n", b"\n")
+                        .replace(b"\\t", b"\t").replace(b"\\r", b"\r"))
+    return b"\\".join(parts)
+
+
+def relaxed_all(data: bytes) -> bytes:
+    """``relaxed`` until nothing changes (JSON text inside a JSON string inside a record:
+    Codex keeps tool output as JSON text), at most three levels."""
+    for _ in range(3):
+        plain = relaxed(data)
+        if plain is data or plain == data:
+            return plain
+        data = plain
+    return data
+
+
+def _loosened(text: str) -> str:
+    """A string's JSON escapes undone, roughly (for screening only: ``_unescaped`` is
+    the exact form): a string that holds JSON text still shows its secrets."""
+    if "\\u" in text:
+        return _unescaped(text)[0]
+    return (text.replace('\\"', '"').replace("\\n", "\n").replace("\\t", "\t")
+            .replace("\\r", "\r").replace("\\/", "/").replace("\\\\", "\\"))
+
+
+_ESCAPED = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescaped(text: str) -> tuple[str, list[int]]:
+    """``text`` with JSON escapes undone, and where each character came from: a string
+    holding JSON text (escaped quotes, ``\\n``, ``\\u0041``) is scanned as what it says,
+    and a span found there maps back onto the escaped original."""
+    out: list[str] = []
+    origin: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = text[i + 1]
+            if nxt in _ESCAPED:
+                out.append(_ESCAPED[nxt])
+                origin.append(i)
+                i += 2
+                continue
+            if nxt == "u" and i + 5 < n and _HEX4.fullmatch(text, i + 2, i + 6):
+                out.append(chr(int(text[i + 2 : i + 6], 16)))
+                origin.append(i)
+                i += 6
+                continue
+        out.append(ch)
+        origin.append(i)
+        i += 1
+    origin.append(n)
+    return "".join(out), origin
+
+
+_HEX4 = re.compile(r"[0-9a-fA-F]{4}", re.ASCII)
+
+
+@lru_cache(maxsize=1)
+def _secrets_screen() -> _Screen:
+    """This module's detectors and the catalogue, no home marks: one pass."""
+    return _Screen(_SECRET_RE2, catalogue.screen_patterns())
+
+
+_SECRET_JSON_SCREEN = _Screen(_SECRET_JSON_RE2)
 
 
 def prepare_screens(fold_home: bool = True, cache_dir: Path | None = None, mac: CacheMac | None = None) -> None:
-    """Compile the screens a collect worker uses (see ``_Screen.prepare``)."""
+    """Compile the screens a collect worker uses (see ``_Screen.prepare``) and load the
+    catalogue, before workers fork."""
+    catalogue.prepare()
     redactor = Redactor(fold_home=fold_home)
-    for screen in (_SECRET_SCREEN, redactor._screen, redactor._json_screen):
+    for screen in (_SECRET_SCREEN, _catalogue_screen(), _secrets_screen(), _SECRET_JSON_SCREEN,
+                   redactor._screen, redactor._json_screen):
         screen.prepare(cache_dir, mac)
 
 
 def find_secrets(text: str) -> list[tuple[str, int, int]]:
     """(kind, start, end) of every secret, non-overlapping and in order; placeholders never match."""
-    if len(text) < _MIN_LEN or not _SECRET_SCREEN.hit(text):
+    return [(kind, start, end) for kind, start, end, _rule in find_secret_rules(text)]
+
+
+def find_secret_rules(text: str) -> list[tuple[str, int, int, str]]:
+    """``find_secrets`` with the id of the rule that found each secret."""
+    if len(text) < _MIN_LEN:
         return []
     return _resolve(_detect(text))
 
 
-def _splice(text: str, spans: Sequence[tuple[str, int, int]], counts: Counter[str]) -> str:
+def _splice(
+    text: str, spans: Sequence[tuple[str, int, int, str]], counts: Counter[str], rules: Counter[str]
+) -> str:
     parts: list[str] = []
     last = 0
-    for kind, start, end in spans:
+    for kind, start, end, rule in spans:
         parts.append(text[last:start])
         parts.append(placeholder(kind))
         counts[kind] += 1
+        rules[rule] += 1
         last = end
     parts.append(text[last:])
     return "".join(parts)
@@ -767,16 +1246,25 @@ def _home_literals(home_dirs: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(sorted(out, key=lambda s: (-len(s), s)))
 
 
-class Redactor:
-    """Redacts secrets (and folds home directories) and counts what it did, by kind.
+def _secret_may(text: str) -> bool:
+    """Whether this module's detectors or the catalogue may find a secret in ``text``
+    (or in what it says, when it holds escaped JSON text)."""
+    screen = _secrets_screen()
+    return screen.hit(text) or ("\\" in text and screen.hit(_loosened(text)))
 
-    One instance per stage run: `counts` accumulates over every call, so a stage can put
-    the totals in its receipt without ever seeing a value.
+
+class Redactor:
+    """Redacts secrets (and folds home directories) and counts what it did, by kind
+    (``counts``, the placeholder labels, home folds included) and by rule (``rules``).
+
+    One instance per stage run: the counts accumulate over every call, so a stage can
+    put the totals in its receipt without ever seeing a value.
     """
 
     def __init__(self, fold_home: bool = True, home_dirs: Sequence[str] | None = None) -> None:
         self.fold_home = fold_home
         self.counts: Counter[str] = Counter()
+        self.rules: Counter[str] = Counter()
         self._homes = _home_literals(home_dirs) if fold_home else ()
         re2_parts = [_SECRET_RE2]
         if fold_home:
@@ -807,14 +1295,14 @@ class Redactor:
         """
         if len(text) < self._min_len or text in self._clean:
             return text
-        if not self._screen.hit(text):  # no secret, no home
+        if not self._screen.hit(text) and not ("\\" in text and self._screen.hit(_loosened(text))):
             if len(text) <= _CLEAN_MAX_LEN:
                 if len(self._clean) >= _CLEAN_MAX_SIZE:
                     self._clean.clear()
                 self._clean.add(text)
             return text
         folded, folds = self._fold_count(text)
-        if folds == 0 or _SECRET_SCREEN.hit(folded) or self._fold_count(folded)[1]:
+        if folds == 0 or _secret_may(text) or _secret_may(folded) or self._fold_count(folded)[1]:
             return self._redact_all(text)
         self.counts[HOME_KIND] += folds
         return folded
@@ -824,12 +1312,13 @@ class Redactor:
         # (a boundary appears), so repeat until a full round changes nothing. The RE2
         # screen (a superset of the detectors) spares the detectors' ~20 passes where it
         # is silent: on the text left once the secrets are replaced, typically.
+        # Secrets are looked for before homes are folded too: a fold can break a
+        # secret's shape (with HOME=/root, `mysql://root:pw@db` folds to `mysql:/~:pw@db`).
         fold = self._fold if self.fold_home else _same
-        text = fold(text)
         for _ in range(8):
-            spans = _resolve(_detect(text)) if _SECRET_SCREEN.hit(text) else []
+            spans = _resolve(_detect(text))
             if spans:
-                text = _splice(text, spans, self.counts)
+                text = _splice(text, spans, self.counts, self.rules)
                 continue
             refolded = fold(text)
             if refolded is text:
@@ -863,7 +1352,7 @@ class Redactor:
             check_depth(error)  # ...but never a walk 255 levels down
             data = None
         if data is not None:
-            if not self._json_screen.hit_bytes(data):
+            if not self._json_may(data):
                 # An exact-size copy: orjson's bytes keep the buffer it reserved for the
                 # worst case (~10x the text for long strings), and callers keep these.
                 return obj, bytes(memoryview(data))
@@ -873,6 +1362,12 @@ class Redactor:
                     return folded
         out = self._redact_list(list(obj)) if isinstance(obj, tuple) else self._walk(obj)
         return out, bytes(memoryview(data)) if out is obj and data is not None else None
+
+    def _json_may(self, data: bytes) -> bool:
+        """Whether a string inside this orjson text may hold a secret or a home: this
+        module's JSON screen on the text, and the text screen (this module's, the
+        catalogue's, homes) on its relaxed form, where JSON text inside strings shows."""
+        return self._json_screen.hit_bytes(data) or self._screen.hit_bytes(relaxed_all(data))
 
     def _fold_json(self, data: bytes) -> tuple[Any, bytes] | None:
         """Fold homes on a record's JSON text: ``(walked value, its JSON)`` as the
@@ -892,8 +1387,10 @@ class Redactor:
         """
         if b"Users\\\\" in data:
             return None
+        if _SECRET_JSON_SCREEN.hit_bytes(data) or _secrets_screen().hit_bytes(relaxed_all(data)):
+            return None  # a secret first, then homes (a fold can hide a secret's shape)
         folded, folds = self._fold_json_fast(data)
-        if folds == 0 or self._json_screen.hit_bytes(folded):
+        if folds == 0 or self._json_may(folded):
             spans = self._json_home_spans(data)
             if not spans:
                 return None
@@ -905,7 +1402,7 @@ class Redactor:
                 last = end
             parts.append(data[last:])
             folded, folds = b"".join(parts), len(spans)
-            if self._json_screen.hit_bytes(folded):
+            if self._json_may(folded):
                 return None
         value = orjson.loads(folded)
         if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) != folded:
@@ -983,9 +1480,10 @@ class Redactor:
         if not texts:
             return []
         out = list(texts)
+        screen = _catalogue_screen()
         for i, maybe in enumerate(_re2_may_match(texts, self._re2)):
             text = texts[i]
-            if maybe and text is not None:
+            if text is not None and (maybe or screen.hit(text)):
                 out[i] = self._redact_all(text)
         return out
 

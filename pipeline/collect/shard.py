@@ -39,9 +39,10 @@ from pipeline.collect.tasks import CollectSettings, ShardTask
 from pipeline.core.hashing import CacheMac, HashingReader, digest_json, xxh3_128_hex
 from pipeline.core.sources import changed_during_run
 from pipeline.core.store import atomic_path
+from pipeline.secrets import catalogue
 
 STAGE_NAME = "collect"
-PARSER_VERSION = "8"  # bump when shard contents change for the same input bytes
+PARSER_VERSION = "9"  # bump when shard contents change for the same input bytes
 _STR = pa.large_string()
 _INT = pa.int64()
 _BOOL = pa.bool_()
@@ -113,6 +114,18 @@ LINE_REASONS = frozenset(
     }
 )
 _DETAIL_CHARS = 300
+_REDACT_CHARS = 16 * 1024  # how much of a detail is redacted before it is cut
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, never inside a placeholder (half a
+    placeholder reads as garbage, and the cut must not look like a value)."""
+    if len(text) <= limit:
+        return text
+    start = text.rfind("[REDACTED:", 0, limit)
+    if start != -1 and text.find("]", start) >= limit:
+        return text[:start]
+    return text[:limit]
 
 
 # Rows as tuples in schema order, per table; turned into columns once per container.
@@ -179,7 +192,9 @@ class Shard:
         if reason in LINE_REASONS:
             self.lines[f"quarantined:{reason}"] += 1
         if detail is not None:
-            detail = self.redactor.redact(detail[:_DETAIL_CHARS])
+            # Redacted whole, then cut: a cut first would leave part of a secret the
+            # detectors can no longer recognise.
+            detail = _cut(self.redactor.redact(detail[:_REDACT_CHARS]), _DETAIL_CHARS)
         self.add(
             "quarantine", stage=STAGE_NAME, line_no=line_no,
             record_id=record_id, session_id=session_id, reason=reason, detail=detail,
@@ -209,7 +224,7 @@ def shard_key(kind: str, display_path: str, digest: str, meta_digest: str | None
         {
             "stage": STAGE_NAME, "version": stage_version, "parser": PARSER_VERSION,
             "config": asdict(settings), "kind": kind, "path": display_path,
-            "digest": digest, "meta": meta_digest,
+            "digest": digest, "meta": meta_digest, "catalogue": catalogue.identity(),
         }
     )
 
@@ -253,6 +268,7 @@ def _rewind(shard: Shard, mark: dict[str, int]) -> None:
     shard.lines.clear()
     shard.repairs.clear()
     shard.redactor.counts.clear()
+    shard.redactor.rules.clear()
 
 
 # A file that gives other bytes on each read (a live session being appended to) is read
@@ -366,7 +382,10 @@ def _parse_once(
 
 
 def _preview(raw: bytes) -> str:
-    return raw[:120].decode("utf-8", "replace")
+    """The start of a bad line for its quarantine row: the redactor sees far more than
+    is kept (``Shard.quarantine`` redacts, then cuts), so a secret crossing the cut is
+    still whole when it is looked for."""
+    return raw[:_REDACT_CHARS].decode("utf-8", "replace")
 
 
 def build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
@@ -403,6 +422,7 @@ def _build_batch(tasks: list[ShardTask]) -> list[dict[str, Any]]:
             "lines": dict(shard.lines),
             "repairs": dict(shard.repairs),
             "redactions": dict(shard.redactor.counts),
+            "redaction_rules": dict(shard.redactor.rules),
             "bytes": size,
         }
         # Filed under the key of what was read (equal to the task's key unless the

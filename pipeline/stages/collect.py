@@ -186,16 +186,18 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
     batches = _batches(pending, ctx.workers)
     progress = ctx.tracker.track(range(len(pending)), total=len(pending), description="collect")
     done = iter(progress)
+    if pending:
+        # Compile (or load) the redaction screens and the secret catalogue here, once:
+        # forked workers inherit them (compiling the catalogue's screen takes seconds;
+        # the build or the lake's cache keep it compiled).
+        screens = ctx.scratch / "screens"
+        prepare_screens(pending[0].settings.fold_home, screens, ctx.cache_mac)
+        prepare_error_screen(screens, ctx.cache_mac)
     if ctx.workers <= 1 or len(batches) <= 1:
         for batch in batches:
             _record(results, build_batch(batch), done)
     else:
         finished = 0
-        # Compile (or load) the redaction screens here, once: forked workers inherit them
-        # (each worker compiling its own cost ~0.15 s of its time).
-        screens = ctx.scratch / "screens"
-        prepare_screens(pending[0].settings.fold_home, screens, ctx.cache_mac)
-        prepare_error_screen(screens, ctx.cache_mac)
         # Freeze the parent's objects out of the cyclic GC before forking: otherwise the
         # children's collections touch (and so copy) every inherited page.
         gc.collect()
@@ -269,16 +271,19 @@ def run(ctx: StageContext) -> StageResult:
     shard_lines: Counter[str] = Counter()
     repairs: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
+    redaction_rules: Counter[str] = Counter()
     for member in members:
         shard_lines.update(member["stats"]["lines"])
         repairs.update(member["stats"]["repairs"])
         redactions.update(member["stats"]["redactions"])
+        redaction_rules.update(member["stats"].get("redaction_rules", {}))
     # A path appearing twice (same file under two kinds) would duplicate its shard.
     unique = list({m["key"]: m for m in members}.values())
     shard_dir = ctx.scratch / "shards"
     prune(shard_dir, {m["container"] for m in unique}, older_than=started)
     merged = merge_shards(shard_dir, unique, shard_lines, ctx.scratch / "spill")
     redactions.update(merged.redactions)
+    redaction_rules.update(merged.redaction_rules)
     lines = merged.lines
     records_in = sum(lines.values())
     quarantined = {k.split(":", 1)[1]: n for k, n in lines.items() if k.startswith("quarantined:")}
@@ -305,6 +310,7 @@ def run(ctx: StageContext) -> StageResult:
             "lines": dict(sorted(lines.items())),
             "repairs": dict(sorted(repairs.items())),
             "redactions": dict(sorted(redactions.items())),
+            "redaction_rules": dict(sorted(redaction_rules.items())),
             "set_aside": merged.set_aside,
             "rows": {name: table.rows for name, table in sorted(merged.tables.items())},
         },

@@ -40,7 +40,7 @@ from pipeline.stages.score import MESSAGE_COLUMNS
 from schemas.records import COLLECT_TABLES
 from tests.exports.builders import Call, Corpus, good_task
 
-SECRET = "AKIA" + "IOSFODNN7EXAMPLE"
+SECRET = "AKIA" + "Q4RZ7WX2M5TBN6YP"  # random-looking: the documented example key is not a secret
 
 # --- score's conversations --------------------------------------------------------------
 

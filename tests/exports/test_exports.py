@@ -39,7 +39,7 @@ def test_sft_rows_filters_and_files(tmp_path: Path) -> None:
     )
     corpus.session("secret").task(
         "Set up the deploy credentials",
-        ("", [Call("Bash", {"command": "export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE"}, "ok")]),
+        ("", [Call("Bash", {"command": "export AWS_ACCESS_KEY_ID=AKIAQ4RZ7WX2M5TBN6YP"}, "ok")]),
         "Done.",
     )
     corpus.session("summary").task(
