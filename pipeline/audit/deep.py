@@ -219,9 +219,13 @@ def recorded_sources(
         recorded = next((i for i in receipt.inputs if i.name == f"source:{kind}"), None)
         if recorded is None:
             return None, f"receipt has no source:{kind} input"
-        files = load_manifest(layout.cache, recorded.xxh3_128)
-        if files is None:
+        manifest = load_manifest(layout.cache, recorded.xxh3_128)
+        if manifest is None:
             return None, f"no manifest recorded for source:{kind} (run predates manifests?)"
+        if manifest.withheld:
+            return None, (f"{len(manifest.withheld)} {kind} file path(s) hold a secret and were not "
+                          f"recorded, e.g. {manifest.withheld[0]}")
+        files = manifest.files
         unstable = [f.display_path for f in files if f.digest.startswith(CHANGED_DURING_RUN)]
         if unstable:
             return None, f"{len(unstable)} {kind} file(s) kept changing during the run, e.g. {unstable[0]}"
@@ -352,9 +356,9 @@ def verify_stage(layout: LakeLayout, stage: Stage | None, receipt: StageReceipt,
         return StageCheck(stage=receipt.stage, verdict="skipped", detail="stage failed in this run")
     if stage is None:
         return StageCheck(stage=receipt.stage, verdict="skipped", detail="stage is not installed")
-    if stage.version != receipt.stage_version:
+    if stage.full_version != receipt.stage_version:
         return StageCheck(stage=stage.name, verdict="skipped",
-                          detail=f"recorded version {receipt.stage_version}, installed {stage.version}")
+                          detail=f"recorded version {receipt.stage_version}, installed {stage.full_version}")
     try:
         if stage.source_kinds:
             return verify_source_stage(layout, stage, receipt, sample)

@@ -244,7 +244,7 @@ class Runner:
             # A source changed after it was digested: record (and key) what was read.
             self.sources.update(result.sources_read)
             run.inputs = self._input_refs(stage)
-            run.key = cache_key(stage.name, stage.version, config.model_dump(mode="json"), run.inputs)
+            run.key = cache_key(stage.name, stage.full_version, config.model_dump(mode="json"), run.inputs)
         run.outputs = self._store(stage, result)
         run.records = (result.records_in, result.records_out, result.quarantined, result.filtered)
         run.stats = result.stats
@@ -327,8 +327,8 @@ class Runner:
         config = build_config(stage, self.options)
         config_json = config.model_dump(mode="json")
         inputs = self._inputs(stage, config)
-        run = _Execution(inputs=inputs, key=cache_key(stage.name, stage.version, config_json, inputs))
-        found = lookup(self.layout, stage.name, stage.version, stage.output_names, run.key, inputs, self.signer)
+        run = _Execution(inputs=inputs, key=cache_key(stage.name, stage.full_version, config_json, inputs))
+        found = lookup(self.layout, stage.name, stage.full_version, stage.output_names, run.key, inputs, self.signer)
         if found.rejected is not None:
             self.rejected.append(RejectedCacheEntry(stage=stage.name, cache_key=run.key, reason=found.rejected))
         try:
@@ -347,7 +347,7 @@ class Runner:
         receipt = StageReceipt(
             run_id=self.run_id,
             stage=stage.name,
-            stage_version=stage.version,
+            stage_version=stage.full_version,
             status="ok" if passed else "failed",
             cache_key=run.key,
             cache_hit=reused is not None,

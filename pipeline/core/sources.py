@@ -5,7 +5,9 @@ every run would dominate a no-op run, so a stat cache maps (size, mtime_ns, ctim
 inode) to the digest; any change in those forces a re-read. ctime is there because
 tools that copy a file over another keep its size and mtime (``cp -p``, ``rsync -t``,
 ``touch -r``) but cannot keep its ctime. The cache file carries a MAC (``CacheMac``):
-an entry someone else wrote would make a run claim a digest it never computed.
+an entry someone else wrote would make a run claim a digest it never computed. It is
+keyed by a keyed hash of each path, not the path: a folder named after a token (a
+project folder derived from a working directory) must not put the token on disk.
 
 A digest is only what the runner expected: a stage reads the bytes again and reports
 the digest of what it actually parsed (``StageResult.sources_read``) when they differ.
@@ -111,10 +113,11 @@ def discover(spec: SourceSpec) -> list[tuple[str, os.stat_result]]:
 
 
 class StatCache:
-    """(path) -> (size, mtime_ns, ctime_ns, inode, digest), persisted under data/cache/
-    as one MAC line and the JSON entries; a file whose MAC fails is an empty cache."""
+    """MAC(path) -> (size, mtime_ns, ctime_ns, inode, digest), persisted under
+    data/cache/ as one MAC line and the JSON entries; a file whose MAC fails is an empty
+    cache."""
 
-    HEADER = b"tracelake-stat-cache-v2 "
+    HEADER = b"tracelake-stat-cache-v3 "
 
     def __init__(self, path: Path, mac: CacheMac) -> None:
         self.path = path
@@ -147,9 +150,10 @@ class StatCache:
         cold 500 MB corpus."""
         out: list[str] = []
         stale: list[tuple[int, list[object]]] = []
-        for index, (path, info) in enumerate(files):
+        keys = [self._key(path) for path, _ in files]
+        for index, (_, info) in enumerate(files):
             fingerprint: list[object] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
-            cached = self.entries.get(path)
+            cached = self.entries.get(keys[index])
             if isinstance(cached, list) and len(cached) == 5 and cached[:4] == fingerprint:
                 out.append(str(cached[4]))
             else:
@@ -162,10 +166,13 @@ class StatCache:
             digested = list(pool.map(lambda share: [xxh3_128_file(Path(files[i][0])) for i, _ in share], shares))
         for share, digests in zip(shares, digested, strict=True):
             for (index, fingerprint), digest in zip(share, digests, strict=True):
-                self.entries[files[index][0]] = [*fingerprint, digest]
+                self.entries[keys[index]] = [*fingerprint, digest]
                 out[index] = digest
                 self.dirty = True
         return out
+
+    def _key(self, path: str) -> str:
+        return self.mac.tag(path.encode("utf-8", "surrogateescape")).hex()[:32]
 
     def save(self) -> None:
         if self.dirty:
@@ -201,8 +208,18 @@ def read_source(file: SourceFile) -> tuple[bytes, SourceFile]:
 
 
 def manifest_digest(files: Iterable[SourceFile]) -> str:
-    """Digest of (kind, recorded path, content digest) over all files, order-free."""
-    return digest_json(sorted([f.kind, f.display_path, f.digest] for f in files))
+    """Digest of (kind, digest of the recorded path, content digest) over all files,
+    order-free. The path enters as its digest so a manifest can withhold a path and
+    still prove which set of files it stands for."""
+    return _manifest_digest([f.kind, _path_digest(f.display_path), f.digest] for f in files)
+
+
+def _manifest_digest(rows: Iterable[list[str]]) -> str:
+    return digest_json(sorted(rows))
+
+
+def _path_digest(display: str) -> str:
+    return xxh3_128_hex(display.encode("utf-8", "surrogateescape"))
 
 
 def default_specs() -> list[SourceSpec]:
@@ -224,20 +241,45 @@ def manifest_path(cache_dir: Path, digest: str) -> Path:
 
 def save_manifest(cache_dir: Path, files: list[SourceFile]) -> str:
     """Record which files a manifest digest stands for, so `receipts verify --deep` can
-    re-read exactly those files later. Content-addressed: written once per distinct set."""
+    re-read exactly those files later. Content-addressed: written once per distinct set.
+    A path that holds a secret (a token in a folder name) is withheld: the row keeps its
+    digests and a redacted path, and deep verify reports that file as unavailable."""
     digest = manifest_digest(files)
     path = manifest_path(cache_dir, digest)
     if not path.exists():
-        rows = [[f.kind, f.path.as_posix(), f.display_path, f.size, f.digest] for f in files]
+        from pipeline.secrets import redact_texts
+
+        real = [f.path.as_posix() for f in files]
+        redacted_real = redact_texts(real)
+        redacted_shown = redact_texts([f.display_path for f in files])
+        rows = []
+        for f, name, clean, shown in zip(files, real, redacted_real, redacted_shown, strict=True):
+            withheld = clean != name or shown != f.display_path
+            rows.append([f.kind, None if withheld else name, shown, _path_digest(f.display_path), f.size, f.digest])
         atomic_write_text(path, json.dumps(rows, sort_keys=True))
     return digest
 
 
-def load_manifest(cache_dir: Path, digest: str) -> list[SourceFile] | None:
+@dataclass(frozen=True)
+class Manifest:
+    files: list[SourceFile]  # the files whose paths were recorded
+    withheld: list[str]  # redacted paths of the files whose paths held a secret
+
+
+def load_manifest(cache_dir: Path, digest: str) -> Manifest | None:
     path = manifest_path(cache_dir, digest)
     try:
         rows = json.loads(path.read_text())
-        files = [SourceFile(str(k), Path(p), str(d), int(s), str(h)) for k, p, d, s, h in rows]
+        files, withheld, keys = [], [], []
+        for kind, real, shown, path_digest, size, content in rows:
+            keys.append([str(kind), str(path_digest), str(content)])
+            if real is None:
+                withheld.append(str(shown))
+                continue
+            file = SourceFile(str(kind), Path(real), str(shown), int(size), str(content))
+            if _path_digest(file.display_path) != path_digest:
+                return None
+            files.append(file)
     except (OSError, ValueError, TypeError):
         return None
-    return files if manifest_digest(files) == digest else None
+    return Manifest(files, withheld) if _manifest_digest(keys) == digest else None

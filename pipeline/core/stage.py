@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,6 +108,15 @@ class Stage:
     materialize: Callable[[ExportContext], None] | None = None
     # Re-reads what the stage wrote (tables and exports); returns violations.
     validate: Callable[[ExportContext], list[str]] | None = None
+    # What the outputs depend on besides this code and the config: versions of installed
+    # engines (the secret scanners a firewalled stage runs). Part of ``full_version``.
+    engines: Callable[[], str] | None = None
+
+    @cached_property
+    def full_version(self) -> str:
+        """The version receipts record and cache keys hash: ``version``, plus the engine
+        versions, so upgrading an engine re-runs the stage instead of reusing old output."""
+        return self.version if self.engines is None else f"{self.version}+{self.engines()}"
 
     @property
     def quarantine_table(self) -> str:

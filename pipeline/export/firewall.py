@@ -11,7 +11,9 @@ thinking), so a conversation score found clean stays clean in every export. The 
 uses only collect's public redaction API: ``Redactor(fold_home=False).redact_many`` as
 a batch screen (one RE2 pass over all strings; with home folding off, a string comes
 back changed exactly when ``find_secrets`` finds something in it), then ``find_secrets``
-on the changed strings for their kinds. Without that API the check fails closed.
+on the changed strings for their kinds. An independent rule set (detect-secrets, see
+``pipeline.secrets.independent``) scans the same strings, so the redactor's blind spots
+are not the firewall's. Without either the check fails closed.
 
 Validation stays cheap without trusting the run: each written JSONL file must be
 byte-identical to the canonical rendering of the re-read Parquet table (one comparison;
@@ -73,9 +75,23 @@ def _screen() -> Callable[[Sequence[str | None]], list[str | None]] | None:
     return redact_many if callable(redact_many) else None
 
 
+def _independent() -> Callable[[list[str]], list[list[str]]]:
+    try:
+        from pipeline.secrets.independent import find_many
+    except ImportError as exc:  # fail closed, like the redactor's engines
+        raise SecretScannerUnavailable(
+            "detect-secrets is not installed; cannot rescan for secrets independently"
+        ) from exc
+    return find_many
+
+
 def secret_kinds_many(texts: Sequence[str]) -> list[list[str]]:
-    """Sorted distinct secret kinds per text (collect's patterns), screened in one batch."""
+    """Sorted distinct secret kinds per text: collect's engines (its own rules and the
+    catalogue), screened in one batch, united with an independent scanner's findings
+    (``detect_secrets:<type>``), so a secret both of collect's engines miss is still
+    caught unless a third rule set misses it too."""
     find = _find_secrets()
+    independent = _independent()
     screen = _screen()
     if screen is None:  # no batch screen: every text goes through find_secrets
         flagged: Iterable[int] = range(len(texts))
@@ -86,6 +102,9 @@ def secret_kinds_many(texts: Sequence[str]) -> list[list[str]]:
     for i in flagged:
         if texts[i]:
             kinds[i] = sorted({kind for kind, _, _ in find(texts[i])})
+    for i, found in enumerate(independent(list(texts))):
+        if found:
+            kinds[i] = sorted(set(kinds[i]) | set(found))
     return kinds
 
 

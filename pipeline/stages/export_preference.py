@@ -56,6 +56,7 @@ from pipeline.export.inputs import (
     select_candidates,
     transform_rows,
 )
+from pipeline.secrets import scanner_versions
 from schemas.datasets import KTO, PREFERENCE
 from schemas.tables import TableSpec
 
@@ -486,7 +487,8 @@ def _check_pair(where: str, key: str, r: dict[str, Any]) -> list[str]:
 
 STAGE = Stage(
     name="export-preference",
-    version="1.1.0",
+    version="1.2.0",
+    engines=scanner_versions,
     config_model=ExportPreferenceConfig,
     inputs=EXPORT_INPUTS,
     outputs=(PREFERENCE, KTO),

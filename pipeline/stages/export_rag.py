@@ -33,6 +33,7 @@ from pipeline.export.firewall import (
     write_bytes,
 )
 from pipeline.export.inputs import EXPORT_INPUTS, load_inputs, select_candidates
+from pipeline.secrets import scanner_versions
 from schemas.datasets import RAG
 from schemas.tables import from_columns
 
@@ -180,7 +181,8 @@ def validate(ctx: ExportContext) -> list[str]:
 
 STAGE = Stage(
     name="export-rag",
-    version="1.2.0",
+    version="1.3.0",
+    engines=scanner_versions,
     config_model=ExportRagConfig,
     inputs=EXPORT_INPUTS,
     outputs=(RAG,),

@@ -52,6 +52,7 @@ from pipeline.export.inputs import (
     select_candidates,
     transform_rows,
 )
+from pipeline.secrets import scanner_versions
 from schemas.datasets import SFT, TOOL_SCHEMAS
 from schemas.tables import from_columns
 
@@ -378,7 +379,8 @@ def validate(ctx: ExportContext) -> list[str]:
 
 STAGE = Stage(
     name="export-sft",
-    version="1.2.0",
+    version="1.3.0",
+    engines=scanner_versions,
     config_model=ExportSftConfig,
     inputs=EXPORT_INPUTS,
     outputs=(SFT, TOOL_SCHEMAS),

@@ -33,6 +33,7 @@ from pipeline.export.tools import (
     derive_schemas,
     parse_all,
 )
+from pipeline.secrets import scanner_versions
 from schemas.datasets import CATEGORIES, SCORING_TABLES
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ else:
     pl = LazyModule("polars")
 
 # The stage's output version (tables and their contents); SCORER_VERSION is the rules'.
-STAGE_VERSION = "1.1.0"
+STAGE_VERSION = "1.2.0"
 
 # Rule order is fixed; only each rule's category (or None = off) is configurable.
 RULE_ORDER = (
@@ -408,6 +409,7 @@ def run(ctx: StageContext) -> StageResult:
 STAGE = Stage(
     name="score",
     version=STAGE_VERSION,
+    engines=scanner_versions,
     config_model=ScoreConfig,
     inputs=("sessions", "messages", "tool_calls", "prompts", "subagents", "branches"),
     outputs=(SCORING_TABLES["tasks"], SCORING_TABLES["scores"], SCORING_TABLES["conversations"],

@@ -18,6 +18,7 @@ from pipeline.core.stage import ExportContext
 from pipeline.core.store import LakeLayout
 from pipeline.export.dedupe import DedupeConfig, Deduper, normalise
 from pipeline.export.firewall import StringScan
+from pipeline.secrets import independent
 from pipeline.stages.export_preference import STAGE as EXPORT_PREFERENCE
 from pipeline.stages.export_preference import ExportPreferenceConfig
 from pipeline.stages.export_sft import STAGE as EXPORT_SFT
@@ -42,14 +43,15 @@ def test_dedupe_keeps_first_and_finds_near_copies() -> None:
     assert Deduper(DedupeConfig()).run(items[::-1]).kept == ["d", "c"]
 
 
-def test_string_scan_equals_find_secrets_per_string() -> None:
+def test_string_scan_equals_both_scanners_per_string() -> None:
     strings = ["plain text", f"token {SECRET}", "export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE",
                "hi <|im_start|>system", "", "password=hunter2hunter2hunter2"]
     scan = StringScan()
     for s in strings:
         scan.add([s])
     for s, (kinds, token) in zip(strings, scan.results(), strict=True):
-        assert kinds == sorted({k for k, _, _ in find_secrets(s)}) if s else kinds == []
+        expected = sorted({k for k, _, _ in find_secrets(s)} | set(independent.find(s))) if s else []
+        assert kinds == expected
         assert (token is not None) == ("<|im_start|>" in s)
 
 
@@ -89,7 +91,7 @@ def test_secret_planted_in_the_table_is_rescanned(lake: tuple[Path, Any]) -> Non
         errors = EXPORT_SFT.validate(_ctx(root, result, EXPORT_SFT, ExportSftConfig()))  # type: ignore[misc]
     finally:
         path.write_bytes(original)
-    assert any(e.startswith("table sft") and "secret (github_token)" in e for e in errors), errors
+    assert any(e.startswith("table sft") and "secret (detect_secrets:github_token, github_token)" in e for e in errors), errors
     kto = root / result.summary.tables["kto"].path
     original = _tamper(kto, "completion", f'[{{"content":"{SECRET}","role":"assistant"}}]')
     try:
