@@ -25,6 +25,7 @@ from pipeline.collect.redact import (
     _re2_may_match,
     find_secrets,
     placeholder,
+    reveals_secret,
 )
 
 # Synthetic secrets of the right shape, built at run time so no scanner flags this file.
@@ -63,6 +64,19 @@ HEX = "0123456789abcdef"
 SENTRY_KEY = _rand(32, HEX)
 DOPPLER = "dp.st.prd." + _rand(43)
 MAILGUN = "key-" + _rand(32, HEX)
+TWILIO_SID = "AC" + _rand(32, HEX)
+ARTIFACTORY = "AKCp8" + _rand(68)
+ARTIFACTORY_REF = "cmVmdGtuOjAxOj" + _rand(50)
+SQUARE_SECRET = "sq0csp-" + _rand(43)
+NOTION = "ntn_" + _rand(46)
+NEWRELIC = "NRAK-" + _rand(27, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+ELEVENLABS = "sk_" + _rand(48, HEX)
+GOOGLE_OAUTH_SECRET = "GOCSPX-" + _rand(28, _ALNUM + "_-")
+SONAR = "squ_" + _rand(40, HEX)
+GOOGLE_REFRESH = "1//0" + _rand(60, _ALNUM + "_-")
+SUPABASE = "sbp_" + _rand(40, HEX)
+BRAINTREE = "access_token$production$" + _rand(16, "0123456789abcdefghijklmnopqrstuvwxyz") + "$" + _rand(32, HEX)
+LANGSMITH = "lsv2_pt_" + _rand(32, HEX) + "_" + _rand(10, HEX)
 K8S_VALUE = base64.b64encode(_rand(18).encode()).decode()
 UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LOWER = "abcdefghijklmnopqrstuvwxyz"
@@ -169,6 +183,21 @@ POSITIVES: list[tuple[str, str, str, str]] = [
      "@o4504.ingest.sentry.io/45"),
     ("doppler_token", f"DOPPLER_TOKEN {DOPPLER} ok", DOPPLER, " ok"),
     ("mailgun_key", f"mg = Mailgun({MAILGUN!r})", MAILGUN, "mg = Mailgun("),
+    ("twilio_sid", f"api.twilio.com/2010-04-01/Accounts/{TWILIO_SID}/Messages.json", TWILIO_SID,
+     "/Messages.json"),
+    ("artifactory_token", f'"X-JFrog-Art-Api: {ARTIFACTORY}"', ARTIFACTORY, '"X-JFrog-Art-Api: '),
+    ("artifactory_token", f"Authorization: Bearer {ARTIFACTORY_REF}", ARTIFACTORY_REF, "Authorization: "),
+    ("square_token", f"client_secret: {SQUARE_SECRET}\n", SQUARE_SECRET, "client_secret: "),
+    ("notion_token", f"headers = {{'Authorization': 'Bearer {NOTION}'}}", NOTION, "headers = "),
+    ("newrelic_key", f"newrelic.key = {NEWRELIC} # prod", NEWRELIC, "# prod"),
+    ("elevenlabs_key", f"xi-api-key: {ELEVENLABS}", ELEVENLABS, "xi-api-key: "),
+    ("google_oauth_secret", f'{{"client_secret": "{GOOGLE_OAUTH_SECRET}"}}', GOOGLE_OAUTH_SECRET,
+     '"client_secret": '),
+    ("sonarqube_token", f"sonar-scanner -Dsonar.token={SONAR}", SONAR, "sonar-scanner "),
+    ("google_oauth_token", f'"refresh_token": "{GOOGLE_REFRESH}"', GOOGLE_REFRESH, '"refresh_token": '),
+    ("supabase_key", f"supabase login --token {SUPABASE}", SUPABASE, "supabase login "),
+    ("braintree_token", f"gateway = Gateway(access_token='{BRAINTREE}')", BRAINTREE, "gateway = Gateway("),
+    ("langsmith_key", f"LANGCHAIN_API_KEY: {LANGSMITH}", LANGSMITH, "LANGCHAIN_API_KEY: "),
     ("kubernetes_secret_data", f"kind: Secret\ndata:\n  db-pass: {K8S_VALUE}\n", K8S_VALUE, "  db-pass: "),
     ("sentry_token", f"SENTRY_AUTH_TOKEN={SENTRY_ORG}", SENTRY_ORG, "SENTRY_AUTH_TOKEN="),
     ("stripe_webhook_secret", f"your webhook signing secret is {WHSEC} (^C", WHSEC, " (^C"),
@@ -666,3 +695,27 @@ def test_record_json_is_kept_without_orjsons_spare_buffer() -> None:
         retained, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert data is not None and retained < (copies + 0.5) * len(data), (len(data), retained)
+
+
+def test_a_token_after_a_dash_is_at_a_boundary() -> None:
+    """Claude Code names a project folder by its path, `/` as `-`: a token that was a
+    folder name follows a `-`."""
+    token = "hf_" + _rand(34, UPPER + LOWER)
+    out = Redactor().redact(f"/home/alice/.claude/projects/-home-alice-{token}/s.jsonl")
+    assert token not in out and "-home-alice-[REDACTED:" in out
+
+
+def test_the_output_of_a_command_that_reveals_a_secret_goes_whole() -> None:
+    """The command and its output are separate records: the output alone looks like
+    nothing, so the command's word decides."""
+    assert reveals_secret("kubectl get secret db -o jsonpath='{.data.password}' | base64 -d")
+    assert reveals_secret("kubectl -n prod get secrets api -o go-template='{{.data.token}}'")
+    assert not reveals_secret("kubectl get secrets")
+    assert not reveals_secret("kubectl get pods -o jsonpath='{.items[*].metadata.name}'")
+    redactor = Redactor(fold_home=False)
+    value = "4ptiO!=Dce.eYwUW9cg4Oy"
+    out = redactor.redact_revealed({"type": "tool_result", "content": [{"type": "text", "text": f"{value}\n"}]})
+    assert value not in str(out)
+    assert out["type"] == "tool_result"  # the structure stays; only values go
+    assert redactor.counts["kubernetes_secret_output"] == 1
+    assert redactor.redact_revealed(out) == out  # idempotent

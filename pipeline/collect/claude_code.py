@@ -25,6 +25,7 @@ from pipeline.collect.content import (
 )
 from pipeline.collect.errors import error_kind
 from pipeline.collect.lines import NestingTooDeep
+from pipeline.collect.redact import reveals_secret
 from pipeline.collect.shard import Shard
 
 # Known entries that carry no conversation content: tallied, not mapped.
@@ -122,6 +123,7 @@ class ClaudeFile:
         self.messages: dict[tuple[str, str], _Message] = {}
         self.message_order: list[_Message] = []
         self.calls: dict[str, _Call] = {}
+        self.revealing: set[str] = set()  # calls whose output is a secret (redact.reveals_secret)
         self.results: dict[str, _Result] = {}
         self.parent_of: dict[str, str | None] = {}
         self.uuid_message: dict[str, str] = {}
@@ -293,6 +295,8 @@ class ClaudeFile:
         spawn = None
         if name in SPAWN_TOOLS and isinstance(tool_input, dict) and isinstance(tool_input.get("prompt"), str):
             spawn = text_digest(tool_input["prompt"])
+        if reveals_secret(input_json):
+            self.revealing.add(tool_use_id)
         self.calls[tool_use_id] = _Call(
             message=message, tool_use_id=tool_use_id, subindex=message.n_calls, name=name,
             input_json=input_json, input_cut=cut, line_no=line_no, timestamp=ts,
@@ -303,6 +307,10 @@ class ClaudeFile:
     def _user(self, line_no: int, obj: dict[str, Any], message: dict[str, Any], session_id: str,
               uuid: str | None, parent: str | None) -> None:
         blocks, data = self._blocks(message.get("content"))
+        if self.revealing and any(isinstance(b, dict) and b.get("tool_use_id") in self.revealing for b in blocks):
+            blocks = [self.redactor.redact_revealed(b) if isinstance(b, dict) and b.get("tool_use_id") in self.revealing
+                      else b for b in blocks]
+            data = None
         texts: list[str] = []
         has_result = False
         for block in blocks:

@@ -26,6 +26,7 @@ from pipeline.collect.content import (
 )
 from pipeline.collect.errors import codex_exit_code, codex_is_error, error_kind
 from pipeline.collect.lines import NestingTooDeep
+from pipeline.collect.redact import reveals_secret
 from pipeline.collect.shard import Shard
 
 PREAMBLES = (
@@ -256,7 +257,12 @@ class CodexFile:
         output = payload.get("output")
         if isinstance(output, list):
             output = strip_blobs(output)
-        output = self.redactor.redact_obj(output)
+        call_id = payload.get("call_id")
+        call = self.calls.get(call_id) if isinstance(call_id, str) else None
+        if call is not None and reveals_secret(call.input_json):
+            output = self.redactor.redact_revealed(output)
+        else:
+            output = self.redactor.redact_obj(output)
         row.blocks = [{**{k: v for k, v in payload.items() if k != "output"}, "output": output}]
         raw_id = payload.get("call_id")
         if not isinstance(raw_id, str) or not raw_id:

@@ -52,6 +52,7 @@ from pipeline.collect._compiled import HERE as PACKAGE_DIR
 from pipeline.collect.lines import check_depth
 from pipeline.core.hashing import CacheMac
 from pipeline.secrets import catalogue
+from pipeline.secrets.documented import documented
 
 try:  # optional: a faster screen where its wheel exists
     import hyperscan as _hyperscan
@@ -78,6 +79,18 @@ KINDS: tuple[str, ...] = (
     "url_userinfo_token",
     "doppler_token",
     "mailgun_key",
+    "twilio_sid",
+    "artifactory_token",
+    "square_token",
+    "notion_token",
+    "newrelic_key",
+    "elevenlabs_key",
+    "google_oauth_secret",
+    "sonarqube_token",
+    "google_oauth_token",
+    "supabase_key",
+    "braintree_token",
+    "langsmith_key",
     "kubernetes_secret_data",
     "sentry_token",
     "stripe_webhook_secret",
@@ -167,6 +180,9 @@ def _classes(value: str) -> tuple[bool, bool, bool]:
     return lower, upper, digit
 
 
+_HEX_BODY = re.compile(r"(?<=[_-])[0-9a-f]{32,}$", re.ASCII)
+
+
 def _mixed_token(text: str, m: re.Match[str]) -> bool:
     """Generic prefixes (sk-, hf_) need a random-looking body, not a kebab-case word.
     Random letters alone count too (Hugging Face issues `hf_` + 34 letters): mixed case
@@ -174,6 +190,9 @@ def _mixed_token(text: str, m: re.Match[str]) -> bool:
     lower, upper, digit = _classes(m.group(0))
     if lower and upper and digit:
         return True
+    body = _HEX_BODY.search(m.group(0))
+    if body is not None and all(_classes(body.group(0))[::2]):
+        return True  # `sk-` + 32 hex (DeepSeek): a random hex body, whatever the case
     if lower and upper and len(m.group(0)) >= 30 and _entropy(m.group(0)) >= 4.2:
         return True
     return lower + upper + digit >= 2 and _IDENTIFIER.fullmatch(m.group(0)) is None
@@ -229,6 +248,7 @@ def _pem_body(text: str, m: re.Match[str]) -> bool:
 
 
 _HEX_TOKEN = re.compile(r"[0-9a-fA-F]{16,}", re.ASCII)
+_HEX_ENTROPY_MIN = 2.5
 
 
 def _machine_made(value: str) -> bool:
@@ -247,7 +267,7 @@ def _password(text: str, m: re.Match[str]) -> bool:
     """A value where a password goes (`-p...`, `password ...`, `--password=`): at least
     8 characters, letters with digits or symbols, and not a placeholder or a path."""
     value = m.group(1).strip("'\"")
-    if len(value) < 8 or value.startswith(_NOT_SECRET_PREFIXES) or _PATHLIKE.match(value):
+    if len(value) < 8 or value.startswith(_NOT_SECRET_PREFIXES) or _path(value):
         return False
     low = value.lower()
     if any(word in low for word in _PLACEHOLDER_WORDS):
@@ -256,9 +276,27 @@ def _password(text: str, m: re.Match[str]) -> bool:
     symbol = any(not ch.isalnum() for ch in value)
     if not ((lower or upper) and (digit or symbol or (lower and upper))):
         return False
-    if _code_like(text, m, value):
+    if not (_netrc(text, m.start()) or _random_part(value)) and _code_like(text, m, value):
         return False
     return _entropy(value) >= 2.5
+
+
+def _random_part(value: str) -> bool:
+    """Digits and both cases, or a random-looking piece (`zqclZXPNkn` of
+    `zqclZXPNkn.V2UNN`): where a password goes, that is a password with a dot in it,
+    not an attribute chain."""
+    return all(_classes(value)) or any(len(part) >= 8 and _entropy(part) >= 3.0 and sum(_classes(part)) >= 2
+                                       for part in _PARTS.split(value))
+
+
+_PARTS = re.compile(r"[._-]+")
+
+
+def _netrc(text: str, at: int) -> bool:
+    """`machine HOST login USER password P` (a .netrc, on one line or several): P is a
+    password whatever it looks like, `a.b` included."""
+    before = text[max(0, at - 200) : at].lower()
+    return "machine " in before and "login " in before
 
 
 def _secret_value(text: str, m: re.Match[str]) -> bool:
@@ -280,6 +318,46 @@ def _kubectl_output(text: str, m: re.Match[str]) -> bool:
     return _KUBECTL_VALUE.search(command) is not None and len(m.group(1)) >= 8
 
 
+_REVEAL_COMMAND = re.compile(
+    r"kubectl\b[^\n]{0,200}?\bget[ \t]+secrets?\b[^\n]{0,300}?(?:jsonpath|go-template|base64|template=)",
+    re.ASCII | re.IGNORECASE,
+)
+_REVEALED_KIND = "kubernetes_secret_output"
+_REVEALED_FIELDS = frozenset({"content", "text", "output", "stdout", "stderr"})
+_REVEALED_VALUE = re.compile(r"[^ \t\r\n]{8,}")
+
+
+def reveals_secret(command: str) -> bool:
+    """`kubectl get secret NAME -o jsonpath=...` (or `| base64 -d`): its output is the
+    secret's decoded value, which may look like anything (`4ptiO!=Dce.eYwUW9cg`)."""
+    return _REVEAL_COMMAND.search(command) is not None
+
+
+def _path(value: str) -> bool:
+    """`/usr/lib/x`, `./a/b`: a path, not a value, unless a segment is machine-made (a
+    base64 key may start with `/` and hold more: `/ZZ4A2WGM.../3ffNzc`)."""
+    if _PATHLIKE.match(value) is None:
+        return False
+    return not any(len(part) >= 16 and all(_classes(part)) and _entropy(part) >= 3.5
+                   for part in value.split("/"))
+
+
+def _literal(text: str, m: re.Match[str]) -> bool:
+    """The value is written as data, not code: quoted, or after `NAME=` / `--flag=`
+    (shell, .env). `PASSWORD = settings.DB_PASSWORD` and `password=self.pw` are code."""
+    start = m.start(1)
+    before = text[start - 1 : start]
+    if before in ("\"", "'", "`"):
+        return True
+    if before != "=":
+        return False
+    name = _NAME_BEFORE.search(text, max(0, start - 80), start - 1)
+    return name is not None and (name.group(0).startswith("--") or name.group(0).isupper())
+
+
+_NAME_BEFORE = re.compile(r"-{0,2}[A-Za-z0-9_-]+$", re.ASCII)
+
+
 def _code_like(text: str, m: re.Match[str], value: str) -> bool:
     """Identifiers, attribute chains and calls (`x = foo.bar(`) are code, not values.
     Hex with digits and letters under a name that says secret (`DD_API_KEY=8f3a...`,
@@ -292,6 +370,8 @@ def _code_like(text: str, m: re.Match[str], value: str) -> bool:
             return False
     if len(value) >= 24 and _machine_made(value):
         return False
+    if all(_classes(value)) and _literal(text, m):
+        return False  # `PASSWORD="hk_DTSJdg0ug.NTZ"`: data with a dot, not an attribute chain
     if _IDENTIFIER.fullmatch(value) is not None:
         return True
     # `getKey2FromVault(` is a call; a value of symbols followed by `(` is still a value.
@@ -316,7 +396,7 @@ def _url_password(text: str, m: re.Match[str]) -> bool:
     """Templates (`$PASS`, `{password}`, `****`) are documentation, not credentials; a
     port and a path before an `@` (`host:443/@scope/pkg`) are not one either."""
     value = m.group(2)
-    if value.startswith(("$", "{", "%(", "*", "/")) or value.lower() in _URL_PLACEHOLDERS:
+    if value.startswith(("$", "{", "%(", "/")) or value.lower() in _URL_PLACEHOLDERS:
         return False
     if "/" in value and _PORT_PATH.fullmatch(value) is not None:
         return False
@@ -355,13 +435,18 @@ def _assignment(text: str, m: re.Match[str]) -> bool:
     value = m.group(1)
     if len(value) < 16 or value.startswith(_NOT_SECRET_PREFIXES):
         return False
-    if _PATHLIKE.match(value):
+    if _assignment_kind(text, m) == "aws_secret_key":
+        return True  # AWS's own name and a 40-char base64 value, `/` first or not
+    if _path(value):
         return False
     lower, upper, digit = _classes(value)
     if not (digit and (lower or upper)) or _code_like(text, m, value):
         return False
     # Windows, so padding glued to a secret (`...0000000`) cannot dilute it below the bar.
-    return any(_entropy(value[i : i + 16]) >= _ENTROPY_MIN for i in range(0, len(value) - 8, 8))
+    # Hex has 16 symbols, so a random hex window often stays under the bar: it gets a
+    # lower one.
+    bar = _HEX_ENTROPY_MIN if _HEX_TOKEN.fullmatch(value) is not None else _ENTROPY_MIN
+    return any(_entropy(value[i : i + 16]) >= bar for i in range(0, len(value) - 8, 8))
 
 
 # Character classes spelled out so Python re and RE2 agree exactly.
@@ -463,6 +548,28 @@ _DETECTORS: tuple[_Detector, ...] = (
         boundary=True,
     ),
     _Detector("mailgun_key", r"ey-[0-9a-f]{32}", lead="k", boundary=True),
+    # An account or API-key SID names the account a leaked auth token unlocks; the
+    # firewall's independent scanner (detect-secrets) treats it as a key, so it goes too.
+    _Detector("twilio_sid", r"(?:AC|SK)[0-9a-f]{32}", boundary=True),
+    # Artifactory API keys (`AKCp`) and reference tokens (base64 of `reftkn:01:`), and
+    # Square's `sq0` OAuth secrets and access tokens: formats detect-secrets knows and the
+    # catalogue, at the confidence used, does not.
+    _Detector("artifactory_token", r"(?:AKCp[A-Za-z0-9]{60,}|cmVmdGtuOjAxOj[A-Za-z0-9]{40,})", boundary=True),
+    _Detector("square_token", r"q0(?:csp|atp)-[0-9A-Za-z_-]{22,}", lead="s", boundary=True),
+    # Prefixed formats the catalogue finds only next to a keyword (its rules want the
+    # provider's name nearby); agents paste them bare.
+    _Detector("notion_token", r"(?:secret_[A-Za-z0-9]{43}|ntn_[A-Za-z0-9]{40,})", boundary=True,
+              check=_mixed_token),
+    _Detector("newrelic_key", r"(?:NR(?:AK|JS|II)-[A-Za-z0-9]{19,32}|[0-9a-f]{36}NRAL)", boundary=True),
+    _Detector("elevenlabs_key", r"k_[0-9a-f]{48}", lead="s", boundary=True),
+    _Detector("google_oauth_secret", r"OCSPX-[A-Za-z0-9_-]{28}", lead="G", boundary=True),
+    _Detector("sonarqube_token", r"q[upa]_[0-9a-f]{40}", lead="s", boundary=True),
+    _Detector("google_oauth_token", r"(?:1//0[A-Za-z0-9_-]{40,}|ya29\.[A-Za-z0-9_-]{40,})", boundary=True,
+              check=_mixed_token),
+    _Detector("supabase_key", r"b(?:_secret_[A-Za-z0-9_-]{20,}|p_[0-9a-f]{40})", lead="s", boundary=True),
+    _Detector("braintree_token", r"ccess_token\$(?:production|sandbox)\$[0-9a-z]{16}\$[0-9a-f]{32}", lead="a"),
+    _Detector("langsmith_key", r"sv2_(?:pt|sk)_[0-9a-f]{32}_[0-9a-f]{10}", lead="l", boundary=True),
+    _Detector("mailgun_key", r"[0-9a-f]{32}-[0-9a-f]{8}-[0-9a-f]{8}", boundary=True),
     # Provider formats the catalogue (at the confidence used) does not know; each has a
     # case in tests/test_redact.py and tests/secrets/.
     _Detector("sentry_token", r"ntry[su]_[A-Za-z0-9_=-]{20,}", lead="s", boundary=True),
@@ -544,7 +651,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(
         "env_secret_value",
-        r"name:[ \t]*[\"']?[a-z0-9_.-]*(?:key|token|secret|pass|pwd|auth|credential)[a-z0-9_]*[\"']?"
+        r"name:[ \t]*[\"']?[a-z0-9_.-]*(?:key|token|secret|pass|pwd|auth|credential|_pat)[a-z0-9_]*[\"']?"
         r"[ \t]*\n[+-]?[ \t]*value:[ \t]*[\"']?([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})",
         low=True, group=1, check=_secret_value,
     ),
@@ -554,7 +661,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(
         "kubernetes_secret_output",
-        r"et[ \t]+secrets?[ \t][^\n]{0,300}\n([A-Za-z0-9+/=_~.-]{8,})",
+        r"et[ \t]+secrets?[ \t][^\n]{0,300}\n([^ \t\r\n]{8,})",  # a decoded value: any characters
         lead="g", low=True, group=1, check=_kubectl_output,
     ),
     # Not a secret: makes the screen pass strings that decode base64, so their runs are
@@ -696,8 +803,13 @@ _check_json_rewrites()
 _SECRET_JSON_RE2 = "|".join(_json_alternative(d) for d in _DETECTORS)
 
 
+# `-` does not glue: Claude Code names a project folder by its path with `/` as `-`, so a
+# token that was a path segment follows a `-` (`-home-alice-hf_...`).
+_GLUE_CHARS = _TOKEN_CHARS - {"-"}
+
+
 def _at_boundary(text: str, start: int) -> bool:
-    if start == 0 or text[start - 1] not in _TOKEN_CHARS:
+    if start == 0 or text[start - 1] not in _GLUE_CHARS:
         return True
     return text[start - 2 : start] in _ESCAPES
 
@@ -755,7 +867,7 @@ def _detect(text: str, depth: int = 0) -> list[_Hit]:
             for start, end, rank, kind, rule in _detect(plain, depth + 1):
                 hits.append((origin[start], origin[end], rank, kind, rule))
     if hits:
-        hits = [h for h in hits if not _documented(text[h[0] : h[1]])]
+        hits = [h for h in hits if not documented(text[h[0] : h[1]])]
     if hits and "[REDACTED:" in text:
         taken = [m.span() for m in _PLACEHOLDER.finditer(text)]
         hits = [h for h in hits if all(h[1] <= s or h[0] >= e for s, e in taken)]
@@ -797,23 +909,6 @@ def _encoded_hits(text: str, depth: int) -> list[_Hit]:
             kind, _start, _end, rule = inner[0]
             hits.append((m.start(), m.end(), len(_COMPILED) + 1, "base64_" + kind, f"{OWN_RULES}base64/{rule}"))
     return hits
-
-
-_FILLER = re.compile(r"([xX*0.])\1{5,}", re.ASCII)
-_TEMPLATE_VALUES = frozenset({
-    "password", "passwd", "changeme", "secret", "pass", "your-password", "yourpassword", "mypassword",
-    "your_password", "your-api-key", "your_api_key", "your-token", "your_token", "token", "apikey",
-})
-
-
-def _documented(value: str) -> bool:
-    """Values that documentation writes where a secret goes: the providers' published
-    example keys (`AKIAIOSFODNN7EXAMPLE`), filler (`ghp_xxxx...`, `****`) and template
-    words (`postgres://user:password@...`). Not secrets, for every detector alike."""
-    if "example" in value.lower() or value.lower() in _TEMPLATE_VALUES:
-        return True
-    filled = sum(m.end() - m.start() for m in _FILLER.finditer(value))
-    return filled * 5 >= len(value) * 2
 
 
 def _own_hits(text: str) -> list[_Hit]:
@@ -1325,6 +1420,24 @@ class Redactor:
                 return text
             text = refolded
         return text
+
+    def redact_revealed(self, obj: Any) -> Any:
+        """The output of a command that prints a secret (``reveals_secret``): every
+        value in it goes, whatever it looks like, since the command said what it is.
+        The command and its output are separate records (a tool call and its result), so
+        the detector that reads both in one text never sees them together."""
+        if isinstance(obj, str):
+            text = self.redact(obj)
+            spans = [(_REVEALED_KIND, m.start(), m.end(), OWN_RULES + _REVEALED_KIND)
+                     for m in _REVEALED_VALUE.finditer(text) if _PLACEHOLDER.fullmatch(m.group(0)) is None]
+            return _splice(text, spans, self.counts, self.rules) if spans else text
+        if isinstance(obj, dict):  # a block: its payload goes, its structure (`type`, ids) stays
+            return {self.redact(k) if isinstance(k, str) else k:
+                    self.redact_revealed(v) if k in _REVEALED_FIELDS else self.redact_obj(v)
+                    for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [self.redact_revealed(v) for v in obj]
+        return obj
 
     def redact_obj(self, obj: Any) -> Any:
         """A JSON-like value with every string redacted, dict keys included.

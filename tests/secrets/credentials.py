@@ -644,6 +644,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("launchdarkly", "launchdarkly_sdk_key", lambda r: "sdk-" + _uuid(r), "LAUNCHDARKLY_SDK_KEY", ()),
     Spec("onepassword", "op_service_account_token", _onepassword,
          "OP_SERVICE_ACCOUNT_TOKEN", (), generic=1),
+    # Formats the firewall's independent scanner (detect-secrets) knows.
+    Spec("square", "square_oauth_secret", _r("sq0csp-", URLSAFE, 43), "SQUARE_APPLICATION_SECRET", ()),
+    Spec("jfrog", "artifactory_api_key", _r("AKCp8", ALNUM, 68), "ARTIFACTORY_API_KEY",
+         ('curl -H "X-JFrog-Art-Api: <S>" https://acme.jfrog.io/artifactory/api/repositories',)),
 )
 
 

@@ -505,4 +505,20 @@ def write_corpus(folder: Path, seed: int = 0) -> tuple[Path, Path, list[Credenti
     to_codex = [c for i, c in enumerate(creds) if split(i)[1]]
     write_claude_session(claude_dir, to_claude, seed)
     write_codex_session(codex_dir, to_codex, seed)
+    write_session_in_secret_folder(claude_dir, next(c for c in creds if path_safe(c.secret)), seed)
     return claude_dir, codex_dir, creds
+
+
+def write_session_in_secret_folder(folder: Path, cred: Credential, seed: int) -> Path:
+    """A short session whose project folder (Claude Code names it after the working
+    directory) holds a token: the source path itself is a secret."""
+    rng = random.Random(f"folder:{seed}")
+    cwd = f"/home/alice/{cred.secret}"
+    w = ClaudeWriter(rng, uuid4(rng), cwd, EPOCH_MS)
+    w.prompt("List the files here.")
+    w.message(text="Listing them.", calls=(w.bash("ls", "README.md\nsrc"),))
+    w.message(text="There is a README and a src folder.")
+    target = folder / cwd.replace("/", "-") / f"{w.sid}.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"\n".join(w.lines) + b"\n")
+    return target

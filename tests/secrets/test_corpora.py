@@ -91,6 +91,11 @@ def _files(*dirs: Path) -> list[Path]:
     return sorted(p for d in dirs for p in d.rglob("*.jsonl"))
 
 
+def _main_session(claude_dir: Path) -> Path:
+    """The planted session (the other one only lives in a folder named after a token)."""
+    return max(_files(claude_dir), key=lambda p: p.stat().st_size)
+
+
 def test_counts(creds: list[Credential]) -> None:
     assert len(creds) >= 300
     assert len(providers(creds)) >= 60
@@ -170,8 +175,8 @@ def test_corpus_parses(corpus: tuple[Path, Path, list[Credential]]) -> None:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 bad += 1
         broken[path] = bad
-    assert len(broken) == 2
-    assert [broken[p] for p in _files(claude_dir)] == [CLAUDE_MALFORMED]
+    assert len(broken) == 3  # a Claude session, a Codex rollout, a session in a secret folder
+    assert sorted(broken[p] for p in _files(claude_dir)) == [0, CLAUDE_MALFORMED]
     assert [broken[p] for p in _files(codex_dir)] == [CODEX_MALFORMED]
 
 
@@ -188,7 +193,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 def test_tool_calls_pair(corpus: tuple[Path, Path, list[Credential]]) -> None:
     claude_dir, codex_dir, _ = corpus
     uses, results = [], []
-    for rec in _records(_files(claude_dir)[0]):
+    for rec in _records(_main_session(claude_dir)):
         content = rec.get("message", {}).get("content")
         for block in content if isinstance(content, list) else []:
             if block.get("type") == "tool_use":
@@ -223,7 +228,7 @@ def test_placements(corpus: tuple[Path, Path, list[Credential]]) -> None:
     def add(key: str, value: object) -> None:
         where.setdefault(key, []).append(value if isinstance(value, str) else json.dumps(value))
 
-    for rec in _records(_files(claude_dir)[0]):
+    for rec in _records(_main_session(claude_dir)):
         content = rec.get("message", {}).get("content")
         if rec.get("type") == "user" and isinstance(content, str):
             add("prompt", content)
