@@ -52,9 +52,25 @@ class InputRef(_Model):
     rows: int | None = None
 
 
+class SecretRescan(_Model):
+    """What the export firewall's secret rescan of the written files covered and found."""
+
+    scanners: dict[str, str] = Field(description="Secret-scanning distribution -> version, both rule sets.")
+    strings_scanned: int = Field(description="Distinct strings rescanned in what the stage wrote.")
+    values_vouched: int = Field(
+        description="Written JSON values byte-identical to a conversation the score stage scanned clean."
+    )
+    findings: dict[str, int] = Field(
+        default_factory=dict, description="Secret kind -> written values it was found in (empty when clean)."
+    )
+
+
 class Validation(_Model):
     passed: bool
     errors: list[str] = Field(default_factory=list)
+    secret_rescan: SecretRescan | None = Field(
+        default=None, description="Export stages: the firewall's rescan of their written files."
+    )
 
 
 class Timings(_Model):

@@ -26,7 +26,7 @@ from rich.table import Table
 from pipeline.core.hashing import CacheMac, table_digest, xxh3_128_file
 from pipeline.core.receipts import load_run_receipts, resolve_run
 from pipeline.core.sources import CHANGED_DURING_RUN, SourceFile, load_manifest
-from pipeline.core.stage import Stage, StageContext, StageResult, Tracker
+from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult, Tracker
 from pipeline.core.store import LakeLayout, canonicalize, materialize
 from pipeline.core.trust import TrustedKeys, load_trusted
 from schemas.drift import RowSample
@@ -207,7 +207,28 @@ def verify_lake_stage(layout: LakeLayout, stage: Stage, receipt: StageReceipt) -
     with tempfile.TemporaryDirectory(prefix=f"tracelake-deep-{stage.name}-") as scratch:
         result = _gathered(stage.run(_context(layout, stage, receipt, Path(scratch), inputs, {})))
     checks = compare_outputs(layout, stage, receipt, result)
-    return StageCheck(stage=stage.name, verdict=_verdict(checks), tables=checks)
+    detail = _recheck_exports(layout, stage, receipt)
+    verdict: StageVerdict = "differs" if detail else _verdict(checks)
+    return StageCheck(stage=stage.name, verdict=verdict, tables=checks, detail=detail)
+
+
+def _recheck_exports(layout: LakeLayout, stage: Stage, receipt: StageReceipt) -> str:
+    """The firewall run again on the files the run published: it must pass and scan and
+    find what the receipt says it did. Empty when it does (or the stage has none)."""
+    recorded = receipt.validation.secret_rescan
+    if stage.validate is None or recorded is None:
+        return ""
+    ctx = ExportContext(
+        layout=layout, config=stage.config_model.model_validate(receipt.config), run_id=receipt.run_id,
+        outputs={ref.name: ref for ref in receipt.outputs}, export_dir=layout.export_dir(receipt.run_id),
+    )
+    errors = stage.validate(ctx)
+    if errors:
+        return (f"the export firewall fails on the published files ({len(errors)} errors): "
+                + "; ".join(errors[:3]))
+    if ctx.secret_rescan != recorded:
+        return f"secret rescan recorded {recorded.model_dump()}, now {ctx.secret_rescan}"
+    return ""
 
 
 def recorded_sources(

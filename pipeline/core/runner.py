@@ -68,6 +68,7 @@ from schemas.receipt import (
     ObjectRef,
     RejectedCacheEntry,
     RunSummary,
+    SecretRescan,
     StageReceipt,
     StageStatus,
     Timings,
@@ -178,6 +179,7 @@ class _Execution:
     errors: list[str] = field(default_factory=list)
     error: str | None = None
     reused: StageReceipt | None = None
+    secret_rescan: SecretRescan | None = None
 
 
 class Runner:
@@ -297,6 +299,7 @@ class Runner:
             if stage.materialize is not None:
                 stage.materialize(ctx)
             errors = stage.validate(ctx) if stage.validate is not None else []
+            run.secret_rescan = ctx.secret_rescan
             if errors:
                 # Never published: kept out of exports/ for inspection.
                 if scratch.exists():
@@ -319,6 +322,7 @@ class Runner:
         run.records = (reused.records_in, reused.records_out, dict(reused.quarantined), dict(reused.filtered))
         run.stats = dict(reused.stats)
         run.errors = list(reused.validation.errors)
+        run.secret_rescan = reused.validation.secret_rescan
         if run.exports:
             exports.link_into(self.layout.keyed_exports(run.key), run.exports, self.layout.export_dir(self.run_id))
 
@@ -361,7 +365,8 @@ class Runner:
             filtered=dict(sorted(run.records[3].items())),
             stats=run.stats,
             exports=run.exports if passed else [],
-            validation=Validation(passed=passed, errors=run.errors + ([run.error] if run.error else [])),
+            validation=Validation(passed=passed, errors=run.errors + ([run.error] if run.error else []),
+                                  secret_rescan=run.secret_rescan),
             error=run.error,
             cached_from=(reused.cached_from or reused.run_id) if reused is not None else None,
             tracelake_version=__version__,

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pipeline.core.hashing import CacheMac
 from pipeline.core.sources import SourceFile
 from pipeline.core.store import LakeLayout, TableStream
-from schemas.receipt import ObjectRef
+from schemas.receipt import ObjectRef, SecretRescan
 from schemas.tables import TableSpec
 
 T = TypeVar("T")
@@ -87,6 +87,8 @@ class ExportContext:
     run_id: str
     outputs: dict[str, ObjectRef]
     export_dir: Path
+    # Set by a validate hook whose firewall rescanned the written files for secrets.
+    secret_rescan: SecretRescan | None = None
 
     def path(self, name: str) -> Path:
         return self.layout.root / self.outputs[name].path

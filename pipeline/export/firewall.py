@@ -25,6 +25,7 @@ against the re-read ``conversations`` table) or parsed and scanned in full.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.export.common import Quarantine
+from pipeline.secrets import scanner_table
+from schemas.receipt import SecretRescan
 
 # Chat-template control tokens of the common open model families. Inside content they
 # either forge turns when rendered or (Qwen3's </think>) split a message in two.
@@ -229,6 +232,7 @@ class StringScan:
 
     def __init__(self, tokens: Sequence[str] = TEMPLATE_TOKENS) -> None:
         self.tokens = tuple(tokens)
+        self.distinct = 0  # distinct strings scanned, once ``results`` has run
         self._strings: list[str] = []
         self._bounds: list[int] = [0]
 
@@ -252,6 +256,7 @@ class StringScan:
         """(secret kinds, first template token) per group, in add order."""
         unique = [u for u in set(self._strings) if u]
         unique.sort()  # deterministic batches
+        self.distinct = len(unique)
         kinds = secret_kinds_many(unique)
         found = first_tokens(unique, self.tokens)
         flagged = {u: (k, t) for u, k, t in zip(unique, kinds, found, strict=True) if k or t}
@@ -295,6 +300,17 @@ class FieldScan:
         self.scan = StringScan(tokens)
         self.items: list[tuple[str, str, str, int, bool]] = []
         self._groups: dict[Any, int] = {}  # a repeated value is parsed once
+        self.vouched = 0  # values left out because score scanned them clean
+        self.findings: Counter[str] = Counter()
+
+    def vouch(self, known: Iterable[bool]) -> None:
+        """Count the values a caller leaves out as known clean (for the receipt)."""
+        self.vouched += sum(known)
+
+    def report(self) -> SecretRescan:
+        """What ``errors`` scanned and found, for the export receipt's validation."""
+        return SecretRescan(scanners=scanner_table(), strings_scanned=self.scan.distinct,
+                            values_vouched=self.vouched, findings=dict(sorted(self.findings.items())))
 
     def add(self, where: str, key: str, field_name: str, value: Any, check_tokens: bool = True) -> None:
         memo = value if isinstance(value, str) else None
@@ -318,9 +334,11 @@ class FieldScan:
 
     def errors(self) -> list[str]:
         results = self.scan.results()
+        self.findings = Counter()
         out = []
         for where, key, field_name, group, check in self.items:
             kinds, token = results[group]
+            self.findings.update(kinds)
             if kinds:
                 out.append(f"{where}: {key}: secret ({', '.join(kinds)}) in {field_name}")
             if check and token:

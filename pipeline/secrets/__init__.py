@@ -17,15 +17,20 @@ SCANNER_DISTRIBUTIONS = ("kingfisher-secret-scanner", "detect-secrets")
 
 
 @lru_cache(maxsize=1)
-def scanner_versions() -> str:
-    """``name-version`` of each scanner distribution, ``name-missing`` when absent."""
-    parts = []
+def scanner_table() -> dict[str, str]:
+    """Each scanner distribution's version, ``missing`` when absent."""
+    out = {}
     for name in SCANNER_DISTRIBUTIONS:
         try:
-            parts.append(f"{name}-{importlib.metadata.version(name)}")
+            out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{name}-missing")
-    return "+".join(parts)
+            out[name] = "missing"
+    return out
+
+
+def scanner_versions() -> str:
+    """``name-version`` of each scanner distribution, joined: a stage's engines."""
+    return "+".join(f"{name}-{version}" for name, version in scanner_table().items())
 
 
 def redact_texts(texts: list[str]) -> list[str]:

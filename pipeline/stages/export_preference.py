@@ -450,6 +450,8 @@ def validate(ctx: ExportContext) -> list[str]:
         reread = dict(zip(_JSON_FIELDS, pool.map(lambda n: _reread(ctx, n, conv), _JSON_FIELDS), strict=True))
     for name in _JSON_FIELDS:
         rows, known, matches = reread[name]
+        for mask in known.values():
+            scan.vouch(mask)
         key_field = "pair_id" if name == "preference" else "row_id"
         ids = {r[key_field] for r in rows}
         errors += _check_rows(name, f"table {name}", rows, ids, config, scan, known)
@@ -461,7 +463,9 @@ def validate(ctx: ExportContext) -> list[str]:
             if len(file_rows) != len(rows):
                 errors.append(f"{path.name} holds {len(file_rows)} rows, the table {len(rows)}")
             errors += _check_rows(name, path.name, file_rows, ids, config, scan)
-    return errors + scan.errors()
+    errors += scan.errors()
+    ctx.secret_rescan = scan.report()
+    return errors
 
 
 def _same(chosen: Any, rejected: Any) -> bool:

@@ -176,7 +176,9 @@ def validate(ctx: ExportContext) -> list[str]:
         errors += _check_rows(PLAYBOOKS, rows, allowed, ids, scan)
         if len(rows) != len(table_rows):
             errors.append(f"{PLAYBOOKS} holds {len(rows)} rows, the table {len(table_rows)}")
-    return errors + scan.errors()
+    errors += scan.errors()
+    ctx.secret_rescan = scan.report()
+    return errors
 
 
 STAGE = Stage(

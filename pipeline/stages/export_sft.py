@@ -342,6 +342,7 @@ def validate(ctx: ExportContext) -> list[str]:
     table = output_table(ctx, "sft")
     conv = run_conversations(ctx) if tokens == TEMPLATE_TOKENS else None
     known = known_clean_mask(table, conv, "messages", "task_id", MESSAGES)
+    scan.vouch(known)
     # Known-clean messages are neither parsed nor scanned: they stay in Arrow.
     table_rows = table.drop_columns(["messages"]).to_pylist()
     unknown = [i for i, k in enumerate(known) if not k]
@@ -373,6 +374,7 @@ def validate(ctx: ExportContext) -> list[str]:
     if n_files != len(table_rows):
         errors.append(f"sft jsonl files hold {n_files} rows, the table {len(table_rows)}")
     errors += scan.errors()
+    ctx.secret_rescan = scan.report()
     errors += [f"session {s} is on both sides of the split" for s, v in sorted(sides.items()) if len(v) > 1]
     return errors
 

@@ -179,3 +179,56 @@ def test_planted_row_fails_the_stage_and_skips_downstream(tmp_path: Path) -> Non
     r = receipt(result, "export-sft")
     assert not r.validation.passed and any("not allowed in SFT" in e for e in r.validation.errors)
     assert not result.ok
+
+
+def test_each_export_receipt_carries_its_secret_rescan(lake: tuple[Path, Any]) -> None:
+    _, result = lake
+    for stage in ("export-sft", "export-rag", "export-preference"):
+        rescan = receipt(result, stage).validation.secret_rescan
+        assert rescan is not None, stage
+        assert set(rescan.scanners) == {"kingfisher-secret-scanner", "detect-secrets"}
+        assert "missing" not in rescan.scanners.values()
+        assert rescan.strings_scanned + rescan.values_vouched > 0, stage
+        assert rescan.findings == {}
+
+
+def test_a_secret_collects_engines_miss_is_caught_by_the_independent_one(
+    lake: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redactor and the firewall used to share blind spots. Blind collect's engines
+    entirely: the independent rule set alone still fails the export."""
+    import pipeline.export.firewall as firewall
+
+    monkeypatch.setattr(firewall, "_screen", lambda: (lambda texts: list(texts)))
+    monkeypatch.setattr(firewall, "_find_secrets", lambda: (lambda text: []))
+    root, result = lake
+    path = root / "exports" / result.run_id / "sft" / "train.jsonl"
+    restore = _append(path, _sft_row(path, row_id="planted",
+                                     messages=[{"role": "user", "content": f"token {SECRET}"}]))
+    ctx = _ctx(root, result, EXPORT_SFT, ExportSftConfig())
+    try:
+        errors = EXPORT_SFT.validate(ctx)  # type: ignore[misc]
+    finally:
+        restore()
+    assert any("planted" in e and "secret (detect_secrets:" in e for e in errors), errors
+    assert ctx.secret_rescan is not None
+    assert any(k.startswith("detect_secrets:") for k in ctx.secret_rescan.findings)
+
+
+def test_deep_verify_reruns_the_firewall_on_published_exports(lake: tuple[Path, Any]) -> None:
+    from pipeline.audit.deep import deep_verify
+
+    root, result = lake
+    report = deep_verify(root, result.run_id, None)
+    verdicts = {c.stage: c.verdict for c in report.stages}
+    assert verdicts["export-sft"] == "match" and report.passed, report
+    path = root / "exports" / result.run_id / "sft" / "train.jsonl"
+    restore = _append(path, _sft_row(path, row_id="planted",
+                                     messages=[{"role": "user", "content": f"token {SECRET}"}]))
+    try:
+        report = deep_verify(root, result.run_id, None)
+    finally:
+        restore()
+    sft = next(c for c in report.stages if c.stage == "export-sft")
+    assert sft.verdict == "differs" and "firewall" in sft.detail and "secret" in sft.detail, sft
+    assert not report.passed
