@@ -113,11 +113,73 @@ def define_views(
     con.execute("CREATE OR REPLACE TABLE receipt_history AS SELECT * FROM _history_arrow")
     con.unregister("_history_arrow")
     names += ["receipts", "receipt_history"]
+    names += _define_redactions(con, [n for n in names if n in summary.tables], run_receipts)
     lineage_sql = _lineage_sql(set(names))
     if lineage_sql:
         con.execute(lineage_sql)
         names.append("lineage")
     return names
+
+
+_PLACEHOLDER_KIND = r"\[REDACTED:([a-z0-9_]+)\]"
+_STRING_TYPES = ("VARCHAR", "JSON")
+
+
+def _define_redactions(con: duckdb.DuckDBPyConnection, tables: list[str], receipts: list[StageReceipt]) -> list[str]:
+    """``redaction_rules``: how many values each rule redacted in the run (the collect
+    receipt's signed tally). ``redactions``: per table, column and kind, how many values
+    hold a placeholder and how many placeholders there are (counted in the lake, so
+    exact per column), with the rules that produced that kind. Never a value: only
+    placeholders are read."""
+    from pipeline.secrets.catalogue import kind_of
+
+    rules = []
+    for r in receipts:
+        tally = r.stats.get("redaction_rules")
+        for rule, n in sorted(tally.items()) if isinstance(tally, dict) else ():
+            rules.append({"run_id": r.run_id, "stage": r.stage, "rule_id": str(rule), "kind": kind_of(str(rule)),
+                          "redactions": int(n)})
+    schema = pa.schema([("run_id", pa.string()), ("stage", pa.string()), ("rule_id", pa.string()),
+                        ("kind", pa.string()), ("redactions", pa.int64())])
+    con.register("_rules_arrow", pa.Table.from_pylist(rules, schema=schema))
+    con.execute("CREATE OR REPLACE TABLE redaction_rules AS SELECT * FROM _rules_arrow")
+    con.unregister("_rules_arrow")
+    parts = []
+    for table in tables:
+        for column, dtype in con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {_quote(table)})").fetchall():
+            if dtype not in _STRING_TYPES and not dtype.endswith("]") and not dtype.startswith(("STRUCT", "MAP")):
+                continue
+            value = f"CAST({_quote(column)} AS VARCHAR)"
+            parts.append(
+                f"SELECT '{table}' AS table_name, '{column.replace(chr(39), chr(39) * 2)}' AS column_name, "
+                f"rid, regexp_extract_all(v, '{_PLACEHOLDER_KIND}', 1) AS kinds "
+                f"FROM (SELECT row_number() OVER () AS rid, {value} AS v FROM {_quote(table)}) "
+                f"WHERE contains(v, '[REDACTED:')"
+            )
+    if not parts:
+        parts.append("SELECT NULL::VARCHAR AS table_name, NULL::VARCHAR AS column_name, NULL::BIGINT AS rid, "
+                     "[]::VARCHAR[] AS kinds WHERE false")
+    found = " UNION ALL ".join(parts)
+    con.execute(f"""
+        CREATE OR REPLACE VIEW redactions AS
+        WITH found AS ({found}),
+        per_value AS (
+            SELECT table_name, column_name, kind, count(*) AS n
+            FROM (SELECT table_name, column_name, rid, unnest(kinds) AS kind FROM found)
+            GROUP BY table_name, column_name, rid, kind
+        ),
+        per_kind AS (
+            SELECT table_name, column_name, kind, count(*) AS values_redacted, sum(n)::BIGINT AS placeholders
+            FROM per_value GROUP BY ALL
+        ),
+        rules AS (
+            SELECT kind, string_agg(rule_id, ', ' ORDER BY rule_id) AS rule_ids FROM redaction_rules GROUP BY kind
+        )
+        SELECT p.table_name, p.column_name, p.kind, p.values_redacted, p.placeholders, r.rule_ids
+        FROM per_kind p LEFT JOIN rules r USING (kind)
+        ORDER BY p.table_name, p.column_name, p.placeholders DESC, p.kind
+    """)
+    return ["redaction_rules", "redactions"]
 
 
 def _lineage_sql(tables: set[str]) -> str | None:

@@ -452,7 +452,7 @@ def sql(
     run: Annotated[str | None, typer.Option("--run", help="Run id (default: latest).")] = None,
     format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
 ) -> None:
-    """Query a run with DuckDB: one view per table, plus quarantine, receipts, lineage."""
+    """Query a run with DuckDB: one view per table, plus quarantine, receipts, redactions, lineage."""
     import duckdb
 
     from pipeline.sql import connect, format_csv, format_json, query

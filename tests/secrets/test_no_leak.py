@@ -9,6 +9,9 @@ the DuckDB file, shard containers, the stat cache, manifests, compiled screens.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -107,3 +110,29 @@ def test_the_collect_receipt_counts_by_kind_and_by_rule(lake: tuple[Path, RunRes
     assert secrets == sum(rules.values()) >= len(creds)
     assert any(rule.startswith("tracelake.") for rule in rules)
     assert any(rule.startswith(("betterleaks.", "veles.")) for rule in rules)
+
+
+def test_sql_redactions_counts_per_table_column_and_rule(lake: tuple[Path, RunResult, list[Credential]]) -> None:
+    """`tracelake sql "select * from redactions"`: counts per table, column and kind with
+    the rules behind each kind, and never a value."""
+    root, result, creds = lake
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "sql", "select * from redactions", "--root", str(root),
+         "--format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = json.loads(out)
+    assert rows and set(rows[0]) == {"table_name", "column_name", "kind", "values_redacted", "placeholders",
+                                     "rule_ids"}
+    assert {"messages", "tool_calls", "prompts"} <= {r["table_name"] for r in rows}
+    assert all(r["placeholders"] >= r["values_redacted"] >= 1 for r in rows)
+    assert all(r["rule_ids"] for r in rows)
+    assert not any(form in out for c in creds for form in encodings(c.secret))
+    rules = json.loads(subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "sql", "select * from redaction_rules", "--root", str(root),
+         "--format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout)
+    collect = next(o.receipt for o in result.outcomes if o.stage == "collect")
+    assert collect is not None
+    assert {r["rule_id"]: r["redactions"] for r in rules} == collect.stats["redaction_rules"]
