@@ -136,3 +136,18 @@ def test_sql_redactions_counts_per_table_column_and_rule(lake: tuple[Path, RunRe
     collect = next(o.receipt for o in result.outcomes if o.stage == "collect")
     assert collect is not None
     assert {r["rule_id"]: r["redactions"] for r in rules} == collect.stats["redaction_rules"]
+
+
+def test_a_path_holding_a_secret_is_withheld_and_deep_verify_says_so(
+    lake: tuple[Path, RunResult, list[Credential]],
+) -> None:
+    """The source manifest does not record a path with a token in it; deep verify cannot
+    re-read that file and says why instead of failing."""
+    from pipeline.audit.deep import deep_verify
+
+    root, result, _ = lake
+    report = deep_verify(root, result.run_id, None)
+    collect = next(c for c in report.stages if c.stage == "collect")
+    assert collect.verdict == "sources_unavailable", collect
+    assert "hold a secret and were not recorded" in collect.detail and "[REDACTED:" in collect.detail
+    assert report.passed
