@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline.collect.redact import (
@@ -515,7 +515,9 @@ def test_the_screen_sees_every_positive_with_or_without_homes() -> None:
 @given(_pieces)
 def test_short_path_agrees_with_long_path(parts: list[str]) -> None:
     text = "".join(parts)[:255]
-    pad = "'" + " " * 300  # a quote ends every token; pushes the string past the short path
+    # A value `kubectl get secret` decoded runs to the end of its line, quotes included.
+    assume("et secret" not in text.lower())
+    pad = "'" + " " * 300  # a quote ends every other token; pushes the string past the short path
     assert Redactor().redact(text) + pad == Redactor().redact(text + pad)
 
 

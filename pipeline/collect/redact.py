@@ -672,6 +672,9 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"\n[ \t]+[A-Za-z0-9._-]{1,253}:[ \t]+([A-Za-z0-9+/]{4,}={0,2})",
         group=1,
         check=_k8s_data,
+        # Every indented `key: value` line matches the pattern; the check wants a Secret
+        # manifest, so that is what the screens look for.
+        re2=r"kind:[ \t]*(?:\\?[\"'])?Secret",
     ),
     _Detector(
         "bearer_token",
@@ -716,7 +719,7 @@ _DETECTORS: tuple[_Detector, ...] = (
             ("", "key", _VALUE, _assignment),
             ("", "credential", _VALUE, _assignment),
             ("", "auth", _VALUE, _assignment),
-            ("", "_pat", _VALUE, _assignment),
+            ("", r"_pat\b", _VALUE, _assignment),  # `GITHUB_PAT=`, not `file_path":`
         )
     ),
 )
@@ -1039,6 +1042,13 @@ class _Screen:
             return
         if _hyperscan is not None:
             self._database = _hyperscan_database((self.pattern, *self.extra), cache_dir, mac)
+        if self._database is None:
+            self._compile_re2()
+        self._ready = True
+
+    def _compile_re2(self) -> None:
+        """The RE2 form: the screen where Hyperscan is missing, and its reference. Only
+        compiled when needed (with the catalogue's patterns it costs ~0.3 s)."""
         options = re2.Options()
         options.max_mem = 256 << 20  # room for the union's DFA; RE2 falls back to its NFA, never to "no"
         options.log_errors = False
@@ -1051,7 +1061,6 @@ class _Screen:
         self._unanchored = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
         if self._regexp is None or self._unanchored is None:
             self._regexp = None
-        self._ready = True
 
     def hit(self, text: str) -> bool:
         try:
@@ -1080,8 +1089,8 @@ class _Screen:
     def reference(self) -> _Screen:
         """The same screen on RE2 alone (what the Hyperscan screen must cover)."""
         twin = _Screen(self.pattern, self.extra)
-        twin.prepare()
-        twin._database = None
+        twin._compile_re2()
+        twin._ready = True
         return twin
 
 
