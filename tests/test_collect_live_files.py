@@ -87,7 +87,7 @@ def recorded(root: Path, result: Any, live: Path) -> tuple[str, int]:
     [receipt] = [r for r in receipts if r.stage == "collect"]
     manifest = load_manifest(layout.cache, receipt.inputs[0].xxh3_128)
     assert manifest is not None
-    return next((f.digest, f.size) for f in manifest if f.path == live)
+    return next((f.digest, f.size) for f in manifest.files if f.path == live)
 
 
 def live_messages(root: Path, result: Any) -> int:
@@ -221,6 +221,6 @@ def test_an_outcomes_file_changed_after_digesting_is_recorded_as_read(
     score = next(o.receipt for o in result.outcomes if o.stage == "score")
     manifest = load_manifest(layout.cache, next(i.xxh3_128 for i in score.inputs if i.name == "source:outcomes"))
     assert manifest is not None
-    [recorded] = manifest
+    [recorded] = manifest.files
     assert recorded.digest == xxhash.xxh3_128_hexdigest(outcomes.read_bytes())  # two rows, as parsed
     assert score.stats["outcome_rows"] == 2
