@@ -19,6 +19,7 @@ import platform
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -211,3 +212,19 @@ def corpus_size(corpus: Path) -> tuple[int, int]:
     """(files, bytes) of a corpus."""
     files = corpus_files(corpus)
     return len(files), sum(p.stat().st_size for p in files)
+
+
+def sdist_sessions(work: Path, name: str, requirement: str) -> list[Path]:
+    """The .jsonl files an sdist ships (real sessions: teich, claude-code-log), fetched
+    once into ``work``; they hold real paths and names, so never into the repository."""
+    folder = work / "sdists" / name
+    if not folder.exists():
+        download = work / "sdists" / f"{name}-download"
+        download.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                        requirement, "-d", str(download)], check=True)
+        (archive,) = download.glob("*.tar.gz")
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jsonl")]
+            tar.extractall(folder, members=members, filter="data")
+    return sorted(folder.rglob("*.jsonl"))

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -31,8 +28,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.common import sdist_sessions
 from pipeline.collect.redact import Redactor
-from pipeline.export.firewall import secret_kinds_many
+from pipeline.export.firewall import secret_kinds_many, walk_strings
 from pipeline.secrets import catalogue, independent
 from pipeline.synth import synthesize
 from tests.secrets.credentials import encodings, positive, providers
@@ -83,33 +81,7 @@ def recall(seeds: range) -> dict[str, object]:
 
 
 def fetch_sessions(work: Path) -> list[Path]:
-    """The .jsonl files of the real-session sdists, fetched once into ``work``."""
-    out: list[Path] = []
-    for name, requirement in SDISTS.items():
-        folder = work / "sdists" / name
-        if not folder.exists():
-            download = work / "sdists" / f"{name}-download"
-            download.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                            requirement, "-d", str(download)], check=True)
-            (archive,) = download.glob("*.tar.gz")
-            with tarfile.open(archive) as tar:
-                members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jsonl")]
-                tar.extractall(folder, members=members, filter="data")
-        out += sorted(folder.rglob("*.jsonl"))
-    return out
-
-
-def _strings(value: object) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield k
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
+    return [p for name, requirement in SDISTS.items() for p in sdist_sessions(work, name, requirement)]
 
 
 def file_strings(files: list[Path]) -> list[str]:
@@ -117,7 +89,7 @@ def file_strings(files: list[Path]) -> list[str]:
     for path in files:
         for line in path.read_bytes().splitlines():
             try:
-                out.extend(_strings(orjson.loads(line)))
+                out.extend(walk_strings(orjson.loads(line)))
             except orjson.JSONDecodeError:
                 out.append(line.decode("utf-8", "replace"))
     return out

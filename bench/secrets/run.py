@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import uuid
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from bench.common import (
     drop_into_page_cache,
     machine,
     run_measured,
+    sdist_sessions,
 )
 
 BASELINE = "f41826069711a9e79e3beb1d0a065a8c9d16afcc"  # before e8a7169 (catalogue redaction)
@@ -66,17 +66,7 @@ def baseline_tree(work: Path, rev: str) -> Path:
 
 
 def teich_session(work: Path) -> Path:
-    folder = work / "sdists" / "teich"
-    if not folder.exists():
-        download = work / "sdists" / "teich-download"
-        download.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        TEICH, "-d", str(download)], check=True)
-        (archive,) = download.glob("*.tar.gz")
-        with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jsonl")]
-            tar.extractall(folder, members=members, filter="data")
-    return next(folder.rglob("example_claude_code.jsonl"))
+    return next(p for p in sdist_sessions(work, "teich", TEICH) if p.name == "example_claude_code.jsonl")
 
 
 def real_shaped(work: Path, files: int) -> Path:
