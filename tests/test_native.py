@@ -111,14 +111,22 @@ def test_the_build_precompiles_the_redaction_screens(tmp_path: Path) -> None:
     """A collect's start loads the screens `make native` compiled instead of compiling
     them (~0.15 s); a run's own cache is written only for patterns the build did not see."""
     from pipeline.collect import redact
+    from pipeline.secrets import catalogue
 
     if redact._hyperscan is None or _compiled.status() != "compiled":
         assert not (shutil.which("cc") or shutil.which("gcc")), "run `make native`"
         return
     assert sorted(redact.PRECOMPILED_SCREENS.glob("*.hsdb"))
+    # ...and the catalogue's patterns and their JSON-text rewrites, read back as written
+    assert [p.name for p in redact.PRECOMPILED_SCREENS.glob("catalogue-*.json")] == [
+        f"catalogue-{catalogue.identity()}.json"]
+    patterns = redact._json_secret_patterns()
+    assert (redact.PRECOMPILED_SCREENS / redact._rewrites_name(patterns)).exists()
+    assert redact._JsonSecrets.of(patterns, redact.PRECOMPILED_SCREENS).rewritten.extra == (
+        redact._JsonSecrets.of(patterns).rewritten.extra)
     redactor = redact.Redactor()
     for built in (redact._SECRET_SCREEN, redact._catalogue_screen(), redact._secrets_screen(),
-                  redact._SECRET_JSON_SCREEN, redactor._screen, redactor._json_screen):
+                  *redact._json_secrets().screens(), redactor._screen, redactor._json_screen):
         # fresh: the module's own screens may be compiled already
         screen = redact._Screen(built.pattern, built.extra)
         screen.prepare(tmp_path / "default")

@@ -59,15 +59,19 @@ def build() -> None:
 
 def precompile_screens() -> None:
     """The redaction and error screens, compiled once here rather than by every run
-    (~0.15 s of a collect's start). A screen whose pattern differs at run time (another
-    home directory) is simply compiled then."""
+    (~0.15 s of a collect's start), with the catalogue's patterns and their JSON-text
+    rewrites (so a run neither loads the rules nor rewrites them to find its screens). A
+    screen whose pattern differs at run time (another home directory) is compiled then."""
     import shutil
 
     from pipeline.collect import errors, redact
+    from pipeline.secrets import catalogue
 
     if redact._hyperscan is None:
         return
     shutil.rmtree(redact.PRECOMPILED_SCREENS, ignore_errors=True)
+    catalogue.save_patterns(redact.PRECOMPILED_SCREENS)
+    redact.save_json_secrets(redact.PRECOMPILED_SCREENS)
     for fold_home in (True, False):
         redact.prepare_screens(fold_home, redact.PRECOMPILED_SCREENS)
     errors.prepare_screen(redact.PRECOMPILED_SCREENS)

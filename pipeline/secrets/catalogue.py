@@ -17,10 +17,13 @@ lake, which others may write), ~0.4 s warm, ~4.5 s the first time on a machine.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 CONFIDENCE: Literal["low", "medium", "high"] = "medium"
@@ -56,15 +59,38 @@ class _Engine:
 
 _ENGINE: _Engine | None = None
 _LOCK = threading.Lock()
+_LOADING: threading.Thread | None = None
 
 
 def _engine() -> _Engine:
     global _ENGINE
+    loading = _LOADING
+    if loading is not None and loading is not threading.current_thread():
+        loading.join()
     if _ENGINE is None:
         with _LOCK:
             if _ENGINE is None:
                 _ENGINE = _Engine()
     return _ENGINE
+
+
+def prefetch() -> None:
+    """Start loading the rules in a thread, so that a run's set-up (imports, digesting
+    its sources) hides the load; whoever needs the engine waits for it. The load runs
+    in native code without the GIL. A process must not fork while it runs: ``prepare``
+    (which a stage calls before it forks workers) waits for it. Not a daemon thread, so
+    a process that ends first waits for it rather than cutting native code short."""
+    global _LOADING
+    with _LOCK:
+        if _ENGINE is not None or _LOADING is not None or not available():
+            return
+        _LOADING = threading.Thread(target=_load_quietly, name="secret-catalogue", daemon=False)
+        _LOADING.start()
+
+
+def _load_quietly() -> None:
+    with contextlib.suppress(Exception):  # the caller's own load raises it again
+        _engine()
 
 
 def _version() -> str:
@@ -86,16 +112,35 @@ def prepare() -> None:
     _engine()
 
 
-@lru_cache(maxsize=1)
-def screen_patterns() -> tuple[str, ...]:
+@lru_cache(maxsize=4)
+def screen_patterns(saved: Path | None = None) -> tuple[str, ...]:
     """Every rule's pattern, in a form Hyperscan and RE2 take (named groups unnamed).
-    Each matches wherever its rule can find something outside base64 text."""
+    Each matches wherever its rule can find something outside base64 text.
+
+    Read from ``saved`` (a folder ``save_patterns`` wrote, for this engine version and
+    confidence) when it holds them: then the rules need not be loaded to build screens.
+    """
+    if saved is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            listed = json.loads((saved / _saved_name()).read_text())
+            if isinstance(listed, list) and all(isinstance(p, str) for p in listed):
+                return tuple(listed)
     engine = _engine()
     out = []
     for meta in engine.rules.metadata():
         pattern = engine.rules.detail(meta["id"])["pattern"]
         out.append(_NAMED_GROUP.sub("(", pattern))
     return tuple(out)
+
+
+def save_patterns(folder: Path) -> None:
+    """Write ``screen_patterns`` into ``folder`` (part of the installation, by the build)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / _saved_name()).write_text(json.dumps(list(screen_patterns()), indent=0) + "\n")
+
+
+def _saved_name() -> str:
+    return f"catalogue-{identity()}.json"
 
 
 def identity() -> str:

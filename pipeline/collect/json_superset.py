@@ -1,0 +1,267 @@
+"""Rewrite a text pattern into one that matches the JSON text of any string it matches.
+
+Why: a record is screened once, as the JSON text orjson wrote for it, not string by
+string. A pattern written for plain text (the catalogue's rules, this package's
+detectors) misses there: a quote inside a string is ``\\"``, a newline is ``\\n``, and
+JSON text kept inside a string (Codex keeps tool output so) adds a backslash per level.
+Undoing the escapes first costs a copy of every record; rewriting the pattern once
+costs nothing per record.
+
+The rewrite is a superset, for Hyperscan's prefilter mode (which only answers "may
+match"). A string's JSON text writes each character either as itself or, for ``"``,
+``\\``, ``/`` and control characters (the *escapable* ones), as an escape of one or more
+backslashes and ``"\\/bfnrt`` or ``u`` and four hex digits. So:
+
+- an atom that admits an escapable character also admits every character an escape is
+  written with, and any number of them (``[\\s'"]`` becomes ``[\\s'"\\\\/bfnrtu0-9a-fA-F]+``);
+- a repeat whose body may grow so loses its upper bound;
+- a word boundary stays where the character before it cannot be escapable (then it
+  reads the same in JSON text); at the start of the pattern it also accepts an escape
+  just before (``\\nghp_``: the ``n`` of ``\\n`` is a word character); elsewhere it goes;
+- other anchors go; a case-insensitive part anywhere makes the whole pattern so; groups
+  lose their captures; lazy repeats become greedy.
+
+Hence wherever the pattern matches a string, its rewrite matches that string's JSON
+text at any nesting depth, written by orjson or any serialiser that escapes no other
+characters (one that writes non-ASCII letters as ``\\u`` escapes is not covered). A
+pattern holding anything else (look-arounds, back-references, a non-ASCII literal)
+gives None: the caller screens it the old way.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from re import _constants as C  # type: ignore[attr-defined]
+from re import _parser as P  # type: ignore[attr-defined]
+from typing import Any
+
+# Characters a JSON serialiser may write as an escape, and what escapes are written with.
+ESCAPABLE = frozenset([*map(chr, range(0x20)), '"', "\\", "/"])
+ESCAPE_CHARS = frozenset('\\"/bfnrtu0123456789abcdefABCDEF')
+_ESCAPABLE_CODES = frozenset(map(ord, ESCAPABLE))
+_ESCAPE_CODES = frozenset(map(ord, ESCAPE_CHARS))
+# A word boundary at the start of a pattern: or an escape that ends in a word character.
+_START_BOUNDARY = r"(?:\x5c+(?:[bfnrt]|u[0-9a-fA-F]{4})|\b)"
+_REPEATS = tuple(r for r in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)) if r is not None)
+_BYTES = frozenset(range(0x100))
+_DIGITS = frozenset(range(0x30, 0x3A))
+_SPACES = frozenset(b" \t\n\r\f\v")
+_WORD = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+# Class escapes: the bytes each admits in Hyperscan's byte mode (ASCII semantics).
+_CATEGORIES = {
+    C.CATEGORY_DIGIT: _DIGITS, C.CATEGORY_NOT_DIGIT: _BYTES - _DIGITS,
+    C.CATEGORY_SPACE: _SPACES, C.CATEGORY_NOT_SPACE: _BYTES - _SPACES,
+    C.CATEGORY_WORD: _WORD, C.CATEGORY_NOT_WORD: _BYTES - _WORD,
+}
+
+# What may stand just before a point of the pattern, for word boundaries.
+_START = 0  # nothing of the match yet (or only what cannot be escapable)
+_SAFE = 1  # a character that cannot be escapable
+_UNSAFE = 2  # a character that may be escapable
+
+
+def json_superset(pattern: str) -> str | None:
+    """The rewrite of ``pattern`` (see the module docstring), or None where it holds a
+    construct this does not rewrite."""
+    if not pattern.isascii():  # a literal character is its UTF-8 bytes to Hyperscan
+        return None
+    text = pattern.replace("(?i)", "").replace(r"\z", r"\Z")  # Rust syntax Python lacks
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = P.parse(text)
+    except (re.error, OverflowError, RecursionError):
+        return None
+    caseless = "(?i)" in pattern or bool(parsed.state.flags & C.SRE_FLAG_IGNORECASE)
+    state = _State(caseless)
+    try:
+        body = _sequence(list(parsed), state, _START).text
+    except _Unsupported:
+        return None
+    if not body:
+        return None
+    return ("(?i)" if state.caseless else "") + body
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _State:
+    def __init__(self, caseless: bool) -> None:
+        self.caseless = caseless
+
+
+@dataclass(frozen=True)
+class _Part:
+    text: str
+    escapable: bool  # may match an escapable character
+    empty: bool  # may match nothing
+    after: int  # what stands before the point after it (_START, _SAFE, _UNSAFE)
+
+
+def _sequence(items: list[Any], state: _State, before: int) -> _Part:
+    texts: list[str] = []
+    escapable, empty = False, True
+    for op, av in items:
+        part = _item(op, av, state, before)
+        texts.append(part.text)
+        escapable = escapable or part.escapable
+        empty = empty and part.empty
+        before = part.after
+    return _Part("".join(texts), escapable, empty, before)
+
+
+def _after(before: int, escapable: bool, empty: bool) -> int:
+    if escapable:
+        return _UNSAFE
+    if empty:
+        return before if before != _UNSAFE else _UNSAFE
+    return _SAFE
+
+
+def _item(op: Any, av: Any, state: _State, before: int) -> _Part:
+    if op is C.AT:
+        if av is C.AT_BOUNDARY and before == _SAFE:
+            return _Part(r"\b", False, True, before)
+        if av is C.AT_BOUNDARY and before == _START:
+            return _Part(_START_BOUNDARY, False, True, before)
+        return _Part("", False, True, before)  # anchors, and boundaries it cannot keep
+    atom = _atom(op, av)
+    if atom is not None:
+        cls, escapable = atom
+        text = cls + "+" if escapable else cls
+        return _Part(text, escapable, False, _after(before, escapable, False))
+    if op is C.BRANCH:
+        branches = [_sequence(list(b), state, before) for b in av[1]]
+        escapable = any(b.escapable for b in branches)
+        empty = any(b.empty for b in branches)
+        text = "(?:" + "|".join(b.text for b in branches) + ")"
+        after = max(b.after for b in branches)
+        return _Part(text, escapable, empty, after)
+    if op is C.SUBPATTERN:
+        _group, add_flags, _del_flags, items = av
+        if add_flags & C.SRE_FLAG_IGNORECASE:
+            state.caseless = True
+        inner = _sequence(list(items), state, before)
+        return _Part(f"(?:{inner.text})" if inner.text else "", inner.escapable, inner.empty, inner.after)
+    if op in _REPEATS:
+        return _repeat(av, state, before)
+    if op is getattr(C, "ATOMIC_GROUP", None):
+        inner = _sequence(list(av), state, before)
+        return _Part(f"(?:{inner.text})" if inner.text else "", inner.escapable, inner.empty, inner.after)
+    raise _Unsupported(str(op))
+
+
+def _repeat(av: Any, state: _State, before: int) -> _Part:
+    low, high, items = av
+    items = list(items)
+    if len(items) == 1 and (atom := _atom(*items[0])) is not None:
+        cls, escapable = atom
+        text = cls + (_bound(low, C.MAXREPEAT) if escapable else _bound(low, high))
+        return _Part(text, escapable, low == 0, _after(before, escapable, low == 0))
+    # A later pass over the body follows its earlier pass: boundaries inside see that.
+    first = _sequence(items, state, before)
+    body = first if high == 1 else _sequence(items, state, max(before, first.after))
+    if not body.text:
+        return _Part("", False, True, before)
+    bound = _bound(low, C.MAXREPEAT if body.escapable else high)
+    empty = low == 0 or body.empty
+    return _Part(f"(?:{body.text}){bound}", body.escapable, empty, _after(before, body.escapable, empty))
+
+
+def _bound(low: int, high: int) -> str:
+    if (low, high) == (1, 1):
+        return ""
+    if high == C.MAXREPEAT:
+        return "*" if low == 0 else "+" if low == 1 else f"{{{low},}}"
+    return f"{{{low},{high}}}"
+
+
+def _atom(op: Any, av: Any) -> tuple[str, bool] | None:
+    """A one-character atom as a class, and whether it admits an escapable character
+    (then widened by every character escapes are written with)."""
+    codes = _atom_codes(op, av)
+    if codes is None:
+        return None
+    if op is C.LITERAL and not codes & _ESCAPABLE_CODES:
+        return _char(av), False
+    if not codes & _ESCAPABLE_CODES:
+        return _listed(codes), False
+    return _listed(codes | _ESCAPE_CODES), True
+
+
+def _atom_codes(op: Any, av: Any) -> frozenset[int] | None:
+    """The bytes a one-character atom admits (a branch of such atoms is one too:
+    ``(?:.|[\\n\\r])`` becomes one class, not a choice inside a repeat); None for
+    anything longer."""
+    if op is C.LITERAL:
+        _char(av)
+        return frozenset((av,))
+    if op is C.NOT_LITERAL:
+        _char(av)
+        return _BYTES - {av}
+    if op is C.ANY:
+        return _BYTES
+    if op is C.IN:
+        return _class_codes(list(av))
+    if op is C.CATEGORY:
+        return _class_codes([(C.CATEGORY, av)])
+    if op is C.BRANCH:
+        union: set[int] = set()
+        for branch in av[1]:
+            items = list(branch)
+            codes = _atom_codes(*items[0]) if len(items) == 1 else None
+            if codes is None:
+                return None
+            union |= codes
+        return frozenset(union)
+    if op is C.SUBPATTERN and len(av[3]) == 1 and not av[1] & C.SRE_FLAG_IGNORECASE:
+        return _atom_codes(*list(av[3])[0])
+    return None
+
+
+def _class_codes(items: list[Any]) -> frozenset[int]:
+    negate = False
+    admitted: set[int] = set()
+    for op, av in items:
+        if op is C.NEGATE:
+            negate = True
+        elif op is C.LITERAL:
+            _char(av)
+            admitted.add(av)
+        elif op is C.RANGE:
+            _char(av[0]), _char(av[1])
+            admitted.update(range(av[0], av[1] + 1))
+        elif op is C.CATEGORY and av in _CATEGORIES:
+            admitted |= _CATEGORIES[av]
+        else:
+            raise _Unsupported(str(op))
+    return _BYTES - admitted if negate else frozenset(admitted)
+
+
+def _listed(codes: frozenset[int] | set[int]) -> str:
+    """A class of exactly these bytes, as ranges."""
+    if not codes:
+        raise _Unsupported("a class that admits nothing")
+    runs: list[str] = []
+    ordered = sorted(codes)
+    start = prev = ordered[0]
+    for code in [*ordered[1:], -1]:
+        if code == prev + 1:
+            prev = code
+            continue
+        runs.append(_char(start) if start == prev else f"{_char(start)}-{_char(prev)}")
+        start = prev = code
+    return "[" + "".join(runs) + "]"
+
+
+def _char(code: int) -> str:
+    """One character of a class, as Hyperscan's byte mode reads the text screen's
+    pattern: ``\\xHH`` is a byte. A code point above 0xFF has no such meaning."""
+    if code > 0xFF:
+        raise _Unsupported(f"code point {code:#x}")
+    ch = chr(code)
+    return ch if ch.isascii() and ch.isalnum() else f"\\x{code:02x}"

@@ -1,0 +1,196 @@
+"""The JSON-text rewrite of the redaction patterns (``pipeline.collect.json_superset``):
+wherever a pattern matches a string, its rewrite matches that string's JSON text, at
+any nesting depth. The record screen stands on this: a miss lets a secret through."""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+import warnings
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import re2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.collect import redact
+from pipeline.collect.json_superset import json_superset
+from pipeline.secrets import catalogue
+
+# Every pattern the record screen rewrites: this package's detectors, then the catalogue's.
+PATTERNS = redact._json_secret_patterns()
+_ASCII = st.characters(min_codepoint=0, max_codepoint=0x7F)
+# What may stand around a match inside a string: escapable characters above all.
+_CONTEXT = st.text(st.sampled_from(['"', "\\", "/", "\n", "\t", "\r", "\x01", "\x1f", " ", "a", "_", "=", ":"]),
+                   max_size=3)
+
+
+@cache
+def _generator_form(pattern: str) -> re.Pattern[str]:
+    """What hypothesis generates matches from (Python's parser: a ``(?i)`` in
+    mid-pattern taken as caseless throughout)."""
+    flags = re.ASCII | (re.IGNORECASE if "(?i)" in pattern else 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Rust's `[[` is not a nested set
+        return re.compile(pattern.replace("(?i)", "").replace(r"\z", r"\Z"), flags)
+
+
+@cache
+def _text_form(pattern: str) -> re2._Regexp | re.Pattern[str]:
+    """The pattern as written, on RE2 (the Rust engine's syntax and linear time; RE2
+    lacks ``(?x)``, which changes nothing in a pattern without spaces or comments). A
+    pattern RE2 refuses (a count above 1000) is read by Python's engine."""
+    if pattern.startswith("(?x)") and not re.search(r"[\s#]", pattern):
+        pattern = pattern[len("(?x)"):]
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error:
+        return _generator_form(pattern)
+
+
+@cache
+def _scratch(database: Any) -> Any:
+    return redact._hyperscan.Scratch(database)
+
+
+def _rewrite_fires(index: int, data: bytes) -> bool:
+    """Whether PATTERNS[index]'s rewrite fires: in the record screen's own Hyperscan
+    database (the very one a run scans with), or on RE2 where Hyperscan is missing."""
+    if redact._hyperscan is None:
+        return _json_screen(PATTERNS[index]).hit_bytes(data)
+    return index in _rewrites_matching(data)
+
+
+def _rewrites_matching(data: bytes) -> set[int]:
+    """Indexes (into PATTERNS) of the rewrites the record screen's database matches."""
+    screen = redact._json_secrets().rewritten
+    screen.prepare()
+    matched: set[int] = set()
+
+    def collect(expression: int, *_args: object) -> bool:
+        matched.add(expression)
+        return False
+
+    screen._database.scan(data, match_event_handler=collect, scratch=_scratch(screen._database))
+    return matched
+
+
+@cache
+def _json_screen(pattern: str) -> redact._Screen:
+    """The rewrite alone, as the record screen compiles it (Hyperscan, prefilter)."""
+    rewritten = json_superset(pattern)
+    assert rewritten is not None, pattern
+    return redact._Screen(redact.NEVER, (rewritten,))
+
+
+def _encodings(text: str) -> list[bytes]:
+    """The string's JSON text as a record holds it: once, and as JSON text inside a
+    string inside a record (Codex's tool output), two and three levels deep."""
+    once = orjson.dumps({"text": text})
+    twice = orjson.dumps({"output": once.decode()})
+    thrice = orjson.dumps([twice.decode()])
+    return [once, twice, thrice]
+
+
+def test_every_pattern_is_rewritten() -> None:
+    """None left for the slow path (a copy of each record, undone escapes, a second scan)."""
+    assert [p for p in PATTERNS if json_superset(p) is None] == []
+    assert redact._json_secrets().left is None
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_a_match_in_a_string_is_a_match_in_its_json_text(data: st.DataObject) -> None:
+    """For every pattern (drawn), a string it matches (generated from it, set among
+    escapable characters): its rewrite fires on the string's JSON text, at three depths,
+    in the Hyperscan database the record screen scans with."""
+    index = data.draw(st.integers(0, len(PATTERNS) - 1), label="pattern")
+    pattern = PATTERNS[index]
+    found = data.draw(st.from_regex(_generator_form(pattern), alphabet=_ASCII), label="match")
+    text = data.draw(_CONTEXT, label="before") + found + data.draw(_CONTEXT, label="after")
+    if _text_form(pattern).search(text) is None:  # generated from the looser form only
+        return
+    for encoded in _encodings(text):
+        assert _rewrite_fires(index, encoded), (pattern, text, encoded)
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ("x\nghp_" + "a" * 36, r"\bghp_[A-Za-z0-9]{36}\b"),  # `\n` leaves `n` before the boundary
+    ("x\x01ghp_" + "a" * 36, r"\bghp_[A-Za-z0-9]{36}\b"),  # `\u0001`: a hex digit before it
+    ('key = "' + "b" * 20 + '"', r"key\s*=\s*\"([^\"\s]{16,})\""),  # quotes become `\"`
+    ("k:\t\t" + "c" * 40, r"k:[ \t]{1,2}[a-z]{40}"),  # a bounded run of escaped tabs
+    ("pw=a\\b\\c\\d\\e\\f\\g\\h", r"pw=(?:[a-h]\\){7}[a-h]"),  # backslashes, any depth
+    ("line\nSK" + "0" * 32, r"(?m)^SK[0-9a-f]{32}$"),  # anchors go
+])
+def test_escapes_boundaries_and_anchors(text: str, pattern: str) -> None:
+    assert re.search(pattern, text, re.ASCII)
+    for encoded in _encodings(text):
+        assert _json_screen(pattern).hit_bytes(encoded), encoded
+
+
+def test_a_boundary_after_a_word_character_is_kept() -> None:
+    """`_pat\\b` must not fire inside `file_path` (the reason it has a boundary)."""
+    rewritten = json_superset(r"_pat\b[a-z0-9_.-]{0,}=[a-z]{16,}")
+    assert rewritten is not None and r"t\b" in rewritten
+    assert not re.search(rewritten.encode(), orjson.dumps({"file_path": "=" + "a" * 20}))
+    assert re.search(rewritten.encode(), orjson.dumps({"t": "gh_pat=" + "a" * 20}))
+
+
+@pytest.mark.parametrize("pattern", [r"(?<=x)ab", r"(a)\1", "caf\u00e9[0-9]{4}", r"(?!x)ab", r"\p{L}+"])
+def test_constructs_it_cannot_rewrite_give_none(pattern: str) -> None:
+    assert json_superset(pattern) is None
+
+
+def test_a_pattern_left_unrewritten_is_screened_on_relaxed_json() -> None:
+    screens = redact._JsonSecrets.of([r"(?<=key=)zq[0-9]{6}"])
+    assert screens.left is not None
+    nested = orjson.dumps([orjson.dumps({"cfg": 'key="zq123456"'}).decode()])
+    assert screens.hit_bytes(nested)
+    assert not screens.hit_bytes(orjson.dumps(["nothing here"]))
+
+
+def test_rewrites_are_read_back_only_for_the_same_patterns(tmp_path: Path) -> None:
+    patterns = [r"ghp_[A-Za-z0-9]{36}", r"(?<=x)ab"]
+    built = redact._JsonSecrets.of(patterns)
+    built.save(tmp_path, patterns)
+    [saved] = tmp_path.glob("json-*.json")
+    again = redact._JsonSecrets.of(patterns, tmp_path)
+    assert again.rewritten.extra == built.rewritten.extra and again.left is not None
+    other = redact._JsonSecrets.of([r"sk-[a-z]{20}"], tmp_path)  # another key: not read
+    assert other.rewritten.extra == (json_superset(r"sk-[a-z]{20}"),)
+    saved.write_text("{not json")  # a torn file: rewritten again
+    assert redact._JsonSecrets.of(patterns, tmp_path).rewritten.extra == built.rewritten.extra
+
+
+def test_catalogue_patterns_are_read_back_for_the_same_engine(tmp_path: Path) -> None:
+    catalogue.save_patterns(tmp_path)
+    [saved] = tmp_path.glob("catalogue-*.json")
+    assert catalogue.identity() in saved.name
+    assert catalogue.screen_patterns(tmp_path) == catalogue.screen_patterns()
+    saved.write_text("[1, 2]")  # not patterns: loaded from the rules instead
+    catalogue.screen_patterns.cache_clear()
+    assert catalogue.screen_patterns(tmp_path) == catalogue.screen_patterns()
+
+
+def test_prefetch_loads_the_rules_in_the_background() -> None:
+    """The CLI starts the load first; whoever needs the engine waits for that load."""
+    saved_engine, saved_loading = catalogue._ENGINE, catalogue._LOADING
+    try:
+        catalogue._ENGINE, catalogue._LOADING = None, None
+        catalogue.prefetch()
+        loading = catalogue._LOADING
+        assert loading is not None and not loading.daemon
+        catalogue.prefetch()  # a second call starts nothing
+        assert catalogue._LOADING is loading
+        token = "ghp_" + "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=36))
+        assert catalogue.find(f"token {token}")  # waits for the load
+        assert not loading.is_alive() and catalogue._ENGINE is not None
+    finally:
+        catalogue._ENGINE, catalogue._LOADING = saved_engine or catalogue._ENGINE, saved_loading
