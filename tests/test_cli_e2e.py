@@ -88,3 +88,40 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     assert bad_time.returncode == 2
     no_run = tracelake("sql", "--root", str(tmp_path), "SELECT 1")
     assert no_run.returncode == 1 and "no runs" in no_run.stderr
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("[colect]\nworkers = 1\n", "unknown table [colect]; did you mean [collect]?"),
+    ("[export-sft]\ninclude_partail = true\n", "unknown setting 'include_partail' in [export-sft]; did you mean 'include_partial'?"),
+    ("[collect]\nworkerz = 1\n", "unknown setting 'workerz' in [collect] (settings: fold_home,"),
+])
+def test_a_misspelt_config_is_an_error_not_ignored(tmp_path: Path, corpus: list[str], config: str, message: str) -> None:
+    path = tmp_path / "tracelake.toml"
+    path.write_text(config)
+    out = tracelake("run-all", "--root", str(tmp_path / "lake"), *corpus, "--config", str(path), "--quiet")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "lake" / "receipts").exists()  # nothing ran
+
+
+def test_a_missing_or_empty_source_is_an_error(tmp_path: Path) -> None:
+    """A typo'd path or the wrong folder would otherwise give an empty run, exit 0, that
+    then becomes the latest run."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a session")
+    for source, message in ((f"claude-code:{tmp_path / 'nope'}", "does not exist"),
+                            (f"codex:{tmp_path / 'empty'}", "holds no codex files (*.jsonl)")):
+        out = tracelake("run-all", "--root", str(tmp_path / "lake"), "--source", source, "--quiet")
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "lake" / "receipts").exists()
+
+
+def test_version_and_short_help() -> None:
+    import importlib.metadata
+
+    version = tracelake("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"tracelake {importlib.metadata.version('tracelake')}"
+    short = tracelake("-h")
+    assert short.returncode == 0 and "run-all" in short.stdout and "--version" in short.stdout
+    assert tracelake("run", "-h").returncode == 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +16,8 @@ from rich.text import Text
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.sources import env_root
-from pipeline.core.stage import Tracker
+from pipeline.core.stage import Stage, Tracker
+from pipeline.stages.registry import STAGE_NAMES
 
 T = TypeVar("T")
 
@@ -23,6 +25,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 ROOT_HELP = "Lake root holding data/, receipts/, exports/ (default: $TRACELAKE_ROOT or cwd)."
+# The tables a config file may hold: one per stage, and the drift command's thresholds.
+CONFIG_TABLES: tuple[str, ...] = (*STAGE_NAMES, "drift")
 
 
 def resolve_root(root: Path | None) -> Path:
@@ -40,7 +44,29 @@ def load_config_file(path: Path | None) -> dict[str, dict[str, Any]]:
     for section, value in data.items():
         if not isinstance(value, dict):
             raise ConfigError(f"config key {section!r} must be a table like [{section}]")
+        if section not in CONFIG_TABLES:
+            raise ConfigError(
+                f"{path}: unknown table [{section}]{did_you_mean(section, CONFIG_TABLES, '[{}]')}"
+                f" (tables: {', '.join(CONFIG_TABLES)})"
+            )
     return data
+
+
+def check_config_keys(config: dict[str, dict[str, Any]], stages: Sequence[Stage]) -> None:
+    """A misspelt setting would otherwise do nothing: name it, with the nearest known one."""
+    for stage in stages:
+        known = tuple(stage.config_model.model_fields)
+        for key in config.get(stage.name, {}):
+            if key not in known:
+                raise ConfigError(
+                    f"unknown setting {key!r} in [{stage.name}]{did_you_mean(key, known, '{!r}')}"
+                    f" (settings: {', '.join(known) or 'none'})"
+                )
+
+
+def did_you_mean(word: str, choices: Sequence[str], form: str) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {form.format(close[0])}?" if close else ""
 
 
 class RichTracker(Tracker):

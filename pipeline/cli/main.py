@@ -13,6 +13,7 @@ from rich.text import Text
 from pipeline.cli.common import (
     ROOT_HELP,
     RichTracker,
+    check_config_keys,
     console,
     err_console,
     fail,
@@ -27,7 +28,28 @@ app = typer.Typer(
     help="Agent session logs -> a signed, content-addressed Parquet lake and training data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"tracelake {version('tracelake')}", highlight=False)
+        except PackageNotFoundError:
+            console.print("tracelake (not installed: run from a source tree)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Agent session logs -> a signed, content-addressed Parquet lake and training data."""
 receipts_app = typer.Typer(help="List, show and verify signed stage receipts.", no_args_is_help=True)
 app.add_typer(receipts_app, name="receipts")
 
@@ -85,15 +107,19 @@ def _run(
 
     from pipeline.core.lock import writer_lock
     from pipeline.core.runner import Runner, RunOptions
-    from pipeline.core.sources import SourceSpec, default_specs
+    from pipeline.core.sources import SourceSpec, check_source, default_specs
     from pipeline.sql import write_lake_db
     from pipeline.stages.registry import load_stages
 
     try:
-        specs = [SourceSpec.parse(s) for s in source] if source else default_specs()
         if recorded_at is not None:
             dt.datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
+        specs = [SourceSpec.parse(s) for s in source] if source else default_specs()
+        for spec in specs:
+            check_source(spec)
         stage_config: dict[str, dict[str, Any]] = load_config_file(config)
+        stages = load_stages(targets)
+        check_config_keys(stage_config, stages)
     except (ValueError, TracelakeError) as exc:
         raise fail(str(exc)) from exc
     if include_partial:
@@ -104,7 +130,6 @@ def _run(
     if not specs:
         console.print("[yellow]no sources given and none found in ~/.claude or ~/.codex[/yellow]")
     try:
-        stages = load_stages(targets)
         runner = Runner(
             stages,
             RunOptions(

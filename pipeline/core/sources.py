@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.errors import TracelakeError
 from pipeline.core.hashing import CacheMac, digest_json, xxh3_128_file, xxh3_128_hex
 from pipeline.core.store import atomic_write_bytes, atomic_write_text
 
@@ -220,6 +221,16 @@ def _manifest_digest(rows: Iterable[list[str]]) -> str:
 
 def _path_digest(display: str) -> str:
     return xxh3_128_hex(display.encode("utf-8", "surrogateescape"))
+
+
+def check_source(spec: SourceSpec) -> None:
+    """A source that does not exist, or holds none of its kind's files, is a mistake (a
+    typo, the wrong folder): a run over it would succeed with nothing in it."""
+    if not spec.path.exists():
+        raise TracelakeError(f"source {spec.kind}:{spec.path} does not exist")
+    if not discover(spec):
+        suffixes = " or ".join(f"*{s}" for s in SOURCE_SUFFIXES[spec.kind])
+        raise TracelakeError(f"source {spec.kind}:{spec.path} holds no {spec.kind} files ({suffixes})")
 
 
 def default_specs() -> list[SourceSpec]:

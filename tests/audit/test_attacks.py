@@ -261,10 +261,11 @@ def test_first_run_trusts_its_key_and_others_are_refused(tmp_path: Path, monkeyp
     monkeypatch.setenv("TRACELAKE_SIGNING_KEY", str(tmp_path / "stranger.pem"))
     with pytest.raises(UntrustedKey):
         run(tmp_path)
-    empty = tmp_path / "no-logs"
-    empty.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "s.jsonl").write_text("")  # an (empty) session file: the source is a valid one
     refused = cli.invoke(app, ["run", "collect", "--root", str(tmp_path), "--quiet",
-                               "--source", f"claude-code:{empty}"])
+                               "--source", f"claude-code:{logs}"])
     assert refused.exit_code == 2 and "is not trusted by this root" in refused.output
     assert list_runs(LakeLayout(tmp_path)) == [first.run_id]
 
