@@ -87,7 +87,11 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     bad_time = tracelake("run-all", "--root", str(tmp_path), "--source", f"codex:{tmp_path}", "--recorded-at", "yesterday")
     assert bad_time.returncode == 2
     no_run = tracelake("sql", "--root", str(tmp_path), "SELECT 1")
-    assert no_run.returncode == 1 and "no runs" in no_run.stderr
+    assert no_run.returncode == 2 and "no runs" in no_run.stderr
+    a_file = tmp_path / "lake.txt"
+    a_file.write_text("")
+    not_a_root = tracelake("run-all", "--root", str(a_file), "--source", f"codex:{tmp_path}")
+    assert not_a_root.returncode == 2 and "is a file, not a folder" in not_a_root.stderr
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -124,4 +128,21 @@ def test_version_and_short_help() -> None:
     assert version.returncode == 0 and version.stdout.strip() == f"tracelake {importlib.metadata.version('tracelake')}"
     short = tracelake("-h")
     assert short.returncode == 0 and "run-all" in short.stdout and "--version" in short.stdout
-    assert tracelake("run", "-h").returncode == 0
+    run_help = tracelake("run-all", "-h")
+    assert run_help.returncode == 0 and "KIND:PATH" in run_help.stdout and "list[str]" not in run_help.stdout
+
+
+def test_a_root_that_cannot_be_written_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run would fail on its first write; say so first. (Tests run as root, which
+    writes anywhere, so the permission is the one thing stood in for here.)"""
+    from pipeline.cli.common import check_root
+    from pipeline.core.errors import ConfigError
+
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match="is inside .*f, a file"):
+        check_root(a_file / "lake")
+    check_root(tmp_path / "new" / "lake")  # made on the first write: fine
+    monkeypatch.setattr("pipeline.cli.common.os.access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match="is not writable"):
+        check_root(tmp_path / "lake")

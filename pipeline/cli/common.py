@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,16 @@ CONFIG_TABLES: tuple[str, ...] = (*STAGE_NAMES, "drift")
 
 def resolve_root(root: Path | None) -> Path:
     return (root or env_root()).expanduser().resolve()
+
+
+def check_root(root: Path) -> None:
+    """A root a run can write: a folder (made if missing), not a file, and writable."""
+    existing = next((p for p in (root, *root.parents) if p.exists()), root)
+    if existing.exists() and not existing.is_dir():
+        where = "a file, not a folder" if existing == root else f"inside {existing}, a file"
+        raise ConfigError(f"root {root} is {where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"root {root} is not writable")
 
 
 def load_config_file(path: Path | None) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ from pipeline.cli.common import (
     ROOT_HELP,
     RichTracker,
     check_config_keys,
+    check_root,
     console,
     err_console,
     fail,
@@ -22,7 +23,7 @@ from pipeline.cli.common import (
 )
 from pipeline.cli.drift import register as register_drift
 from pipeline.cli.synth import register as register_synth
-from pipeline.core.errors import TracelakeError
+from pipeline.core.errors import IntegrityError, SignatureError, TracelakeError
 
 app = typer.Typer(
     help="Agent session logs -> a signed, content-addressed Parquet lake and training data.",
@@ -58,6 +59,7 @@ SourceOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--source",
+        metavar="KIND:PATH",
         help="KIND:PATH with KIND claude-code, codex or outcomes (repeatable). "
         "Default: ~/.claude/projects and ~/.codex/sessions where they exist.",
     ),
@@ -111,7 +113,9 @@ def _run(
     from pipeline.sql import write_lake_db
     from pipeline.stages.registry import load_stages
 
+    lake_root = resolve_root(root)
     try:
+        check_root(lake_root)
         if recorded_at is not None:
             dt.datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
         specs = [SourceSpec.parse(s) for s in source] if source else default_specs()
@@ -126,7 +130,6 @@ def _run(
         stage_config.setdefault("export-sft", {})["include_partial"] = True
     if include_review:
         stage_config.setdefault("export-rag", {})["include_review"] = True
-    lake_root = resolve_root(root)
     if not specs:
         console.print("[yellow]no sources given and none found in ~/.claude or ~/.codex[/yellow]")
     try:
@@ -493,8 +496,10 @@ def sql(
     try:
         con, _ = connect(resolve_root(root), run)
         columns, rows = query(con, query_text)
-    except (TracelakeError, duckdb.Error, OSError) as exc:
+    except (SignatureError, IntegrityError) as exc:  # a finding: the lake does not verify
         raise fail(str(exc), 1) from exc
+    except (TracelakeError, duckdb.Error, OSError) as exc:  # no runs, a bad query: input
+        raise fail(str(exc)) from exc
     if format == "json":
         typer.echo(format_json(columns, rows))
     elif format == "csv":

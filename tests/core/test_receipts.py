@@ -115,4 +115,4 @@ def test_show_and_list_and_sql(tmp_path: Path) -> None:
     csv_out = cli.invoke(app, ["sql", "--root", str(root), "--format", "csv", "SELECT count(*) AS n FROM squares"])
     assert csv_out.stdout == "n\n5\n"
     bad = cli.invoke(app, ["sql", "--root", str(root), "SELECT * FROM nope"])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2  # a query that does not run is an input error, not a finding
