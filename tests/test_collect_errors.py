@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.collect.errors import _SCAN_CHARS, ERROR_KINDS, error_kind
+from pipeline.collect.errors import _SCAN_CHARS, ERROR_KINDS, claude_exit_code, error_kind
 
 
 def _reference(text: str) -> str:
@@ -56,3 +57,20 @@ def test_error_kind_examples() -> None:
     assert error_kind(True, "→ cat: x: No such file or directory") == "file_not_found"
     assert error_kind(True, "something else") == "tool_error"
     assert error_kind(True, None) == "tool_error"
+
+
+_FINISHED = {"stdout": "ok", "stderr": "", "interrupted": False, "isImage": False}
+
+
+@pytest.mark.parametrize(("tool", "text", "structured", "is_error", "code"), [
+    ("Bash", "Exit code 127\n/bin/sh: nope: command not found", "Error: Exit code 127", True, 127),
+    ("Bash", "Exit code 2", "Error: Exit code 2", True, 2),
+    ("Bash", "ok", _FINISHED, False, 0),
+    ("Bash", "", {**_FINISHED, "interrupted": True}, False, None),  # cut short: unknown
+    ("Bash", "Exit code 1 is what grep returns", _FINISHED, False, 0),  # not the lead form
+    ("Bash", "boom", "Error: boom", True, None),  # an error with no code given
+    ("Bash", "[Request interrupted by user]", None, True, None),
+    ("Read", "Exit code 3\n", None, True, None),  # only Bash has exit codes
+])
+def test_claude_code_bash_exit_codes(tool: str, text: str, structured: object, is_error: bool, code: int | None) -> None:
+    assert claude_exit_code(tool, text, structured, is_error) == code

@@ -67,6 +67,10 @@ def test_teich_claude_tool_calls_and_prompts(teich_lake) -> None:  # type: ignor
     assert calls["is_error"].sum() == 2  # the two structural is_error: true results
     assert set(calls.filter(pl.col("is_error"))["error_kind"].to_list()) == {"tool_error"}
     assert calls.filter(~pl.col("is_error"))["error_kind"].null_count() == 11
+    # Bash: 1 failed ("Exit code 1" lead), 10 finished (toolUseResult stdout/stderr, not
+    # interrupted); ToolSearch and WebFetch have no exit code. Counted by hand from the file.
+    by_code = calls.group_by("name", "exit_code").len().sort("name", "exit_code", nulls_last=True).rows()
+    assert by_code == [("Bash", 0, 10), ("Bash", 1, 1), ("ToolSearch", None, 1), ("WebFetch", None, 1)]
     prompts = _frame(teich_lake, "prompts", "claude-code")
     assert prompts.height == 1
     assert prompts["text"][0].startswith("Download a random dataset from Hugging Face")

@@ -23,7 +23,7 @@ from pipeline.collect.content import (
     strip_blobs,
     text_digest,
 )
-from pipeline.collect.errors import error_kind
+from pipeline.collect.errors import claude_exit_code, error_kind
 from pipeline.collect.lines import NestingTooDeep
 from pipeline.collect.redact import reveals_secret
 from pipeline.collect.shard import Shard
@@ -94,6 +94,7 @@ class _Result:
     line_no: int
     session_id: str
     agent_id: str | None
+    exit_code: int | None
 
 
 @dataclass(slots=True)
@@ -361,9 +362,11 @@ class ClaudeFile:
         agent_id = None
         if isinstance(structured, dict) and isinstance(structured.get("agentId"), str):
             agent_id = structured["agentId"]
+        is_error, text = bool(block.get("is_error")), result_text(block.get("content"))
+        call = self.calls.get(tool_use_id)  # a call comes before its result
         self.results[tool_use_id] = _Result(
-            is_error=bool(block.get("is_error")), text=result_text(block.get("content")),
-            line_no=line_no, session_id=session_id, agent_id=agent_id,
+            is_error=is_error, text=text, line_no=line_no, session_id=session_id, agent_id=agent_id,
+            exit_code=None if call is None else claude_exit_code(call.name, text, structured, is_error),
         )
 
     def _api_error(self, line_no: int, obj: dict[str, Any], session_id: str, uuid: str | None,
@@ -405,7 +408,8 @@ class ClaudeFile:
             rows.append((  # SHARD_SCHEMAS["tool_calls"] order
                 message.session_id, call.tool_use_id, message.message_id, call.subindex, call.name,
                 call.input_json, call.input_cut, result is not None, is_error, text, cut,
-                error_kind(is_error, result.text if result is not None else None), None,
+                error_kind(is_error, result.text if result is not None else None),
+                None if result is None else result.exit_code,
                 message.is_sidechain, call.timestamp, call.line_no, call.prompt_line,
                 result.agent_id if result is not None else None, call.spawn_digest,
             ))

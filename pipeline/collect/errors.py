@@ -93,6 +93,26 @@ def codex_exit_code(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# Claude Code leads a failed Bash result with it: "Exit code 127\n/bin/sh: ...".
+_CLAUDE_EXIT_LEAD = re.compile(r"Exit code (-?\d+)(?:\n|$)")
+
+
+def claude_exit_code(tool: str, text: str | None, structured: object, is_error: bool) -> int | None:
+    """A Claude Code Bash call's exit code: the "Exit code N" lead of a failed result; 0
+    for a result Claude Code reported as a finished, successful command (its structured
+    ``toolUseResult`` holds stdout and stderr, and it was not interrupted); else unknown."""
+    if tool != "Bash":
+        return None
+    if text is not None:
+        lead = _CLAUDE_EXIT_LEAD.match(text)
+        if lead:
+            return int(lead.group(1))
+    if (not is_error and isinstance(structured, dict) and "stdout" in structured and "stderr" in structured
+            and structured.get("interrupted") is False):
+        return 0
+    return None
+
+
 def codex_is_error(text: str | None, exit_code: int | None) -> bool | None:
     """Non-zero exit, timeout or abort = error; a still-running command is undetermined."""
     if exit_code is not None:

@@ -40,7 +40,7 @@ from pipeline.core.sources import SourceFile
 from pipeline.core.stage import Stage, StageContext, StageResult
 from schemas.records import COLLECT_TABLES
 
-VERSION = "1"
+VERSION = "2"  # 2: Claude Code Bash exit codes
 log = logging.getLogger(__name__)
 
 
