@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import orjson
+import pytest
 from collect_helpers import all_text, collect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -192,4 +193,94 @@ def test_record_reused_across_files_is_named_in_quarantine(tmp_path: Path) -> No
     rows = out.tables["collect_quarantine"].to_pylist()
     assert [(r["line_no"], r["record_id"], r["reason"]) for r in rows] == [(2, "s-1:u-2", "conflicting_duplicate")]
     assert rows[0]["source_file"].endswith("proj/b.jsonl")
-    assert rows[0]["detail"].endswith("proj/a.jsonl:2")
+    assert rows[0]["detail"].endswith("proj/a.jsonl:2 kept")
+
+
+def _user_line(uuid: str, text: str, kind: str = "user") -> bytes:
+    record = {"type": kind, "uuid": uuid, "parentUuid": None, "sessionId": "s-1",
+              "timestamp": "2026-01-01T00:00:00Z", "message": {"role": "user", "content": text}}
+    return json.dumps(record).encode() + b"\n"
+
+
+def test_an_invalid_copy_never_hides_a_valid_one(tmp_path: Path) -> None:
+    """An invalid record reusing a valid record's id, before it in the file: the valid one
+    is kept, and the quarantine row names the copy kept (not "first copy kept")."""
+    project = tmp_path / "logs" / "proj"
+    project.mkdir(parents=True)
+    (project / "a.jsonl").write_bytes(_user_line("u-1", "garbled", kind="usr") + _user_line("u-1", "hello"))
+    out = collect(tmp_path / "lake", [("claude-code", tmp_path / "logs")])
+    assert [m["text"] for m in out.tables["messages"].to_pylist()] == ["hello"]
+    rows = out.tables["collect_quarantine"].to_pylist()
+    assert [(r["line_no"], r["reason"]) for r in rows] == [(1, "conflicting_duplicate")]
+    assert rows[0]["detail"].endswith("proj/a.jsonl:2 kept")
+    lines = out.receipt.stats["lines"]
+    assert out.receipt.records_in == 2 and lines["mapped"] == 1 and lines["quarantined:conflicting_duplicate"] == 1
+
+
+def test_a_valid_record_then_an_invalid_copy_keeps_the_valid_one(tmp_path: Path) -> None:
+    project = tmp_path / "logs" / "proj"
+    project.mkdir(parents=True)
+    (project / "a.jsonl").write_bytes(_user_line("u-1", "hello") + _user_line("u-1", "garbled", kind="usr"))
+    out = collect(tmp_path / "lake", [("claude-code", tmp_path / "logs")])
+    assert [m["text"] for m in out.tables["messages"].to_pylist()] == ["hello"]
+    rows = out.tables["collect_quarantine"].to_pylist()
+    assert [(r["line_no"], r["reason"]) for r in rows] == [(2, "conflicting_duplicate")]
+    assert "the copy on line 1 kept" in rows[0]["detail"]
+
+
+@pytest.mark.parametrize("fmt", ["claude-code", "codex"])
+@pytest.mark.parametrize("wrong_first", [True, False])
+def test_one_file_given_as_two_kinds_keeps_its_right_parse(tmp_path: Path, fmt: str, wrong_first: bool) -> None:
+    """Its wrong-kind parse sets every line aside; it must not win the deduplication and
+    take the right parse with it (a Codex rollout given as both was 190 records in, 0 out)."""
+    from pipeline.synth import synthesize
+
+    synthesize(tmp_path / "logs", sessions=1, seed=5, fmt=fmt)
+    [session] = sorted((tmp_path / "logs").rglob("*.jsonl"))
+    wrong = "codex" if fmt == "claude-code" else "claude-code"
+    right = collect(tmp_path / "right", [(fmt, session)])
+    sources = [(wrong, session), (fmt, session)] if wrong_first else [(fmt, session), (wrong, session)]
+    both = collect(tmp_path / "both", sources)
+    assert right.receipt.records_out > 0
+    assert both.receipt.records_out == right.receipt.records_out
+    for table in ("messages", "tool_calls", "prompts"):
+        assert both.tables[table].num_rows == right.tables[table].num_rows, table
+    assert both.receipt.records_in == 2 * right.receipt.records_in
+
+
+def _result_line(uuid: str, parent: str, tool_use_id: str, out: str) -> bytes:
+    record = {"type": "user", "uuid": uuid, "parentUuid": parent, "sessionId": "s-1",
+              "timestamp": "2026-01-01T00:00:01Z",
+              "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use_id, "content": out}]}}
+    return json.dumps(record).encode() + b"\n"
+
+
+def _call_line(uuid: str, parent: str, tool_use_id: str) -> bytes:
+    record = {"type": "assistant", "uuid": uuid, "parentUuid": parent, "sessionId": "s-1",
+              "timestamp": "2026-01-01T00:00:00Z",
+              "message": {"id": "msg_1", "role": "assistant", "model": "m", "content": [
+                  {"type": "tool_use", "id": tool_use_id, "name": "Bash", "input": {"command": "ls"}}]}}
+    return json.dumps(record).encode() + b"\n"
+
+
+def test_every_extra_tool_result_gets_its_own_row(tmp_path: Path) -> None:
+    """Two results for a call that never came: two unpaired rows (it was one). Two results
+    for a call that came: the first pairs, the second is named a duplicate of it."""
+    project = tmp_path / "logs" / "proj"
+    project.mkdir(parents=True)
+    (project / "a.jsonl").write_bytes(
+        _user_line("u-1", "hi")
+        + _result_line("u-2", "u-1", "toolu_gone", "out")
+        + _result_line("u-3", "u-2", "toolu_gone", "out again")
+        + _call_line("a-1", "u-3", "toolu_here")
+        + _result_line("u-4", "a-1", "toolu_here", "first")
+        + _result_line("u-5", "u-4", "toolu_here", "second")
+    )
+    out = collect(tmp_path / "lake", [("claude-code", tmp_path / "logs")])
+    rows = sorted((r["line_no"], r["reason"], r["record_id"]) for r in out.tables["collect_quarantine"].to_pylist())
+    assert rows == [(2, "unpaired_tool_result", "toolu_gone"), (3, "unpaired_tool_result", "toolu_gone"),
+                    (6, "duplicate_tool_result", "toolu_here")]
+    detail = next(r["detail"] for r in out.tables["collect_quarantine"].to_pylist() if r["line_no"] == 6)
+    assert detail == "another result for this call; the one on line 5 kept"
+    [call] = out.tables["tool_calls"].to_pylist()
+    assert call["has_result"] and call["result_text"] == "first"

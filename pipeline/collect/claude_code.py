@@ -126,6 +126,10 @@ class ClaudeFile:
         self.calls: dict[str, _Call] = {}
         self.revealing: set[str] = set()  # calls whose output is a secret (redact.reveals_secret)
         self.results: dict[str, _Result] = {}
+        # Later results for a tool_use_id that has one: (id, line, session, the first's
+        # line), sorted out at the end (a duplicate of a paired result, or one more
+        # unpaired result).
+        self.extra_results: list[tuple[str, int, str, int]] = []
         self.parent_of: dict[str, str | None] = {}
         self.uuid_message: dict[str, str] = {}
         self.children: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
@@ -355,8 +359,7 @@ class ClaudeFile:
             self.shard.quarantine(line_no, "tool_result_without_id", None, session_id=session_id)
             return
         if tool_use_id in self.results:
-            self.shard.quarantine(line_no, "duplicate_tool_result", "second result for one call; first kept",
-                                  record_id=tool_use_id, session_id=session_id)
+            self.extra_results.append((tool_use_id, line_no, session_id, self.results[tool_use_id].line_no))
             return
         structured = obj.get("toolUseResult")
         agent_id = None
@@ -416,6 +419,14 @@ class ClaudeFile:
         for tool_use_id, result in self.results.items():
             shard.quarantine(result.line_no, "unpaired_tool_result", "tool_result without a tool_use in this file",
                              record_id=tool_use_id, session_id=result.session_id)
+        for tool_use_id, line_no, session_id, first in self.extra_results:  # each its own row
+            if tool_use_id in self.calls:
+                shard.quarantine(line_no, "duplicate_tool_result",
+                                 f"another result for this call; the one on line {first} kept",
+                                 record_id=tool_use_id, session_id=session_id)
+            else:
+                shard.quarantine(line_no, "unpaired_tool_result", "tool_result without a tool_use in this file",
+                                 record_id=tool_use_id, session_id=session_id)
 
     def _resolve(self, uuid: str | None, own: str | None = None) -> str | None:
         """Nearest message above ``uuid``, walking through structure records (cycle-safe)."""

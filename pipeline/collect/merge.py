@@ -304,7 +304,7 @@ def _conflict_rows(
     rows = np.array([c[2] for c in conflicts], dtype=np.int64)
     keys = _gather(lines, _starts(lines), rows)["key"].to_pylist() if len(rows) else []
     details = [
-        redactor.redact(f"record id reused with different content; first copy kept at {paths[ff]}:{fl}")
+        redactor.redact(f"record id reused with different content; the copy at {paths[ff]}:{fl} kept")
         for _, _, _, _, ff, fl in conflicts
     ]
     return pa.table({

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Lines whose record key was already seen earlier in merge order: exact copies (same
-# bytes) and conflicts (same key, other bytes). Their rows in other tables are dropped.
+# Lines whose record key another line holds: exact copies (same bytes) and conflicts
+# (same key, other bytes). The copy kept is the first valid parse in merge order (a copy
+# its parser set aside never hides a valid one: the same file given as two kinds, an
+# invalid record reusing a valid one's uuid), else the first. Their rows in other tables
+# are dropped.
 DUPLICATES = """
 CREATE TABLE dups AS
 SELECT _file, line_no, _row, outcome, session_id, chash, first_hash, first_file, first_line
@@ -23,7 +26,8 @@ FROM (
         first_value(_file) OVER w AS first_file,
         first_value(line_no) OVER w AS first_line
     FROM lines
-    WINDOW w AS (PARTITION BY _k1, _k2 ORDER BY _file, line_no, _row
+    WINDOW w AS (PARTITION BY _k1, _k2
+                 ORDER BY starts_with(outcome, 'quarantined:'), _file, line_no, _row
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
 WHERE rank > 1

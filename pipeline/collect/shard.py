@@ -316,7 +316,9 @@ def _parse_once(
         parser = CodexFile(shard)
     else:
         parser = ClaudeFile(shard, path, meta)
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # record key -> content hash of the copy parsed last
+    set_aside: set[str] = set()  # keys whose parsed copy the parser quarantined
+    kept: dict[str, int] = {}  # key -> line of the copy kept
     lines = shard.lines
     feed, add_line, loads, digest = parser.feed, shard.add_line, orjson.loads, xxhash.xxh3_64_intdigest
     hasher = xxhash.xxh3_128()
@@ -359,14 +361,16 @@ def _parse_once(
         else:
             key = f"h:{chash:016x}"
         prior = seen.get(key)
-        if prior is not None:
+        if prior is not None and (prior == chash or key not in set_aside):
             if prior == chash:
                 lines["exact_duplicate"] += 1
             else:
                 shard.quarantine(line_no, "conflicting_duplicate",
-                                 "record id reused with different content; first copy kept",
+                                 f"record id reused with different content; the copy on line {kept[key]} kept",
                                  record_id=key)
             continue
+        # (A key whose earlier copy the parser set aside is parsed again: an invalid
+        # record never hides a valid one that reuses its id.)
         seen[key] = chash
         try:
             outcome, session_id = feed(line_no, obj)
@@ -374,8 +378,11 @@ def _parse_once(
             raise NestingTooDeep(line_no) from error
         if outcome is None:  # the parser quarantined the line (and tallied it) itself
             outcome = f"quarantined:{shard.last_quarantine_reason()}"
+            set_aside.add(key)
         else:
             lines[outcome] += 1
+            set_aside.discard(key)
+            kept[key] = line_no
         add_line(line_no, key, chash, outcome, session_id)
     parser.finish()
     return hasher.hexdigest(), reader.size
