@@ -146,3 +146,16 @@ def test_a_root_that_cannot_be_written_is_named(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr("pipeline.cli.common.os.access", lambda path, mode: False)
     with pytest.raises(ConfigError, match="is not writable"):
         check_root(tmp_path / "lake")
+
+
+@pytest.mark.parametrize(("fmt", "given"), [("codex", "claude-code"), ("claude-code", "codex")])
+def test_logs_of_the_other_kind_are_named(tmp_path: Path, fmt: str, given: str) -> None:
+    """A whole source given as the wrong KIND would have every line set aside, exit 0."""
+    synthesize(tmp_path / "logs", sessions=2, seed=4, fmt=fmt)
+    out = tracelake("run-all", "--root", str(tmp_path / "lake"), "--source", f"{given}:{tmp_path / 'logs'}", "--quiet")
+    assert out.returncode == 2, out.stderr
+    names = {"codex": "Codex rollouts", "claude-code": "Claude Code sessions"}
+    assert f"looks like {names[fmt]}, not {names[given]}" in out.stderr
+    assert f"give it as {fmt}:{tmp_path / 'logs'}" in out.stderr and "Traceback" not in out.stderr
+    assert tracelake("run", "collect", "--root", str(tmp_path / "lake"), "--source", f"{fmt}:{tmp_path / 'logs'}",
+                     "--quiet").returncode == 0

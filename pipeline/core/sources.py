@@ -224,13 +224,54 @@ def _path_digest(display: str) -> str:
 
 
 def check_source(spec: SourceSpec) -> None:
-    """A source that does not exist, or holds none of its kind's files, is a mistake (a
-    typo, the wrong folder): a run over it would succeed with nothing in it."""
+    """A source that does not exist, holds none of its kind's files, or holds logs of
+    another kind is a mistake (a typo, the wrong folder, the wrong KIND): a run over it
+    would succeed with nothing in it, or with every line set aside."""
     if not spec.path.exists():
         raise TracelakeError(f"source {spec.kind}:{spec.path} does not exist")
-    if not discover(spec):
+    found = discover(spec)
+    if not found:
         suffixes = " or ".join(f"*{s}" for s in SOURCE_SUFFIXES[spec.kind])
         raise TracelakeError(f"source {spec.kind}:{spec.path} holds no {spec.kind} files ({suffixes})")
+    if spec.kind in _LOG_KINDS:
+        logs = [path for path, _ in found if path.endswith(".jsonl")][:_SNIFFED_FILES]
+        kinds = {_log_kind(Path(path)) for path in logs}
+        if len(kinds) == 1 and (other := kinds.pop()) not in (None, spec.kind):
+            raise TracelakeError(
+                f"source {spec.kind}:{spec.path} looks like {_LOG_KINDS[other]}, not {_LOG_KINDS[spec.kind]}"
+                f" (by the first records of {len(logs)} file(s)); give it as {other}:{spec.path}"
+            )
+
+
+_LOG_KINDS = {"claude-code": "Claude Code sessions", "codex": "Codex rollouts"}
+_SNIFFED_FILES = 8
+_SNIFFED_BYTES = 1 << 20
+_SNIFFED_LINES = 8
+_CODEX_TYPES = frozenset({"session_meta", "response_item", "event_msg", "turn_context", "compacted"})
+
+
+def _log_kind(path: Path) -> str | None:
+    """Which agent wrote this log, by the first of its first few records that tells
+    (Claude Code may open with a file-history snapshot); None when none does."""
+    try:
+        with path.open("rb") as handle:
+            for _ in range(_SNIFFED_LINES):
+                line = handle.readline(_SNIFFED_BYTES)
+                if not line:
+                    return None
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    return None
+                if not isinstance(record, dict):
+                    return None
+                if record.get("type") in _CODEX_TYPES and isinstance(record.get("payload"), dict):
+                    return "codex"
+                if isinstance(record.get("sessionId"), str) or record.get("type") == "summary":
+                    return "claude-code"
+    except OSError:
+        return None
+    return None
 
 
 def default_specs() -> list[SourceSpec]:
