@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
-from pipeline.cli.common import ROOT_HELP, fail, load_config_file, resolve_root
+from pipeline.cli.common import ROOT_HELP, console, fail, load_config_file, resolve_root
 from schemas.drift import DriftReport
 
 if TYPE_CHECKING:
@@ -48,8 +50,8 @@ def _run_drift(
         write_report,
     )
 
-    if output_format not in ("md", "json"):
-        raise ValueError(f"--format must be md or json; got {output_format!r}")
+    if output_format not in ("table", "md", "json"):
+        raise ValueError(f"--format must be table, md or json; got {output_format!r}")
     config_data = load_config_file(config)
     thresholds = resolve_thresholds(
         {"warn_pct": warn_pct, "alert_pct": alert_pct, "min_abs_change": min_abs_change},
@@ -83,7 +85,9 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--fail-on", help="warn, alert or never: severity that exits 1 (default alert)."),
         ] = None,
-        output_format: Annotated[str, typer.Option("--format", help="md or json")] = "md",
+        output_format: Annotated[
+            str, typer.Option("--format", help="table (for a terminal), md (drift.md's Markdown) or json")
+        ] = "table",
         root: Annotated[Path | None, typer.Option("--root", help=ROOT_HELP)] = None,
         config: Annotated[
             Path | None, typer.Option("--config", help="TOML config; thresholds from its drift table.")
@@ -105,8 +109,45 @@ def register(app: typer.Typer) -> None:
             raise fail(f"drift: {type(exc).__name__}: {exc}", TOOL_FAILURE) from exc
         if output_format == "json":
             typer.echo(report.model_dump_json(indent=2))
-        else:
+        elif output_format == "md":
             from pipeline.drift import markdown
 
             typer.echo(markdown(report), nl=False)
+        else:
+            print_tables(report)
         raise typer.Exit(code)
+
+
+def print_tables(report: DriftReport) -> None:
+    """The report as tables that fit 80 columns: long names shortened, never wrapped;
+    numbers right-aligned. drift.md beside the run holds every detail."""
+    t = report.thresholds
+    style = {"ok": "green", "warn": "yellow", "alert": "bold red"}[report.severity]
+    head = Text.assemble(("drift: ", "bold"), (report.severity.upper(), style), f"  run {report.run_id}")
+    console.print(head, no_wrap=True, overflow="ellipsis")
+    console.print(Text(f"against {report.against_run_id or '(no earlier run)'}; warn >= {t.warn_pct:g}%, "
+                       f"alert >= {t.alert_pct:g}%, min change {t.min_abs_change}"), overflow="ellipsis")
+    if report.findings:
+        findings = Table(title="findings", title_justify="left", expand=False)
+        findings.add_column("severity", no_wrap=True, min_width=8)
+        findings.add_column("kind", no_wrap=True, overflow="ellipsis", min_width=11, max_width=16)
+        findings.add_column("subject", no_wrap=True, overflow="ellipsis", min_width=12, max_width=20)
+        findings.add_column("finding", overflow="ellipsis", no_wrap=True)
+        for f in report.findings:
+            findings.add_row(Text(f.severity, style="yellow" if f.severity == "warn" else "red"),
+                             Text(f.kind), Text(f.subject), Text(f.message))
+        console.print(findings)
+    else:
+        console.print("no findings")
+    changed = [m for m in report.metrics if m.change != 0]
+    counts = Table(title=f"counts: {len(changed)} changed, {len(report.metrics) - len(changed)} unchanged",
+                   title_justify="left")
+    counts.add_column("group", no_wrap=True, overflow="ellipsis", max_width=12)
+    counts.add_column("key", no_wrap=True, overflow="ellipsis", max_width=30)
+    for name in ("before", "after", "change", "%"):
+        counts.add_column(name, justify="right", no_wrap=True)
+    for m in changed:
+        pct = f"{m.change_pct:+.1f}" if m.change_pct is not None else "new"
+        counts.add_row(Text(m.group), Text(m.key), f"{m.before or 0:,}", f"{m.after or 0:,}", f"{m.change:+,}", pct)
+    if changed:
+        console.print(counts)

@@ -257,7 +257,7 @@ def test_tool_failures_exit_2(tmp_path: Path) -> None:
 def test_markdown_output(tmp_path: Path) -> None:
     toy.run(tmp_path, sessions=100)
     toy.run(tmp_path, sessions=40)
-    result = CliRunner().invoke(APP, ["drift", "--root", str(tmp_path)])
+    result = CliRunner().invoke(APP, ["drift", "--root", str(tmp_path), "--format", "md"])
     assert result.exit_code == 1
     assert result.stdout.startswith("# tracelake drift: ALERT")
     assert "| alert | count_swing | table:scores | table scores rows: 100 -> 40 (-60.0%) |" in result.stdout
@@ -337,3 +337,17 @@ def test_swing_severity_grows_with_the_change(
     assert RANK[swing_severity(before, small, thresholds)] <= RANK[swing_severity(before, large, thresholds)]
     if abs(large - before) < min_abs:
         assert swing_severity(before, large, thresholds) is None
+
+
+def test_table_output_fits_80_columns(tmp_path: Path) -> None:
+    """The terminal default: tables, nothing wrapped, every line within 80 columns."""
+    toy.run(tmp_path, sessions=100)
+    toy.run(tmp_path, sessions=40)
+    result = CliRunner().invoke(APP, ["drift", "--root", str(tmp_path)], env={"COLUMNS": "80"})
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("drift: ALERT  run ")
+    assert max(len(line) for line in lines) <= 80
+    assert any("count_swing" in line and "table:scores" in line for line in lines)
+    assert any(line.split()[1:-1] == ["table", "│", "scores", "│", "100", "│", "40", "│", "-60", "│", "-60.0"]
+               for line in lines)
