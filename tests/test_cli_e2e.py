@@ -159,3 +159,23 @@ def test_logs_of_the_other_kind_are_named(tmp_path: Path, fmt: str, given: str) 
     assert f"give it as {fmt}:{tmp_path / 'logs'}" in out.stderr and "Traceback" not in out.stderr
     assert tracelake("run", "collect", "--root", str(tmp_path / "lake"), "--source", f"{fmt}:{tmp_path / 'logs'}",
                      "--quiet").returncode == 0
+
+
+def test_sql_tables_fit_80_columns(tmp_path: Path, corpus: list[str]) -> None:
+    assert tracelake("run", "collect", "--root", str(tmp_path), *corpus, "--quiet").returncode == 0
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "sql", "--root", str(tmp_path),
+         "SELECT session_id, source_file, n_messages, n_tool_calls, started_at FROM sessions ORDER BY 1 LIMIT 3"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert sum("│" in line for line in lines) == 3  # three rows, none wrapped
+    assert lines[-1] == "3 row(s); --format csv or json for whole values"
+    header = [h.strip() for h in lines[1].split("┃")[1:-1]]
+    assert [h.rstrip("…") for h in header] == [c[: len(h.rstrip("…"))] for c, h in zip(
+        ["session_id", "source_file", "n_messages", "n_tool_calls", "started_at"], header, strict=True)]
+    row = lines[3].split("│")[1:-1]  # numbers right-aligned, text left
+    assert row[2].strip().isdigit() and row[2].endswith(f"{row[2].strip()} ")
+    assert row[0].startswith(" ") and not row[0].startswith("  ")

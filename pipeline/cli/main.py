@@ -505,13 +505,32 @@ def sql(
     elif format == "csv":
         typer.echo(format_csv(columns, rows), nl=False)
     else:
+        # Fits the terminal: long names and values shortened (never wrapped), numbers
+        # right-aligned; csv and json give whole values.
+        cells = [["NULL" if v is None else str(v).replace("\n", " ") for v in row] for row in rows]
+        widths = _column_widths(columns, cells, console.width)
         table = Table(show_lines=False)
-        for column in columns:
-            table.add_column(Text(column), overflow="fold")
-        for row in rows:  # values are data, never markup
-            table.add_row(*(Text("NULL" if v is None else str(v)) for v in row))
+        for i, column in enumerate(columns):
+            numeric = bool(rows) and all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
+                                         for r in rows if r[i] is not None)
+            table.add_column(Text(column), justify="right" if numeric else "left", no_wrap=True,
+                             overflow="ellipsis", width=widths[i])
+        for row in cells:  # values are data, never markup
+            table.add_row(*(Text(v) for v in row))
         console.print(table)
-        console.print(f"{len(rows)} row(s)")
+        console.print(f"{len(rows)} row(s); --format csv or json for whole values")
+
+
+def _column_widths(columns: list[str], cells: list[list[str]], total: int) -> list[int]:
+    """Each column's width: its widest cell or name where the table fits in ``total``;
+    else the widest columns shortened in turn (never below 6) until it does."""
+    natural = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    room = total - (3 * len(columns) + 1)  # borders and padding
+    widths = list(natural)
+    while sum(widths) > room and max(widths) > 6:
+        widest = max(range(len(widths)), key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
 
 
 register_synth(app)
