@@ -179,3 +179,20 @@ def test_sql_tables_fit_80_columns(tmp_path: Path, corpus: list[str]) -> None:
     row = lines[3].split("│")[1:-1]  # numbers right-aligned, text left
     assert row[2].strip().isdigit() and row[2].endswith(f"{row[2].strip()} ")
     assert row[0].startswith(" ") and not row[0].startswith("  ")
+
+
+def test_a_root_remembers_its_sources(tmp_path: Path, corpus: list[str]) -> None:
+    """A bare run-all in a root reruns the sources its last explicit run named, not
+    the logs under ~ (the root's cached stages then hit)."""
+    root = str(tmp_path / "lake")
+    assert tracelake("run-all", "--root", root, *corpus, "--recorded-at", PIN, "--quiet").returncode == 0
+    first = _summary(tmp_path / "lake")
+    bare = tracelake("run-all", "--root", root, "--recorded-at", PIN)
+    assert bare.returncode == 0, bare.stderr
+    assert "sources this root remembers: claude-code:" in bare.stderr
+    again = _summary(tmp_path / "lake")
+    assert again["run_hash"] == first["run_hash"]
+    assert all(stage["cache_hit"] for stage in again["stages"])  # type: ignore[union-attr]
+    (tmp_path / "lake" / "data" / "sources.json").write_text('{"not": "a list"}')
+    broken = tracelake("run-all", "--root", root, "--quiet")
+    assert broken.returncode == 2 and "sources.json is not a list of sources" in broken.stderr

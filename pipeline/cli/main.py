@@ -61,7 +61,7 @@ SourceOpt = Annotated[
         "--source",
         metavar="KIND:PATH",
         help="KIND:PATH with KIND claude-code, codex or outcomes (repeatable). "
-        "Default: ~/.claude/projects and ~/.codex/sessions where they exist.",
+        "Default: the sources the root's last run with --source named, else ~/.claude/projects and ~/.codex/sessions.",
     ),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config, one table per stage.")]
@@ -109,7 +109,13 @@ def _run(
 
     from pipeline.core.lock import writer_lock
     from pipeline.core.runner import Runner, RunOptions
-    from pipeline.core.sources import SourceSpec, check_source, default_specs
+    from pipeline.core.sources import (
+        SourceSpec,
+        check_source,
+        default_specs,
+        remember_sources,
+        remembered_sources,
+    )
     from pipeline.sql import write_lake_db
     from pipeline.stages.registry import load_stages
 
@@ -118,7 +124,11 @@ def _run(
         check_root(lake_root)
         if recorded_at is not None:
             dt.datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
-        specs = [SourceSpec.parse(s) for s in source] if source else default_specs()
+        remembered = None if source else remembered_sources(lake_root)
+        if source:
+            specs = [SourceSpec.parse(s) for s in source]
+        else:
+            specs = remembered if remembered is not None else default_specs()
         for spec in specs:
             check_source(spec)
         stage_config: dict[str, dict[str, Any]] = load_config_file(config)
@@ -132,6 +142,9 @@ def _run(
         stage_config.setdefault("export-rag", {})["include_review"] = True
     if not specs:
         console.print("[yellow]no sources given and none found in ~/.claude or ~/.codex[/yellow]")
+    elif remembered is not None and not quiet:
+        listed = ", ".join(f"{spec.kind}:{spec.path}" for spec in specs)
+        err_console.print(Text(f"sources this root remembers: {listed}"))
     try:
         runner = Runner(
             stages,
@@ -150,6 +163,8 @@ def _run(
         with writer_lock(runner.layout, wait=not no_wait, on_wait=runner.options.on_wait):
             result = runner.run(targets)
             write_lake_db(runner.layout, result.run_id)
+            if source:
+                remember_sources(lake_root, specs)
     except (TracelakeError, ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
     if not quiet:

@@ -274,6 +274,32 @@ def _log_kind(path: Path) -> str | None:
     return None
 
 
+SOURCES_FILE = Path("data") / "sources.json"  # in a root: the sources its last explicit run named
+
+
+def remember_sources(root: Path, specs: Sequence[SourceSpec]) -> None:
+    """Keep the sources a run was given, so a bare ``run-all`` in this root runs them
+    again (as a DVC or dbt project remembers its inputs) instead of ``~``'s logs."""
+    listed = [{"kind": spec.kind, "path": str(spec.path.expanduser().resolve())} for spec in specs]
+    atomic_write_text(root / SOURCES_FILE, json.dumps(listed, indent=1) + "\n")
+
+
+def remembered_sources(root: Path) -> list[SourceSpec] | None:
+    """The sources ``remember_sources`` kept in ``root``; None when it kept none."""
+    try:
+        listed = json.loads((root / SOURCES_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise TracelakeError(f"{root / SOURCES_FILE} is not a list of sources: {exc}") from exc
+    if not isinstance(listed, list) or not all(
+        isinstance(item, dict) and item.get("kind") in SOURCE_KINDS and isinstance(item.get("path"), str)
+        for item in listed
+    ):
+        raise TracelakeError(f"{root / SOURCES_FILE} is not a list of sources; delete it or give --source")
+    return [SourceSpec(item["kind"], Path(item["path"])) for item in listed]
+
+
 def default_specs() -> list[SourceSpec]:
     specs = []
     for kind, folder in (("claude-code", "~/.claude/projects"), ("codex", "~/.codex/sessions")):
