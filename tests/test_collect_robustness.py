@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -10,6 +12,11 @@ import pytest
 from collect_helpers import all_text, collect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from pipeline.core.runner import Runner, RunOptions
+from pipeline.core.sources import SourceSpec
+from pipeline.core.stage import Tracker
+from pipeline.stages.collect import STAGE
 
 SESSION = "5a1b2c3d-0000-4000-8000-000000000001"
 
@@ -284,3 +291,39 @@ def test_every_extra_tool_result_gets_its_own_row(tmp_path: Path) -> None:
     assert detail == "another result for this call; the one on line 5 kept"
     [call] = out.tables["tool_calls"].to_pylist()
     assert call["has_result"] and call["result_text"] == "first"
+
+
+class _Recording(Tracker):
+    def __init__(self) -> None:
+        self.meters: list[tuple[str, int, list[int]]] = []
+
+    @contextmanager
+    def meter(self, total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
+        advanced: list[int] = []
+        self.meters.append((description, total_bytes, advanced))
+        yield advanced.append
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_collect_bar_counts_bytes(tmp_path: Path, workers: int) -> None:
+    """The bar is over the bytes left to parse (so it can show a rate and an ETA), and
+    every parsed file advances it by its size; a later run counts only new files."""
+    from pipeline.synth import synthesize
+
+    synthesize(tmp_path / "logs", sessions=6, seed=2, fmt="claude-code")
+    files = list((tmp_path / "logs").rglob("*.jsonl"))  # the logs (sidecars are read with their log)
+    tracker = _Recording()
+    options = RunOptions(root=tmp_path / "lake", sources=[SourceSpec("claude-code", tmp_path / "logs")],
+                         workers=workers, tracker=tracker)
+    assert Runner([STAGE], options).run(["collect"]).ok
+    [(description, total, advanced)] = tracker.meters
+    assert description == "collect" and total == sum(p.stat().st_size for p in files) == sum(advanced)
+    assert len(advanced) >= 1
+    tracker.meters.clear()
+    synthesize(tmp_path / "more", sessions=1, seed=9, fmt="claude-code")
+    added = sorted((tmp_path / "more").rglob("*.jsonl"))
+    for path in added:
+        path.rename(tmp_path / "logs" / f"added-{path.name}")
+    assert Runner([STAGE], options).run(["collect"]).ok
+    [(_, total, advanced)] = tracker.meters  # only the new file is left to parse
+    assert total == sum(advanced) == sum((tmp_path / "logs" / f"added-{p.name}").stat().st_size for p in added)

@@ -5,14 +5,23 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.text import Text
 
 from pipeline.core.errors import ConfigError
@@ -103,6 +112,23 @@ class RichTracker(Tracker):
                 yield item
                 progress.advance(task)
 
+
+    @contextmanager
+    def meter(self, total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
+        if not self.enabled or total_bytes <= 0:
+            yield lambda _done: None
+            return
+        with Progress(
+            TextColumn("{task.description}", style="bold", markup=False),
+            BarColumn(),
+            DownloadColumn(binary_units=False),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(description, total=total_bytes)
+            yield lambda done: progress.advance(task, done)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

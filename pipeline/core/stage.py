@@ -45,11 +45,21 @@ class StageResult:
     sources_read: dict[str, list[SourceFile]] | None = None
 
 
+def _ignore(_done: int) -> None:
+    pass
+
+
 class Tracker:
     """Progress reporting seam: the CLI plugs in rich bars, tests plug in nothing."""
 
     def track(self, items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
         yield from items
+
+    @contextmanager
+    def meter(self, total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
+        """A bar over bytes, advanced by hand with each piece of work's size (its order
+        of completion is not known beforehand); yields the advance function."""
+        yield _ignore
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -150,12 +151,11 @@ def _session_order(task: ShardTask) -> tuple[str, str]:
     return path.stem, task.display_path
 
 
-def _batches(pending: list[ShardTask], workers: int) -> list[list[ShardTask]]:
+def _batches(pending: list[ShardTask], sizes: dict[str, int], workers: int) -> list[list[ShardTask]]:
     """Files in about session order, cut at ~``_BATCH_BYTES``, or finer when the total
     would leave a worker idle; biggest first so one late giant does not leave a worker
     idle at the end."""
     pending = sorted(pending, key=_session_order)
-    sizes = {t.key: Path(t.path).stat().st_size for t in pending}
     target = min(_BATCH_BYTES, sum(sizes.values()) // max(1, workers * _BATCHES_PER_WORKER) + 1)
     batches: list[list[ShardTask]] = []
     current: list[ShardTask] = []
@@ -183,9 +183,21 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
             pending.append(task)
         else:
             results[task.key] = {**cached, "cached": True}
-    batches = _batches(pending, ctx.workers)
-    progress = ctx.tracker.track(range(len(pending)), total=len(pending), description="collect")
-    done = iter(progress)
+    sizes = {t.key: Path(t.path).stat().st_size for t in pending}
+    batches = _batches(pending, sizes, ctx.workers)
+    with ctx.tracker.meter(sum(sizes.values()), "collect") as advance:
+        _build_pending(ctx, pending, batches, sizes, results, advance)
+    return [results[t.key] for t in tasks]
+
+
+def _build_pending(
+    ctx: StageContext, pending: list[ShardTask], batches: list[list[ShardTask]], sizes: dict[str, int],
+    results: dict[str, dict[str, Any]], advance: Callable[[int], None],
+) -> None:
+    def done(members: list[dict[str, Any]]) -> None:
+        _record(results, members)
+        advance(sum(sizes[m["task_key"]] for m in members))
+
     if pending:
         # Compile (or load) the redaction screens and the secret catalogue here, once:
         # forked workers inherit them (compiling the catalogue's screen takes seconds;
@@ -195,7 +207,7 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
         prepare_error_screen(screens, ctx.cache_mac)
     if ctx.workers <= 1 or len(batches) <= 1:
         for batch in batches:
-            _record(results, build_batch(batch), done)
+            done(build_batch(batch))
     else:
         finished = 0
         # Freeze the parent's objects out of the cyclic GC before forking: otherwise the
@@ -207,7 +219,7 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
                 max_workers=ctx.workers, mp_context=_pool_context(), initializer=_worker_init
             ) as pool:
                 for stats_list in pool.map(build_batch, batches, chunksize=1):
-                    _record(results, stats_list, done)
+                    done(stats_list)
                     finished += 1
         except BrokenProcessPool as error:
             # A worker died (killed, out of memory, a crash in native code). Batches are
@@ -215,12 +227,9 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
             log.warning("collect: worker pool broke (%s); parsing %d batches in-process",
                         error, len(batches) - finished)
             for batch in batches[finished:]:
-                _record(results, build_batch(batch), done)
+                done(build_batch(batch))
         finally:
             gc.unfreeze()
-    for _ in done:  # let the progress bar finish
-        pass
-    return [results[t.key] for t in tasks]
 
 
 # Libraries known to run native thread pools that make ``fork`` unsafe once imported.
@@ -255,10 +264,9 @@ def _worker_init() -> None:
     block_pandas()
 
 
-def _record(results: dict[str, dict[str, Any]], members: list[dict[str, Any]], done: Any) -> None:
+def _record(results: dict[str, dict[str, Any]], members: list[dict[str, Any]]) -> None:
     for member in members:
         results[member["task_key"]] = {**member, "cached": False}
-        next(done, None)
 
 
 def run(ctx: StageContext) -> StageResult:
