@@ -105,6 +105,7 @@ def test_every_pattern_is_rewritten() -> None:
     assert redact._json_secrets().left is None
 
 
+@pytest.mark.filterwarnings("ignore:Possible nested set:FutureWarning")  # Rust's `[[` (hypothesis re-parses)
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_a_match_in_a_string_is_a_match_in_its_json_text(data: st.DataObject) -> None:
