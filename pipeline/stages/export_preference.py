@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -349,11 +350,18 @@ _JSON_FIELDS = {"preference": ("prompt", "chosen", "rejected", "tools"),
                 "kto": ("prompt", "completion", "tools")}
 
 
+def export_file(export_dir: Path, name: str) -> Path:
+    """Each dataset in a folder of its own (``preference/preference.jsonl``,
+    ``kto/kto.jsonl``): ``datasets.load_dataset(folder)`` reads a folder's files as one
+    dataset, and the two have different columns."""
+    return export_dir / name / f"{name}.jsonl"
+
+
 def materialize(ctx: ExportContext) -> None:
     # The two files are independent and their work (Parquet decoding, Arrow kernels, file
     # I/O) releases the GIL: one thread each.
     def write(name: str) -> None:
-        path = ctx.export_dir / "preference" / f"{name}.jsonl"
+        path = export_file(ctx.export_dir, name)
         fields = _JSON_FIELDS[name]
         write_stream(path, (render_jsonl(batch, fields) for batch in table_batches(ctx.path(name))))
 
@@ -429,7 +437,7 @@ def _reread(ctx: ExportContext, name: str, conv: dict[str, list[str]] | None) ->
         list[dict[str, Any]], dict[str, list[bool]], bool]:
     """One pass over a table's Parquet: its rows, known-clean masks, and whether its JSONL
     file is byte-identical to the table's rendering."""
-    match = StreamMatch(ctx.export_dir / "preference" / f"{name}.jsonl")
+    match = StreamMatch(export_file(ctx.export_dir, name))
     rows: list[dict[str, Any]] = []
     known: dict[str, list[bool]] = {f: [] for f in _KNOWN[name]}
     for batch in table_batches(ctx.path(name)):
@@ -455,7 +463,7 @@ def validate(ctx: ExportContext) -> list[str]:
         key_field = "pair_id" if name == "preference" else "row_id"
         ids = {r[key_field] for r in rows}
         errors += _check_rows(name, f"table {name}", rows, ids, config, scan, known)
-        path = ctx.export_dir / "preference" / f"{name}.jsonl"
+        path = export_file(ctx.export_dir, name)
         if not path.exists():
             errors.append(f"missing export file {path}")
         elif not matches:
@@ -491,7 +499,7 @@ def _check_pair(where: str, key: str, r: dict[str, Any]) -> list[str]:
 
 STAGE = Stage(
     name="export-preference",
-    version="1.2.0",
+    version="1.3.0",  # 1.3.0: kto/kto.jsonl in a folder of its own
     engines=scanner_versions,
     config_model=ExportPreferenceConfig,
     inputs=EXPORT_INPUTS,

@@ -208,5 +208,6 @@ def test_preference_pairs(tmp_path: Path) -> None:
     kto = table(result, root, "kto")
     assert {k["label"] for k in kto} == {True, False}
     assert all(k["label"] == (k["category"] == "accepted") for k in kto)
-    files = {p.name for p in (_exports(result, root) / "preference").iterdir()}
-    assert files == {"preference.jsonl", "kto.jsonl"}
+    exports = _exports(result, root)
+    assert [p.name for p in (exports / "preference").iterdir()] == ["preference.jsonl"]
+    assert [p.name for p in (exports / "kto").iterdir()] == ["kto.jsonl"]  # its own folder: other columns

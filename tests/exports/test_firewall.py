@@ -139,7 +139,7 @@ def test_planted_rag_and_preference_rows_are_caught(lake: tuple[Path, Any]) -> N
         finally:
             restore()
         assert any(expected in e for e in errors), (expected, errors)
-    kto = out / "preference" / "kto.jsonl"
+    kto = out / "kto" / "kto.jsonl"
     krow = json.loads(kto.read_text().splitlines()[0])
     restore = _append(kto, {**krow, "row_id": "x", "category": "rejected", "label": True})
     try:

@@ -111,7 +111,7 @@ def test_preference_and_kto_load_and_render(exported: Path, qwen25_tokenizer: An
             assert out["prompt"].endswith("<|im_start|>assistant\n")
             assert "<tool_call>" in out["chosen"] + out["rejected"]
             assert out["chosen"] != out["rejected"]
-    kto = list(_load(exported / "preference" / "kto.jsonl"))
+    kto = list(_load(exported / "kto" / "kto.jsonl"))
     assert sorted(r["label"] for r in kto) == [False, True, True, True]
     for row in kto:
         example = {"prompt": _plain(row["prompt"]), "completion": _plain(row["completion"])}
@@ -122,3 +122,17 @@ def test_preference_and_kto_load_and_render(exported: Path, qwen25_tokenizer: An
 def test_rag_loads(exported: Path) -> None:
     docs = list(_load(exported / "rag" / "playbooks.jsonl"))
     assert len(docs) == 3 and all(d["text"].startswith("## Task") for d in docs)
+
+
+@pytest.mark.parametrize(("folder", "columns"), [
+    ("preference", {"prompt", "chosen", "rejected", "tools"}),
+    ("kto", {"prompt", "completion", "label", "tools"}),
+])
+def test_each_preference_folder_loads_as_it_is(exported: Path, folder: str, columns: set[str]) -> None:
+    """`load_dataset(folder)` with no arguments: a folder holding two files with other
+    columns (preference and KTO together) failed."""
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(exported / folder), split="train")
+    assert columns <= set(dataset.column_names)
+    assert len(dataset) == len(_load(exported / folder / f"{folder}.jsonl"))
