@@ -17,6 +17,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -89,6 +90,12 @@ def did_you_mean(word: str, choices: Sequence[str], form: str) -> str:
     return f"; did you mean {form.format(close[0])}?" if close else ""
 
 
+def _bar(*counts: ProgressColumn) -> Progress:
+    """A transient bar on stderr: the description, the bar, then ``counts``."""
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), *counts,
+                    console=err_console, transient=True)
+
+
 class RichTracker(Tracker):
     """Rich progress bars, shown only for loops long enough to matter."""
 
@@ -99,34 +106,18 @@ class RichTracker(Tracker):
         if not self.enabled or (total is not None and total < 2):
             yield from items
             return
-        with Progress(
-            TextColumn("{task.description}", style="bold", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as progress:
+        with _bar(MofNCompleteColumn(), TimeElapsedColumn()) as progress:
             task = progress.add_task(description, total=total)
             for item in items:
                 yield item
                 progress.advance(task)
-
 
     @contextmanager
     def meter(self, total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
         if not self.enabled or total_bytes <= 0:
             yield lambda _done: None
             return
-        with Progress(
-            TextColumn("{task.description}", style="bold", markup=False),
-            BarColumn(),
-            DownloadColumn(binary_units=False),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-        ) as progress:
+        with _bar(DownloadColumn(binary_units=False), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
             task = progress.add_task(description, total=total_bytes)
             yield lambda done: progress.advance(task, done)
 

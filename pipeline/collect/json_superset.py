@@ -145,14 +145,16 @@ def _item(op: Any, av: Any, state: _State, before: int) -> _Part:
         _group, add_flags, _del_flags, items = av
         if add_flags & C.SRE_FLAG_IGNORECASE:
             state.caseless = True
-        inner = _sequence(list(items), state, before)
-        return _Part(f"(?:{inner.text})" if inner.text else "", inner.escapable, inner.empty, inner.after)
+        return _grouped(_sequence(list(items), state, before))
     if op in _REPEATS:
         return _repeat(av, state, before)
     if op is getattr(C, "ATOMIC_GROUP", None):
-        inner = _sequence(list(av), state, before)
-        return _Part(f"(?:{inner.text})" if inner.text else "", inner.escapable, inner.empty, inner.after)
+        return _grouped(_sequence(list(av), state, before))
     raise _Unsupported(str(op))
+
+
+def _grouped(inner: _Part) -> _Part:
+    return _Part(f"(?:{inner.text})" if inner.text else "", inner.escapable, inner.empty, inner.after)
 
 
 def _repeat(av: Any, state: _State, before: int) -> _Part:

@@ -316,9 +316,10 @@ def _parse_once(
         parser = CodexFile(shard)
     else:
         parser = ClaudeFile(shard, path, meta)
-    seen: dict[str, int] = {}  # record key -> content hash of the copy parsed last
-    set_aside: set[str] = set()  # keys whose parsed copy the parser quarantined
-    kept: dict[str, int] = {}  # key -> line of the copy kept
+    # record key -> (content hash of the copy parsed last, its line if it was kept; None
+    # where it was set aside, so a later copy is parsed: an invalid record never hides
+    # a valid one that reuses its id)
+    seen: dict[str, tuple[int, int | None]] = {}
     lines = shard.lines
     feed, add_line, loads, digest = parser.feed, shard.add_line, orjson.loads, xxhash.xxh3_64_intdigest
     hasher = xxhash.xxh3_128()
@@ -346,7 +347,7 @@ def _parse_once(
             if key in seen:
                 lines["exact_duplicate"] += 1
                 continue
-            seen[key] = chash
+            seen[key] = (chash, None)
             detail = _preview(raw) if reason != "not_an_object" else f"JSON {type(obj).__name__}: {_preview(raw)}"
             shard.quarantine(line_no, reason, detail)
             shard.add_line(line_no, key, chash, f"quarantined:{reason}", None)
@@ -361,28 +362,26 @@ def _parse_once(
         else:
             key = f"h:{chash:016x}"
         prior = seen.get(key)
-        if prior is not None and (prior == chash or key not in set_aside):
-            if prior == chash:
+        if prior is not None:
+            prior_hash, kept_line = prior
+            if prior_hash == chash:
                 lines["exact_duplicate"] += 1
-            else:
+                continue
+            if kept_line is not None:
                 shard.quarantine(line_no, "conflicting_duplicate",
-                                 f"record id reused with different content; the copy on line {kept[key]} kept",
+                                 f"record id reused with different content; the copy on line {kept_line} kept",
                                  record_id=key)
-            continue
-        # (A key whose earlier copy the parser set aside is parsed again: an invalid
-        # record never hides a valid one that reuses its id.)
-        seen[key] = chash
+                continue
         try:
             outcome, session_id = feed(line_no, obj)
         except (NestingTooDeep, RecursionError) as error:  # (the latter: uncompiled walks)
             raise NestingTooDeep(line_no) from error
         if outcome is None:  # the parser quarantined the line (and tallied it) itself
             outcome = f"quarantined:{shard.last_quarantine_reason()}"
-            set_aside.add(key)
+            seen[key] = (chash, None)
         else:
             lines[outcome] += 1
-            set_aside.discard(key)
-            kept[key] = line_no
+            seen[key] = (chash, line_no)
         add_line(line_no, key, chash, outcome, session_id)
     parser.finish()
     return hasher.hexdigest(), reader.size
