@@ -104,7 +104,7 @@ def _run(
     from pipeline.secrets import catalogue
 
     # Loading the secret catalogue's rules takes ~0.4 s of native code: started first, it
-    # runs while the imports below do (collect and the firewall wait for it if needed).
+    # runs while the imports below and collect's first batches run.
     catalogue.prefetch()
 
     from pipeline.core.lock import writer_lock

@@ -1331,9 +1331,9 @@ def _secrets_screen() -> _Screen:
 
 
 def prepare_screens(fold_home: bool = True, cache_dir: Path | None = None, mac: CacheMac | None = None) -> None:
-    """Compile the screens a collect worker uses (see ``_Screen.prepare``) and load the
-    catalogue, before workers fork."""
-    catalogue.prepare()
+    """Compile the screens a collect worker uses (see ``_Screen.prepare``), before workers
+    fork. The catalogue's rules are not loaded here: a worker loads them when a screen
+    first flags a string (``catalogue.find``)."""
     redactor = Redactor(fold_home=fold_home)
     for screen in (_SECRET_SCREEN, _catalogue_screen(), _secrets_screen(), *_json_secrets().screens(),
                    redactor._screen, redactor._json_screen):

@@ -12,7 +12,9 @@ strings that screen flags (about 1% of real log text). Findings are spans of the
 scanned; a secret found inside base64 text covers the whole encoded run.
 
 Rules load from Kingfisher's compiled-rule cache in the user's cache folder (never the
-lake, which others may write), ~0.4 s warm, ~4.5 s the first time on a machine.
+lake, which others may write), ~0.4 s warm, ~4.5 s the first time on a machine: in the
+background from the CLI's start (``prefetch``), or else when a screen first flags a
+string.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+
+from pipeline.secrets.warm import warm_text
 
 CONFIDENCE: Literal["low", "medium", "high"] = "medium"
 _NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")
@@ -55,6 +59,7 @@ class _Engine:
         self.rules = Rules(confidence=CONFIDENCE)
         self.scanner = Scanner(self.rules, base64=True)
         self.version = _version()
+        self.scanner.scan(warm_text(_rule_patterns(self.rules)))  # see pipeline.secrets.warm
 
 
 _ENGINE: _Engine | None = None
@@ -63,6 +68,8 @@ _LOADING: threading.Thread | None = None
 
 
 def _engine() -> _Engine:
+    """Loaded by the first caller that needs it (or by ``prefetch``'s thread, which a
+    caller then waits for)."""
     global _ENGINE
     loading = _LOADING
     if loading is not None and loading is not threading.current_thread():
@@ -75,17 +82,26 @@ def _engine() -> _Engine:
 
 
 def prefetch() -> None:
-    """Start loading the rules in a thread, so that a run's set-up (imports, digesting
-    its sources) hides the load; whoever needs the engine waits for it. The load runs
-    in native code without the GIL. A process must not fork while it runs: ``prepare``
-    (which a stage calls before it forks workers) waits for it. Not a daemon thread, so
-    a process that ends first waits for it rather than cutting native code short."""
+    """Start loading the rules in a thread, so that a run's set-up and its first parsing
+    hide the load (native code, without the GIL). A process must not fork while it runs
+    (``loading``): collect parses in-process until it ends. Not a daemon thread, so a
+    process that ends first waits for it rather than cutting native code short."""
     global _LOADING
     with _LOCK:
         if _ENGINE is not None or _LOADING is not None or not available():
             return
         _LOADING = threading.Thread(target=_load_quietly, name="secret-catalogue", daemon=False)
         _LOADING.start()
+
+
+def loading() -> bool:
+    """Whether ``prefetch``'s thread is still loading the rules."""
+    return _LOADING is not None and _LOADING.is_alive()
+
+
+def loaded() -> bool:
+    """Whether this process has loaded the rules (tests pin when it must not)."""
+    return _ENGINE is not None
 
 
 def _load_quietly() -> None:
@@ -107,11 +123,6 @@ def available() -> bool:
     return True
 
 
-def prepare() -> None:
-    """Load the rules now (before forking workers, so they inherit them)."""
-    _engine()
-
-
 @lru_cache(maxsize=4)
 def screen_patterns(saved: Path | None = None) -> tuple[str, ...]:
     """Every rule's pattern, in a form Hyperscan and RE2 take (named groups unnamed).
@@ -125,12 +136,11 @@ def screen_patterns(saved: Path | None = None) -> tuple[str, ...]:
             listed = json.loads((saved / _saved_name()).read_text())
             if isinstance(listed, list) and all(isinstance(p, str) for p in listed):
                 return tuple(listed)
-    engine = _engine()
-    out = []
-    for meta in engine.rules.metadata():
-        pattern = engine.rules.detail(meta["id"])["pattern"]
-        out.append(_NAMED_GROUP.sub("(", pattern))
-    return tuple(out)
+    return _rule_patterns(_engine().rules)
+
+
+def _rule_patterns(rules: Any) -> tuple[str, ...]:
+    return tuple(_NAMED_GROUP.sub("(", rules.detail(meta["id"])["pattern"]) for meta in rules.metadata())
 
 
 def save_patterns(folder: Path) -> None:

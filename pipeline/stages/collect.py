@@ -39,6 +39,7 @@ from pipeline.collect.shard import (
 from pipeline.core.imports import block_pandas
 from pipeline.core.sources import SourceFile
 from pipeline.core.stage import Stage, StageContext, StageResult
+from pipeline.secrets import catalogue
 from schemas.records import COLLECT_TABLES
 
 VERSION = "2"  # 2: Claude Code Bash exit codes
@@ -199,12 +200,18 @@ def _build_pending(
         advance(sum(sizes[m["task_key"]] for m in members))
 
     if pending:
-        # Compile (or load) the redaction screens and the secret catalogue here, once:
-        # forked workers inherit them (compiling the catalogue's screen takes seconds;
-        # the build or the lake's cache keep it compiled).
+        # Compile (or load) the redaction screens here, once: forked workers inherit
+        # them (compiling the catalogue's screen takes seconds; the build or the lake's
+        # cache keep it compiled).
         screens = ctx.scratch / "screens"
         prepare_screens(pending[0].settings.fold_home, screens, ctx.cache_mac)
         prepare_error_screen(screens, ctx.cache_mac)
+    batches = list(batches)
+    if ctx.workers > 1:
+        # No fork while the catalogue's rules load in a thread (unsafe, and each worker
+        # would load its own): parse here meanwhile; the workers then inherit the rules.
+        while len(batches) > 1 and catalogue.loading():
+            done(build_batch(batches.pop(0)))
     if ctx.workers <= 1 or len(batches) <= 1:
         for batch in batches:
             done(build_batch(batch))
