@@ -28,8 +28,9 @@ FindingKind = Literal[
     "signature_invalid",
     "signature_unchecked",
     "object_integrity",
+    "source_reach_drop",
 ]
-MetricGroup = Literal["stage", "table", "dataset", "category", "quarantine", "error_kind"]
+MetricGroup = Literal["stage", "table", "dataset", "category", "quarantine", "error_kind", "reach"]
 
 
 class _Model(BaseModel):

@@ -277,20 +277,32 @@ class CodexFile:
     # -- end of file -------------------------------------------------------------------
 
     def _prompts(self) -> list[_Prompt]:
-        """Event prompts linked to their response_item twin; else the filtered items."""
+        """Event prompts linked to their response_item twin; else the filtered items.
+
+        Clients differ in where they write the twin: the CLI just before the event, the
+        Desktop app and newer TUIs after the turn or not at all. A prompt whose twin does
+        not come before it gets a user message of its own at the event's line, and a
+        twin written later is kept as a meta message (a mirror, not a second turn), so
+        every prompt is a message that score can find.
+        """
         if not self.event_prompts:
             return [_Prompt(m.line_no, m.line_no, "\n".join(m.texts).strip(), m.timestamp, m.message_id)
                     for m in self.item_users]
         prompts = []
         candidates = list(self.item_users)
         for line_no, text, ts in self.event_prompts:
-            anchor, message_id = line_no, f"L{line_no}"
-            for index, row in enumerate(candidates):
-                if row.line_no < line_no and "\n".join(row.texts).strip() == text:
-                    anchor, message_id = row.line_no, row.message_id
-                    del candidates[: index + 1]
-                    break
-            prompts.append(_Prompt(anchor, line_no, text, ts, message_id))
+            twin = next((i for i, row in enumerate(candidates) if _twin(row, text)), None)
+            if twin is not None and candidates[twin].line_no < line_no:
+                row = candidates[twin]
+                del candidates[: twin + 1]
+                prompts.append(_Prompt(row.line_no, line_no, text, ts, row.message_id))
+                continue
+            if twin is not None:  # a mirror written after the turn
+                candidates.pop(twin).is_meta = True
+            row = _Message(message_id=f"L{line_no}", role="user", timestamp=ts, line_no=line_no,
+                           blocks=[{"type": "input_text", "text": text}], texts=[text])
+            bisect.insort(self.messages, row, key=lambda m: m.line_no)
+            prompts.append(_Prompt(line_no, line_no, text, ts, row.message_id))
         return prompts
 
     def finish(self) -> None:
@@ -351,6 +363,13 @@ class CodexFile:
             is_subagent=self.parent_thread is not None, agent_id=None,
             _root_session_id=self.parent_thread, _meta_tool_use_id=None, _spawn_digest=None,
         )
+
+
+def _twin(row: _Message, prompt: str) -> bool:
+    """Whether a response_item user message carries this prompt (the Desktop app may
+    put its IDE context before the request in the same message)."""
+    text = "\n".join(row.texts).strip()
+    return text == prompt or (bool(prompt) and prompt in text)
 
 
 def _content_json(message: _Message, limit: int) -> str:

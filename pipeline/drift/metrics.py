@@ -115,7 +115,63 @@ def run_metrics(layout: LakeLayout, view: RunView) -> Metrics:
             if group == "error_kind" and value == NULL_LABEL:
                 continue  # calls without an error are not an error kind
             metrics.put(group, value, count, scope)
+    _reach_metrics(layout, tables, metrics)
     return metrics
+
+
+def _reach_metrics(layout: LakeLayout, tables: dict[str, ObjectRef], metrics: Metrics) -> None:
+    """Per source kind, the prompts collect kept and the tasks score graded: a client
+    whose tasks stop reaching score (a format change) shows as a falling share."""
+    if not {"prompts", "sessions", CATEGORY_TABLE} <= tables.keys():
+        return
+    try:
+        sessions = pq.read_table(layout.root / tables["sessions"].path, columns=["session_id", "source_kind"])
+        prompts = pq.read_table(layout.root / tables["prompts"].path, columns=["session_id"])
+        kinds = prompts.join(sessions, "session_id", join_type="left outer")
+        prompted = pc.value_counts(kinds.column("source_kind").combine_chunks()).to_pylist()
+        scored = _column_counts(layout, tables[CATEGORY_TABLE], "source_kind") or {}
+    except (OSError, KeyError, pa.ArrowException):
+        return  # a missing or broken object is reported by the integrity check
+    metrics.scopes.add("reach")
+    for item in prompted:
+        kind = NULL_LABEL if item["values"] is None else str(item["values"])
+        metrics.put("reach", f"{kind}.prompts", int(item["counts"]), "reach")
+        metrics.put("reach", f"{kind}.scored", scored.get(kind, 0), "reach")
+
+
+def reach_findings(before: Metrics, after: Metrics, thresholds: DriftThresholds) -> list[Finding]:
+    """A source whose share of prompts that reach score fell by ``warn_pct`` / ``alert_pct``
+    of its earlier share (and by ``min_abs_change`` tasks at least)."""
+    findings: list[Finding] = []
+    if "reach" not in before.scopes or "reach" not in after.scopes:
+        return findings
+    kinds = sorted({name.rpartition(".")[0] for group, name in after.counts if group == "reach"})
+    for kind in kinds:
+        b_prompts, a_prompts = (m.counts.get(("reach", f"{kind}.prompts"), 0) for m in (before, after))
+        b_scored, a_scored = (m.counts.get(("reach", f"{kind}.scored"), 0) for m in (before, after))
+        if not b_prompts or not a_prompts:
+            continue
+        b_share, a_share = b_scored / b_prompts, a_scored / a_prompts
+        lost = round((b_share - a_share) * a_prompts)  # tasks missing at the earlier share
+        if a_share >= b_share or lost < thresholds.min_abs_change:
+            continue
+        drop = (b_share - a_share) / b_share * 100
+        severity = "alert" if drop >= thresholds.alert_pct else "warn" if drop >= thresholds.warn_pct else None
+        if severity is None:
+            continue
+        findings.append(Finding(
+            kind="source_reach_drop",
+            severity=severity,  # type: ignore[arg-type]
+            subject=f"reach:{kind}",
+            message=f"{kind}: {a_scored} of {a_prompts} prompts reached score "
+                    f"({a_share:.0%}, was {b_share:.0%})",
+            stage="score",
+            tables=["prompts", CATEGORY_TABLE],
+            before=b_scored,
+            after=a_scored,
+            change_pct=round(-drop, 2),
+        ))
+    return findings
 
 
 def swing_severity(before: int, after: int, thresholds: DriftThresholds) -> str | None:
@@ -160,8 +216,8 @@ def compare_metrics(
         if group in ("quarantine", "error_kind") and b == 0 and a > 0:
             findings.append(_new_kind(group, name, a))
             continue
-        if group == "error_kind":
-            continue  # only new kinds matter; their volume follows the sessions
+        if group in ("error_kind", "reach"):
+            continue  # only new error kinds matter; reach is judged as a share below
         severity = swing_severity(b, a, thresholds)
         if severity is None:
             continue
@@ -172,6 +228,7 @@ def compare_metrics(
         findings.append(_swing(group, name, severity, b, a))
     for stage, swings in sorted(stage_swings.items()):
         findings.append(_stage_swing(stage, swings))
+    findings.extend(reach_findings(before, after, thresholds))
     return deltas, findings
 
 

@@ -17,7 +17,7 @@ from pipeline.core.receipts import list_runs
 from pipeline.core.store import LakeLayout
 from pipeline.core.trust import TrustedKeys, load_trusted
 from pipeline.drift import compute_drift, resolve_thresholds
-from pipeline.drift.metrics import swing_severity
+from pipeline.drift.metrics import Metrics, compare_metrics, swing_severity
 from schemas.drift import DriftReport, DriftThresholds
 
 from . import toy
@@ -351,3 +351,26 @@ def test_table_output_fits_80_columns(tmp_path: Path) -> None:
     assert any("count_swing" in line and "table:scores" in line for line in lines)
     assert any(line.split()[1:-1] == ["table", "│", "scores", "│", "100", "│", "40", "│", "-60", "│", "-60.0"]
                for line in lines)
+
+
+def _reach(prompts: int, scored: int) -> Metrics:
+    metrics = Metrics()
+    metrics.scopes.add("reach")
+    metrics.put("reach", "codex.prompts", prompts, "reach")
+    metrics.put("reach", "codex.scored", scored, "reach")
+    metrics.put("reach", "claude-code.prompts", 40, "reach")
+    metrics.put("reach", "claude-code.scored", 40, "reach")
+    return metrics
+
+
+@pytest.mark.parametrize(("after", "severity"), [
+    ((60, 2), "alert"),  # the Codex Desktop case: 56 of 58 tasks lost
+    ((60, 42), "warn"),  # 97% -> 70%: a 28% drop of the share
+    ((120, 113), None),  # more prompts, same share: not drift
+    ((30, 0), "alert"),
+])
+def test_a_source_whose_prompts_stop_reaching_score_alarms(after: tuple[int, int], severity: str | None) -> None:
+    _, findings = compare_metrics(_reach(58, 56), _reach(*after), DriftThresholds())
+    reach = [f for f in findings if f.kind == "source_reach_drop"]
+    assert [f.severity for f in reach] == ([severity] if severity else [])
+    assert all(f.subject == "reach:codex" for f in reach)

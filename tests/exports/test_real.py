@@ -10,6 +10,8 @@ import pytest
 
 from pipeline.core.runner import Runner, RunOptions, RunResult
 from pipeline.core.sources import SourceSpec
+from pipeline.core.store import LakeLayout
+from pipeline.drift.metrics import load_view, run_metrics
 from pipeline.stages.registry import STAGES
 from tests.exports.builders import receipt, table
 
@@ -104,3 +106,69 @@ def test_rerun_is_a_cache_hit_and_reexports(synth_run: tuple[Path, RunResult], t
         assert receipt(again, stage).cache_hit
         assert receipt(again, stage).outputs == receipt(first, stage).outputs
     assert (root / "exports" / again.run_id / "sft" / "train.jsonl").exists()
+
+
+def _line(kind: str, payload: dict[str, object], second: int) -> str:
+    return json.dumps({"timestamp": f"2026-04-01T10:00:{second:02d}.000Z", "type": kind, "payload": payload})
+
+
+def _user_event(text: str, second: int) -> str:
+    return _line("event_msg", {"type": "user_message", "message": text, "images": [], "local_images": []}, second)
+
+
+def _user_item(text: str, second: int) -> str:
+    return _line("response_item", {"type": "message", "role": "user",
+                                   "content": [{"type": "input_text", "text": text}]}, second)
+
+
+def _answer(text: str, second: int) -> list[str]:
+    return [
+        _line("response_item", {"type": "function_call", "name": "exec_command", "call_id": f"c{second}",
+                                "arguments": json.dumps({"cmd": "pytest -q"})}, second),
+        _line("response_item", {"type": "function_call_output", "call_id": f"c{second}",
+                                "output": "Process exited with code 0\nOutput:\n3 passed"}, second + 1),
+        _line("response_item", {"type": "message", "role": "assistant",
+                                "content": [{"type": "output_text", "text": text}]}, second + 2),
+        _line("event_msg", {"type": "task_complete"}, second + 3),
+    ]
+
+
+def _rollout(session: str, originator: str, version: str, turns: list[list[str]]) -> str:
+    meta = _line("session_meta", {"id": session, "cwd": "/work/app", "originator": originator,
+                                  "cli_version": version, "source": "vscode"}, 0)
+    return "\n".join([meta, *(line for turn in turns for line in turn)]) + "\n"
+
+
+def test_every_codex_client_s_prompts_reach_score(tmp_path: Path) -> None:
+    """Where clients write the prompt's response_item twin: the CLI just before the
+    user_message event; the Desktop app after the turn (0.117-era), not at all (first
+    turn), or with its IDE context before the request. Each prompt is one task."""
+    first, second = "Run the tests and tell me if they pass.", "Now fix the flaky one."
+    ide = "# Context from my IDE setup:\n\n## Active file: app.py\n\n## My request for Codex:\n" + second
+    desktop = _rollout("019d0000-0000-0000-0000-00000000000d", "Codex Desktop", "0.128.0-alpha.1", [
+        [_user_event(first, 1), *_answer("All 3 tests pass.", 2)],
+        [_user_item(first, 6)],  # the first prompt's twin, written after its turn
+        [_user_item(ide, 7), _user_event(second, 8), *_answer("Fixed: a sleep replaced by a wait.", 9)],
+    ])
+    cli = _rollout("019d0000-0000-0000-0000-00000000000c", "codex_cli_rs", "0.125.0", [
+        [_user_item(first, 1), _user_event(first, 2), *_answer("All 3 tests pass.", 3)],
+    ])
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "rollout-2026-04-01T10-00-00-019d0000-0000-0000-0000-00000000000d.jsonl").write_text(desktop)
+    (src / "rollout-2026-04-01T10-00-00-019d0000-0000-0000-0000-00000000000c.jsonl").write_text(cli)
+    root = tmp_path / "lake"
+    result = _run(root, [SourceSpec("codex", src)])
+    _conserve(result)
+    prompts = table(result, root, "prompts")
+    messages = {(m["session_id"], m["message_id"]): m for m in table(result, root, "messages")}
+    assert len(prompts) == 3 and all((p["session_id"], p["message_id"]) in messages for p in prompts)
+    assert sorted(m["text"] for m in messages.values() if m["role"] == "user" and not m["is_meta"]) == sorted([
+        first, first, ide])  # the Desktop's late twin is a mirror (meta), not a second turn
+    score = receipt(result, "score")
+    assert score.quarantined.get("missing_provenance", 0) == 0
+    scores = table(result, root, "scores")
+    assert sorted(s["category"] for s in scores) == ["accepted"] * 3
+    view = load_view(LakeLayout(root), result.run_id)
+    reach = {k: v for (group, k), v in run_metrics(LakeLayout(root), view).counts.items() if group == "reach"}
+    assert reach == {"codex.prompts": 3, "codex.scored": 3}  # what drift compares run to run
