@@ -196,3 +196,87 @@ def test_a_root_remembers_its_sources(tmp_path: Path, corpus: list[str]) -> None
     (tmp_path / "lake" / "data" / "sources.json").write_text('{"not": "a list"}')
     broken = tracelake("run-all", "--root", root, "--quiet")
     assert broken.returncode == 2 and "sources.json is not a list of sources" in broken.stderr
+
+
+def _as_someone_else() -> list[str]:
+    """A prefix that runs a command without root's power to read anything (the tests run
+    as root): permissions are then real, not stood in for."""
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+
+
+def test_unreadable_and_unnamed_files_are_quarantined_and_the_run_goes_on() -> None:
+    import shutil
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    base = Path(tempfile.mkdtemp(prefix="tracelake-perm-"))
+    try:
+        base.chmod(0o777)
+        src = base / "src"
+        synthesize(src / "ok", sessions=3, seed=5, fmt="claude-code")
+        synthesize(src / "locked", sessions=1, seed=6, fmt="claude-code")
+        synthesize(base / "more", sessions=2, seed=7, fmt="claude-code")
+        unreadable, named = sorted((base / "more").rglob("*.jsonl"))
+        shutil.move(unreadable, src / "ok" / "secret-perms.jsonl")
+        os.rename(named, os.fsencode(src / "ok") + b"/caf\xe9-latin1.jsonl")
+        (src / "ok" / "secret-perms.jsonl").chmod(0o000)
+        for folder in [base, *base.rglob("*")]:
+            if folder.is_dir():
+                folder.chmod(0o777)
+        locked = next(p for p in (src / "locked").rglob("*") if p.is_dir())
+        locked.chmod(0o000)
+        root = base / "lake"
+        env = {**os.environ, "HOME": str(base), "COLUMNS": "200",
+               "TRACELAKE_SIGNING_KEY": str(base / "signing-key.pem")}  # one that user may read
+        done = subprocess.run(
+            [*_as_someone_else(), sys.executable, "-m", "pipeline.cli.main", "run", "collect",
+             "--root", str(root), "--source", f"claude-code:{src}", "--workers", "1"],
+            capture_output=True, text=True, env=env, check=False, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        for shown in ("secret-perms.jsonl set aside (unreadable file)",
+                      "caf\\xe9-latin1.jsonl set aside (undecodable name)", f"{locked.name} set aside (unreadable dir)"):
+            assert shown in done.stderr, done.stderr
+        summary = _summary(root)
+        tables = summary["tables"]
+        assert isinstance(tables, dict)
+        rows = pq.read_table(root / tables["collect_quarantine"]["path"]).to_pylist()
+        file_rows = {(r["source_file"].rsplit("/", 1)[-1], r["reason"]) for r in rows if r["line_no"] is None}
+        assert file_rows == {("secret-perms.jsonl", "unreadable_file"), ("caf\\xe9-latin1.jsonl", "undecodable_name"),
+                             (locked.name, "unreadable_dir")}
+        stages = summary["stages"]
+        assert isinstance(stages, list)
+        (collect,) = stages
+        # each set-aside file is one record in, quarantined: the counts still add up
+        assert collect["quarantined"] == len([r for r in rows if r["reason"] != "conflicting_duplicate"]) >= 3
+        assert collect["records_in"] == collect["records_out"] + collect["quarantined"] + collect["filtered"]
+        messages = pq.read_table(root / tables["messages"]["path"], columns=["source_file"]).column(0).to_pylist()
+        assert {m.rsplit("/", 1)[-1] for m in messages} == {
+            p.name for p in (src / "ok").rglob("*.jsonl") if p.parent != src / "ok"}  # the rest were parsed
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o777)
+        shutil.rmtree(base)
+
+
+def test_a_source_with_nothing_readable_is_an_error() -> None:
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="tracelake-perm-"))
+    try:
+        base.chmod(0o777)
+        synthesize(base / "src", sessions=1, seed=5, fmt="codex")
+        (base / "src").chmod(0o000)
+        env = {**os.environ, "HOME": str(base), "TRACELAKE_SIGNING_KEY": str(base / "key.pem")}
+        done = subprocess.run(
+            [*_as_someone_else(), sys.executable, "-m", "pipeline.cli.main", "run-all", "--root", str(base / "lake"),
+             "--source", f"codex:{base / 'src'}"],
+            capture_output=True, text=True, env=env, check=False, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"has no file tracelake can read: {base / 'src'}: unreadable dir" in done.stderr
+    finally:
+        (base / "src").chmod(0o777)
+        shutil.rmtree(base)

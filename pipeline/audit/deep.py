@@ -250,6 +250,9 @@ def recorded_sources(
         unstable = [f.display_path for f in files if f.digest.startswith(CHANGED_DURING_RUN)]
         if unstable:
             return None, f"{len(unstable)} {kind} file(s) kept changing during the run, e.g. {unstable[0]}"
+        set_aside = [f"{f.display_path} ({f.set_aside})" for f in files if f.set_aside]
+        if set_aside:
+            return None, f"{len(set_aside)} {kind} file(s) could not be read or named, e.g. {set_aside[0]}"
         changed = [f.display_path for f in files if not _same_bytes(f)]
         if changed:
             return None, f"{len(changed)} {kind} file(s) changed or missing, e.g. {changed[0]}"

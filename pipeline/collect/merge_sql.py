@@ -191,6 +191,9 @@ def final_queries() -> dict[str, FinalQuery]:
                 UNION ALL
                 SELECT stage, _file, line_no, record_id, session_id, reason, detail, 1 AS part, _row
                 FROM conflict_rows
+                UNION ALL
+                SELECT stage, _file, line_no, record_id, session_id, reason, detail, 2 AS part, _row
+                FROM file_rows
             ) JOIN files USING (_file)
             WHERE {where}
             ORDER BY stage, reason, files.source_file, line_no, record_id, detail, part, _row"""),

@@ -37,7 +37,7 @@ from pipeline.collect.lines import (
 from pipeline.collect.redact import Redactor
 from pipeline.collect.tasks import CollectSettings, ShardTask
 from pipeline.core.hashing import CacheMac, HashingReader, digest_json, xxh3_128_hex
-from pipeline.core.sources import changed_during_run
+from pipeline.core.sources import SET_ASIDE, UNREADABLE_FILE, changed_during_run
 from pipeline.core.store import atomic_path
 from pipeline.secrets import catalogue
 
@@ -111,6 +111,7 @@ LINE_REASONS = frozenset(
         "missing_session_id", "unknown_entry_type", "conflicting_duplicate", "invalid_record",
         "nesting_too_deep",
         "source_changed_during_run",  # a whole file, counted as one record
+        "unreadable_file", "unreadable_dir", "undecodable_name",  # likewise, set aside unread
     }
 )
 _DETAIL_CHARS = 300
@@ -300,6 +301,10 @@ def parse_as_read(shard: Shard, path: Path, meta: dict[str, Any] | None, expecte
         why = f"the file gave different bytes in each of {SOURCE_READS} reads; it is parsed once it stops changing"
     except FileNotFoundError:
         digest, size, why = "missing", 0, "the file was deleted while the run read it"
+    except OSError as error:  # readable when the runner digested it, not now
+        _rewind(shard, mark)
+        shard.quarantine(None, UNREADABLE_FILE, f"the file could not be read: {error.strerror or error}")
+        return SET_ASIDE + UNREADABLE_FILE, 0
     _rewind(shard, mark)
     shard.quarantine(None, SOURCE_CHANGED, why)
     return changed_during_run(digest), size

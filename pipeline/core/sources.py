@@ -36,6 +36,11 @@ SOURCE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "outcomes": (".jsonl",),
 }
 CHANGED_DURING_RUN = "changed-during-run:"
+# The digest recorded for a file discovery found but could not read or name: never the
+# digest of any content, so the run that can read it again parses it.
+SET_ASIDE = "set-aside:"
+UNREADABLE_FILE, UNREADABLE_DIR, UNDECODABLE_NAME = "unreadable_file", "unreadable_dir", "undecodable_name"
+SET_ASIDE_REASONS = (UNREADABLE_FILE, UNREADABLE_DIR, UNDECODABLE_NAME)
 
 
 def changed_during_run(last_digest: str) -> str:
@@ -67,6 +72,11 @@ class SourceFile:
     size: int
     digest: str
 
+    @property
+    def set_aside(self) -> str | None:
+        """Why discovery could not take this file (one of ``SET_ASIDE_REASONS``), or None."""
+        return self.digest[len(SET_ASIDE):] if self.digest.startswith(SET_ASIDE) else None
+
 
 def display_path(path: Path, fold_home: bool, home: str | None = None) -> str:
     text = path.as_posix()
@@ -81,23 +91,34 @@ def discover(spec: SourceSpec) -> list[tuple[str, os.stat_result]]:
     """The kind's files under ``spec.path`` (or the file itself), as (path, stat) sorted
     by path string; regular files only (symlinks to them too), symlinked folders are not
     followed. One stat per file: the fingerprint comes from it."""
+    return discover_all(spec)[0]
+
+
+def discover_all(spec: SourceSpec) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, str]]]:
+    """``discover``, and what it had to set aside as (path, reason): a folder it may not
+    list (``unreadable_dir``) and a file whose path is not UTF-8 (``undecodable_name``:
+    no table can hold its name). Nothing found is dropped without a row."""
     root = spec.path.resolve()
     try:
         top = root.stat()
     except OSError:
-        return []
+        return [], []
     if stat.S_ISREG(top.st_mode):
-        return [(root.as_posix(), top)]
+        return ([], [(str(root), UNDECODABLE_NAME)]) if _undecodable(str(root)) else ([(root.as_posix(), top)], [])
     if not stat.S_ISDIR(top.st_mode):
-        return []
+        return [], []
     suffixes = SOURCE_SUFFIXES[spec.kind]
     found: list[tuple[str, os.stat_result]] = []
+    set_aside: list[tuple[str, str]] = []
     pending = [str(root)]
     while pending:
         folder = pending.pop()
         try:
             entries = os.scandir(folder)
+        except FileNotFoundError:  # vanished meanwhile
+            continue
         except OSError:
+            set_aside.append((folder, UNREADABLE_DIR))
             continue
         with entries:
             for entry in entries:
@@ -105,12 +126,30 @@ def discover(spec: SourceSpec) -> list[tuple[str, os.stat_result]]:
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(entry.path)
                     elif entry.name.endswith(suffixes) and entry.is_file():
-                        found.append((entry.path, entry.stat()))
+                        if _undecodable(entry.path):
+                            set_aside.append((entry.path, UNDECODABLE_NAME))
+                        else:
+                            found.append((entry.path, entry.stat()))
                 except OSError:  # vanished meanwhile
                     continue
     # Sorted as strings (Path comparison costs ~10x more).
     found.sort(key=lambda item: item[0])
-    return found
+    set_aside.sort()
+    return found, set_aside
+
+
+def _undecodable(path: str) -> bool:
+    """Whether a path holds bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown_name(path: str) -> str:
+    """A path as text whatever its bytes: undecodable bytes as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class StatCache:
@@ -145,11 +184,11 @@ class StatCache:
         if isinstance(loaded, dict):
             self.entries = loaded
 
-    def digest_all(self, files: Sequence[tuple[str, os.stat_result]]) -> list[str]:
-        """The digest per (path, stat). Files whose fingerprint changed are read by two
-        threads (reads and xxh3 release the GIL): 0.12 s instead of 0.16-0.27 s for a
-        cold 500 MB corpus."""
-        out: list[str] = []
+    def digest_all(self, files: Sequence[tuple[str, os.stat_result]]) -> list[str | None]:
+        """The digest per (path, stat); None for a file that cannot be read. Files whose
+        fingerprint changed are read by two threads (reads and xxh3 release the GIL):
+        0.12 s instead of 0.16-0.27 s for a cold 500 MB corpus."""
+        out: list[str | None] = []
         stale: list[tuple[int, list[object]]] = []
         keys = [self._key(path) for path, _ in files]
         for index, (_, info) in enumerate(files):
@@ -164,12 +203,13 @@ class StatCache:
             return out
         shares = [stale[0::2], stale[1::2]]  # one run of files per thread, not a task per file
         with ThreadPoolExecutor(max_workers=2) as pool:
-            digested = list(pool.map(lambda share: [xxh3_128_file(Path(files[i][0])) for i, _ in share], shares))
+            digested = list(pool.map(lambda share: [_readable_digest(files[i][0]) for i, _ in share], shares))
         for share, digests in zip(shares, digested, strict=True):
             for (index, fingerprint), digest in zip(share, digests, strict=True):
-                self.entries[keys[index]] = [*fingerprint, digest]
                 out[index] = digest
-                self.dirty = True
+                if digest is not None:
+                    self.entries[keys[index]] = [*fingerprint, digest]
+                    self.dirty = True
         return out
 
     def _key(self, path: str) -> str:
@@ -183,17 +223,37 @@ class StatCache:
             self.dirty = False
 
 
+def _readable_digest(path: str) -> str | None:
+    try:
+        return xxh3_128_file(Path(path))
+    except OSError:
+        return None
+
+
 def resolve_sources(
     specs: Iterable[SourceSpec], cache: StatCache, fold_home: bool = True
 ) -> list[SourceFile]:
+    """Every source file with its digest; a file or folder discovery could not read or
+    name is a ``SourceFile`` too, whose ``set_aside`` says why (its stage quarantines it)."""
     files: dict[tuple[str, str], SourceFile] = {}
     home = Path.home().as_posix()
-    found = [(spec.kind, entry) for spec in specs for entry in discover(spec)]
+    found: list[tuple[str, tuple[str, os.stat_result]]] = []
+    for spec in specs:
+        readable, set_aside = discover_all(spec)
+        found.extend((spec.kind, entry) for entry in readable)
+        for name, reason in set_aside:
+            shown = display_path(Path(shown_name(name)), fold_home, home)
+            files[(spec.kind, shown)] = SourceFile(spec.kind, Path(name), shown, 0, SET_ASIDE + reason)
     digests = cache.digest_all([entry for _, entry in found])
     for (kind, (name, info)), digest in zip(found, digests, strict=True):
         path = Path(name)
         shown = display_path(path, fold_home, home)
-        files[(kind, shown)] = SourceFile(kind, path, shown, info.st_size, digest)
+        if digest is None and not os.path.lexists(name):
+            continue  # deleted since discovery: not a source any more
+        if digest is None:
+            files[(kind, shown)] = SourceFile(kind, path, shown, 0, SET_ASIDE + UNREADABLE_FILE)
+        else:
+            files[(kind, shown)] = SourceFile(kind, path, shown, info.st_size, digest)
     cache.save()
     return [files[key] for key in sorted(files)]
 
@@ -229,7 +289,12 @@ def check_source(spec: SourceSpec) -> None:
     would succeed with nothing in it, or with every line set aside."""
     if not spec.path.exists():
         raise TracelakeError(f"source {spec.kind}:{spec.path} does not exist")
-    found = discover(spec)
+    found, set_aside = discover_all(spec)
+    if not found and set_aside:
+        path, reason = set_aside[0]
+        more = f" (and {len(set_aside) - 1} more)" if len(set_aside) > 1 else ""
+        raise TracelakeError(f"source {spec.kind}:{spec.path} has no file tracelake can read: "
+                             f"{shown_name(path)}: {reason.replace('_', ' ')}{more}")
     if not found:
         suffixes = " or ".join(f"*{s}" for s in SOURCE_SUFFIXES[spec.kind])
         raise TracelakeError(f"source {spec.kind}:{spec.path} holds no {spec.kind} files ({suffixes})")
@@ -327,7 +392,7 @@ def save_manifest(cache_dir: Path, files: list[SourceFile]) -> str:
     if not path.exists():
         from pipeline.secrets import redact_texts
 
-        real = [f.path.as_posix() for f in files]
+        real = [shown_name(f.path.as_posix()) for f in files]
         redacted_real = redact_texts(real)
         redacted_shown = redact_texts([f.display_path for f in files])
         rows = []

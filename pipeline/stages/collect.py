@@ -92,7 +92,7 @@ def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
         sources = ctx.sources.get(kind, [])
         sidecars = {f.display_path: f for f in sources if f.display_path.endswith(SIDECAR)}
         for source in sources:
-            if source.display_path.endswith(SIDECAR):
+            if source.display_path.endswith(SIDECAR) or source.set_aside is not None:
                 continue
             name = _sidecar_name(source.display_path) if kind == "claude-code" else None
             meta = sidecars.get(name) if name else None
@@ -109,6 +109,16 @@ def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
     # Merge order is by recorded path, never by discovery or completion order.
     tasks.sort(key=lambda t: (t.display_path, t.kind))
     return tasks
+
+
+def _set_aside(ctx: StageContext) -> list[tuple[str, str]]:
+    """(path, reason) of the files discovery could not read or name: each one quarantine
+    row, and a warning, while the run goes on."""
+    unread = sorted((f.display_path, f.set_aside) for files in ctx.sources.values() for f in files
+                    if f.set_aside is not None)
+    for path, reason in unread:
+        log.warning("collect: %s set aside (%s)", path, reason.replace("_", " "))
+    return unread
 
 
 def _as_read(ctx: StageContext, tasks: list[ShardTask], members: list[dict[str, Any]]) -> dict[str, list[SourceFile]] | None:
@@ -296,7 +306,8 @@ def run(ctx: StageContext) -> StageResult:
     unique = list({m["key"]: m for m in members}.values())
     shard_dir = ctx.scratch / "shards"
     prune(shard_dir, {m["container"] for m in unique}, older_than=started)
-    merged = merge_shards(shard_dir, unique, shard_lines, ctx.scratch / "spill")
+    unread = _set_aside(ctx)
+    merged = merge_shards(shard_dir, unique, shard_lines, ctx.scratch / "spill", unread)
     redactions.update(merged.redactions)
     redaction_rules.update(merged.redaction_rules)
     lines = merged.lines

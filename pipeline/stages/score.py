@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.core.imports import LazyModule
-from pipeline.core.sources import SourceFile, read_source
+from pipeline.core.sources import UNREADABLE_FILE, SourceFile, read_source
 from pipeline.core.stage import Stage, StageContext, StageResult
 from pipeline.export.common import SCORER_VERSION, Quarantine, frame, to_table
 from pipeline.export.conversation import CallFacts
@@ -152,7 +152,22 @@ def read_outcomes(
     n_rows = 0
     filtered: Counter[str] = Counter()
     for file in sorted(files, key=lambda f: f.display_path):
-        data, as_read = read_source(file)
+        if file.set_aside is not None:  # unreadable or unnamed: one row for the file
+            if read is not None:
+                read.append(file)
+            n_rows += 1
+            quarantine.add(file.set_aside, None, None, "discovery could not read or name this file",
+                           file.display_path, None)
+            continue
+        try:
+            data, as_read = read_source(file)
+        except OSError as error:  # unreadable since the runner digested it
+            if read is not None:
+                read.append(file)
+            n_rows += 1
+            quarantine.add(UNREADABLE_FILE, None, None, error.strerror or type(error).__name__,
+                           file.display_path, None)
+            continue
         if read is not None:
             read.append(as_read)
         for line_no, line in enumerate(data.splitlines(), start=1):
