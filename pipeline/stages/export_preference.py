@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.imports import LazyModule
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
+from pipeline.export.card import Config, Split, write_card
 from pipeline.export.common import (
     SCORER_VERSION,
     Quarantine,
@@ -367,6 +369,30 @@ def materialize(ctx: ExportContext) -> None:
 
     with ThreadPoolExecutor(max_workers=len(_JSON_FIELDS)) as pool:
         list(pool.map(write, _JSON_FIELDS))
+    for name, (title, summary) in _CARDS.items():
+        ref = ctx.outputs[name]
+        schema = pq.read_schema(ctx.path(name))
+        write_card(export_file(ctx.export_dir, name).parent, title, summary,
+                   [Config("default", [Split("train", f"{name}.jsonl", ref.rows)])], schema, _CARD_NOTES,
+                   STAGE_NAME, VERSION, [ref])
+
+
+STAGE_NAME, VERSION = "export-preference", "1.4.0"  # 1.4.0: a dataset card per folder
+_CARDS = {
+    "preference": ("tracelake preference pairs",
+                   "Pairs of a better and a worse answer to one prompt, in the prompt / chosen / "
+                   "rejected conversational form TRL's DPOTrainer takes."),
+    "kto": ("tracelake KTO examples",
+            "Single answers labelled desirable or not, in the prompt / completion / label form "
+            "TRL's KTOTrainer takes."),
+}
+_CARD_NOTES = {
+    "prompt": "the conversation up to the answer: a list of messages",
+    "chosen": "the better answer: a list of assistant and tool messages",
+    "rejected": "the worse answer: a list of assistant and tool messages",
+    "completion": "the answer: a list of assistant and tool messages",
+    "tools": "the tools the conversation uses, as OpenAI function schemas",
+}
 
 
 def _as_json(value: Any) -> Any:
@@ -498,8 +524,8 @@ def _check_pair(where: str, key: str, r: dict[str, Any]) -> list[str]:
 
 
 STAGE = Stage(
-    name="export-preference",
-    version="1.3.0",  # 1.3.0: kto/kto.jsonl in a folder of its own
+    name=STAGE_NAME,
+    version=VERSION,
     engines=scanner_versions,
     config_model=ExportPreferenceConfig,
     inputs=EXPORT_INPUTS,

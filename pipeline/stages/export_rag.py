@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
+from pipeline.export.card import Config, Split, write_card
 from pipeline.export.common import (
     SCORER_VERSION,
     Quarantine,
@@ -140,7 +141,19 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def materialize(ctx: ExportContext) -> None:
-    write_bytes(ctx.export_dir / "rag" / PLAYBOOKS, render_jsonl(output_table(ctx, "rag"), ("steps",)))
+    table = output_table(ctx, "rag")
+    write_bytes(ctx.export_dir / "rag" / PLAYBOOKS, render_jsonl(table, ("steps",)))
+    write_card(
+        ctx.export_dir / "rag", "tracelake RAG playbooks",
+        "One Markdown document per accepted agent task (`text`: the task, the steps that worked, "
+        "the answer), with its provenance, for retrieval.",
+        [Config("default", [Split("train", PLAYBOOKS, table.num_rows)])],
+        table.schema, {"steps": "the tool calls that worked, in order, as objects"},
+        STAGE_NAME, VERSION, [ctx.outputs["rag"]],
+    )
+
+
+STAGE_NAME, VERSION = "export-rag", "1.4.0"
 
 
 def _check_rows(where: str, rows: list[dict[str, Any]], allowed: set[str], ids: set[str],
@@ -182,8 +195,8 @@ def validate(ctx: ExportContext) -> list[str]:
 
 
 STAGE = Stage(
-    name="export-rag",
-    version="1.3.0",
+    name=STAGE_NAME,
+    version=VERSION,
     engines=scanner_versions,
     config_model=ExportRagConfig,
     inputs=EXPORT_INPUTS,

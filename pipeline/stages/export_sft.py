@@ -19,6 +19,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
+from pipeline.export.card import Config, Split, write_card
 from pipeline.export.common import (
     SCORER_VERSION,
     Quarantine,
@@ -282,12 +283,34 @@ def materialize(ctx: ExportContext) -> None:
     out = ctx.export_dir / "sft"
     out.mkdir(parents=True, exist_ok=True)
     table = output_table(ctx, "sft")
+    rows = {}
     for split in ("train", "valid"):
         part = _split(table, split)
+        rows[split] = part.num_rows
         pq.write_table(part, out / f"{split}.parquet", compression="zstd")
         write_bytes(out / f"{split}.jsonl", render_jsonl(part, _JSON_FIELDS))
     schemas = [loads(r) for r in output_table(ctx, "tool_schemas")["tool_schema"].to_pylist()]
     write_jsonl(out / "tool_schemas.jsonl", schemas)
+    write_card(
+        out, "tracelake SFT conversations",
+        "Accepted agent tasks as chat conversations with tool calls, in the `messages` + `tools` "
+        "form TRL's SFTTrainer and chat templates take. The `.parquet` files hold the same rows "
+        "with `messages` and `tools` as JSON text (for SQL engines).",
+        [Config("default", [Split("train", "train.jsonl", rows["train"]),
+                            Split("validation", "valid.jsonl", rows["valid"])]),
+         Config("tool_schemas", [Split("train", "tool_schemas.jsonl", len(schemas))])],
+        table.schema, _CARD_NOTES, STAGE_NAME, VERSION,
+        [ctx.outputs["sft"], ctx.outputs["tool_schemas"]],
+    )
+
+
+STAGE_NAME, VERSION = "export-sft", "1.4.0"
+_CARD_NOTES = {
+    "messages": "the conversation: a list of {role, content, reasoning_content?, tool_calls?, "
+                "tool_call_id?, name?}; tool-call `arguments` are JSON objects",
+    "tools": "the tools the conversation uses, as OpenAI function schemas",
+    "split": "train or valid, by session (a session is never on both sides)",
+}
 
 
 def _check_messages(where: str, key: str, messages: Any) -> list[str]:
@@ -380,8 +403,8 @@ def validate(ctx: ExportContext) -> list[str]:
 
 
 STAGE = Stage(
-    name="export-sft",
-    version="1.3.0",
+    name=STAGE_NAME,
+    version=VERSION,
     engines=scanner_versions,
     config_model=ExportSftConfig,
     inputs=EXPORT_INPUTS,

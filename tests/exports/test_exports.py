@@ -209,5 +209,6 @@ def test_preference_pairs(tmp_path: Path) -> None:
     assert {k["label"] for k in kto} == {True, False}
     assert all(k["label"] == (k["category"] == "accepted") for k in kto)
     exports = _exports(result, root)
-    assert [p.name for p in (exports / "preference").iterdir()] == ["preference.jsonl"]
-    assert [p.name for p in (exports / "kto").iterdir()] == ["kto.jsonl"]  # its own folder: other columns
+    assert sorted(p.name for p in (exports / "preference").iterdir()) == ["README.md", "preference.jsonl"]
+    # its own folder: other columns
+    assert sorted(p.name for p in (exports / "kto").iterdir()) == ["README.md", "kto.jsonl"]

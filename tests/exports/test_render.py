@@ -124,15 +124,39 @@ def test_rag_loads(exported: Path) -> None:
     assert len(docs) == 3 and all(d["text"].startswith("## Task") for d in docs)
 
 
-@pytest.mark.parametrize(("folder", "columns"), [
-    ("preference", {"prompt", "chosen", "rejected", "tools"}),
-    ("kto", {"prompt", "completion", "label", "tools"}),
+@pytest.mark.parametrize(("folder", "columns", "splits"), [
+    ("sft", {"messages", "tools", "task_id"}, {"train": 2, "validation": 1}),
+    ("rag", {"text", "steps", "source_file"}, {"train": 3}),
+    ("preference", {"prompt", "chosen", "rejected", "tools"}, {"train": 2}),
+    ("kto", {"prompt", "completion", "label", "tools"}, {"train": 4}),
 ])
-def test_each_preference_folder_loads_as_it_is(exported: Path, folder: str, columns: set[str]) -> None:
-    """`load_dataset(folder)` with no arguments: a folder holding two files with other
-    columns (preference and KTO together) failed."""
+def test_each_export_folder_loads_as_it_is(exported: Path, folder: str, columns: set[str],
+                                           splits: dict[str, int]) -> None:
+    """`load_dataset(folder)` with no arguments, as a user (or the Hub) does: the card's
+    configs pick the files (the SFT folder's Parquet twins once won, with JSON text for
+    messages), and nested columns come back as objects a chat template takes."""
     from datasets import load_dataset
 
-    dataset = load_dataset(str(exported / folder), split="train")
-    assert columns <= set(dataset.column_names)
-    assert len(dataset) == len(_load(exported / folder / f"{folder}.jsonl"))
+    loaded = load_dataset(str(exported / folder))
+    assert {name: len(split) for name, split in loaded.items()} == splits
+    for split in loaded.values():
+        assert columns <= set(split.column_names)
+        row = split[0]
+        for name in columns & {"messages", "prompt", "chosen", "rejected", "completion", "steps", "tools"}:
+            value = _plain(row[name])
+            assert isinstance(value, list) and all(isinstance(item, dict) for item in value), name
+
+
+def test_each_export_folder_has_a_dataset_card(exported: Path) -> None:
+    import yaml
+
+    for folder in ("sft", "rag", "preference", "kto"):
+        card = (exported / folder / "README.md").read_text()
+        header, _, body = card.removeprefix("---\n").partition("\n---\n")
+        configs = yaml.safe_load(header)["configs"]
+        named = {s["path"] for c in configs for s in c["data_files"]}
+        assert named and all((exported / folder / path).is_file() for path in named)
+        assert "## Columns" in body and "## Provenance" in body and "tracelake 0." in body
+        assert "sha256" in body and "receipts verify" in body
+    sft_card = (exported / "sft" / "README.md").read_text()
+    assert "| default | validation | `valid.jsonl` | 1 |" in sft_card
