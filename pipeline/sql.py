@@ -81,15 +81,22 @@ def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
 
 
 def define_views(
-    con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str, keys: TrustedKeys
+    con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str, keys: TrustedKeys,
+    relative: bool = False,
 ) -> list[str]:
     """Create the run's views on ``con`` from its signed statement and receipts (each
     verified with ``keys``); returns the view names. ``receipt_history`` leaves out runs
-    whose receipts do not verify."""
+    whose receipts do not verify. ``relative``: the views name their Parquet files by
+    their path in the root (``data/objects/...``), which DuckDB resolves from the folder
+    it runs in: a database file that outlives this process then works wherever the root
+    is moved or copied, opened from the root."""
     summary = load_run_summary(layout, run_id, keys)
     names: list[str] = []
+    if relative:  # resolve them here as they will be there
+        con.execute(f"SET file_search_path = '{layout.root.resolve().as_posix().replace(chr(39), chr(39) * 2)}'")
     for name, ref in summary.tables.items():
-        path = (layout.root / ref.path).resolve().as_posix().replace("'", "''")
+        where = Path(ref.path) if relative else (layout.root / ref.path).resolve()
+        path = where.as_posix().replace("'", "''")
         con.execute(f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT * FROM read_parquet('{path}')")
         names.append(name)
     quarantines = [n for n in names if n.endswith("_quarantine")]
@@ -199,7 +206,9 @@ def connect(root: Path, run_id: str | None = None) -> tuple[duckdb.DuckDBPyConne
 
 
 def write_lake_db(layout: LakeLayout, run_id: str) -> Path:
-    """Persist the latest run's views into data/lake.duckdb (built aside, then renamed)."""
+    """Persist the latest run's views into data/lake.duckdb (built aside, then renamed),
+    with paths relative to the root: open it from the root (``cd ROOT && duckdb
+    data/lake.duckdb``), wherever the root now is."""
     layout.data.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-lake-", suffix=".duckdb", dir=layout.data)
     os.close(fd)
@@ -207,7 +216,7 @@ def write_lake_db(layout: LakeLayout, run_id: str) -> Path:
     try:
         con = duckdb.connect(tmp_name)
         try:
-            define_views(con, layout, run_id, load_trusted(layout))
+            define_views(con, layout, run_id, load_trusted(layout), relative=True)
             con.execute("CHECKPOINT")
         finally:
             con.close()

@@ -74,11 +74,20 @@ def test_run_all_twice_is_reproducible_and_cached(tmp_path: Path, corpus: list[s
 
 
 def test_lake_duckdb_serves_ad_hoc_users(tmp_path: Path, corpus: list[str]) -> None:
-    assert tracelake("run", "collect", "--root", str(tmp_path), *corpus, "--quiet").returncode == 0
-    con = duckdb.connect(str(tmp_path / "data" / "lake.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*) FROM sessions").fetchall()[0][0] > 0
-    stages = con.execute("SELECT stage FROM receipts").fetchall()
-    assert stages == [("collect",)]  # `run collect` runs nothing downstream
+    import shutil
+
+    first = tmp_path / "lake"
+    assert tracelake("run", "collect", "--root", str(first), *corpus, "--quiet").returncode == 0
+    moved = tmp_path / "elsewhere" / "lake"
+    shutil.move(first, moved)  # a root moved (or copied) keeps a working lake.duckdb
+    probe = ("import duckdb; con = duckdb.connect('data/lake.duckdb', read_only=True); "
+             "print(con.execute('SELECT count(*) FROM sessions').fetchone()[0]); "
+             "print(con.execute('SELECT stage FROM receipts').fetchall())")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=moved, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    count, stages = done.stdout.splitlines()
+    assert int(count) > 0
+    assert stages == "[('collect',)]"  # `run collect` runs nothing downstream
 
 
 def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ def print_run(root: Path, run_id: str) -> None:
         f"run_hash  {summary.run_hash}",
         f"receipts  {layout.run_dir(run_id)}",
         f"objects   {layout.objects}",
-        f"duckdb    {layout.duckdb_file}",
+        f"duckdb    {layout.duckdb_file} (open it from {layout.root})",
     ]
     exports = layout.export_dir(run_id)
     if exports.exists():
