@@ -65,6 +65,16 @@ def _exported(tables: set[str], task_view: str | None) -> list[str]:
 
 
 def _session_files(tables: set[str], task_view: str | None) -> str:
+    """Every file a session's records came from: ``sessions`` names the first, a resumed
+    session's messages name the others."""
+    if {"sessions", "messages"} <= tables:
+        return (
+            "SELECT DISTINCT f.session_id, f.source_file, k.source_kind FROM ("
+            "SELECT session_id, source_file FROM sessions "
+            "UNION SELECT session_id, source_file FROM messages) f "
+            "LEFT JOIN (SELECT session_id, any_value(source_kind) AS source_kind FROM sessions GROUP BY ALL) k "
+            "USING (session_id)"
+        )
     if "sessions" in tables:
         return "SELECT DISTINCT session_id, source_file, source_kind FROM sessions"
     if task_view:

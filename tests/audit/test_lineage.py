@@ -42,9 +42,14 @@ def lake() -> dict[str, pa.Table]:
         "sessions": table(
             sessions,
             {"session_id": "s1", "source_file": "~/p/s1.jsonl", "source_kind": "claude-code"},
-            {"session_id": "s1", "source_file": "~/p/s1-resumed.jsonl", "source_kind": "claude-code"},
             {"session_id": "a1", "source_file": "~/p/s1/subagents/a1.jsonl", "source_kind": "claude-code"},
             {"session_id": "s2", "source_file": "~/c/s2.jsonl", "source_kind": "codex"},
+        ),
+        # one sessions row per session (its first file); the resumed file shows in messages
+        "messages": table(
+            COLLECT_TABLES["messages"],
+            {"session_id": "s1", "message_id": "m1", "source_file": "~/p/s1.jsonl"},
+            {"session_id": "s1", "message_id": "m2", "source_file": "~/p/s1-resumed.jsonl"},
         ),
         "tasks": table(
             SCORING_TABLES["tasks"],
@@ -94,7 +99,8 @@ def test_export_rows_of_a_source_file() -> None:
     assert sorted(by_session) == [("preference",), ("sft",)]
 
 
-@pytest.mark.parametrize("drop", [("tasks",), ("tasks", "scores"), ("sessions",), ("sft", "rag", "kto")])
+@pytest.mark.parametrize("drop", [("tasks",), ("tasks", "scores"), ("sessions",), ("messages",),
+                                  ("sft", "rag", "kto")])
 def test_partial_lakes_still_get_a_view(drop: tuple[str, ...]) -> None:
     tables = {k: v for k, v in lake().items() if k not in drop}
     con = connect(tables)

@@ -172,3 +172,26 @@ def test_every_codex_client_s_prompts_reach_score(tmp_path: Path) -> None:
     view = load_view(LakeLayout(root), result.run_id)
     reach = {k: v for (group, k), v in run_metrics(LakeLayout(root), view).counts.items() if group == "reach"}
     assert reach == {"codex.prompts": 3, "codex.scored": 3}  # what drift compares run to run
+
+
+def test_a_session_spread_over_two_files_traces_to_both(teich_examples: Path, tmp_path: Path) -> None:
+    """A resumed Claude Code session continues in a second file: every exported row of it
+    names both files in `lineage`, and each message names the file it came from."""
+    from pipeline.sql import connect
+
+    lines = (teich_examples / "example_claude_code.jsonl").read_text().splitlines(keepends=True)
+    src = tmp_path / "src" / "-home-user-app"
+    src.mkdir(parents=True)
+    half = len(lines) // 2
+    (src / "first.jsonl").write_text("".join(lines[:half]))
+    (src / "resumed.jsonl").write_text("".join(lines[half:]))
+    root = tmp_path / "lake"
+    result = _run(root, [SourceSpec("claude-code", tmp_path / "src")])
+    con, _ = connect(root, result.run_id)
+    per_file = dict(con.execute("SELECT regexp_extract(source_file, '[^/]+$'), count(*) FROM messages "
+                                "GROUP BY ALL").fetchall())
+    assert set(per_file) == {"first.jsonl", "resumed.jsonl"}
+    assert per_file["first.jsonl"] > 0 and per_file["resumed.jsonl"] > 0
+    fed = con.execute("SELECT dataset, regexp_extract(source_file, '[^/]+$') FROM lineage "
+                      "WHERE dataset IN ('sft', 'rag') GROUP BY ALL ORDER BY ALL").fetchall()
+    assert fed == [("rag", "first.jsonl"), ("rag", "resumed.jsonl"), ("sft", "first.jsonl"), ("sft", "resumed.jsonl")]
