@@ -17,6 +17,7 @@ thinking dropped): :func:`features` is the one definition both paths use.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -189,9 +190,41 @@ def drop_thinking(messages: list[dict[str, Any]]) -> bool:
     return changed
 
 
-def strip_tools(messages: list[dict[str, Any]], skip: set[str]) -> tuple[list[dict[str, Any]], int]:
-    """Messages without calls to skip-listed tools and their results; (messages, removed)."""
+# What the turns around a skip-listed call talk about, per tool: "I'll add these to the
+# todo list", "Exiting plan mode". Such a turn left behind without its call teaches the
+# model to talk about a tool it never calls. A tool not listed here is known by its name.
+_SUBJECTS: dict[str, str] = {
+    "TodoWrite": r"\bto-?dos?\b|\bto-?do (?:list|items?)\b",
+    "TodoRead": r"\bto-?dos?\b|\bto-?do (?:list|items?)\b",
+    "ExitPlanMode": r"\bplan mode\b",
+    "EnterPlanMode": r"\bplan mode\b",
+    "update_plan": r"\bplan (?:steps?|items?)\b|\bupdated? the plan\b",
+    "TaskCreate": r"\btask list\b|\btask #?\d+\b",
+    "TaskUpdate": r"\btask list\b|\btask #?\d+\b",
+    "TaskList": r"\btask list\b|\btask #?\d+\b",
+    "TaskGet": r"\btask list\b|\btask #?\d+\b",
+}
+
+
+def talks_about(messages: list[dict[str, Any]], tools: set[str]) -> bool:
+    """Whether an assistant turn's text or reasoning mentions one of ``tools`` or what
+    it does (``_SUBJECTS``)."""
+    if not tools:
+        return False
+    pattern = re.compile("|".join(sorted({_SUBJECTS.get(t, rf"\b{re.escape(t)}\b") for t in tools}
+                                         | {rf"\b{re.escape(t)}\b" for t in tools})), re.IGNORECASE)
+    return any(
+        isinstance(text, str) and pattern.search(text)
+        for m in messages if m["role"] == "assistant"
+        for text in (m.get("content"), m.get("reasoning_content"))
+    )
+
+
+def strip_tools(messages: list[dict[str, Any]], skip: set[str]) -> tuple[list[dict[str, Any]], int, set[str]]:
+    """Messages without calls to skip-listed tools and their results; (messages, calls
+    removed, the tools they were calls to)."""
     removed_ids: set[str] = set()
+    removed_tools: set[str] = set()
     kept: list[dict[str, Any]] = []
     for message in messages:
         if message["role"] == "tool" and message["tool_call_id"] in removed_ids:
@@ -199,13 +232,14 @@ def strip_tools(messages: list[dict[str, Any]], skip: set[str]) -> tuple[list[di
         if message.get("tool_calls"):
             calls = [c for c in message["tool_calls"] if c["function"]["name"] not in skip]
             removed_ids |= {c["id"] for c in message["tool_calls"]} - {c["id"] for c in calls}
+            removed_tools |= {c["function"]["name"] for c in message["tool_calls"]} & skip
             message = {k: v for k, v in message.items() if k != "tool_calls"}
             if calls:
                 message["tool_calls"] = calls
             elif not (message.get("content") or "").strip():
                 continue  # nothing left but (maybe) thinking about the skipped call
         kept.append(message)
-    return kept, len(removed_ids)
+    return kept, len(removed_ids), removed_tools
 
 
 def calls_of(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -21,6 +21,7 @@ from pipeline.export.conversation import (
     features,
     join_messages,
     strip_tools,
+    talks_about,
 )
 from pipeline.export.dedupe import DedupeConfig, DedupeResult, collapse
 from pipeline.export.firewall import BATCH_ROWS, TEMPLATE_TOKENS, StringScan, value_digests
@@ -206,9 +207,11 @@ def transform_rows(
         messages = orjson.loads(join_messages(*inputs.halves(row["_c"])))
         if not keep_thinking:
             drop_thinking(messages)
+        row["skip_dependent"] = False
         if touches_skip:
-            messages, n = strip_tools(messages, skip)
+            messages, n, tools = strip_tools(messages, skip)
             removed += n
+            row["skip_dependent"] = talks_about(messages, tools)
         known_clean = tokens == TEMPLATE_TOKENS and not row["secret_kinds"] and row["template_token"] is None
         row.update(features(messages, row["source_kind"], inputs.required))
         row["rebuilt"] = True

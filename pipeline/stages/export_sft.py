@@ -146,6 +146,8 @@ def _check_row(row: dict[str, Any], config: ExportSftConfig) -> tuple[str, str, 
         return "filtered", "long_argument", ""
     if row["max_repeated_line"] > config.repeated_line_threshold:
         return "filtered", "repeated_lines", ""
+    if row.get("skip_dependent"):  # its turns talk about a skip-listed call it no longer has
+        return "filtered", "skipped_tool_turns", ""
     return None
 
 

@@ -28,6 +28,12 @@ def test_sft_rows_filters_and_files(tmp_path: Path) -> None:
         ("", [Call("Read", {"file_path": "d.py"}, "code")]),
         "Fixed the parser.",
     )
+    corpus.session("todotalk").task(  # the turns describe the todo list: without the call, the row goes
+        "Plan and fix the time parser bug please",
+        ("I'll track the fix in a todo list first.", [Call("TodoWrite", {"todos": [{"content": "fix"}]}, "ok")]),
+        ("", [Call("Read", {"file_path": "t.py"}, "code")]),
+        "Fixed the parser; all todos are done.",
+    )
     corpus.session("short").task("What does this repo do, in one line?", "It parses logs.")
     corpus.session("long").task(
         "Write the generated fixture file for me",
@@ -52,12 +58,12 @@ def test_sft_rows_filters_and_files(tmp_path: Path) -> None:
     r = receipt(result, "export-sft")
     assert r.status == "ok", r.validation.errors
     _conserves(r)
-    assert r.records_in == 8
+    assert r.records_in == 9
     # The rejected "bad" task: rejected work is unsafe for SFT whatever the opt-ins.
     assert r.quarantined == {"unsafe_sft_category": 1, "copied_context": 1, "secret_detected": 1,
                              "template_token_in_content": 1}
-    assert r.filtered == {"long_argument": 1, "too_few_turns": 1}
-    assert r.stats["skip_tool_calls_removed"] == 1
+    assert r.filtered == {"long_argument": 1, "too_few_turns": 1, "skipped_tool_turns": 1}
+    assert r.stats["skip_tool_calls_removed"] == 2
     rows = {row["session_id"]: row for row in table(result, root, "sft")}
     assert set(rows) == {"good", "todo"}
     messages = json.loads(rows["good"]["messages"])
@@ -212,3 +218,23 @@ def test_preference_pairs(tmp_path: Path) -> None:
     assert sorted(p.name for p in (exports / "preference").iterdir()) == ["README.md", "preference.jsonl"]
     # its own folder: other columns
     assert sorted(p.name for p in (exports / "kto").iterdir()) == ["README.md", "kto.jsonl"]
+
+
+def test_turns_about_a_removed_tool_are_found() -> None:
+    from pipeline.export.conversation import strip_tools, talks_about
+
+    call = {"id": "c1", "type": "function", "function": {"name": "TodoWrite", "arguments": {"todos": []}}}
+    messages = [
+        {"role": "user", "content": "Fix the todo app's date bug"},  # the user's words do not count
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "name": "TodoWrite", "content": "ok"},
+        {"role": "assistant", "content": "Fixed."},
+    ]
+    kept, removed, tools = strip_tools(messages, {"TodoWrite"})
+    assert (removed, tools, [m["role"] for m in kept]) == (1, {"TodoWrite"}, ["user", "assistant"])
+    assert not talks_about(kept, tools)
+    for said in ("Updating the to-do list.", "All TODOs done.", "I called TodoWrite.", "My todo items:"):
+        assert talks_about([*kept, {"role": "assistant", "content": said}], tools), said
+    assert talks_about([{"role": "assistant", "content": "", "reasoning_content": "tick the todo"}], tools)
+    assert not talks_about([{"role": "assistant", "content": "Plan mode is off."}], tools)
+    assert talks_about([{"role": "assistant", "content": "Plan mode is off."}], {"ExitPlanMode"})
