@@ -13,6 +13,7 @@ import pytest
 
 CACHE = Path(__file__).parent / ".cache"
 TEICH_VERSION = "0.3.6"
+CLAUDE_CODE_LOG_VERSION = "1.7.0"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -47,5 +48,26 @@ def teich_examples() -> Path:
     )
     with tarfile.open(CACHE / f"teich-{TEICH_VERSION}.tar.gz") as archive:
         members = [m for m in archive.getmembers() if "/examples/" in m.name and m.isfile()]
+        archive.extractall(CACHE, members=members, filter="data")
+    return target
+
+
+@pytest.fixture(scope="session")
+def claude_code_log_messages() -> Path:
+    """claude-code-log's real Claude Code records, one kind per file (user, assistant,
+    thinking, sidechain, system records, each tool's use, result and error), from its
+    sdist's dev-docs. Real paths and names: fetched into an ignored folder, never committed."""
+    name = f"claude_code_log-{CLAUDE_CODE_LOG_VERSION}"
+    target = CACHE / name / "dev-docs" / "messages" / "claude-code"
+    if (target / "user" / "user.jsonl").exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "claude-code-log",
+         f"claude-code-log=={CLAUDE_CODE_LOG_VERSION}", "-d", str(CACHE)],
+        check=True,
+    )
+    with tarfile.open(CACHE / f"{name}.tar.gz") as archive:
+        members = [m for m in archive.getmembers() if "/dev-docs/messages/" in m.name and m.isfile()]
         archive.extractall(CACHE, members=members, filter="data")
     return target

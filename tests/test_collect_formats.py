@@ -166,3 +166,38 @@ def test_synth_claude_merged_corpus(tmp_path: Path) -> None:
     assert prompts["prompt_id"].n_unique() == prompts.height  # type: ignore[union-attr]
     for row in sessions.iter_rows(named=True):  # type: ignore[union-attr]
         assert row["n_prompts"] == prompts.filter(pl.col("session_id") == row["session_id"]).height  # type: ignore[union-attr]
+
+
+def test_claude_code_log_records_golden(claude_code_log_messages: Path, tmp_path: Path) -> None:
+    """claude-code-log's 59 real records. The figures below were counted by hand from the
+    files (not from tracelake): 15 sessions; 18 tool_use blocks; 26 tool_result blocks, of
+    which 2 are byte-identical copies of another file's record (AskUserQuestion's and
+    Edit's "result" and "result_error" files hold the same line) and 6 answer a call that
+    no record of their session holds (the other *_error files); 2 of the 18 calls failed
+    (AskUserQuestion: no such tool; Edit: file not read yet); the Bash call succeeded with
+    empty output."""
+    # As Claude Code lays them out: one file per session, records in time order (the
+    # files are one record each, cut from sessions); records without a session alone.
+    by_session: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted(claude_code_log_messages.rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = orjson.loads(line)
+            key = record.get("sessionId") or path.stem
+            by_session.setdefault(key, []).append((str(record.get("timestamp") or ""), line))
+    src = tmp_path / "src" / "-home-dev-project"
+    src.mkdir(parents=True)
+    for key, records in by_session.items():
+        (src / f"{key}.jsonl").write_text("".join(line + "\n" for _, line in sorted(records, key=lambda r: r[0])))
+    lake = collect(tmp_path / "lake", [("claude-code", tmp_path / "src")])
+    sessions = pl.from_arrow(lake.tables["sessions"])
+    assert sessions.height == 15  # type: ignore[union-attr]
+    calls = pl.from_arrow(lake.tables["tool_calls"])
+    assert calls.height == 18 and calls["has_result"].all()  # type: ignore[union-attr,index]
+    assert sorted(calls.filter(pl.col("is_error"))["name"].to_list()) == ["AskUserQuestion", "Edit"]  # type: ignore[union-attr]
+    assert calls.filter(pl.col("name") == "Bash")["exit_code"].to_list() == [0]  # type: ignore[union-attr]
+    quarantine = pl.from_arrow(lake.tables["collect_quarantine"])
+    unpaired = quarantine.filter(pl.col("reason") == "unpaired_tool_result")  # type: ignore[union-attr]
+    assert unpaired.height == 6  # the Bash, ExitPlanMode, KillShell, MultiEdit, Read and Write errors
+    lines = lake.receipt.stats["lines"]
+    assert lines["exact_duplicate"] == 2
+    assert sum(lines.values()) == 59
