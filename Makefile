@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NATIVE := pipeline/collect/_native.json
 NATIVE_SOURCES := $(addprefix pipeline/collect/,claude_code.py codex.py content.py errors.py lines.py redact.py shard.py)
 
-.PHONY: setup native demo test lint typecheck bench clean
+.PHONY: setup native demo test lint typecheck bench clean browser
 
 setup: $(STAMP) $(NATIVE)
 
@@ -39,8 +39,13 @@ lint: setup
 	$(BIN)/ruff check pipeline schemas tests bench
 	$(BIN)/mypy
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest -q tests
+
+# Debian's Chromium, for the report's browser test (tests/test_report.py).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
 bench: setup
 	$(BIN)/python bench/collect/run.py

@@ -22,6 +22,7 @@ from pipeline.cli.common import (
     resolve_root,
 )
 from pipeline.cli.drift import register as register_drift
+from pipeline.cli.report import register as register_report
 from pipeline.cli.synth import register as register_synth
 from pipeline.core.errors import IntegrityError, SignatureError, TracelakeError
 
@@ -550,6 +551,7 @@ def _column_widths(columns: list[str], cells: list[list[str]], total: int) -> li
 
 register_synth(app)
 register_drift(app)
+register_report(app)
 
 
 def main() -> None:
