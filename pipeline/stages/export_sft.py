@@ -53,6 +53,7 @@ from pipeline.export.inputs import (
     select_candidates,
     transform_rows,
 )
+from pipeline.export.nested import flat_row, nested_sft
 from pipeline.secrets import scanner_versions
 from schemas.datasets import SFT, TOOL_SCHEMAS
 from schemas.tables import from_columns
@@ -277,10 +278,6 @@ def _split(table: pa.Table, split: str) -> pa.Table:
     return table.filter(pc.equal(table["split"], split))
 
 
-def _jsonl_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "messages": loads(row["messages"]), "tools": loads(row["tools"])}
-
-
 def materialize(ctx: ExportContext) -> None:
     out = ctx.export_dir / "sft"
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +286,7 @@ def materialize(ctx: ExportContext) -> None:
     for split in ("train", "valid"):
         part = _split(table, split)
         rows[split] = part.num_rows
-        pq.write_table(part, out / f"{split}.parquet", compression="zstd")
+        pq.write_table(nested_sft(part), out / f"{split}.parquet", compression="zstd")
         write_bytes(out / f"{split}.jsonl", render_jsonl(part, _JSON_FIELDS))
     schemas = [loads(r) for r in output_table(ctx, "tool_schemas")["tool_schema"].to_pylist()]
     write_jsonl(out / "tool_schemas.jsonl", schemas)
@@ -297,7 +294,7 @@ def materialize(ctx: ExportContext) -> None:
         out, "tracelake SFT conversations",
         "Accepted agent tasks as chat conversations with tool calls, in the `messages` + `tools` "
         "form TRL's SFTTrainer and chat templates take. The `.parquet` files hold the same rows "
-        "with `messages` and `tools` as JSON text (for SQL engines).",
+        "nested (`messages` a list of structs; tool-call `arguments` and `tools` as JSON).",
         [Config("default", [Split("train", "train.jsonl", rows["train"]),
                             Split("validation", "valid.jsonl", rows["valid"])]),
          Config("tool_schemas", [Split("train", "tool_schemas.jsonl", len(schemas))])],
@@ -393,8 +390,8 @@ def validate(ctx: ExportContext) -> list[str]:
                 errors += _check_rows(jsonl.name, rows, allowed, table_ids, scan, sides)
         if parquet.exists():
             written = read_table(parquet)
-            if not written.equals(part):
-                rows = [_jsonl_row(r) for r in written.to_pylist()]
+            if not written.equals(nested_sft(part)):
+                rows = [flat_row(r) for r in written.to_pylist()]
                 errors += _check_rows(parquet.name, rows, allowed, table_ids, scan, sides)
     if n_files != len(table_rows):
         errors.append(f"sft jsonl files hold {n_files} rows, the table {len(table_rows)}")

@@ -232,3 +232,45 @@ def test_deep_verify_reruns_the_firewall_on_published_exports(lake: tuple[Path, 
     sft = next(c for c in report.stages if c.stage == "export-sft")
     assert sft.verdict == "differs" and "firewall" in sft.detail and "secret" in sft.detail, sft
     assert not report.passed
+
+
+@pytest.mark.parametrize("where", ["content", "arguments", "tools"])
+def test_a_secret_planted_in_the_nested_parquet_is_caught(lake: tuple[Path, Any], where: str) -> None:
+    """The Parquet twin is nested (messages as structs, arguments and tools as JSON): a
+    secret written into any part of it after the export fails the firewall."""
+    import pyarrow as pa
+
+    root, result = lake
+    path = root / "exports" / result.run_id / "sft" / "train.parquet"
+    original = path.read_bytes()
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    row = rows[0]
+    if where == "content":
+        row["messages"][0]["content"] += f" token {SECRET}"
+    elif where == "arguments":
+        call = next(c for m in row["messages"] for c in (m["tool_calls"] or []))
+        call["function"]["arguments"] = json.dumps({"token": SECRET})
+    else:
+        row["tools"] = json.dumps([{"type": "function", "function": {"name": "x", "description": SECRET}}])
+    try:
+        storage = pa.Table.from_pylist(rows, schema=pa.schema(
+            [f.with_type(_storage(f.type)) for f in table.schema]))
+        pq.write_table(storage.cast(table.schema), path)
+        errors = EXPORT_SFT.validate(_ctx(root, result, EXPORT_SFT, ExportSftConfig()))  # type: ignore[misc]
+    finally:
+        path.write_bytes(original)
+    assert any("train.parquet" in e and "secret" in e for e in errors), errors
+
+
+def _storage(typ: Any) -> Any:
+    """``typ`` with Arrow's JSON extension replaced by its string storage (to build rows)."""
+    import pyarrow as pa
+
+    if isinstance(typ, pa.JsonType):
+        return pa.string()
+    if pa.types.is_list(typ):
+        return pa.list_(_storage(typ.value_type))
+    if pa.types.is_struct(typ):
+        return pa.struct([f.with_type(_storage(f.type)) for f in typ])
+    return typ

@@ -90,12 +90,31 @@ def test_sft_loads_and_renders(exported: Path, qwen_tokenizer: Any) -> None:
         assert apply_chat_template({"messages": messages}, qwen_tokenizer, tools=tools)["text"] == text
 
 
-def test_sft_parquet_holds_json_strings(exported: Path) -> None:
+def test_sft_parquet_has_nested_types(exported: Path) -> None:
+    """messages a list of structs; arguments and tools as Arrow's JSON type, which
+    datasets reads as objects and DuckDB as JSON; the rows equal the JSONL file's."""
+    import duckdb
+    import pyarrow as pa
     import pyarrow.parquet as pq
+    from datasets import load_dataset
 
-    table = pq.read_table(exported / "sft" / "train.parquet")
-    assert str(table.schema.field("messages").type) in ("large_string", "string")
-    assert isinstance(json.loads(table.column("messages")[0].as_py()), list)
+    path = exported / "sft" / "train.parquet"
+    schema = pq.read_schema(path)
+    message = schema.field("messages").type.value_type
+    assert pa.types.is_struct(message) and {"role", "content", "tool_calls"} <= set(message.names)
+    arguments = message.field("tool_calls").type.value_type.field("function").type.field("arguments").type
+    assert isinstance(arguments, pa.JsonType) and isinstance(schema.field("tools").type, pa.JsonType)
+    from_parquet = load_dataset("parquet", data_files=str(path), split="train")
+    from_jsonl = _load(exported / "sft" / "train.jsonl")
+    for a, b in zip(from_parquet, from_jsonl, strict=True):
+        assert a["task_id"] == b["task_id"]
+        strip = lambda ms: [{k: v for k, v in m.items() if v is not None} for m in ms]  # noqa: E731
+        calls = [c for m in a["messages"] for c in (m["tool_calls"] or [])]
+        assert all(isinstance(c["function"]["arguments"], dict) for c in calls)
+        assert strip(a["messages"]) == strip(_plain(b["messages"]))
+        assert a["tools"] == _plain(b["tools"])
+    first = duckdb.sql(f"SELECT messages[1].role, json_type(tools) FROM '{path}' LIMIT 1").fetchall()
+    assert first == [("user", "ARRAY")]
 
 
 def test_preference_and_kto_load_and_render(exported: Path, qwen25_tokenizer: Any, qwen_tokenizer: Any) -> None:
