@@ -25,6 +25,7 @@ from pipeline.cli.drift import register as register_drift
 from pipeline.cli.report import register as register_report
 from pipeline.cli.synth import register as register_synth
 from pipeline.core.errors import IntegrityError, SignatureError, TracelakeError
+from pipeline.stages.registry import STAGE_NAMES
 
 app = typer.Typer(
     help="Agent session logs -> a signed, content-addressed Parquet lake and training data.",
@@ -240,7 +241,8 @@ def run_all(
 
 @app.command("run")
 def run_one(
-    stage: Annotated[str, typer.Argument(help="Stage to run, with what it needs upstream.")],
+    stage: Annotated[str, typer.Argument(
+        help=f"Stage to run, with what it needs upstream: {', '.join(STAGE_NAMES)}.", metavar="STAGE")],
     root: RootOpt = None,
     source: SourceOpt = None,
     config: ConfigOpt = None,
