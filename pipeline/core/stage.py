@@ -126,9 +126,14 @@ class Stage:
 
     @cached_property
     def full_version(self) -> str:
-        """The version receipts record and cache keys hash: ``version``, plus the engine
-        versions, so upgrading an engine re-runs the stage instead of reusing old output."""
-        return self.version if self.engines is None else f"{self.version}+{self.engines()}"
+        """The version receipts record and cache keys hash: ``version``, the engine
+        versions (upgrading an engine re-runs the stage instead of reusing old output),
+        and the digest of the stage's code (``pipeline.core.code``: editing its logic
+        re-runs it, version bump or not)."""
+        from pipeline.core.code import code_digest
+
+        version = self.version if self.engines is None else f"{self.version}+{self.engines()}"
+        return f"{version}+code.{code_digest(self.run.__module__)}"
 
     @property
     def quarantine_table(self) -> str:

@@ -88,6 +88,7 @@ def _sidecar_name(display_path: str) -> str | None:
 def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
     tasks = []
     shard_dir = ctx.scratch / "shards"
+    version = STAGE.full_version  # a shard is reused only by the same collect code
     for kind in ("claude-code", "codex"):
         sources = ctx.sources.get(kind, [])
         sidecars = {f.display_path: f for f in sources if f.display_path.endswith(SIDECAR)}
@@ -97,13 +98,13 @@ def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
             name = _sidecar_name(source.display_path) if kind == "claude-code" else None
             meta = sidecars.get(name) if name else None
             digest = meta.digest if meta else None
-            key = shard_key(kind, source.display_path, source.digest, digest, settings, VERSION)
+            key = shard_key(kind, source.display_path, source.digest, digest, settings, version)
             tasks.append(
                 ShardTask(
                     kind=kind, path=str(source.path), display_path=source.display_path, key=key,
                     digest=source.digest, shard_dir=str(shard_dir),
                     meta_path=str(meta.path) if meta else None, settings=settings,
-                    stage_version=VERSION, cache_mac=ctx.cache_mac,
+                    stage_version=version, cache_mac=ctx.cache_mac,
                 )
             )
     # Merge order is by recorded path, never by discovery or completion order.

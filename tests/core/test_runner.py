@@ -120,3 +120,63 @@ def test_missing_object_forces_a_rerun(tmp_path: Path) -> None:
     second = _run(tmp_path)
     assert toy.CALLS["square"] == 2 and toy.CALLS["make"] == 1
     assert (tmp_path / second.summary.tables["squares"].path).exists()
+
+
+_EDITED_STAGE = '''
+import pyarrow as pa
+from pipeline.core.stage import Stage, StageContext, StageResult
+from schemas.records import QUARANTINE
+from tests.core.toy import NUMBERS, MakeConfig
+
+
+def make_numbers(ctx: StageContext) -> StageResult:
+    values = list(range(ctx.config.n))  # BODY
+    table = pa.table({"key": [f"k{v:04d}" for v in values], "value": values})
+    return StageResult(tables={"numbers": table, "quarantine": QUARANTINE.schema.empty_table()},
+                       records_in=len(values), records_out=len(values))
+
+
+MAKE = Stage("make", "1", MakeConfig, (), (NUMBERS,), make_numbers)
+'''
+
+
+def test_editing_a_stage_s_code_reruns_it_without_a_version_bump(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The cache key covers the stage's code: an edited function body (same version
+    string) re-runs the stage, and what reads its changed output; a comment-only edit
+    re-runs it too, and its unchanged output lets the next stage hit its cache."""
+    import importlib
+    import sys
+
+    from pipeline.core.code import code_digest
+
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    module_file = folder / "edited_stage.py"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def run_with(body: str) -> dict[str, bool]:
+        module_file.write_text(_EDITED_STAGE.replace("list(range(ctx.config.n))  # BODY", body))
+        sys.modules.pop("edited_stage", None)
+        importlib.invalidate_caches()
+        code_digest.cache_clear()  # a new process, as each `tracelake` run is
+        module = importlib.import_module("edited_stage")
+        options = RunOptions(root=tmp_path / "lake", sources=[], recorded_at="2026-01-01T00:00:00Z")
+        result = Runner([module.MAKE, toy.SQUARE], options).run()
+        assert result.ok
+        return {o.stage: o.receipt.cache_hit for o in result.outcomes if o.receipt}
+
+    assert run_with("list(range(ctx.config.n))") == {"make": False, "square": False}
+    assert run_with("list(range(ctx.config.n))") == {"make": True, "square": True}
+    assert run_with("list(range(ctx.config.n + 1))") == {"make": False, "square": False}
+    assert run_with("list(range(ctx.config.n + 1))  # same numbers") == {"make": False, "square": True}
+
+
+def test_a_stage_s_code_covers_its_project_imports() -> None:
+    from pipeline.core.code import code_files
+
+    files = code_files("pipeline.stages.collect")
+    # the compiled parser counts by its source; package __init__ files too; no third party
+    assert {"pipeline.collect.shard", "pipeline.collect.redact", "pipeline.core.stage", "pipeline",
+            "schemas.records"} <= set(files)
+    assert all(path.suffix == ".py" for path in files.values())
+    assert not any(name.split(".")[0] in ("pyarrow", "duckdb", "orjson") for name in files)
