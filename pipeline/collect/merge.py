@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import duckdb.func as duckdb_func
 import numpy as np
 import pyarrow as pa
 
@@ -100,7 +101,7 @@ def _connect(spill: Path) -> duckdb.DuckDBPyConnection:
                                  "temp_directory": str(spill)})
     con.create_function(
         "prompt_digest", _prompt_digests, [duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")],
-        duckdb.sqltype("VARCHAR"), type="arrow", null_handling="special", side_effects=False,
+        duckdb.sqltype("VARCHAR"), type=duckdb_func.ARROW, null_handling=duckdb_func.SPECIAL, side_effects=False,
     )
     return con
 
@@ -235,8 +236,8 @@ def merge_shards(
         tables[name] = _stream(con, segments, spec, passthrough.get(name), count, closer, files)
     quarantine = queries["quarantine"].sql.format(where="TRUE")
     reasons = con.execute(f"SELECT reason, count(*) FROM ({quarantine}) GROUP BY ALL").fetchall()
-    set_aside = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
-    return Merged(tables=tables, lines=+tallies, set_aside=set_aside, redactions=redactor.counts,
+    below_lines = {r: int(n) for r, n in sorted(reasons) if r not in LINE_REASONS}
+    return Merged(tables=tables, lines=+tallies, set_aside=below_lines, redactions=redactor.counts,
                   redaction_rules=redactor.rules)
 
 

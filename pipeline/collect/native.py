@@ -67,7 +67,7 @@ def precompile_screens() -> None:
     from pipeline.collect import errors, redact
     from pipeline.secrets import catalogue
 
-    if redact._hyperscan is None:
+    if not redact.hyperscan_available():
         return
     shutil.rmtree(redact.PRECOMPILED_SCREENS, ignore_errors=True)
     catalogue.save_patterns(redact.PRECOMPILED_SCREENS)

@@ -1330,6 +1330,11 @@ def _secrets_screen() -> _Screen:
     return _Screen(_SECRET_RE2, _catalogue_patterns())
 
 
+def hyperscan_available() -> bool:
+    """Whether screens run on Hyperscan here (its wheel exists for x86-64 only)."""
+    return _hyperscan is not None
+
+
 def prepare_screens(fold_home: bool = True, cache_dir: Path | None = None, mac: CacheMac | None = None) -> None:
     """Compile the screens a collect worker uses (see ``_Screen.prepare``), before workers
     fork. The catalogue's rules are not loaded here: a worker loads them when a screen

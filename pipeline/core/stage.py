@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
+from typing_extensions import TypeVar as DefaultTypeVar
 
 from pipeline.core.hashing import CacheMac
 from pipeline.core.sources import SourceFile
@@ -67,10 +68,15 @@ class Tracker:
         yield
 
 
+# A stage's config type: its run, materialize and validate read ``ctx.config`` typed.
+# Defaults to BaseModel, so code that handles any stage writes plain ``Stage``.
+C = DefaultTypeVar("C", bound=BaseModel, default=BaseModel)
+
+
 @dataclass
-class StageContext:
+class StageContext(Generic[C]):
     layout: LakeLayout
-    config: BaseModel
+    config: C
     inputs: dict[str, ObjectRef]
     sources: dict[str, list[SourceFile]]
     recorded_at: str
@@ -89,11 +95,11 @@ class StageContext:
 
 
 @dataclass
-class ExportContext:
+class ExportContext(Generic[C]):
     """Where a stage materialises files for external clients, every run (hit or not)."""
 
     layout: LakeLayout
-    config: BaseModel
+    config: C
     run_id: str
     outputs: dict[str, ObjectRef]
     export_dir: Path
@@ -108,18 +114,18 @@ class ExportContext:
 
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(Generic[C]):
     name: str
     version: str
-    config_model: type[BaseModel]
+    config_model: type[C]
     inputs: tuple[str, ...]
     outputs: tuple[TableSpec, ...]
-    run: Callable[[StageContext], StageResult]
+    run: Callable[[StageContext[C]], StageResult]
     source_kinds: tuple[str, ...] = ()
     # Writes exports/<run_id>/... from the stage's own output tables.
-    materialize: Callable[[ExportContext], None] | None = None
+    materialize: Callable[[ExportContext[C]], None] | None = None
     # Re-reads what the stage wrote (tables and exports); returns violations.
-    validate: Callable[[ExportContext], list[str]] | None = None
+    validate: Callable[[ExportContext[C]], list[str]] | None = None
     # What the outputs depend on besides this code and the config: versions of installed
     # engines (the secret scanners a firewalled stage runs). Part of ``full_version``.
     engines: Callable[[], str] | None = None

@@ -41,15 +41,15 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     return pq.ParquetFile(path).read(columns=columns, use_threads=False)
 
 
-def input_table(ctx: StageContext, name: str, columns: list[str] | None = None) -> pa.Table:
+def input_table(ctx: StageContext[Any], name: str, columns: list[str] | None = None) -> pa.Table:
     return read_table(ctx.path(name), columns)
 
 
-def output_table(ctx: ExportContext, name: str) -> pa.Table:
+def output_table(ctx: ExportContext[Any], name: str) -> pa.Table:
     return read_table(ctx.path(name))
 
 
-def frame(ctx: StageContext, name: str, columns: list[str] | None = None) -> pl.DataFrame:
+def frame(ctx: StageContext[Any], name: str, columns: list[str] | None = None) -> pl.DataFrame:
     """An input table as a polars frame, read by polars itself: its reader builds polars'
     string views directly, where going through Arrow would copy every string again."""
     return read_frame(ctx.path(name), columns)

@@ -43,10 +43,10 @@ _CHUNK_BYTES = 1 << 18  # texts are signed in ~256 KB batches: arrays stay in ca
 class DedupeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float = Field(0.85, gt=0, le=1, description="MinHash LSH Jaccard threshold.")
-    num_perm: int = Field(64, ge=16, description="MinHash bins (one-permutation hashing).")
-    seed: int = Field(1, description="Hash seed (deterministic).")
-    max_chars: int = Field(12_000, ge=100, description="Characters of each text shingled.")
+    threshold: float = Field(default=0.85, gt=0, le=1, description="MinHash LSH Jaccard threshold.")
+    num_perm: int = Field(default=64, ge=16, description="MinHash bins (one-permutation hashing).")
+    seed: int = Field(default=1, description="Hash seed (deterministic).")
+    max_chars: int = Field(default=12_000, ge=100, description="Characters of each text shingled.")
 
     def signature_params(self) -> tuple[int, int, int]:
         return (self.num_perm, self.seed, self.max_chars)
@@ -161,7 +161,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(30))) * _C2
         x = (x ^ (x >> np.uint64(27))) * _C3
-        return x ^ (x >> np.uint64(31))
+        mixed: np.ndarray = x ^ (x >> np.uint64(31))
+        return mixed
 
 
 def _seed_word(seed: int) -> np.uint64:

@@ -65,7 +65,7 @@ def _find_secrets() -> Callable[[str], list[tuple[str, int, int]]]:
         raise SecretScannerUnavailable(
             "pipeline.collect.redact.find_secrets is unavailable; cannot rescan for secrets"
         ) from exc
-    return find_secrets  # type: ignore[no-any-return]
+    return find_secrets
 
 
 def _screen() -> Callable[[Sequence[str | None]], list[str | None]] | None:

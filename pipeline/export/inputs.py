@@ -123,7 +123,7 @@ def signature_matrix(column: pa.ChunkedArray) -> np.ndarray:
     return values.astype(np.uint32).reshape(len(array), -1)
 
 
-def load_inputs(ctx: StageContext, columns: list[str]) -> ExportInputs:
+def load_inputs(ctx: StageContext[Any], columns: list[str]) -> ExportInputs:
     """Scores and the small conversation columns asked for; the large JSON ones are read
     later, for the rows the stage needs (``ExportInputs.fetch``)."""
     keys = ["task_id", "session_id", "prompt_number"]
@@ -252,7 +252,7 @@ def dedupe_rows(survivors: list[dict[str, Any]], inputs: ExportInputs, config: D
 PROMPT, COMPLETION, MESSAGES = 0, 1, 2  # positions in conversations.json_digests
 
 
-def run_conversations(ctx: ExportContext) -> dict[str, list[str]] | None:
+def run_conversations(ctx: ExportContext[Any]) -> dict[str, list[str]] | None:
     """task_id -> JSON digests of the conversations this run's score wrote and scanned
     clean, re-read from the table its receipt names; None when unavailable (then every
     field is scanned in full)."""

@@ -33,7 +33,7 @@ def _messages_type(arguments: pa.DataType) -> pa.DataType:
 
 MESSAGES = _messages_type(pa.json_(pa.string()))
 _MESSAGES_STORAGE = _messages_type(pa.string())
-_MESSAGE_KEYS = frozenset(MESSAGES.value_type.names)  # type: ignore[attr-defined]
+_MESSAGE_KEYS = frozenset(MESSAGES.value_type.names)
 _CALL_KEYS = frozenset({"id", "type", "function"})
 JSON = pa.json_(pa.string())
 

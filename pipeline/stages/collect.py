@@ -28,14 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.collect.errors import prepare_screen as prepare_error_screen
 from pipeline.collect.merge import merge_shards
 from pipeline.collect.redact import prepare_screens
-from pipeline.collect.shard import (
-    CollectSettings,
-    ShardTask,
-    build_batch,
-    load_index,
-    prune,
-    shard_key,
-)
+from pipeline.collect.shard import build_batch, load_index, prune, shard_key
+from pipeline.collect.tasks import CollectSettings, ShardTask
 from pipeline.core.imports import block_pandas
 from pipeline.core.sources import SourceFile
 from pipeline.core.stage import Stage, StageContext, StageResult
@@ -85,7 +79,7 @@ def _sidecar_name(display_path: str) -> str | None:
     return display_path[: -len(".jsonl")] + SIDECAR
 
 
-def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
+def _tasks(ctx: StageContext[Any], settings: CollectSettings) -> list[ShardTask]:
     tasks = []
     shard_dir = ctx.scratch / "shards"
     version = STAGE.full_version  # a shard is reused only by the same collect code
@@ -112,7 +106,7 @@ def _tasks(ctx: StageContext, settings: CollectSettings) -> list[ShardTask]:
     return tasks
 
 
-def _set_aside(ctx: StageContext) -> list[tuple[str, str]]:
+def _set_aside(ctx: StageContext[Any]) -> list[tuple[str, str]]:
     """(path, reason) of the files discovery could not read or name: each one quarantine
     row, and a warning, while the run goes on."""
     unread = sorted((f.display_path, f.set_aside) for files in ctx.sources.values() for f in files
@@ -122,7 +116,7 @@ def _set_aside(ctx: StageContext) -> list[tuple[str, str]]:
     return unread
 
 
-def _as_read(ctx: StageContext, tasks: list[ShardTask], members: list[dict[str, Any]]) -> dict[str, list[SourceFile]] | None:
+def _as_read(ctx: StageContext[Any], tasks: list[ShardTask], members: list[dict[str, Any]]) -> dict[str, list[SourceFile]] | None:
     """The sources with the digests of what the workers actually read, when any file
     (or sidecar) changed after the runner digested it; None when none did."""
     read: dict[str, tuple[str, int | None]] = {}
@@ -183,7 +177,7 @@ def _batches(pending: list[ShardTask], sizes: dict[str, int], workers: int) -> l
     return sorted(batches, key=lambda b: -sum(sizes[t.key] for t in b))
 
 
-def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]]:
+def _build_all(ctx: StageContext[Any], tasks: list[ShardTask]) -> list[dict[str, Any]]:
     """Each file's member entry (container, row ranges, stats), parsing only the files
     no container holds yet."""
     index = load_index(ctx.scratch / "shards", ctx.cache_mac)
@@ -203,7 +197,7 @@ def _build_all(ctx: StageContext, tasks: list[ShardTask]) -> list[dict[str, Any]
 
 
 def _build_pending(
-    ctx: StageContext, pending: list[ShardTask], batches: list[list[ShardTask]], sizes: dict[str, int],
+    ctx: StageContext[Any], pending: list[ShardTask], batches: list[list[ShardTask]], sizes: dict[str, int],
     results: dict[str, dict[str, Any]], advance: Callable[[int], None],
 ) -> None:
     def done(members: list[dict[str, Any]]) -> None:
@@ -287,7 +281,7 @@ def _record(results: dict[str, dict[str, Any]], members: list[dict[str, Any]]) -
         results[member["task_key"]] = {**member, "cached": False}
 
 
-def run(ctx: StageContext) -> StageResult:
+def run(ctx: StageContext[CollectConfig]) -> StageResult:
     config = ctx.config
     assert isinstance(config, CollectConfig)
     settings = _settings(config)

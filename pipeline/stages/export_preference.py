@@ -201,8 +201,8 @@ _CONV_COLUMNS = ["source_kind", "prompt", "completion", "tool_names", "n_message
                  "json_digests"]
 
 
-def run(ctx: StageContext) -> StageResult:
-    config: ExportPreferenceConfig = ctx.config  # type: ignore[assignment]
+def run(ctx: StageContext[ExportPreferenceConfig]) -> StageResult:
+    config = ctx.config
     quarantine = Quarantine("export-preference")
     filtered: Counter[str] = Counter()
     inputs = load_inputs(ctx, _CONV_COLUMNS)
@@ -359,7 +359,7 @@ def export_file(export_dir: Path, name: str) -> Path:
     return export_dir / name / f"{name}.jsonl"
 
 
-def materialize(ctx: ExportContext) -> None:
+def materialize(ctx: ExportContext[ExportPreferenceConfig]) -> None:
     # The two files are independent and their work (Parquet decoding, Arrow kernels, file
     # I/O) releases the GIL: one thread each.
     def write(name: str) -> None:
@@ -459,7 +459,7 @@ def table_rows(name: str, table: pa.Table, conv: dict[str, list[str]] | None) ->
     return rows, known
 
 
-def _reread(ctx: ExportContext, name: str, conv: dict[str, list[str]] | None) -> tuple[
+def _reread(ctx: ExportContext[Any], name: str, conv: dict[str, list[str]] | None) -> tuple[
         list[dict[str, Any]], dict[str, list[bool]], bool]:
     """One pass over a table's Parquet: its rows, known-clean masks, and whether its JSONL
     file is byte-identical to the table's rendering."""
@@ -475,8 +475,8 @@ def _reread(ctx: ExportContext, name: str, conv: dict[str, list[str]] | None) ->
     return rows, known, match.matches()
 
 
-def validate(ctx: ExportContext) -> list[str]:
-    config: ExportPreferenceConfig = ctx.config  # type: ignore[assignment]
+def validate(ctx: ExportContext[ExportPreferenceConfig]) -> list[str]:
+    config = ctx.config
     errors: list[str] = []
     scan = FieldScan()
     conv = run_conversations(ctx)

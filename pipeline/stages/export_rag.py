@@ -73,8 +73,8 @@ def render(prompt: str, steps: list[dict[str, Any]], touched: list[str], answer:
     return "\n".join(lines)
 
 
-def run(ctx: StageContext) -> StageResult:
-    config: ExportRagConfig = ctx.config  # type: ignore[assignment]
+def run(ctx: StageContext[ExportRagConfig]) -> StageResult:
+    config = ctx.config
     quarantine = Quarantine("export-rag")
     filtered: Counter[str] = Counter()
     inputs = load_inputs(ctx, ["source_kind", "copied_context", "final_answer", "steps", "files_touched"])
@@ -83,7 +83,7 @@ def run(ctx: StageContext) -> StageResult:
         unsafe=("unsafe_rag_category", frozenset({"rejected"})),
     )
     tasks = frame(ctx, "tasks", columns=["task_id", "source_file", "cwd", "prompt_text"])
-    candidates = candidates.join(tasks, on="task_id", how="left")  # type: ignore[arg-type]
+    candidates = candidates.join(tasks, on="task_id", how="left")
     candidates = candidates.sort("session_id", "prompt_number", "task_id")
     docs: list[dict[str, Any]] = []
     for task in candidates.to_dicts():
@@ -140,7 +140,7 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-def materialize(ctx: ExportContext) -> None:
+def materialize(ctx: ExportContext[ExportRagConfig]) -> None:
     table = output_table(ctx, "rag")
     write_bytes(ctx.export_dir / "rag" / PLAYBOOKS, render_jsonl(table, ("steps",)))
     write_card(
@@ -172,8 +172,8 @@ def _check_rows(where: str, rows: list[dict[str, Any]], allowed: set[str], ids: 
     return errors
 
 
-def validate(ctx: ExportContext) -> list[str]:
-    config: ExportRagConfig = ctx.config  # type: ignore[assignment]
+def validate(ctx: ExportContext[ExportRagConfig]) -> list[str]:
+    config = ctx.config
     allowed = allowed_categories(config.include_review)
     errors: list[str] = []
     scan = FieldScan()

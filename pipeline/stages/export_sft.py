@@ -160,8 +160,8 @@ _CONV_COLUMNS = [
 ]
 
 
-def run(ctx: StageContext) -> StageResult:
-    config: ExportSftConfig = ctx.config  # type: ignore[assignment]
+def run(ctx: StageContext[ExportSftConfig]) -> StageResult:
+    config = ctx.config
     quarantine = Quarantine("export-sft")
     filtered: Counter[str] = Counter()
     inputs = load_inputs(ctx, _CONV_COLUMNS)
@@ -278,7 +278,7 @@ def _split(table: pa.Table, split: str) -> pa.Table:
     return table.filter(pc.equal(table["split"], split))
 
 
-def materialize(ctx: ExportContext) -> None:
+def materialize(ctx: ExportContext[ExportSftConfig]) -> None:
     out = ctx.export_dir / "sft"
     out.mkdir(parents=True, exist_ok=True)
     table = output_table(ctx, "sft")
@@ -355,8 +355,8 @@ def _check_rows(where: str, rows: list[dict[str, Any]], allowed: set[str], table
     return errors
 
 
-def validate(ctx: ExportContext) -> list[str]:
-    config: ExportSftConfig = ctx.config  # type: ignore[assignment]
+def validate(ctx: ExportContext[ExportSftConfig]) -> list[str]:
+    config = ctx.config
     allowed = allowed_categories(config.include_partial)
     errors: list[str] = []
     tokens = tuple(config.template_tokens)

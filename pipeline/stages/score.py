@@ -208,11 +208,11 @@ def read_outcomes(
                 (str(row["created_at"]), n_rows, verdict, None if note is None else str(note))
             )
     outcomes: dict[str, tuple[str, str | None]] = {}
-    for (level, key), entries in sorted(by_key.items(), reverse=True):  # session level first
+    for (level, target), entries in sorted(by_key.items(), reverse=True):  # session level first
         entries.sort()
         filtered["outcome_superseded"] += len(entries) - 1
         _, _, verdict, note = entries[-1]
-        targets = [key] if level == 0 else sessions[key]
+        targets = [target] if level == 0 else sessions[target]
         for task_id in targets:
             outcomes[task_id] = (verdict, note)  # task level, written last, wins
     return outcomes, filtered, n_rows
@@ -354,8 +354,8 @@ MESSAGE_COLUMNS = ["session_id", "message_id", "parent_id", "seq", "role", "text
                    "is_sidechain", "is_compact_summary"]
 
 
-def run(ctx: StageContext) -> StageResult:
-    config: ScoreConfig = ctx.config  # type: ignore[assignment]
+def run(ctx: StageContext[ScoreConfig]) -> StageResult:
+    config = ctx.config
     quarantine = Quarantine("score")
     sessions, messages = frame(ctx, "sessions"), frame(ctx, "messages", columns=MESSAGE_COLUMNS)
     prompts, tool_calls = frame(ctx, "prompts"), frame(ctx, "tool_calls")
