@@ -110,10 +110,29 @@ def first_differences(recorded: pa.Table, recomputed: pa.Table, limit: int = MAX
     return samples
 
 
+def within_tolerance(recorded: pa.Table, fresh: pa.Table, tolerance: float) -> bool:
+    """Same rows in the same order; floating-point columns within ``tolerance`` of each
+    other, every other column equal (a stage declared ``determinism="tolerance"``)."""
+    if recorded.schema != fresh.schema or recorded.num_rows != fresh.num_rows:
+        return False
+    for name in recorded.column_names:
+        old, new = recorded.column(name), fresh.column(name)
+        if pa.types.is_floating(old.type):
+            if old.null_count != new.null_count or not pc.all(pc.equal(pc.is_null(old), pc.is_null(new))).as_py():
+                return False
+            gap = pc.max(pc.abs(pc.subtract(old, new))).as_py()
+            if gap is not None and not gap <= tolerance:
+                return False
+        elif not old.equals(new):
+            return False
+    return True
+
+
 def output_specs(stage: Stage) -> dict[str, tuple[str, TableSpec]]:
     """table name in the lake -> (key in StageResult.tables, spec), as the runner maps them."""
     specs = {spec.name: (spec.name, spec) for spec in stage.outputs}
-    specs[stage.quarantine_table] = ("quarantine", QUARANTINE)
+    if stage.traits.maps_records:
+        specs[stage.quarantine_table] = ("quarantine", QUARANTINE)
     return specs
 
 
@@ -138,15 +157,19 @@ def compare_outputs(
             recorded_rows = recorded_table.num_rows
         digest = table_digest(fresh)
         samples: list[RowSample] = []
-        if digest != recorded_digest:
+        match = digest == recorded_digest
+        if not match:
             if recorded_table is None:
                 recorded_table = pq.read_table(layout.root / ref.path).cast(spec.schema)
-            samples = first_differences(recorded_table, fresh)
+            if stage.traits.determinism == "tolerance":
+                match = within_tolerance(recorded_table, fresh, stage.traits.tolerance)
+            if not match:
+                samples = first_differences(recorded_table, fresh)
         checks.append(
             TableCheck(
                 table=name, recorded=recorded_digest, recomputed=digest,
                 recorded_rows=recorded_rows, recomputed_rows=fresh.num_rows,
-                match=digest == recorded_digest, first_differences=samples,
+                match=match, first_differences=samples,
             )
         )
     return checks
@@ -383,6 +406,9 @@ def verify_stage(layout: LakeLayout, stage: Stage | None, receipt: StageReceipt,
     if stage.full_version != receipt.stage_version:
         return StageCheck(stage=stage.name, verdict="skipped",
                           detail=f"recorded version {receipt.stage_version}, installed {stage.full_version}")
+    if stage.traits.determinism == "none":
+        return StageCheck(stage=stage.name, verdict="skipped",
+                          detail="not deterministic by declaration: judged by its validation, which passed")
     try:
         if stage.source_kinds:
             return verify_source_stage(layout, stage, receipt, sample)

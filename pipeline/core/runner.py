@@ -254,7 +254,8 @@ class Runner:
 
     def _store(self, stage: Stage, result: StageResult) -> list[ObjectRef]:
         specs = {spec.name: spec for spec in stage.outputs}
-        specs[stage.quarantine_table] = QUARANTINE
+        if stage.traits.maps_records:
+            specs[stage.quarantine_table] = QUARANTINE
         missing = [
             n for n in stage.output_names
             if ("quarantine" if n == stage.quarantine_table else n) not in result.tables

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,6 +114,25 @@ class ExportContext(Generic[C]):
 
 
 @dataclass(frozen=True)
+class Traits:
+    """What the core may assume of a stage's outputs and counts.
+
+    ``determinism``: ``bitwise`` (the same cache key gives the same bytes: drift alerts
+    and deep verify fails on any difference), ``tolerance`` (numeric columns may move by
+    at most ``tolerance`` between re-runs, everything else must match: a training
+    loss), ``none`` (judged by its validation only: a sampled eval). ``maps_records``: the
+    stage maps input records to output records and sets the ones it refuses aside in a
+    quarantine table; a stage that makes a model or a report has none. Every receipt's
+    counts conserve all the same (in = out + quarantined + filtered: what it read and
+    what it used), so ``receipts verify`` checks them without knowing the stage.
+    """
+
+    determinism: Literal["bitwise", "tolerance", "none"] = "bitwise"
+    tolerance: float = 0.0
+    maps_records: bool = True
+
+
+@dataclass(frozen=True)
 class Stage(Generic[C]):
     name: str
     version: str
@@ -129,6 +148,7 @@ class Stage(Generic[C]):
     # What the outputs depend on besides this code and the config: versions of installed
     # engines (the secret scanners a firewalled stage runs). Part of ``full_version``.
     engines: Callable[[], str] | None = None
+    traits: Traits = Traits()
 
     @cached_property
     def full_version(self) -> str:
@@ -147,4 +167,5 @@ class Stage(Generic[C]):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return (*(spec.name for spec in self.outputs), self.quarantine_table)
+        names = tuple(spec.name for spec in self.outputs)
+        return (*names, self.quarantine_table) if self.traits.maps_records else names

@@ -25,10 +25,15 @@ def first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
-def deterministic_findings(before: RunView, after: RunView) -> list[Finding]:
-    """Same cache key means same stage code, config and inputs: outputs must match."""
+def deterministic_findings(before: RunView, after: RunView, stages: Sequence[Stage] = ()) -> list[Finding]:
+    """Same cache key means same stage code, config and inputs: outputs must match, for
+    every stage but one declared not bitwise deterministic (``Traits``), which deep
+    verify judges by its tolerance or its validation instead."""
+    loose = {s.name for s in stages if s.traits.determinism != "bitwise"}
     findings = []
     for stage, receipt in sorted(after.receipts.items()):
+        if stage in loose:
+            continue
         prior = before.receipts.get(stage)
         if prior is None or prior.status != "ok" or receipt.status != "ok":
             continue

@@ -60,7 +60,7 @@ def compute_drift(
     if prior is not None and prior_id is not None and prior_id != current_id:
         checks += ["signatures:against", "determinism", "counts"]
         findings += signature_findings(layout, prior_id, keys, "earlier")
-        findings += deterministic_findings(prior, current)
+        findings += deterministic_findings(prior, current, stages)
         deltas, swings = compare_metrics(
             run_metrics(layout, prior), run_metrics(layout, current), thresholds
         )

@@ -90,3 +90,31 @@ def test_missing_input_object_is_unavailable(tmp_path: Path) -> None:
     (LakeLayout(tmp_path).root / scores.path).unlink()
     report = deep_verify(tmp_path, None, None, toy.STABLE)
     assert verdicts(report)["export-toy"] == "inputs_unavailable"
+
+
+def test_declared_determinism_is_how_a_stage_is_judged(tmp_path: Path) -> None:
+    """A stage declared non-deterministic is judged by its validation (skipped, not
+    failed); one declared within a tolerance matches when its floats move by less; a
+    stage that maps no records has no quarantine table to compare."""
+    stages = toy.stage_with("none")
+    toy.run(tmp_path / "none", stages)
+    report = deep_verify(tmp_path / "none", None, None, stages)
+    assert verdicts(report)["flaky"] == "skipped" and report.passed
+
+    loose = toy.stage_with("tolerance", tolerance=1e-9)
+    toy.run(tmp_path / "tol", loose)
+    report = deep_verify(tmp_path / "tol", None, None, loose)
+    train = next(c for c in report.stages if c.stage == "train-toy")
+    assert train.verdict == "match" and [t.table for t in train.tables] == ["loss_log"]
+    assert train.tables[0].recorded != train.tables[0].recomputed  # moved, within tolerance
+    from pipeline.audit.verify import verify_run
+    from pipeline.core.receipts import list_runs
+    from pipeline.core.trust import load_trusted
+
+    layout = LakeLayout(tmp_path / "tol")  # no quarantine table for train-toy: still verifies
+    assert verify_run(layout, list_runs(layout)[-1], load_trusted(layout)).passed
+
+    tight = toy.stage_with("tolerance", tolerance=0.0)
+    toy.run(tmp_path / "tight", tight)
+    report = deep_verify(tmp_path / "tight", None, None, tight)
+    assert verdicts(report)["train-toy"] == "differs" and not report.passed

@@ -374,3 +374,20 @@ def test_a_source_whose_prompts_stop_reaching_score_alarms(after: tuple[int, int
     reach = [f for f in findings if f.kind == "source_reach_drop"]
     assert [f.severity for f in reach] == ([severity] if severity else [])
     assert all(f.subject == "reach:codex" for f in reach)
+
+
+def test_a_stage_declared_not_bitwise_deterministic_is_not_drift(tmp_path: Path) -> None:
+    """The same flaky stage, re-run on the same inputs, is an alert while it claims to be
+    bitwise deterministic; declared otherwise, drift leaves it to deep verify."""
+    stages = toy.stage_with("none")
+    toy.run(tmp_path, stages)
+    toy.forget_cache(tmp_path)
+    toy.run(tmp_path, stages)
+    layout = LakeLayout(tmp_path)
+    thresholds = resolve_thresholds({})
+    report = compute_drift(layout, None, None, thresholds, trusted(tmp_path), stages)
+    assert report.severity == "ok" and report.findings == []
+    # stages drift does not know (train-toy here) are held to bitwise determinism
+    strict = compute_drift(layout, None, None, thresholds, trusted(tmp_path), toy.STAGES)
+    assert {(f.kind, f.stage) for f in strict.findings} == {
+        ("deterministic_violation", "flaky"), ("deterministic_violation", "train-toy")}

@@ -9,6 +9,7 @@ JSONL export with a firewall: only accepted rows may be exported.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from pipeline.core.runner import Runner, RunOptions, RunResult
-from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult
+from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult, Traits
 from pipeline.core.store import LakeLayout
 from schemas.records import QUARANTINE
 from schemas.tables import TableSpec, empty_table, from_rows
@@ -114,6 +115,32 @@ def run_flaky(ctx: StageContext) -> StageResult:
 
 FLAKY_STAGE = Stage(name="flaky", version="1", config_model=NoConfig, inputs=("scores",),
                     outputs=(FLAKY,), run=run_flaky)
+
+
+class LossRow(BaseModel):
+    step: int
+    loss: float
+
+
+LOSS = TableSpec("loss_log", LossRow, ("step",))
+
+
+def run_training(ctx: StageContext) -> StageResult:
+    """A model-making stage: no records mapped (no quarantine table), and a loss that
+    moves in its last bits from run to run (as float sums on another thread order do)."""
+    noise = next(_counter) * 1e-12
+    table = from_rows(LOSS, [{"step": s, "loss": 2.0 / (s + 1) + noise} for s in range(8)])
+    return StageResult(tables={"loss_log": table}, records_in=0, records_out=0)
+
+
+def stage_with(determinism: str, tolerance: float = 0.0) -> list[Stage]:
+    """The stable stages, the flaky one declared ``determinism``, and a training stage
+    declared within ``tolerance`` (or ``determinism`` itself when that is ``none``)."""
+    flaky = dataclasses.replace(FLAKY_STAGE, traits=Traits(determinism=determinism))  # type: ignore[arg-type]
+    training = Stage(name="train-toy", version="1", config_model=NoConfig, inputs=(), outputs=(LOSS,),
+                     run=run_training, traits=Traits(determinism="tolerance" if determinism != "none" else "none",
+                                                     tolerance=tolerance, maps_records=False))
+    return [SEED, flaky, training, EXPORT_STAGE]
 
 
 def run_export(ctx: StageContext) -> StageResult:
