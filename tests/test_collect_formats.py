@@ -168,14 +168,16 @@ def test_synth_claude_merged_corpus(tmp_path: Path) -> None:
         assert row["n_prompts"] == prompts.filter(pl.col("session_id") == row["session_id"]).height  # type: ignore[union-attr]
 
 
-def test_claude_code_log_records_golden(claude_code_log_messages: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["a file per session", "a file per record"])
+def test_claude_code_log_records_golden(claude_code_log_messages: Path, tmp_path: Path, layout: str) -> None:
     """claude-code-log's 59 real records. The figures below were counted by hand from the
     files (not from tracelake): 15 sessions; 18 tool_use blocks; 26 tool_result blocks, of
     which 2 are byte-identical copies of another file's record (AskUserQuestion's and
     Edit's "result" and "result_error" files hold the same line) and 6 answer a call that
     no record of their session holds (the other *_error files); 2 of the 18 calls failed
     (AskUserQuestion: no such tool; Edit: file not read yet); the Bash call succeeded with
-    empty output."""
+    empty output. The counts hold whether a session's records share one file or each
+    sit in a file of its own (a call and its result then pair across files)."""
     # As Claude Code lays them out: one file per session, records in time order (the
     # files are one record each, cut from sessions); records without a session alone.
     by_session: dict[str, list[tuple[str, str]]] = {}
@@ -187,7 +189,12 @@ def test_claude_code_log_records_golden(claude_code_log_messages: Path, tmp_path
     src = tmp_path / "src" / "-home-dev-project"
     src.mkdir(parents=True)
     for key, records in by_session.items():
-        (src / f"{key}.jsonl").write_text("".join(line + "\n" for _, line in sorted(records, key=lambda r: r[0])))
+        ordered = [line for _, line in sorted(records, key=lambda r: r[0])]
+        if layout == "a file per session":
+            (src / f"{key}.jsonl").write_text("".join(line + "\n" for line in ordered))
+        else:
+            for n, line in enumerate(ordered):
+                (src / f"{key}-{n:02d}.jsonl").write_text(line + "\n")
     lake = collect(tmp_path / "lake", [("claude-code", tmp_path / "src")])
     sessions = pl.from_arrow(lake.tables["sessions"])
     assert sessions.height == 15  # type: ignore[union-attr]

@@ -95,6 +95,7 @@ class _Result:
     session_id: str
     agent_id: str | None
     exit_code: int | None
+    bash_exit_code: int | None  # the exit code, should a call in another file be a Bash call
 
 
 @dataclass(slots=True)
@@ -370,6 +371,7 @@ class ClaudeFile:
         self.results[tool_use_id] = _Result(
             is_error=is_error, text=text, line_no=line_no, session_id=session_id, agent_id=agent_id,
             exit_code=None if call is None else claude_exit_code(call.name, text, structured, is_error),
+            bash_exit_code=None if call is not None else claude_exit_code("Bash", text, structured, is_error),
         )
 
     def _api_error(self, line_no: int, obj: dict[str, Any], session_id: str, uuid: str | None,
@@ -416,17 +418,22 @@ class ClaudeFile:
                 message.is_sidechain, call.timestamp, call.line_no, call.prompt_line,
                 result.agent_id if result is not None else None, call.spawn_digest,
             ))
+        # A result whose call is not in this file may answer a call in another file of its
+        # session (a resumed session): the merge pairs it, or sets it aside.
+        loose = shard.rows["loose_results"]
         for tool_use_id, result in self.results.items():
-            shard.quarantine(result.line_no, "unpaired_tool_result", "tool_result without a tool_use in this file",
-                             record_id=tool_use_id, session_id=result.session_id)
+            text, cut = cut_text(result.text, limit) if result.text is not None else (None, 0)
+            loose.append((  # SHARD_SCHEMAS["loose_results"] order
+                result.session_id, tool_use_id, result.is_error, text, cut, error_kind(result.is_error, result.text),
+                result.bash_exit_code, result.agent_id, result.line_no,
+            ))
         for tool_use_id, line_no, session_id, first in self.extra_results:  # each its own row
             if tool_use_id in self.calls:
                 shard.quarantine(line_no, "duplicate_tool_result",
                                  f"another result for this call; the one on line {first} kept",
                                  record_id=tool_use_id, session_id=session_id)
-            else:
-                shard.quarantine(line_no, "unpaired_tool_result", "tool_result without a tool_use in this file",
-                                 record_id=tool_use_id, session_id=session_id)
+            else:  # a later copy: never the one paired
+                loose.append((session_id, tool_use_id, None, None, 0, None, None, None, line_no))
 
     def _resolve(self, uuid: str | None, own: str | None = None) -> str | None:
         """Nearest message above ``uuid``, walking through structure records (cycle-safe)."""

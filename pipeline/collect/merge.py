@@ -26,6 +26,7 @@ import duckdb
 import duckdb.func as duckdb_func
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.collect import merge_sql as sql
 from pipeline.collect.redact import Redactor
@@ -215,7 +216,8 @@ def merge_shards(
     tallies["quarantined:conflicting_duplicate"] += len(conflicts)
     _create(con, "conflict_rows", _conflict_rows(conflicts, passthrough["lines"], paths, redactor))
 
-    for statement in (sql.PRESENT, sql.MESSAGES, sql.PROMPTS, sql.CALLS, sql.BRANCHES, sql.SESSIONS):
+    for statement in (sql.PRESENT, sql.MESSAGES, sql.PROMPTS, sql.CALLS, sql.LOOSE, sql.PAIRED, sql.PAIR_CALLS,
+                      sql.BRANCHES, sql.SESSIONS):
         con.execute(statement).fetchall()
     subs = _dicts(con, sql.SUBAGENT_SESSIONS)
     spawns = _dicts(con, sql.SPAWN_CALLS)
@@ -456,6 +458,11 @@ def _stream(
                     if passthrough is not None and starts is not None:
                         order = batch.column("_row").to_numpy()
                         columns.update(_gather(passthrough, starts, order, containers))
+                    if "_over" in batch.schema.names:  # a call whose result came from another file
+                        over = batch.column("_over")
+                        for name in sql.PAIRED_COLUMNS:
+                            taken = batch.column(f"_over_{name}").cast(columns[name].type)
+                            columns[name] = pc.if_else(over, taken, columns[name])
                     yield pa.table([columns[n].cast(schema.field(n).type) for n in schema.names], schema=schema)
         finally:
             cursor.close()

@@ -79,6 +79,27 @@ FROM (
 LEFT JOIN m USING (session_id, message_id)
 """
 
+# Results whose call was not in their file, first copy first per (session, call id);
+# the first pairs with a call of the session, in another file, that has no result.
+LOOSE = """
+CREATE TABLE lr AS
+SELECT *, row_number() OVER (PARTITION BY session_id, tool_use_id ORDER BY _file, line_no, _row) AS k
+FROM loose_results ANTI JOIN dups USING (_file, line_no)
+"""
+PAIRED = """
+CREATE TABLE paired AS
+SELECT lr.session_id, lr.tool_use_id, lr.is_error, lr.result_text, lr.result_truncated_bytes,
+    lr.error_kind, CASE WHEN c.name = 'Bash' THEN lr.bash_exit_code END AS exit_code, lr.agent_id
+FROM lr JOIN c USING (session_id, tool_use_id)
+WHERE lr.k = 1 AND NOT c.has_result
+"""
+PAIR_CALLS = """
+UPDATE c SET has_result = true, _agent_id = coalesce(c._agent_id, paired.agent_id)
+FROM paired WHERE c.session_id = paired.session_id AND c.tool_use_id = paired.tool_use_id
+"""
+# Columns of a call that a result paired across files replaces (``_over_<name>``).
+PAIRED_COLUMNS = ("is_error", "result_text", "result_truncated_bytes", "error_kind", "exit_code")
+
 # A branch survives when its child message does (from the same file); one row per
 # (session, parent, child), the first in merge order.
 BRANCHES = """
@@ -153,9 +174,13 @@ def final_queries() -> dict[str, FinalQuery]:
             ORDER BY t.session_id, t.seq, t.message_id""", "m", "t.session_id"),
         "tool_calls": FinalQuery(f"""
             SELECT t.session_id, t.tool_use_id, t.message_id, t.turn_index, t.turn_subindex,
-                t.name, t.line_no, t._file,
-                coalesce(lookup.prompt_id, links.inherited_prompt) AS prompt_id, t._row
-            FROM c AS t {prompt_of} WHERE {{where}}
+                t.name, t.line_no, t._file, t.has_result,
+                coalesce(lookup.prompt_id, links.inherited_prompt) AS prompt_id, t._row,
+                pr.tool_use_id IS NOT NULL AS _over,
+                {", ".join(f"pr.{n} AS _over_{n}" for n in PAIRED_COLUMNS)}
+            FROM c AS t {prompt_of}
+                LEFT JOIN paired AS pr ON t.session_id = pr.session_id AND t.tool_use_id = pr.tool_use_id
+            WHERE {{where}}
             ORDER BY t.session_id, t.turn_index, t.turn_subindex, t.tool_use_id""", "c", "t.session_id"),
         "prompts": FinalQuery("""
             SELECT session_id, prompt_id, prompt_number, text, timestamp, message_id, _file, line_no
@@ -194,6 +219,15 @@ def final_queries() -> dict[str, FinalQuery]:
                 UNION ALL
                 SELECT stage, _file, line_no, record_id, session_id, reason, detail, 2 AS part, _row
                 FROM file_rows
+                UNION ALL
+                SELECT 'collect', lr._file, lr.line_no, lr.tool_use_id, lr.session_id,
+                    CASE WHEN c.tool_use_id IS NULL THEN 'unpaired_tool_result' ELSE 'duplicate_tool_result' END,
+                    CASE WHEN c.tool_use_id IS NULL THEN 'tool_result without a tool_use in its session'
+                        ELSE 'another result for this call is kept' END,
+                    3 AS part, lr._row
+                FROM lr LEFT JOIN c USING (session_id, tool_use_id)
+                    LEFT JOIN paired AS pr USING (session_id, tool_use_id)
+                WHERE NOT (lr.k = 1 AND pr.tool_use_id IS NOT NULL)
             ) JOIN files USING (_file)
             WHERE {where}
             ORDER BY stage, reason, files.source_file, line_no, record_id, detail, part, _row"""),

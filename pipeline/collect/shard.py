@@ -42,7 +42,7 @@ from pipeline.core.store import atomic_path
 from pipeline.secrets import catalogue
 
 STAGE_NAME = "collect"
-PARSER_VERSION = "9"  # bump when shard contents change for the same input bytes
+PARSER_VERSION = "10"  # bump when shard contents change for the same input bytes
 _STR = pa.large_string()
 _INT = pa.int64()
 _BOOL = pa.bool_()
@@ -86,6 +86,15 @@ SHARD_SCHEMAS: dict[str, pa.Schema] = {
         [
             ("session_id", _STR), ("parent_message_id", _STR), ("child_message_id", _STR),
             ("kind", _STR), ("child_rank", _INT), ("is_active", _BOOL),
+        ]
+    ),
+    # Tool results whose call is not in their file: the merge pairs them across the
+    # files of a session, or quarantines them (unpaired, or a duplicate).
+    "loose_results": pa.schema(
+        [
+            ("session_id", _STR), ("tool_use_id", _STR), ("is_error", _BOOL), ("result_text", _STR),
+            ("result_truncated_bytes", _INT), ("error_kind", _STR), ("bash_exit_code", _INT),
+            ("agent_id", _STR), ("line_no", _INT),
         ]
     ),
     "quarantine": pa.schema(
@@ -511,7 +520,7 @@ PASSTHROUGH_COLUMNS = {
     ),
     "lines": ("key",),  # named only by a conflicting duplicate's quarantine row
     "tool_calls": (
-        "input_json", "input_truncated_bytes", "has_result", "is_error", "result_text",
+        "input_json", "input_truncated_bytes", "is_error", "result_text",
         "result_truncated_bytes", "error_kind", "exit_code", "is_sidechain", "timestamp",
     ),
 }
