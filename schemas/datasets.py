@@ -167,8 +167,11 @@ SCORING_TABLES = {
     "conversations": TableSpec("conversations", ConversationRow, ("session_id", "prompt_number", "task_id")),
     "tool_specs": TableSpec("tool_specs", ToolSchemaRow, ("source_kind", "name")),
 }
-SFT = TableSpec("sft", SftRow, ("split", "session_id", "task_id"))
+SFT = TableSpec("sft", SftRow, ("split", "session_id", "task_id"), dataset=True)
 TOOL_SCHEMAS = TableSpec("tool_schemas", ToolSchemaRow, ("source_kind", "name"))
-RAG = TableSpec("rag", RagRow, ("session_id", "task_id"))
-PREFERENCE = TableSpec("preference", PreferenceRow, ("chosen_task_id", "rejected_task_id"))
+RAG = TableSpec("rag", RagRow, ("session_id", "task_id"), dataset=True)
+PREFERENCE = TableSpec("preference", PreferenceRow, ("chosen_task_id", "rejected_task_id"), dataset=True)
 KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
+# The tables a run summary lists as datasets (read where no stage list is at hand:
+# receipts verify, drift): those whose spec says so.
+DATASET_TABLES: tuple[str, ...] = tuple(s.name for s in (SFT, TOOL_SCHEMAS, RAG, PREFERENCE, KTO) if s.dataset)

@@ -21,6 +21,9 @@ class TableSpec:
     name: str
     model: type[BaseModel]
     sort_keys: tuple[str, ...]
+    # A training dataset a run publishes: the run summary lists its row count, and drift
+    # compares it as a dataset rather than as a table.
+    dataset: bool = False
 
     @property
     def schema(self) -> pa.Schema:

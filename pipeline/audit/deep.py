@@ -130,9 +130,9 @@ def within_tolerance(recorded: pa.Table, fresh: pa.Table, tolerance: float) -> b
 
 def output_specs(stage: Stage) -> dict[str, tuple[str, TableSpec]]:
     """table name in the lake -> (key in StageResult.tables, spec), as the runner maps them."""
-    specs = {spec.name: (spec.name, spec) for spec in stage.outputs}
+    specs = {spec.name: (stage.result_key(spec.name), spec) for spec in stage.outputs}
     if stage.traits.maps_records:
-        specs[stage.quarantine_table] = ("quarantine", QUARANTINE)
+        specs[stage.quarantine_table] = (stage.result_key(stage.quarantine_table), QUARANTINE)
     return specs
 
 

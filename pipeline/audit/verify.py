@@ -51,9 +51,9 @@ from pipeline.core.receipts import (
     summary_json,
 )
 from pipeline.core.report import summary_markdown
-from pipeline.core.runner import DATASET_TABLES
 from pipeline.core.store import LakeLayout
 from pipeline.core.trust import TrustedKeys
+from schemas.datasets import DATASET_TABLES
 from schemas.receipt import ObjectRef, RunSummary, StageReceipt
 
 

@@ -61,6 +61,7 @@ from pipeline.core.store import (
     put_table,
 )
 from pipeline.core.trust import TrustedKeys, ensure_trusted_signer
+from schemas.datasets import DATASET_TABLES
 from schemas.receipt import (
     Cleanup,
     ExportFile,
@@ -75,8 +76,6 @@ from schemas.receipt import (
     Validation,
 )
 from schemas.records import QUARANTINE
-
-DATASET_TABLES = ("sft", "rag", "preference")
 
 
 @lru_cache(maxsize=1)
@@ -211,7 +210,7 @@ class Runner:
 
     def _inputs(self, stage: Stage, config: BaseModel) -> list[InputRef]:
         if stage.source_kinds:
-            fold_home = bool(getattr(config, "fold_home", True))
+            fold_home = stage.folds_home(config) if stage.folds_home is not None else True
             self._resolve_sources(stage.source_kinds, fold_home)
         return self._input_refs(stage)
 
@@ -258,7 +257,7 @@ class Runner:
             specs[stage.quarantine_table] = QUARANTINE
         missing = [
             n for n in stage.output_names
-            if ("quarantine" if n == stage.quarantine_table else n) not in result.tables
+            if stage.result_key(n) not in result.tables
         ]
         if missing:
             raise TracelakeError(f"{stage.name} did not produce tables {missing}")
@@ -276,7 +275,7 @@ class Runner:
                 pool.submit(
                     store,
                     name,
-                    result.tables.pop("quarantine" if name == stage.quarantine_table else name),
+                    result.tables.pop(stage.result_key(name)),
                 )
                 for name in stage.output_names
             ]

@@ -149,6 +149,9 @@ class Stage(Generic[C]):
     # engines (the secret scanners a firewalled stage runs). Part of ``full_version``.
     engines: Callable[[], str] | None = None
     traits: Traits = Traits()
+    # For a stage that reads sources: whether its config shows paths under the user's
+    # home as ``~`` (their recorded paths, so their digests, depend on it). Default: yes.
+    folds_home: Callable[[C], bool] | None = None
 
     @cached_property
     def full_version(self) -> str:
@@ -164,6 +167,11 @@ class Stage(Generic[C]):
     @property
     def quarantine_table(self) -> str:
         return f"{self.name.replace('-', '_')}_quarantine"
+
+    def result_key(self, table: str) -> str:
+        """Where the lake table ``table`` sits in ``StageResult.tables`` (a stage names its
+        quarantine table plain ``quarantine``)."""
+        return "quarantine" if table == self.quarantine_table else table
 
     @property
     def output_names(self) -> tuple[str, ...]:

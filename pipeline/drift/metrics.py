@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import SignatureError
 from pipeline.core.receipts import load_envelope, open_receipt, run_receipt_paths
-from pipeline.core.runner import DATASET_TABLES
 from pipeline.core.store import LakeLayout
+from schemas.datasets import DATASET_TABLES
 from schemas.drift import DriftThresholds, Finding, MetricDelta
 from schemas.receipt import ObjectRef, StageReceipt
 

@@ -338,6 +338,10 @@ def run(ctx: StageContext[CollectConfig]) -> StageResult:
     )
 
 
+def _folds_home(config: CollectConfig) -> bool:
+    return config.fold_home
+
+
 STAGE = Stage(
     name="collect",
     version=VERSION,
@@ -346,4 +350,5 @@ STAGE = Stage(
     outputs=tuple(COLLECT_TABLES.values()),
     run=run,
     source_kinds=("claude-code", "codex"),
+    folds_home=_folds_home,
 )
