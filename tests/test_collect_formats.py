@@ -208,3 +208,65 @@ def test_claude_code_log_records_golden(claude_code_log_messages: Path, tmp_path
     lines = lake.receipt.stats["lines"]
     assert lines["exact_duplicate"] == 2
     assert sum(lines.values()) == 59
+
+
+def _codex_line(kind: str, payload: dict[str, object], n: int) -> str:
+    return orjson.dumps({"timestamp": f"2026-04-01T10:00:{n:02d}.000Z", "type": kind, "payload": payload}).decode()
+
+
+def _ev(text: str, n: int) -> str:
+    return _codex_line("event_msg", {"type": "user_message", "message": text}, n)
+
+
+def _item(role: str, text: str, n: int) -> str:
+    kind = "input_text" if role == "user" else "output_text"
+    return _codex_line("response_item", {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}, n)
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    # no twins at all: each reply stays with its own prompt
+    ([_ev("A", 1), _item("assistant", "x", 2), _ev("B", 3), _item("assistant", "y", 4)],
+     [("user", False, "A", "A"), ("assistant", False, "x", "A"), ("user", False, "B", "B"),
+      ("assistant", False, "y", "B")]),
+    # a twin is looked for in its own turn only: an older identical text is not it
+    ([_item("user", "go", 1), _ev("B", 2), _item("assistant", "b", 3), _ev("go", 4), _item("assistant", "g", 5),
+      _item("user", "go", 6)],
+     [("user", False, "go", None), ("user", False, "B", "B"), ("assistant", False, "b", "B"),
+      ("user", False, "go", "go"), ("assistant", False, "g", "go"), ("user", True, "go", "go")]),
+    # IDE context before the request is a twin; a short prompt inside it is not
+    ([_ev("yes", 1), _item("assistant", "ok", 2), _item("user", "# Context\nSelection: yes\n## Request:\nrename it", 3),
+      _ev("rename it", 4), _item("assistant", "done", 5)],
+     [("user", False, "yes", "yes"), ("assistant", False, "ok", "yes"),
+      ("user", False, "# Context\nSelection: yes\n## Request:\nrename it", "rename it"),
+      ("assistant", False, "done", "rename it")]),
+])
+def test_codex_prompts_find_their_own_turn(tmp_path: Path, lines: list[str], expected: list[tuple[object, ...]]) -> None:
+    meta = _codex_line("session_meta", {"id": "s1", "cwd": "/w", "originator": "Codex Desktop"}, 0)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "rollout-s1.jsonl").write_text("\n".join([meta, *lines]) + "\n")
+    lake = collect(tmp_path / "lake", [("codex", tmp_path / "src")])
+    prompts = {p["prompt_id"]: p["text"] for p in lake.tables["prompts"].to_pylist()}
+    messages = sorted(lake.tables["messages"].to_pylist(), key=lambda m: m["line_no"])
+    assert [(m["role"], m["is_meta"], m["text"], prompts.get(m["prompt_id"])) for m in messages] == expected
+
+
+def test_a_revealed_secret_answered_in_another_file_is_redacted(tmp_path: Path) -> None:
+    """`kubectl get secret ... | base64 -d` in one file of a session, its output in the
+    next (a resumed session): the output is a secret whatever it looks like, though the
+    file holding it cannot see the command (fail closed)."""
+    from collect_helpers import all_text
+
+    secret = "4ptiO!=Dce.eYwUW9cg"
+    call = {"type": "assistant", "sessionId": "s1", "uuid": "u1", "parentUuid": None, "timestamp": "2026-01-01T00:00:01Z",
+            "message": {"id": "m1", "role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash",
+                        "input": {"command": "kubectl get secret db -o jsonpath='{.data.password}' | base64 -d"}}]}}
+    result = {"type": "user", "sessionId": "s1", "uuid": "u2", "parentUuid": "u1", "timestamp": "2026-01-01T00:00:02Z",
+              "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": secret}]},
+              "toolUseResult": {"stdout": secret, "stderr": "", "interrupted": False}}
+    src = tmp_path / "src" / "-w"
+    src.mkdir(parents=True)
+    (src / "a.jsonl").write_text(orjson.dumps(call).decode() + "\n")
+    (src / "b.jsonl").write_text(orjson.dumps(result).decode() + "\n")
+    lake = collect(tmp_path / "lake", [("claude-code", tmp_path / "src")])
+    assert lake.tables["tool_calls"].column("has_result").to_pylist() == [True]  # paired across the files
+    assert secret not in all_text(lake.tables)

@@ -107,3 +107,11 @@ def test_a_report_for_an_unknown_run_is_a_clear_error(reported: tuple[Path, Path
     done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "report", "no-such-run", "--root", str(root)],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "no-such-run" in done.stderr
+
+
+def test_chart_labels_from_logs_are_text_not_math() -> None:
+    """matplotlib reads `$...$` in a label as math: a tool named so once made the report fail."""
+    from pipeline.report.charts import bar_chart
+
+    uri = bar_chart(["mcp__cost_$5_or_$6", "a$\\frac$b", "x$^$y", "Bash"], [0.5, 0.25, 0.0, 1.0], "t", percent=True)
+    assert uri.startswith("data:image/png;base64,") and len(uri) > 1000

@@ -313,9 +313,15 @@ class ClaudeFile:
     def _user(self, line_no: int, obj: dict[str, Any], message: dict[str, Any], session_id: str,
               uuid: str | None, parent: str | None) -> None:
         blocks, data = self._blocks(message.get("content"))
-        if self.revealing and any(isinstance(b, dict) and b.get("tool_use_id") in self.revealing for b in blocks):
-            blocks = [self.redactor.redact_revealed(b) if isinstance(b, dict) and b.get("tool_use_id") in self.revealing
-                      else b for b in blocks]
+        # A result whose call is not in this file may answer a call that printed a secret
+        # (`kubectl get secret ...`) in another file of the session: unseen here, so
+        # every value in it goes, as for a call seen to reveal one (fail closed).
+        calls, revealing = self.calls, self.revealing
+        if any(isinstance(b, dict) and b.get("type") == "tool_result"
+               and (b.get("tool_use_id") in revealing or b.get("tool_use_id") not in calls) for b in blocks):
+            blocks = [self.redactor.redact_revealed(b) if isinstance(b, dict) and b.get("type") == "tool_result"
+                      and (b.get("tool_use_id") in revealing or b.get("tool_use_id") not in calls) else b
+                      for b in blocks]
             data = None
         texts: list[str] = []
         has_result = False

@@ -169,6 +169,7 @@ class CodexFile:
         if isinstance(message, str):
             text = message.strip()
             if text and not text.startswith(PREAMBLES):
+                self.group = None  # a new turn: the reply that follows is a message of its own
                 self.event_prompts.append((line_no, self.redactor.redact(text), ts))
 
     def _item(self, line_no: int, payload: dict[str, Any], item: str, ts: str | None) -> None:
@@ -280,25 +281,34 @@ class CodexFile:
         """Event prompts linked to their response_item twin; else the filtered items.
 
         Clients differ in where they write the twin: the CLI just before the event, the
-        Desktop app and newer TUIs after the turn or not at all. A prompt whose twin does
-        not come before it gets a user message of its own at the event's line, and a
-        twin written later is kept as a meta message (a mirror, not a second turn), so
-        every prompt is a message that score can find.
+        Desktop app and newer TUIs after the turn or not at all. A twin is looked for
+        only in the prompt's own turn: after the previous prompt's event and before its
+        own (the nearest), else after its event and before the next one. A prompt with
+        no twin before it gets a user message of its own at the event's line, and a twin
+        written later is kept as a meta message (a mirror, not a second turn), so every
+        prompt is a message that score can find.
         """
         if not self.event_prompts:
             return [_Prompt(m.line_no, m.line_no, "\n".join(m.texts).strip(), m.timestamp, m.message_id)
                     for m in self.item_users]
         prompts = []
-        candidates = list(self.item_users)
-        for line_no, text, ts in self.event_prompts:
-            twin = next((i for i, row in enumerate(candidates) if _twin(row, text)), None)
-            if twin is not None and candidates[twin].line_no < line_no:
-                row = candidates[twin]
-                del candidates[: twin + 1]
+        events = [line for line, _, _ in self.event_prompts]
+        taken: set[int] = set()
+        for index, (line_no, text, ts) in enumerate(self.event_prompts):
+            low = events[index - 1] if index else 0
+            high = events[index + 1] if index + 1 < len(events) else None
+            before = [r for r in self.item_users
+                      if low < r.line_no < line_no and r.line_no not in taken and _twin(r, text)]
+            if before:
+                row = before[-1]
+                taken.add(row.line_no)
                 prompts.append(_Prompt(row.line_no, line_no, text, ts, row.message_id))
                 continue
-            if twin is not None:  # a mirror written after the turn
-                candidates.pop(twin).is_meta = True
+            after = next((r for r in self.item_users if r.line_no > line_no and (high is None or r.line_no < high)
+                          and r.line_no not in taken and _twin(r, text)), None)
+            if after is not None:  # a mirror written after the turn
+                taken.add(after.line_no)
+                after.is_meta = True
             row = _Message(message_id=f"L{line_no}", role="user", timestamp=ts, line_no=line_no,
                            blocks=[{"type": "input_text", "text": text}], texts=[text])
             bisect.insort(self.messages, row, key=lambda m: m.line_no)
@@ -366,10 +376,10 @@ class CodexFile:
 
 
 def _twin(row: _Message, prompt: str) -> bool:
-    """Whether a response_item user message carries this prompt (the Desktop app may
-    put its IDE context before the request in the same message)."""
+    """Whether a response_item user message carries this prompt: the same text, or the
+    text ending with it (the Desktop app puts its IDE context before the request)."""
     text = "\n".join(row.texts).strip()
-    return text == prompt or (bool(prompt) and prompt in text)
+    return text == prompt or (bool(prompt) and text.endswith("\n" + prompt))
 
 
 def _content_json(message: _Message, limit: int) -> str:

@@ -200,7 +200,7 @@ def merge_shards(
     passthrough = _load(con, shard_dir, members)
     redactor = Redactor()
     paths = [m["source_file"] for m in members]
-    unread = [redactor.redact(path) for path, _ in set_aside]
+    unread = [str(path) for path in Redactor(fold_home=False).redact_many([p for p, _ in set_aside])]
     _create(con, "files", pa.table({"_file": pa.array(range(len(paths) + len(unread)), pa.int32()),
                                     "source_file": pa.array(paths + unread, pa.large_string())}))
     tallies = Counter(shard_lines)

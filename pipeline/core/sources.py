@@ -287,14 +287,20 @@ def check_source(spec: SourceSpec) -> None:
     """A source that does not exist, holds none of its kind's files, or holds logs of
     another kind is a mistake (a typo, the wrong folder, the wrong KIND): a run over it
     would succeed with nothing in it, or with every line set aside."""
-    if not spec.path.exists():
+    try:
+        exists = spec.path.exists()
+    except OSError as error:  # a folder above it may not be searched
+        raise TracelakeError(f"source {spec.kind}:{spec.path} cannot be read: {error.strerror}") from error
+    if not exists:
         raise TracelakeError(f"source {spec.kind}:{spec.path} does not exist")
     found, set_aside = discover_all(spec)
     if not found and set_aside:
+        from pipeline.secrets import redact_texts
+
         path, reason = set_aside[0]
         more = f" (and {len(set_aside) - 1} more)" if len(set_aside) > 1 else ""
         raise TracelakeError(f"source {spec.kind}:{spec.path} has no file tracelake can read: "
-                             f"{shown_name(path)}: {reason.replace('_', ' ')}{more}")
+                             f"{redact_texts([shown_name(path)])[0]}: {reason.replace('_', ' ')}{more}")
     if not found:
         suffixes = " or ".join(f"*{s}" for s in SOURCE_SUFFIXES[spec.kind])
         raise TracelakeError(f"source {spec.kind}:{spec.path} holds no {spec.kind} files ({suffixes})")

@@ -145,11 +145,20 @@ def reach_findings(before: Metrics, after: Metrics, thresholds: DriftThresholds)
     findings: list[Finding] = []
     if "reach" not in before.scopes or "reach" not in after.scopes:
         return findings
-    kinds = sorted({name.rpartition(".")[0] for group, name in after.counts if group == "reach"})
+    kinds = sorted({name.rpartition(".")[0] for m in (before, after) for group, name in m.counts if group == "reach"})
     for kind in kinds:
         b_prompts, a_prompts = (m.counts.get(("reach", f"{kind}.prompts"), 0) for m in (before, after))
         b_scored, a_scored = (m.counts.get(("reach", f"{kind}.scored"), 0) for m in (before, after))
-        if not b_prompts or not a_prompts:
+        if not b_prompts or not b_scored:
+            continue
+        if not a_prompts:  # none of its prompts even collected any more: a format change
+            if b_scored >= thresholds.min_abs_change:
+                findings.append(Finding(
+                    kind="source_reach_drop", severity="alert", subject=f"reach:{kind}",
+                    message=f"{kind}: no prompt collected, none reached score (was {b_scored} of {b_prompts})",
+                    stage="score", tables=["prompts", CATEGORY_TABLE], before=b_scored, after=0,
+                    change_pct=-100.0,
+                ))
             continue
         b_share, a_share = b_scored / b_prompts, a_scored / a_prompts
         lost = round((b_share - a_share) * a_prompts)  # tasks missing at the earlier share

@@ -55,12 +55,22 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in message.items() if v is not None}
         if out.get("tool_calls") is not None:
             out["tool_calls"] = [
-                {**call, "function": {**call["function"], "arguments": orjson.loads(call["function"]["arguments"])}}
+                {**call, "function": {**call["function"], "arguments": _json_or_text(call["function"]["arguments"])}}
                 for call in out["tool_calls"]
             ]
         messages.append(out)
-    tools = row["tools"]
-    return {**row, "messages": messages, "tools": orjson.loads(tools) if isinstance(tools, str) else tools}
+    return {**row, "messages": messages, "tools": _json_or_text(row["tools"])}
+
+
+def _json_or_text(value: Any) -> Any:
+    """JSON text decoded; text that is not JSON (a tampered file) kept as it is, for the
+    checks to report rather than crash on."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
 
 
 def _storage_form(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -63,4 +63,7 @@ def line_chart(xs: Sequence[float], ys: Sequence[float], title: str, x_label: st
 
 
 def _short(label: str, limit: int = 28) -> str:
-    return label if len(label) <= limit else label[: limit - 1] + "…"
+    """A tick label: cut to ``limit``, ``$`` escaped (matplotlib reads ``$…$`` as math,
+    and a tool name from a log may hold one)."""
+    cut = label if len(label) <= limit else label[: limit - 1] + "…"
+    return cut.replace("$", r"\$")

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.collect.errors import prepare_screen as prepare_error_screen
 from pipeline.collect.merge import merge_shards
-from pipeline.collect.redact import prepare_screens
+from pipeline.collect.redact import Redactor, prepare_screens
 from pipeline.collect.shard import build_batch, load_index, prune, shard_key
 from pipeline.collect.tasks import CollectSettings, ShardTask
 from pipeline.core.imports import block_pandas
@@ -111,8 +111,10 @@ def _set_aside(ctx: StageContext[Any]) -> list[tuple[str, str]]:
     row, and a warning, while the run goes on."""
     unread = sorted((f.display_path, f.set_aside) for files in ctx.sources.values() for f in files
                     if f.set_aside is not None)
-    for path, reason in unread:
-        log.warning("collect: %s set aside (%s)", path, reason.replace("_", " "))
+    if unread:  # the warning names the path as the quarantine table will (a token in a folder name goes)
+        shown = Redactor(fold_home=False).redact_many([path for path, _ in unread])
+        for path, (_, reason) in zip(shown, unread, strict=True):
+            log.warning("collect: %s set aside (%s)", path, reason.replace("_", " "))
     return unread
 
 

@@ -390,7 +390,12 @@ def validate(ctx: ExportContext[ExportSftConfig]) -> list[str]:
                 errors += _check_rows(jsonl.name, rows, allowed, table_ids, scan, sides)
         if parquet.exists():
             written = read_table(parquet)
-            if not written.equals(nested_sft(part)):
+            expected = nested_sft(part)
+            if not written.equals(expected):
+                if written.schema != expected.schema:
+                    errors.append(f"{parquet.name}: columns {written.schema.names} are not the sft layout")
+                if written.num_rows != part.num_rows:
+                    errors.append(f"{parquet.name} holds {written.num_rows} rows, the table {part.num_rows}")
                 rows = [flat_row(r) for r in written.to_pylist()]
                 errors += _check_rows(parquet.name, rows, allowed, table_ids, scan, sides)
     if n_files != len(table_rows):

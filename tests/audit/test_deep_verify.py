@@ -118,3 +118,18 @@ def test_declared_determinism_is_how_a_stage_is_judged(tmp_path: Path) -> None:
     toy.run(tmp_path / "tight", tight)
     report = deep_verify(tmp_path / "tight", None, None, tight)
     assert verdicts(report)["train-toy"] == "differs" and not report.passed
+
+
+def test_tolerance_sees_nan_and_nulls() -> None:
+    import pyarrow as pa
+
+    from pipeline.audit.deep import within_tolerance
+
+    def table(*values: float | None) -> pa.Table:
+        return pa.table({"step": list(range(len(values))), "loss": pa.array(values, pa.float64())})
+
+    assert within_tolerance(table(1.0, 2.0), table(1.0, 2.05), 0.1)
+    assert not within_tolerance(table(1.0, 2.0), table(1.0, 2.5), 0.1)
+    assert not within_tolerance(table(1.0, 2.0), table(1.0, float("nan")), 0.1)  # a loss gone NaN
+    assert not within_tolerance(table(1.0, 2.0), table(1.0, None), 0.1)
+    assert within_tolerance(table(1.0, float("nan")), table(1.0, float("nan")), 0.0)

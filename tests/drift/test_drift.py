@@ -368,6 +368,7 @@ def _reach(prompts: int, scored: int) -> Metrics:
     ((60, 42), "warn"),  # 97% -> 70%: a 28% drop of the share
     ((120, 113), None),  # more prompts, same share: not drift
     ((30, 0), "alert"),
+    ((0, 0), "alert"),  # its prompts no longer even collected
 ])
 def test_a_source_whose_prompts_stop_reaching_score_alarms(after: tuple[int, int], severity: str | None) -> None:
     _, findings = compare_metrics(_reach(58, 56), _reach(*after), DriftThresholds())

@@ -179,3 +179,13 @@ def test_each_export_folder_has_a_dataset_card(exported: Path) -> None:
         assert "sha256" in body and "receipts verify" in body
     sft_card = (exported / "sft" / "README.md").read_text()
     assert "| default | validation | `valid.jsonl` | 1 |" in sft_card
+
+
+def test_a_tampered_parquet_row_is_read_back_not_crashed_on() -> None:
+    from pipeline.export.nested import flat_row
+
+    row = {"messages": [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "Read", "arguments": "{not json"}}]}], "tools": "[]"}
+    flat = flat_row(row)
+    assert flat["messages"][0]["tool_calls"][0]["function"]["arguments"] == "{not json"  # reported as not an object
+    assert flat["tools"] == []
