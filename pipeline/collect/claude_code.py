@@ -310,18 +310,22 @@ class ClaudeFile:
         )
         message.n_calls += 1
 
+    def _unseen_or_revealing(self, block: Any) -> bool:
+        """A tool_result block whose call printed a secret, or is not in this file (its id
+        may be anything a log holds, a list included: then no call of ours)."""
+        if not isinstance(block, dict) or block.get("type") != "tool_result":
+            return False
+        tool_use_id = block.get("tool_use_id")
+        return not isinstance(tool_use_id, str) or tool_use_id in self.revealing or tool_use_id not in self.calls
+
     def _user(self, line_no: int, obj: dict[str, Any], message: dict[str, Any], session_id: str,
               uuid: str | None, parent: str | None) -> None:
         blocks, data = self._blocks(message.get("content"))
         # A result whose call is not in this file may answer a call that printed a secret
         # (`kubectl get secret ...`) in another file of the session: unseen here, so
         # every value in it goes, as for a call seen to reveal one (fail closed).
-        calls, revealing = self.calls, self.revealing
-        if any(isinstance(b, dict) and b.get("type") == "tool_result"
-               and (b.get("tool_use_id") in revealing or b.get("tool_use_id") not in calls) for b in blocks):
-            blocks = [self.redactor.redact_revealed(b) if isinstance(b, dict) and b.get("type") == "tool_result"
-                      and (b.get("tool_use_id") in revealing or b.get("tool_use_id") not in calls) else b
-                      for b in blocks]
+        if any(self._unseen_or_revealing(b) for b in blocks):
+            blocks = [self.redactor.redact_revealed(b) if self._unseen_or_revealing(b) else b for b in blocks]
             data = None
         texts: list[str] = []
         has_result = False
