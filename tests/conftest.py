@@ -37,19 +37,7 @@ def teich_examples() -> Path:
     They hold real home paths and names, so they are fetched into an ignored folder,
     never committed.
     """
-    target = CACHE / f"teich-{TEICH_VERSION}" / "examples"
-    if (target / "example_claude_code.jsonl").exists():
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "teich",
-         f"teich=={TEICH_VERSION}", "-d", str(CACHE)],
-        check=True,
-    )
-    with tarfile.open(CACHE / f"teich-{TEICH_VERSION}.tar.gz") as archive:
-        members = [m for m in archive.getmembers() if "/examples/" in m.name and m.isfile()]
-        archive.extractall(CACHE, members=members, filter="data")
-    return target
+    return _sdist_folder("teich", TEICH_VERSION, f"teich-{TEICH_VERSION}/examples", "example_claude_code.jsonl")
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +45,24 @@ def claude_code_log_messages() -> Path:
     """claude-code-log's real Claude Code records, one kind per file (user, assistant,
     thinking, sidechain, system records, each tool's use, result and error), from its
     sdist's dev-docs. Real paths and names: fetched into an ignored folder, never committed."""
-    name = f"claude_code_log-{CLAUDE_CODE_LOG_VERSION}"
-    target = CACHE / name / "dev-docs" / "messages" / "claude-code"
-    if (target / "user" / "user.jsonl").exists():
+    return _sdist_folder("claude-code-log", CLAUDE_CODE_LOG_VERSION,
+                         f"claude_code_log-{CLAUDE_CODE_LOG_VERSION}/dev-docs/messages/claude-code", "user/user.jsonl")
+
+
+def _sdist_folder(package: str, version: str, folder: str, probe: str) -> Path:
+    """``folder`` of ``package``'s sdist, downloaded and unpacked into the ignored cache
+    once (``probe``, a file inside it, says it is there)."""
+    target = CACHE / folder
+    if (target / probe).exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "claude-code-log",
-         f"claude-code-log=={CLAUDE_CODE_LOG_VERSION}", "-d", str(CACHE)],
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", package,
+         f"{package}=={version}", "-d", str(CACHE)],
         check=True,
     )
-    with tarfile.open(CACHE / f"{name}.tar.gz") as archive:
-        members = [m for m in archive.getmembers() if "/dev-docs/messages/" in m.name and m.isfile()]
+    archive_name = f"{package.replace('-', '_')}-{version}.tar.gz"
+    with tarfile.open(CACHE / archive_name) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(folder + "/") and m.isfile()]
         archive.extractall(CACHE, members=members, filter="data")
     return target

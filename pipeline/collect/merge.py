@@ -194,13 +194,14 @@ def merge_shards(
 ) -> Merged:
     """``members`` (container, row ranges) in display-path order; ``shard_lines`` = the
     per-file line tallies summed; ``spill`` = where DuckDB may spill; ``set_aside`` =
-    (path, reason) of files that were never parsed, one quarantine row (record) each."""
+    (redacted path, reason) of files that were never parsed, one quarantine row
+    (record) each."""
     spill = _spill_dir(spill)
     con = _connect(spill)
     passthrough = _load(con, shard_dir, members)
     redactor = Redactor()
     paths = [m["source_file"] for m in members]
-    unread = [str(path) for path in Redactor(fold_home=False).redact_many([p for p, _ in set_aside])]
+    unread = [path for path, _ in set_aside]
     _create(con, "files", pa.table({"_file": pa.array(range(len(paths) + len(unread)), pa.int32()),
                                     "source_file": pa.array(paths + unread, pa.large_string())}))
     tallies = Counter(shard_lines)

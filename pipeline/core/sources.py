@@ -87,17 +87,13 @@ def display_path(path: Path, fold_home: bool, home: str | None = None) -> str:
     return text
 
 
-def discover(spec: SourceSpec) -> list[tuple[str, os.stat_result]]:
+def discover(spec: SourceSpec) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, str]]]:
     """The kind's files under ``spec.path`` (or the file itself), as (path, stat) sorted
     by path string; regular files only (symlinks to them too), symlinked folders are not
-    followed. One stat per file: the fingerprint comes from it."""
-    return discover_all(spec)[0]
-
-
-def discover_all(spec: SourceSpec) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, str]]]:
-    """``discover``, and what it had to set aside as (path, reason): a folder it may not
-    list (``unreadable_dir``) and a file whose path is not UTF-8 (``undecodable_name``:
-    no table can hold its name). Nothing found is dropped without a row."""
+    followed; one stat per file: the fingerprint comes from it. And what it had to set
+    aside, as (path, reason): a folder it may not list (``unreadable_dir``) and a file
+    whose path is not UTF-8 (``undecodable_name``: no table can hold its name). Nothing
+    found is dropped without a row."""
     root = spec.path.resolve()
     try:
         top = root.stat()
@@ -239,7 +235,7 @@ def resolve_sources(
     home = Path.home().as_posix()
     found: list[tuple[str, tuple[str, os.stat_result]]] = []
     for spec in specs:
-        readable, set_aside = discover_all(spec)
+        readable, set_aside = discover(spec)
         found.extend((spec.kind, entry) for entry in readable)
         for name, reason in set_aside:
             shown = display_path(Path(shown_name(name)), fold_home, home)
@@ -293,7 +289,7 @@ def check_source(spec: SourceSpec) -> None:
         raise TracelakeError(f"source {spec.kind}:{spec.path} cannot be read: {error.strerror}") from error
     if not exists:
         raise TracelakeError(f"source {spec.kind}:{spec.path} does not exist")
-    found, set_aside = discover_all(spec)
+    found, set_aside = discover(spec)
     if not found and set_aside:
         from pipeline.secrets import redact_texts
 

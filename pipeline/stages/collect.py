@@ -107,15 +107,18 @@ def _tasks(ctx: StageContext[Any], settings: CollectSettings) -> list[ShardTask]
 
 
 def _set_aside(ctx: StageContext[Any]) -> list[tuple[str, str]]:
-    """(path, reason) of the files discovery could not read or name: each one quarantine
-    row, and a warning, while the run goes on."""
+    """(path, reason) of the files discovery could not read or name, the path redacted
+    (a token in a folder name goes): each one quarantine row, and a warning, while the
+    run goes on."""
     unread = sorted((f.display_path, f.set_aside) for files in ctx.sources.values() for f in files
                     if f.set_aside is not None)
-    if unread:  # the warning names the path as the quarantine table will (a token in a folder name goes)
-        shown = Redactor(fold_home=False).redact_many([path for path, _ in unread])
-        for path, (_, reason) in zip(shown, unread, strict=True):
-            log.warning("collect: %s set aside (%s)", path, reason.replace("_", " "))
-    return unread
+    if not unread:
+        return []
+    shown = Redactor(fold_home=False).redact_many([path for path, _ in unread])
+    redacted = [(str(path), reason) for path, (_, reason) in zip(shown, unread, strict=True)]
+    for path, reason in redacted:
+        log.warning("collect: %s set aside (%s)", path, reason.replace("_", " "))
+    return redacted
 
 
 def _as_read(ctx: StageContext[Any], tasks: list[ShardTask], members: list[dict[str, Any]]) -> dict[str, list[SourceFile]] | None:
