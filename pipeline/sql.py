@@ -1,4 +1,5 @@
-"""DuckDB over a run: one view per table, a `quarantine` union, `receipts`, `lineage`."""
+"""DuckDB over a run: one view per table, a `quarantine` union, `receipts`, `lineage`,
+and every run's `receipt_history`, `artifacts` and `run_inputs`."""
 
 from __future__ import annotations
 
@@ -7,43 +8,21 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+from pydantic import BaseModel
 
 from pipeline.core.errors import TracelakeError
 from pipeline.core.receipts import list_runs, load_run_receipts, load_run_summary, resolve_run
 from pipeline.core.store import LakeLayout
 from pipeline.core.trust import TrustedKeys, load_trusted
 from schemas.receipt import StageReceipt
-
-RECEIPT_COLUMNS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("stage", pa.string()),
-        ("stage_version", pa.string()),
-        ("status", pa.string()),
-        ("cache_hit", pa.bool_()),
-        ("cache_key", pa.string()),
-        ("config_hash", pa.string()),
-        ("records_in", pa.int64()),
-        ("records_out", pa.int64()),
-        ("quarantined", pa.int64()),
-        ("filtered", pa.int64()),
-        ("quarantined_by_reason", pa.string()),
-        ("filtered_by_reason", pa.string()),
-        ("validation_passed", pa.bool_()),
-        ("validation_errors", pa.string()),
-        ("started_at", pa.string()),
-        ("finished_at", pa.string()),
-        ("duration_s", pa.float64()),
-        ("recorded_at", pa.string()),
-        ("git_sha", pa.string()),
-        ("tracelake_version", pa.string()),
-    ]
-)
+from schemas.sql import ArtifactRow, ReceiptRow, RunInputRow
+from schemas.tables import arrow_schema
 
 
 def _quote(name: str) -> str:
@@ -52,32 +31,62 @@ def _quote(name: str) -> str:
 
 def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
     rows = [
-        {
-            "run_id": r.run_id,
-            "stage": r.stage,
-            "stage_version": r.stage_version,
-            "status": r.status,
-            "cache_hit": r.cache_hit,
-            "cache_key": r.cache_key,
-            "config_hash": r.config_hash,
-            "records_in": r.records_in,
-            "records_out": r.records_out,
-            "quarantined": sum(r.quarantined.values()),
-            "filtered": sum(r.filtered.values()),
-            "quarantined_by_reason": json.dumps(r.quarantined, sort_keys=True),
-            "filtered_by_reason": json.dumps(r.filtered, sort_keys=True),
-            "validation_passed": r.validation.passed,
-            "validation_errors": json.dumps(r.validation.errors),
-            "started_at": r.timings.started_at,
-            "finished_at": r.timings.finished_at,
-            "duration_s": r.timings.duration_s,
-            "recorded_at": r.recorded_at,
-            "git_sha": r.git_sha,
-            "tracelake_version": r.tracelake_version,
-        }
+        ReceiptRow(
+            run_id=r.run_id,
+            stage=r.stage,
+            stage_version=r.stage_version,
+            status=r.status,
+            cache_hit=r.cache_hit,
+            cache_key=r.cache_key,
+            config_hash=r.config_hash,
+            records_in=r.records_in,
+            records_out=r.records_out,
+            quarantined=sum(r.quarantined.values()),
+            filtered=sum(r.filtered.values()),
+            quarantined_by_reason=json.dumps(r.quarantined, sort_keys=True),
+            filtered_by_reason=json.dumps(r.filtered, sort_keys=True),
+            validation_passed=r.validation.passed,
+            validation_errors=json.dumps(r.validation.errors),
+            started_at=r.timings.started_at,
+            finished_at=r.timings.finished_at,
+            duration_s=r.timings.duration_s,
+            recorded_at=r.recorded_at,
+            git_sha=r.git_sha,
+            tracelake_version=r.tracelake_version,
+        )
         for r in receipts
     ]
-    return pa.Table.from_pylist(rows, schema=RECEIPT_COLUMNS)
+    return _rows_table(ReceiptRow, rows)
+
+
+def artifacts_table(receipts: list[StageReceipt]) -> pa.Table:
+    rows = [
+        ArtifactRow(run_id=r.run_id, stage=r.stage, name=a.name, digest=a.digest, files=len(a.files),
+                    bytes=a.bytes, path=a.path)
+        for r in receipts for a in r.artifacts
+    ]
+    return _rows_table(ArtifactRow, rows)
+
+
+def inputs_table(receipts: list[StageReceipt]) -> pa.Table:
+    rows = []
+    for r in receipts:
+        for i in r.inputs:
+            kind = i.name.partition(":")[0] if ":" in i.name else "table"
+            digest = i.sha256 if kind == "external" and i.sha256 else i.xxh3_128
+            rows.append(RunInputRow(run_id=r.run_id, stage=r.stage, input=i.name, kind=kind, digest=digest,
+                                    rows=i.rows, location=i.location))
+    return _rows_table(RunInputRow, rows)
+
+
+def _rows_table(model: type[BaseModel], rows: Sequence[BaseModel]) -> pa.Table:
+    return pa.Table.from_pylist([row.model_dump() for row in rows], schema=arrow_schema(model))
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    con.register("_arrow", table)
+    con.execute(f"CREATE OR REPLACE TABLE {_quote(name)} AS SELECT * FROM _arrow")
+    con.unregister("_arrow")
 
 
 def define_views(
@@ -106,20 +115,18 @@ def define_views(
         names.append("quarantine")
     order = {status.stage: i for i, status in enumerate(summary.stages)}
     run_receipts = sorted(load_run_receipts(layout, run_id, keys), key=lambda r: order.get(r.stage, 99))
-    receipts = receipts_table(run_receipts)
-    con.register("_receipts_arrow", receipts)
-    con.execute("CREATE OR REPLACE TABLE receipts AS SELECT * FROM _receipts_arrow")
-    con.unregister("_receipts_arrow")
+    _register(con, "receipts", receipts_table(run_receipts))
     history: list[StageReceipt] = []
     for rid in list_runs(layout):
         try:
             history.extend(load_run_receipts(layout, rid, keys))
         except TracelakeError:
             continue
-    con.register("_history_arrow", receipts_table(history))
-    con.execute("CREATE OR REPLACE TABLE receipt_history AS SELECT * FROM _history_arrow")
-    con.unregister("_history_arrow")
-    names += ["receipts", "receipt_history"]
+    _register(con, "receipt_history", receipts_table(history))
+    # Every run's artifacts and inputs: "which runs used this model digest".
+    _register(con, "artifacts", artifacts_table(history))
+    _register(con, "run_inputs", inputs_table(history))
+    names += ["receipts", "receipt_history", "artifacts", "run_inputs"]
     names += _define_redactions(con, [n for n in names if n in summary.tables], run_receipts)
     lineage_sql = _lineage_sql(set(names))
     if lineage_sql:

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 OUT = Path(__file__).parent / "json"
-MODEL_MODULES = ("schemas.receipt", "schemas.records", "schemas.datasets", "schemas.drift")
+MODEL_MODULES = ("schemas.receipt", "schemas.records", "schemas.datasets", "schemas.drift", "schemas.sql")
 
 
 def _snake(name: str) -> str:
@@ -38,6 +38,7 @@ def boundary_models() -> dict[str, type[BaseModel]]:
                 and issubclass(obj, BaseModel)
                 and obj.__module__ == module_name
                 and obj.__name__ == name
+                and not name.startswith("_")  # private bases, not boundaries
             ):
                 models[_snake(name)] = obj
     from pipeline.stages.registry import STAGES

@@ -44,12 +44,36 @@ class ExportFile(_Model):
 
 
 class InputRef(_Model):
-    """A stage input: an upstream table or a digest over source files."""
+    """A stage input: an upstream table (its name), a digest over source files
+    (``source:<kind>``) or an external input (``external:<name>``: a model, tokenizer or
+    chat template, digested as a tree; ``sha256`` is its tree digest, ``rows`` its files)."""
 
     name: str
     xxh3_128: str
     sha256: str | None = None
     rows: int | None = None
+    location: str | None = Field(
+        default=None, description="External inputs: where it was read (never part of a cache key)."
+    )
+
+
+class TreeFile(_Model):
+    """One file of a tree (an artifact or an external input), in its sorted manifest."""
+
+    path: str = Field(description="Relative POSIX path inside the tree ('.' for a lone file).")
+    size: int = Field(ge=0)
+    sha256: str
+
+
+class ArtifactRef(_Model):
+    """A named directory of files a stage produced (a LoRA adapter, a plot, a snapshot),
+    stored once under its tree digest."""
+
+    name: str
+    digest: str = Field(description="sha256 over the canonical manifest of (path, size, sha256).")
+    files: list[TreeFile]
+    bytes: int = Field(ge=0)
+    path: str = Field(description="Folder relative to the lake root.")
 
 
 class SecretRescan(_Model):
@@ -101,6 +125,9 @@ class StageReceipt(_Model):
     )
     exports: list[ExportFile] = Field(
         default_factory=list, description="Files in exports/<run_id>/ this stage published."
+    )
+    artifacts: list[ArtifactRef] = Field(
+        default_factory=list, description="Directories of files the stage produced (not tables)."
     )
     validation: Validation
     error: str | None = None

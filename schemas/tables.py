@@ -30,6 +30,16 @@ class TableSpec:
         return arrow_schema(self.model)
 
 
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """A named directory of files a stage produces beside its tables (a LoRA adapter and
+    its config, a loss-curve PNG): stored and signed by a tree digest over its files,
+    published into ``exports/<run>/<name>/``."""
+
+    name: str
+    description: str
+
+
 _SCALARS: dict[type, pa.DataType] = {
     str: pa.large_string(),
     int: pa.int64(),

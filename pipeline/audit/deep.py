@@ -23,16 +23,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.core.execute import StageTask, execute_task, output_specs
+from pipeline.core.externals import external_refs
 from pipeline.core.hashing import CacheMac, table_digest, xxh3_128_file
 from pipeline.core.receipts import load_run_receipts, resolve_run
 from pipeline.core.sources import CHANGED_DURING_RUN, SourceFile, load_manifest
-from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult, Tracker
-from pipeline.core.store import LakeLayout, canonicalize, materialize
+from pipeline.core.stage import ExportContext, Stage
+from pipeline.core.store import LakeLayout, lake_inputs
 from pipeline.core.trust import TrustedKeys, load_trusted
 from schemas.drift import RowSample
-from schemas.receipt import InputRef, ObjectRef, StageReceipt
-from schemas.records import QUARANTINE
-from schemas.tables import TableSpec
+from schemas.receipt import ArtifactRef, ObjectRef, StageReceipt
 
 MAX_ROW_SAMPLES = 3
 MAX_VALUE_CHARS = 160
@@ -130,26 +130,19 @@ def within_tolerance(recorded: pa.Table, fresh: pa.Table, tolerance: float) -> b
     return True
 
 
-def output_specs(stage: Stage) -> dict[str, tuple[str, TableSpec]]:
-    """table name in the lake -> (key in StageResult.tables, spec), as the runner maps them."""
-    specs = {spec.name: (stage.result_key(spec.name), spec) for spec in stage.outputs}
-    if stage.traits.maps_records:
-        specs[stage.quarantine_table] = (stage.result_key(stage.quarantine_table), QUARANTINE)
-    return specs
-
-
 def compare_outputs(
-    layout: LakeLayout, stage: Stage, receipt: StageReceipt, result: StageResult,
+    layout: LakeLayout, stage: Stage, receipt: StageReceipt, fresh_tables: dict[str, pa.Table],
     keep: dict[str, pa.Table] | None = None,
 ) -> list[TableCheck]:
-    """``keep`` restricts both sides to a subset (sampling) before digesting."""
+    """``fresh_tables``: the re-run's canonical tables. ``keep`` restricts both sides to a
+    subset (sampling) before digesting."""
     recorded_refs = {ref.name: ref for ref in receipt.outputs}
     checks = []
-    for name, (source_name, spec) in output_specs(stage).items():
+    for name, spec in output_specs(stage).items():
         ref = recorded_refs.get(name)
         if ref is None:
             continue
-        fresh = canonicalize(materialize(result.tables[source_name]), spec.schema, spec.sort_keys)
+        fresh = fresh_tables[name]
         recorded_digest = ref.xxh3_128
         recorded_rows = ref.rows
         recorded_table: pa.Table | None = None
@@ -177,51 +170,53 @@ def compare_outputs(
     return checks
 
 
+def compare_artifacts(stage: Stage, receipt: StageReceipt, fresh: list[ArtifactRef]) -> list[TableCheck]:
+    """Artifacts by tree digest (rows: their file counts); a stage declared within a
+    tolerance (a retrain) is judged by its tables, so its artifacts are not compared."""
+    if stage.traits.determinism != "bitwise":
+        return []
+    recorded = {a.name: a for a in receipt.artifacts}
+    return [
+        TableCheck(
+            table=f"artifact:{a.name}", recorded=recorded[a.name].digest, recomputed=a.digest,
+            recorded_rows=len(recorded[a.name].files), recomputed_rows=len(a.files),
+            match=recorded[a.name].digest == a.digest,
+        )
+        for a in fresh if a.name in recorded
+    ]
+
+
 # --- re-running stages ------------------------------------------------------------------
 
 
-def _context(layout: LakeLayout, stage: Stage, receipt: StageReceipt, scratch: Path,
-             inputs: dict[str, ObjectRef], sources: dict[str, list[SourceFile]]) -> StageContext:
-    return StageContext(
-        layout=layout,
-        config=stage.config_model.model_validate(receipt.config),
-        inputs=inputs,
-        sources=sources,
-        recorded_at=receipt.recorded_at,
-        workers=1,
-        tracker=Tracker(),
-        scratch=scratch,
-        cache_mac=CacheMac(os.urandom(32)),  # a throwaway scratch: nothing to share
-    )
-
-
-def lake_inputs(layout: LakeLayout, refs: Sequence[InputRef]) -> dict[str, ObjectRef] | None:
-    """InputRefs name objects by digest; the object path follows from the digest."""
-    objects = {}
-    for ref in refs:
-        if ref.name.startswith("source:"):
-            continue
-        if ref.sha256 is None:
-            return None
-        path = layout.object_path(ref.xxh3_128, ref.sha256)
-        if not path.is_file():
-            return None
-        objects[ref.name] = ObjectRef(
-            name=ref.name, xxh3_128=ref.xxh3_128, sha256=ref.sha256 or "", blake3="", rows=ref.rows or 0,
-            path=layout.relative(path),
+def _rerun(
+    layout: LakeLayout, stage: Stage, receipt: StageReceipt, inputs: dict[str, ObjectRef],
+    sources: dict[str, list[SourceFile]],
+) -> tuple[dict[str, pa.Table], list[ArtifactRef]]:
+    """The stage run again through the executor's own function, in a throwaway scratch
+    area (so per-file caches cannot hide a difference), one worker, nothing stored: its
+    canonical tables and its artifacts' manifests."""
+    with tempfile.TemporaryDirectory(prefix=f"tracelake-deep-{stage.name}-") as scratch:
+        task = StageTask(
+            stage=stage,
+            config=receipt.config,
+            inputs=inputs,
+            sources=sources,
+            externals=external_refs(receipt.inputs),
+            root=str(layout.root),
+            recorded_at=receipt.recorded_at,
+            workers=1,
+            cache_key=receipt.cache_key,
+            cache_mac=CacheMac(os.urandom(32)),  # a throwaway scratch: nothing to share
+            scratch=scratch,
+            store=False,
         )
-    return objects
+        done = execute_task(task)
+    return done.tables, done.artifacts
 
 
 def _verdict(checks: list[TableCheck]) -> StageVerdict:
     return "match" if all(c.match for c in checks) else "differs"
-
-
-def _gathered(result: StageResult) -> StageResult:
-    """Streamed tables read their rows from the stage's scratch area: gather them
-    before it goes."""
-    result.tables = {name: materialize(table) for name, table in result.tables.items()}
-    return result
 
 
 def verify_lake_stage(layout: LakeLayout, stage: Stage, receipt: StageReceipt) -> StageCheck:
@@ -229,9 +224,8 @@ def verify_lake_stage(layout: LakeLayout, stage: Stage, receipt: StageReceipt) -
     if inputs is None:
         return StageCheck(stage=stage.name, verdict="inputs_unavailable",
                           detail="an input object is no longer in the lake")
-    with tempfile.TemporaryDirectory(prefix=f"tracelake-deep-{stage.name}-") as scratch:
-        result = _gathered(stage.run(_context(layout, stage, receipt, Path(scratch), inputs, {})))
-    checks = compare_outputs(layout, stage, receipt, result)
+    tables, artifacts = _rerun(layout, stage, receipt, inputs, {})
+    checks = compare_outputs(layout, stage, receipt, tables) + compare_artifacts(stage, receipt, artifacts)
     detail = _recheck_exports(layout, stage, receipt)
     verdict: StageVerdict = "differs" if detail else _verdict(checks)
     return StageCheck(stage=stage.name, verdict=verdict, tables=checks, detail=detail)
@@ -246,6 +240,7 @@ def _recheck_exports(layout: LakeLayout, stage: Stage, receipt: StageReceipt) ->
     ctx = ExportContext(
         layout=layout, config=stage.config_model.model_validate(receipt.config), run_id=receipt.run_id,
         outputs={ref.name: ref for ref in receipt.outputs}, export_dir=layout.export_dir(receipt.run_id),
+        inputs=lake_inputs(layout, receipt.inputs) or {},
     )
     errors = stage.validate(ctx)
     if errors:
@@ -356,7 +351,7 @@ def verify_source_stage(
     recorded: dict[str, pa.Table] = {}
     if sample is not None and not stage.inputs and sample < len(all_files):
         recorded = {
-            name: pq.read_table(layout.root / ref.path).cast(output_specs(stage)[name][1].schema)
+            name: pq.read_table(layout.root / ref.path).cast(output_specs(stage)[name].schema)
             for name, ref in ((r.name, r) for r in receipt.outputs) if name in output_specs(stage)
         }
         seed = {f.display_path for f in all_files[:sample]}  # digest order: spread, reproducible
@@ -364,27 +359,26 @@ def verify_source_stage(
         # A subagent log's sidecar (agent-<id>.meta.json) goes with it.
         needed |= {p[: -len(".jsonl")] + ".meta.json" for p in needed if p.endswith(".jsonl")}
         sources = {k: [f for f in files if f.display_path in needed] for k, files in sources.items()}
-    with tempfile.TemporaryDirectory(prefix=f"tracelake-deep-{stage.name}-") as scratch:
-        result = _gathered(stage.run(_context(layout, stage, receipt, Path(scratch), inputs, sources)))
+    fresh, artifacts = _rerun(layout, stage, receipt, inputs, sources)
     if seed is None:
-        checks = compare_outputs(layout, stage, receipt, result)
+        checks = compare_outputs(layout, stage, receipt, fresh) + compare_artifacts(stage, receipt, artifacts)
     else:
-        checks = compare_sampled(stage, recorded, result, seed)
+        checks = compare_sampled(stage, recorded, fresh, seed)
     return StageCheck(stage=stage.name, verdict=_verdict(checks), tables=checks,
                       sampled_files=sum(len(f) for f in sources.values()) if seed else None)
 
 
 def compare_sampled(
-    stage: Stage, recorded: dict[str, pa.Table], result: StageResult, seed: set[str]
+    stage: Stage, recorded: dict[str, pa.Table], fresh_tables: dict[str, pa.Table], seed: set[str]
 ) -> list[TableCheck]:
     """Only the seed files' rows are compared; the closure files were context."""
     file_sessions, _, _ = _links(list(recorded.values()))
     sessions = {s for f in seed for s in file_sessions.get(f, set())}
     checks = []
-    for name, (source_name, spec) in output_specs(stage).items():
+    for name in output_specs(stage):
         if name not in recorded:
             continue
-        fresh = canonicalize(materialize(result.tables[source_name]), spec.schema, spec.sort_keys)
+        fresh = fresh_tables[name]
         old, new = _rows_of(recorded[name], seed, sessions), _rows_of(fresh, seed, sessions)
         if old is None or new is None:
             continue  # no per-file identity: not comparable on a sample

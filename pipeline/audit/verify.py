@@ -30,6 +30,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.artifacts import artifact_problem
 from pipeline.core.cache import claims_problem
 from pipeline.core.errors import NotFound
 from pipeline.core.hashing import file_digests
@@ -70,6 +71,7 @@ class VerifyReport:
     signer: str | None = None
     receipts: int = 0
     objects: int = 0
+    artifact_files: int = 0
     export_files: int = 0
     problems: list[Problem] = field(default_factory=list)
 
@@ -129,6 +131,10 @@ def _check_receipt(layout: LakeLayout, run_id: str, path: Path, keys: TrustedKey
         report.objects += 1
         if (problem := _file_problem(layout.root / ref.path, None, ref.sha256, ref.blake3)) is not None:
             report.add(ref.path, f"object {problem}")
+    for artifact in receipt.artifacts:
+        report.artifact_files += len(artifact.files)
+        if (problem := artifact_problem(layout, artifact)) is not None:
+            report.add(artifact.path, problem)
     for file in receipt.exports:
         report.export_files += 1
         target = layout.export_dir(run_id) / file.path

@@ -83,6 +83,16 @@ NoWaitOpt = Annotated[
     bool,
     typer.Option("--no-wait", help="Exit 2 at once if another run is writing this root (default: wait for it)."),
 ]
+ExternalOpt = Annotated[
+    list[str] | None,
+    typer.Option("--external", metavar="NAME=PATH",
+                 help="Where a stage's external input (a model, tokenizer or chat template) is; "
+                 "overrides its config field (repeatable)."),
+]
+ExecutorOpt = Annotated[
+    str, typer.Option("--executor", help="Where stages execute: local (this process) or subprocess "
+                      "(a spawned interpreter per stage).")
+]
 PubkeyOpt = Annotated[
     Path | None,
     typer.Option("--pubkey", help="Accept only this PEM public key (default: the root's trusted keys)."),
@@ -100,6 +110,8 @@ def _run(
     include_partial: bool,
     include_review: bool,
     no_wait: bool,
+    external: list[str] | None = None,
+    executor: str = "local",
 ) -> None:
     import datetime as dt
 
@@ -109,6 +121,7 @@ def _run(
     # runs while the imports below and collect's first batches run.
     catalogue.prefetch()
 
+    from pipeline.core.execute import EXECUTORS
     from pipeline.core.lock import writer_lock
     from pipeline.core.runner import Runner, RunOptions
     from pipeline.core.sources import (
@@ -136,6 +149,9 @@ def _run(
         stage_config: dict[str, dict[str, Any]] = load_config_file(config)
         stages = load_stages(targets)
         check_config_keys(stage_config, stages)
+        externals = parse_externals(external or [], stages)
+        if executor not in EXECUTORS:
+            raise TracelakeError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     except (ValueError, TracelakeError) as exc:
         raise fail(str(exc)) from exc
     if include_partial:
@@ -159,6 +175,8 @@ def _run(
                 tracker=RichTracker(enabled=not quiet),
                 wait=not no_wait,
                 on_wait=lambda message: err_console.print(Text(message)),
+                externals=externals,
+                executor=EXECUTORS[executor](),
             ),
         )
         # The lake database is part of what a run writes: it is refreshed under the lock.
@@ -182,6 +200,21 @@ def _run(
         ))
     if not result.ok:
         raise typer.Exit(1)
+
+
+def parse_externals(given: list[str], stages: list[Any]) -> dict[str, Path]:
+    """NAME=PATH pairs, each naming an external input a stage of this run declares."""
+    known = {e.name for stage in stages for e in stage.externals}
+    out: dict[str, Path] = {}
+    for item in given:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise TracelakeError(f"--external {item!r}: expected NAME=PATH")
+        if name not in known:
+            raise TracelakeError(f"--external {name}: no stage of this run reads an external input "
+                                 f"of that name (known: {', '.join(sorted(known)) or 'none'})")
+        out[name] = Path(path).expanduser()
+    return out
 
 
 def print_run(root: Path, run_id: str) -> None:
@@ -234,9 +267,12 @@ def run_all(
     include_partial: IncludePartialOpt = False,
     include_review: IncludeReviewOpt = False,
     no_wait: NoWaitOpt = False,
+    external: ExternalOpt = None,
+    executor: ExecutorOpt = "local",
 ) -> None:
     """Run every stage; unchanged stages are cache hits. Exit 1 if any stage fails."""
-    _run(None, root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait)
+    _run(None, root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait,
+         external, executor)
 
 
 @app.command("run")
@@ -252,9 +288,12 @@ def run_one(
     include_partial: IncludePartialOpt = False,
     include_review: IncludeReviewOpt = False,
     no_wait: NoWaitOpt = False,
+    external: ExternalOpt = None,
+    executor: ExecutorOpt = "local",
 ) -> None:
     """Run one stage and its upstream stages."""
-    _run([stage], root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait)
+    _run([stage], root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait,
+         external, executor)
 
 
 @app.command("keygen")
@@ -471,8 +510,9 @@ def receipts_verify(
         signer = next((k for k in keys.keys if key_id(k) == report.signer), None)
         console.print(Text.assemble(
             ("OK ", "green"),
-            f"run {resolved}: statement, {report.receipts} receipts, {report.objects} objects and "
-            f"{report.export_files} export files verified (signed by {key_id(signer)[:16] if signer else '?'}, "
+            f"run {resolved}: statement, {report.receipts} receipts, {report.objects} objects, "
+            + (f"{report.artifact_files} artifact files " if report.artifact_files else "")
+            + f"and {report.export_files} export files verified (signed by {key_id(signer)[:16] if signer else '?'}, "
             f"trusted via {keys.source})",
         ), soft_wrap=True)
         if pubkey is None:

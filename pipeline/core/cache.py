@@ -13,7 +13,8 @@ an entry is reused only after all of these hold:
 - it is a passed receipt of this stage and version, filed under this key, its key
   recomputes from its own fields and its inputs are this run's inputs;
 - its counts conserve;
-- every object and export file it names is there with the BLAKE3 it records.
+- every object and export file it names is there with the BLAKE3 it records, and every
+  artifact file with its sha256.
 
 Anything else is a miss: the stage runs again (repairing a damaged object on the way)
 and the run's summary names the entry and why it was refused.
@@ -22,15 +23,19 @@ and the run's summary names the entry and why it was refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core import exports
+from pipeline.core.artifacts import artifact_problem
 from pipeline.core.errors import NotFound
 from pipeline.core.hashing import digest_json
 from pipeline.core.receipts import ReceiptError, cache_entry_path, load_envelope, open_receipt
 from pipeline.core.store import LakeLayout, object_problem
 from pipeline.core.trust import TrustedKeys
 from schemas.receipt import InputRef, StageReceipt
+
+if TYPE_CHECKING:
+    from pipeline.core.stage import Stage
 
 
 def cache_key(stage: str, version: str, config: dict[str, Any], inputs: list[InputRef]) -> str:
@@ -79,15 +84,7 @@ class Lookup:
     rejected: str | None = None  # why a stored entry was refused
 
 
-def lookup(
-    layout: LakeLayout,
-    stage: str,
-    version: str,
-    outputs: tuple[str, ...],
-    key: str,
-    inputs: list[InputRef],
-    signer: TrustedKeys,
-) -> Lookup:
+def lookup(layout: LakeLayout, stage: Stage, key: str, inputs: list[InputRef], signer: TrustedKeys) -> Lookup:
     """``signer``: the public key of the key this run signs with (only)."""
     path = cache_entry_path(layout, key)
     if not path.exists():
@@ -96,9 +93,11 @@ def lookup(
         receipt, _ = open_receipt(load_envelope(path), signer)
     except (ReceiptError, NotFound) as exc:
         return Lookup(None, str(exc))
-    problem = _mismatch(receipt, stage, version, outputs, key, inputs) or claims_problem(receipt)
+    problem = _mismatch(receipt, stage, key, inputs) or claims_problem(receipt)
     if problem is None:
         problem = next((p for ref in receipt.outputs if (p := object_problem(layout, ref))), None)
+    if problem is None:
+        problem = next((p for ref in receipt.artifacts if (p := artifact_problem(layout, ref))), None)
     if problem is None and receipt.exports:
         problem = exports.problem(layout.keyed_exports(key), receipt.exports)
     if problem is not None:
@@ -106,18 +105,18 @@ def lookup(
     return Lookup(receipt)
 
 
-def _mismatch(
-    receipt: StageReceipt, stage: str, version: str, outputs: tuple[str, ...], key: str,
-    inputs: list[InputRef],
-) -> str | None:
-    if receipt.stage != stage or receipt.stage_version != version:
-        return f"it is a receipt of {receipt.stage} {receipt.stage_version}, not {stage} {version}"
+def _mismatch(receipt: StageReceipt, stage: Stage, key: str, inputs: list[InputRef]) -> str | None:
+    if receipt.stage != stage.name or receipt.stage_version != stage.full_version:
+        return (f"it is a receipt of {receipt.stage} {receipt.stage_version}, "
+                f"not {stage.name} {stage.full_version}")
     if receipt.cache_key != key:
         return f"it is filed under {key} but names cache key {receipt.cache_key}"
     if receipt.status != "ok":
         return "it records a failed execution"
     if sorted((i.name, i.xxh3_128) for i in receipt.inputs) != sorted((i.name, i.xxh3_128) for i in inputs):
         return "its inputs are not this run's inputs"
-    if sorted(o.name for o in receipt.outputs) != sorted(outputs):
+    if sorted(o.name for o in receipt.outputs) != sorted(stage.output_names):
         return "its outputs are not the stage's tables"
+    if sorted(a.name for a in receipt.artifacts) != sorted(a.name for a in stage.artifacts):
+        return "its artifacts are not the stage's artifacts"
     return None

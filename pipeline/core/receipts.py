@@ -28,6 +28,7 @@ from pipeline.core.errors import NotFound, SignatureError
 from pipeline.core.hashing import canonical_json, digest_json
 from pipeline.core.signing import decode_payload_unverified, sign_statement, verify_envelope
 from pipeline.core.store import LakeLayout, atomic_write_bytes
+from pipeline.core.trees import LONE_FILE
 from pipeline.core.trust import TrustedKeys
 from schemas.receipt import (
     RECEIPT_PREDICATE_TYPE,
@@ -65,7 +66,7 @@ def export_subject(run_id: str, file: ExportFile, stage: str | None = None) -> d
 
 
 def statement_for(receipt: StageReceipt) -> dict[str, Any]:
-    """in-toto Statement v1: subjects are the output objects and export files."""
+    """in-toto Statement v1: subjects are the output objects, artifact files and export files."""
     subjects = [
         {
             "name": ref.path,
@@ -73,6 +74,15 @@ def statement_for(receipt: StageReceipt) -> dict[str, Any]:
             "annotations": {"table": ref.name, "rows": ref.rows},
         }
         for ref in receipt.outputs
+    ]
+    subjects += [
+        {
+            "name": f"{ref.path}/{file.path}" if file.path != LONE_FILE else ref.path,
+            "digest": {"sha256": file.sha256},
+            "annotations": {"artifact": ref.name, "size": file.size},
+        }
+        for ref in receipt.artifacts
+        for file in ref.files
     ]
     subjects += [export_subject(receipt.run_id, f) for f in receipt.exports]
     return {
@@ -329,10 +339,12 @@ def previous_run(layout: LakeLayout, run_id: str) -> str | None:
 
 
 def run_hash(receipts: list[StageReceipt]) -> str:
-    """H(all cache keys and output digests): no run id, no time."""
+    """H(all cache keys, output and artifact digests): no run id, no time."""
     return digest_json(
         sorted(
             [r.stage, r.cache_key, sorted([o.name, o.xxh3_128] for o in r.outputs)]
+            # artifacts only where there are some: run hashes of table-only runs stay as they were
+            + ([sorted([a.name, a.digest] for a in r.artifacts)] if r.artifacts else [])
             for r in receipts
         )
     )

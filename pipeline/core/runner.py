@@ -17,19 +17,19 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from pydantic import BaseModel
 
 from pipeline import __version__
-from pipeline.core import exports
-from pipeline.core.cache import cache_key, conservation_problem, lookup
-from pipeline.core.errors import ConservationError, TracelakeError
+from pipeline.core import exports, externals
+from pipeline.core.cache import Lookup, cache_key, lookup
+from pipeline.core.errors import TracelakeError
+from pipeline.core.execute import Executor, LocalExecutor, StageTask
+from pipeline.core.externals import external_refs, key_config
 from pipeline.core.hashing import digest_json
 from pipeline.core.housekeeping import clean_leftovers
 from pipeline.core.lock import writer_lock
@@ -52,17 +52,12 @@ from pipeline.core.sources import (
     resolve_sources,
     save_manifest,
 )
-from pipeline.core.stage import ExportContext, Stage, StageContext, StageResult, Tracker
-from pipeline.core.store import (
-    LakeLayout,
-    TableStream,
-    canonicalize,
-    put_stream,
-    put_table,
-)
+from pipeline.core.stage import ExportContext, Stage, Tracker
+from pipeline.core.store import LakeLayout
 from pipeline.core.trust import TrustedKeys, ensure_trusted_signer
 from schemas.datasets import DATASET_TABLES
 from schemas.receipt import (
+    ArtifactRef,
     Cleanup,
     ExportFile,
     InputRef,
@@ -75,7 +70,6 @@ from schemas.receipt import (
     Timings,
     Validation,
 )
-from schemas.records import QUARANTINE
 
 
 @lru_cache(maxsize=1)
@@ -115,6 +109,9 @@ class RunOptions:
     key_path: Path | None = None
     wait: bool = True  # for another run holding the root; False: RootBusy at once
     on_wait: Callable[[str], None] | None = None
+    # External input name -> path, over the config field the stage names (CLI --external).
+    externals: Mapping[str, Path] = field(default_factory=dict)
+    executor: Executor = field(default_factory=LocalExecutor)
 
 
 @dataclass
@@ -159,12 +156,6 @@ def build_config(stage: Stage, options: RunOptions) -> BaseModel:
     return stage.config_model.model_validate(dict(options.stage_config.get(stage.name, {})))
 
 
-def check_conservation(stage: Stage, result: StageResult) -> None:
-    problem = conservation_problem(result.records_in, result.records_out, result.quarantined, result.filtered)
-    if problem:
-        raise ConservationError(f"{stage.name}: {problem}")
-
-
 @dataclass
 class _Execution:
     """What a stage's execution (or a verified reuse of one) leaves for its receipt."""
@@ -172,6 +163,7 @@ class _Execution:
     inputs: list[InputRef]
     key: str
     outputs: list[ObjectRef] = field(default_factory=list)
+    artifacts: list[ArtifactRef] = field(default_factory=list)
     exports: list[ExportFile] = field(default_factory=list)
     records: tuple[int, int, dict[str, int], dict[str, int]] = (0, 0, {}, {})
     stats: dict[str, Any] = field(default_factory=dict)
@@ -195,6 +187,7 @@ class Runner:
         self.exports: dict[str, list[ExportFile]] = {}
         self.receipt_digests: dict[str, str] = {}
         self.rejected: list[RejectedCacheEntry] = []
+        self.resolved_externals: dict[str, list[InputRef]] = {}
         self.cleanup = Cleanup()
         # A cache entry is reused only if this very key signed it (see pipeline.core.cache).
         self.signer = TrustedKeys((self.key.public_key(),), "this run's signing key")
@@ -212,10 +205,11 @@ class Runner:
         if stage.source_kinds:
             fold_home = stage.folds_home(config) if stage.folds_home is not None else True
             self._resolve_sources(stage.source_kinds, fold_home)
+        self.resolved_externals[stage.name] = externals.resolve(self.layout, self.mac, stage, config, self.options.externals)
         return self._input_refs(stage)
 
     def _input_refs(self, stage: Stage) -> list[InputRef]:
-        refs: list[InputRef] = []
+        refs: list[InputRef] = list(self.resolved_externals.get(stage.name, []))
         for kind in stage.source_kinds:
             files = self.sources[kind]
             digest = save_manifest(self.layout.cache, files)  # deep verify re-reads these
@@ -228,63 +222,34 @@ class Runner:
     # --- execution ----------------------------------------------------------------------
 
     def _execute(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
-        ctx = StageContext(
-            layout=self.layout,
-            config=config,
+        task = StageTask(
+            stage=stage,
+            config=config.model_dump(mode="json"),
             inputs={name: self.tables[name] for name in stage.inputs},
             sources={k: self.sources.get(k, []) for k in stage.source_kinds},
+            externals=external_refs(run.inputs),
+            root=str(self.layout.root),
             recorded_at=self.recorded_at,
             workers=self.options.workers,
-            tracker=self.options.tracker,
-            scratch=self.layout.cache / stage.name,
+            cache_key=run.key,
             cache_mac=self.mac,
         )
-        result = stage.run(ctx)
-        check_conservation(stage, result)
-        if result.sources_read is not None:
+        done = self.options.executor.run(task, self.options.tracker)
+        if done.sources_read is not None:
             # A source changed after it was digested: record (and key) what was read.
-            self.sources.update(result.sources_read)
+            self.sources.update(done.sources_read)
             run.inputs = self._input_refs(stage)
-            run.key = cache_key(stage.name, stage.full_version, config.model_dump(mode="json"), run.inputs)
-        run.outputs = self._store(stage, result)
-        run.records = (result.records_in, result.records_out, result.quarantined, result.filtered)
-        run.stats = result.stats
-        run.errors = list(result.validation_errors)
-
-    def _store(self, stage: Stage, result: StageResult) -> list[ObjectRef]:
-        specs = {spec.name: spec for spec in stage.outputs}
-        if stage.traits.maps_records:
-            specs[stage.quarantine_table] = QUARANTINE
-        missing = [
-            n for n in stage.output_names
-            if stage.result_key(n) not in result.tables
-        ]
-        if missing:
-            raise TracelakeError(f"{stage.name} did not produce tables {missing}")
-
-        def store(name: str, raw: pa.Table | TableStream) -> ObjectRef:
-            spec = specs[name]
-            if isinstance(raw, TableStream):
-                return put_stream(self.layout, name, spec.schema, spec.sort_keys, raw)
-            return put_table(self.layout, name, canonicalize(raw, spec.schema, spec.sort_keys))
-
-        # Sorting, hashing and Parquet encoding release the GIL: two tables at a time keep
-        # both cores busy. Popping frees each raw table as soon as it is handed over.
-        with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool:
-            futures = [
-                pool.submit(
-                    store,
-                    name,
-                    result.tables.pop(stage.result_key(name)),
-                )
-                for name in stage.output_names
-            ]
-            return [future.result() for future in futures]
+            run.key = cache_key(stage.name, stage.full_version, key_config(stage, config), run.inputs)
+        run.outputs = done.outputs
+        run.artifacts = done.artifacts
+        run.records = (done.records_in, done.records_out, done.quarantined, done.filtered)
+        run.stats = done.stats
+        run.errors = list(done.validation_errors)
 
     def _export(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
         """Materialise and validate a fresh execution's exports into
         ``exports/.by-key/<key>/``, then link them into the run."""
-        if stage.materialize is None and stage.validate is None:
+        if stage.materialize is None and stage.validate is None and not run.artifacts:
             return
         scratch = exports.scratch_dir(self.layout, run.key)
         keyed = self.layout.keyed_exports(run.key)
@@ -294,8 +259,12 @@ class Runner:
             run_id=self.run_id,
             outputs={ref.name: ref for ref in run.outputs},
             export_dir=scratch,
+            inputs={name: self.tables[name] for name in stage.inputs},
+            artifacts={ref.name: ref for ref in run.artifacts},
         )
         try:
+            for artifact in run.artifacts:  # published as they are stored
+                exports.link_into(self.layout.root / artifact.path, None, scratch / artifact.name)
             if stage.materialize is not None:
                 stage.materialize(ctx)
             errors = stage.validate(ctx) if stage.validate is not None else []
@@ -318,6 +287,7 @@ class Runner:
     def _reuse(self, stage: Stage, run: _Execution, reused: StageReceipt) -> None:
         run.reused = reused
         run.outputs = list(reused.outputs)
+        run.artifacts = list(reused.artifacts)
         run.exports = list(reused.exports)
         run.records = (reused.records_in, reused.records_out, dict(reused.quarantined), dict(reused.filtered))
         run.stats = dict(reused.stats)
@@ -329,13 +299,20 @@ class Runner:
     def run_stage(self, stage: Stage) -> StageOutcome:
         started_wall, started = utc_now(), time.perf_counter()
         config = build_config(stage, self.options)
-        config_json = config.model_dump(mode="json")
-        inputs = self._inputs(stage, config)
+        config_json = key_config(stage, config)
+        try:
+            inputs, unresolved = self._inputs(stage, config), None
+        except TracelakeError as exc:  # an external input that is not there: this stage fails
+            inputs, unresolved = [], str(exc)
         run = _Execution(inputs=inputs, key=cache_key(stage.name, stage.full_version, config_json, inputs))
-        found = lookup(self.layout, stage.name, stage.full_version, stage.output_names, run.key, inputs, self.signer)
+        found = Lookup(None)
+        if unresolved is None:
+            found = lookup(self.layout, stage, run.key, inputs, self.signer)
         if found.rejected is not None:
             self.rejected.append(RejectedCacheEntry(stage=stage.name, cache_key=run.key, reason=found.rejected))
         try:
+            if unresolved is not None:
+                raise TracelakeError(unresolved)
             if found.receipt is not None:
                 self._reuse(stage, run, found.receipt)
             else:
@@ -345,7 +322,7 @@ class Runner:
             run.error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, TracelakeError):
                 run.error += "\n" + traceback.format_exc(limit=8)
-            run.outputs, run.exports, run.records, run.stats = [], [], (0, 0, {}, {}), {}
+            run.outputs, run.artifacts, run.exports, run.records, run.stats = [], [], [], (0, 0, {}, {}), {}
         passed = run.error is None and not run.errors
         reused = run.reused
         receipt = StageReceipt(
@@ -365,6 +342,7 @@ class Runner:
             filtered=dict(sorted(run.records[3].items())),
             stats=run.stats,
             exports=run.exports if passed else [],
+            artifacts=run.artifacts,
             validation=Validation(passed=passed, errors=run.errors + ([run.error] if run.error else []),
                                   secret_rescan=run.secret_rescan),
             error=run.error,

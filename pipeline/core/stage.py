@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 from typing_extensions import TypeVar as DefaultTypeVar
 
+from pipeline.core.errors import TracelakeError
 from pipeline.core.hashing import CacheMac
 from pipeline.core.sources import SourceFile
-from pipeline.core.store import LakeLayout, TableStream
-from schemas.receipt import ObjectRef, SecretRescan
-from schemas.tables import TableSpec
+from pipeline.core.store import LakeLayout, TableStream, atomic_write_bytes
+from schemas.receipt import ArtifactRef, InputRef, ObjectRef, SecretRescan
+from schemas.tables import ArtifactSpec, TableSpec
 
 T = TypeVar("T")
 
@@ -44,6 +45,8 @@ class StageResult:
     # bytes it parsed, or ``changed_during_run(...)`` for one it set aside because it
     # kept changing. The receipt then names these, and is keyed by them.
     sources_read: dict[str, list[SourceFile]] | None = None
+    # Declared artifact name -> the folder the stage wrote it in (in its scratch area).
+    artifacts: dict[str, Path] = field(default_factory=dict)
 
 
 def _ignore(_done: int) -> None:
@@ -86,12 +89,53 @@ class StageContext(Generic[C]):
     # Tags what the stage caches in ``scratch`` and checks it before reading it back:
     # a cache entry someone else wrote is never read as ours (see ``CacheMac``).
     cache_mac: CacheMac
+    # The declared external inputs, as digested for the cache key (``external:<name>``).
+    externals: dict[str, InputRef] = field(default_factory=dict)
+    # Where a long stage keeps checkpoints: keyed by its cache key, so a run killed
+    # midway resumes from them, and only a run with the same key and code does.
+    resume_dir: Path | None = None
 
     def path(self, name: str) -> Path:
         return self.layout.root / self.inputs[name].path
 
     def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path(name), columns=columns)
+
+    def external(self, name: str) -> Path:
+        """The path of a declared external input, after re-checking that it still holds
+        the tree the cache key was computed from (a model swapped mid-run fails the
+        stage instead of training on what the receipt does not name)."""
+        from pipeline.core.externals import recheck
+
+        if name not in self.externals:
+            raise TracelakeError(f"{name!r} is not a declared external input of this stage")
+        return recheck(self.layout, self.cache_mac, self.externals[name])
+
+    def checkpoint(self, name: str, data: bytes) -> None:
+        """Keep ``data`` for a resumed run of this very execution (same cache key)."""
+        if self.resume_dir is None:
+            return
+        atomic_write_bytes(self.resume_dir / name, self._checkpoint_tag(name, data) + data)
+
+    def resumed(self, name: str) -> bytes | None:
+        """What a killed execution with this cache key checkpointed as ``name``; None
+        when there is none or its tag fails (a file someone else wrote is never read)."""
+        if self.resume_dir is None:
+            return None
+        try:
+            blob = (self.resume_dir / name).read_bytes()
+        except OSError:
+            return None
+        tag, data = blob[: CacheMac.SIZE], blob[CacheMac.SIZE:]
+        return data if CacheMac.same(tag, self._checkpoint_tag(name, data)) else None
+
+    def _checkpoint_tag(self, name: str, data: bytes) -> bytes:
+        assert self.resume_dir is not None
+        hasher = self.cache_mac.hasher()
+        for part in (self.resume_dir.name.encode(), name.encode("utf-8"), data):
+            hasher.update(len(part).to_bytes(8, "little"))
+            hasher.update(part)
+        return bytes(hasher.digest())
 
 
 @dataclass
@@ -103,8 +147,10 @@ class ExportContext(Generic[C]):
     run_id: str
     outputs: dict[str, ObjectRef]
     export_dir: Path
+    inputs: dict[str, ObjectRef] = field(default_factory=dict)  # the stage's declared inputs
     # Set by a validate hook whose firewall rescanned the written files for secrets.
     secret_rescan: SecretRescan | None = None
+    artifacts: dict[str, ArtifactRef] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
         return self.layout.root / self.outputs[name].path
@@ -132,6 +178,30 @@ class Traits:
     maps_records: bool = True
 
 
+ExternalKind = Literal["model", "tokenizer", "chat_template", "file"]
+
+
+@dataclass(frozen=True)
+class ExternalInput:
+    """A file or folder outside the lake that the outputs depend on (a base model, a
+    tokenizer, a chat template). Its path comes from the config field ``field`` (or the
+    CLI's ``--external name=PATH``); the runner digests the tree it names, and that
+    digest, not the path, goes into the cache key and the receipt's inputs."""
+
+    name: str
+    kind: ExternalKind
+    field: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one execution of the stage needs: what a Ray or GPU executor schedules by."""
+
+    cpu: float = 1.0
+    memory_gb: float = 1.0
+    gpu: int = 0
+
+
 @dataclass(frozen=True)
 class Stage(Generic[C]):
     name: str
@@ -152,6 +222,9 @@ class Stage(Generic[C]):
     # For a stage that reads sources: whether its config shows paths under the user's
     # home as ``~`` (their recorded paths, so their digests, depend on it). Default: yes.
     folds_home: Callable[[C], bool] | None = None
+    artifacts: tuple[ArtifactSpec, ...] = ()
+    externals: tuple[ExternalInput, ...] = ()
+    resources: Resources = Resources()
 
     @cached_property
     def full_version(self) -> str:

@@ -3,6 +3,7 @@
 Layout under ``root``::
 
     data/objects/<aa>/<xxh3>-<sha>.parquet  tables, by logical digest and file bytes
+    data/artifacts/<aa>/<tree digest>/ artifacts (folders of files), by tree digest
     data/cache/                        per-source-file shards and the stat cache
     data/lake.duckdb                   views over the latest run, for ad-hoc users
     data/.lock                         held by the one run writing to this root
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import TracelakeError
 from pipeline.core.hashing import FileDigests, TableHasher, blake3_file, file_digests
-from schemas.receipt import ObjectRef
+from schemas.receipt import InputRef, ObjectRef
 
 # Fixed writer settings: changing any of them changes file bytes (not logical digests).
 PARQUET_COMPRESSION = "zstd"
@@ -107,6 +108,10 @@ class LakeLayout:
         hex digits): a name is never reused for other bytes, so a file that does not
         hash to its name is damage, never "another valid copy"."""
         return self.objects / digest[:2] / f"{digest}-{sha256[:16]}.parquet"
+
+    def artifact_path(self, digest: str) -> Path:
+        """An artifact folder, named by its tree digest (``pipeline.core.trees``)."""
+        return self.data / "artifacts" / digest[:2] / digest
 
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root.resolve()).as_posix()
@@ -433,3 +438,21 @@ def object_problem(layout: LakeLayout, ref: ObjectRef) -> str | None:
     if blake3_file(path) != ref.blake3:
         return f"object {ref.path} does not match its recorded BLAKE3"
     return None
+
+
+def lake_inputs(layout: LakeLayout, refs: Sequence[InputRef]) -> dict[str, ObjectRef] | None:
+    """InputRefs name objects by digest; the object path follows from the digest."""
+    objects = {}
+    for ref in refs:
+        if ":" in ref.name:  # source:<kind>, external:<name>: not lake objects
+            continue
+        if ref.sha256 is None:
+            return None
+        path = layout.object_path(ref.xxh3_128, ref.sha256)
+        if not path.is_file():
+            return None
+        objects[ref.name] = ObjectRef(
+            name=ref.name, xxh3_128=ref.xxh3_128, sha256=ref.sha256 or "", blake3="", rows=ref.rows or 0,
+            path=layout.relative(path),
+        )
+    return objects

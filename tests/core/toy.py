@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from pipeline.core.stage import Stage, StageContext, StageResult
+from pipeline.core.stage import ExternalInput, Stage, StageContext, StageResult, Traits
 from schemas.records import QUARANTINE
-from schemas.tables import TableSpec
+from schemas.tables import ArtifactSpec, TableSpec
 
 CALLS: Counter[str] = Counter()
 
@@ -100,3 +102,93 @@ def validate(ctx):  # type: ignore[no-untyped-def]
 EXPORTED = TableSpec("exported", NumberRow, ("key",))
 EXPORT = Stage("export", "1", ExportConfig, ("numbers",), (EXPORTED,), export_numbers,
                materialize=materialize, validate=validate)
+
+
+# --- artifacts, external inputs, resumable work --------------------------------------------
+
+
+class AdapterRow(BaseModel):
+    step: int
+    loss: float
+
+
+class AdapterConfig(BaseModel):
+    scale: int = 3
+
+
+ADAPTER_LOG = TableSpec("adapter_log", AdapterRow, ("step",))
+
+
+def train_adapter(ctx: StageContext[AdapterConfig]) -> StageResult:
+    """A model-making stage: no records mapped, a folder of files out (an "adapter")."""
+    CALLS["adapter"] += 1
+    squares = ctx.table("squares")["square"].to_pylist()
+    out = ctx.scratch / "adapter-out"
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    (out / "weights" / "w.bin").write_bytes(bytes(v * ctx.config.scale % 256 for v in squares))
+    (out / "adapter_config.json").write_text('{"r": 8}\n')
+    log = pa.table({"step": [0, 1], "loss": [1.0, 0.5]})
+    return StageResult(tables={"adapter_log": log}, records_in=len(squares), records_out=len(squares),
+                       artifacts={"adapter": out})
+
+
+ADAPTER = Stage(
+    "adapter", "1", AdapterConfig, ("squares",), (ADAPTER_LOG,), train_adapter,
+    traits=Traits(maps_records=False),
+    artifacts=(ArtifactSpec("adapter", "LoRA-like weights and their config"),),
+)
+
+
+class RenderedRow(BaseModel):
+    key: str
+    text: str
+
+
+class RenderConfig(BaseModel):
+    template_path: str = ""
+
+
+RENDERED = TableSpec("rendered", RenderedRow, ("key",))
+
+
+def render(ctx: StageContext[RenderConfig]) -> StageResult:
+    """Reads a chat template from outside the lake, only through its context."""
+    CALLS["render"] += 1
+    template = ctx.external("template").read_text()
+    numbers = ctx.table("numbers")
+    text = [template.replace("{value}", str(v)) for v in numbers["value"].to_pylist()]
+    out = pa.table({"key": numbers["key"], "text": text})
+    return StageResult(tables={"rendered": out, "quarantine": QUARANTINE.schema.empty_table()},
+                       records_in=numbers.num_rows, records_out=numbers.num_rows)
+
+
+RENDER = Stage(
+    "render", "1", RenderConfig, ("numbers",), (RENDERED,), render,
+    externals=(ExternalInput("template", "chat_template", "template_path"),),
+)
+
+
+PROCESSED: list[int] = []  # the items a resumable stage worked on, in this process
+DIE_AFTER_ENV = "TRACELAKE_TOY_DIE_AFTER"
+
+
+def slow_square(ctx: StageContext[SquareConfig]) -> StageResult:
+    """Checkpoints after every item; killed hard (``os._exit``, no cleanup) after
+    ``$TRACELAKE_TOY_DIE_AFTER`` items when that is set."""
+    values = ctx.table("numbers")["value"].to_pylist()
+    saved = ctx.resumed("done")
+    done: list[int] = json.loads(saved) if saved is not None else []
+    die_after = int(os.environ.get(DIE_AFTER_ENV, "0"))
+    for value in values[len(done):]:
+        PROCESSED.append(value)
+        done.append(value * value)
+        ctx.checkpoint("done", json.dumps(done).encode())
+        if die_after and len(PROCESSED) >= die_after:
+            os._exit(9)
+    keys = ctx.table("numbers")["key"]
+    out = pa.table({"key": keys, "square": pa.array(done, pa.int64())})
+    return StageResult(tables={"squares": out, "quarantine": QUARANTINE.schema.empty_table()},
+                       records_in=len(values), records_out=len(values))
+
+
+SLOW_SQUARE = Stage("square", "1", SquareConfig, ("numbers",), (SQUARES,), slow_square)

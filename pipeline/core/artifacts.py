@@ -1,0 +1,66 @@
+"""Artifacts: the folders of files a stage produces beside its tables.
+
+A stage writes an artifact (an adapter with its config, a plot) into its scratch area
+and names the folder in ``StageResult.artifacts``; ``put_artifact`` copies it into
+``data/artifacts/<aa>/<tree digest>/`` (built aside, checked against the manifest it was
+named by, then renamed into place), so a stored artifact is never partial and its name
+is a function of its bytes. The receipt lists every file with its size and sha256, each
+file is a subject of the signed statement, and both a cache hit and ``receipts verify``
+re-hash them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from pipeline.core.errors import TracelakeError
+from pipeline.core.store import LakeLayout
+from pipeline.core.trees import manifest, tree_digest, tree_paths, tree_problem
+from schemas.receipt import ArtifactRef
+
+
+def put_artifact(layout: LakeLayout, name: str, folder: Path) -> ArtifactRef:
+    if not folder.is_dir():
+        raise TracelakeError(f"artifact {name}: {folder} is not a folder")
+    files = manifest(folder)
+    digest = tree_digest(files)
+    target = layout.artifact_path(digest)
+    if not (target.is_dir() and not target.is_symlink() and tree_problem(target, files) is None):
+        staging = target.parent / f".tmp-{digest[:16]}-{secrets.token_hex(4)}"
+        try:
+            for relative, path in tree_paths(folder):
+                destination = staging / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, destination)
+            problem = tree_problem(staging, files)
+            if problem is not None:  # the stage changed the folder while it was copied
+                raise TracelakeError(f"artifact {name} changed while it was stored: {problem}")
+            if target.exists() or target.is_symlink():  # damaged: ours replaces it
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    return ArtifactRef(
+        name=name, digest=digest, files=files, bytes=sum(f.size for f in files),
+        path=target.relative_to(layout.root).as_posix(),
+    )
+
+
+def artifact_problem(layout: LakeLayout, ref: ArtifactRef) -> str | None:
+    """Why the stored artifact is not the one ``ref`` names (None when it is)."""
+    if tree_digest(ref.files) != ref.digest:
+        return f"artifact {ref.name}: its manifest does not hash to its digest"
+    if ref.path != layout.artifact_path(ref.digest).relative_to(layout.root).as_posix():
+        return f"artifact {ref.name} is recorded at {ref.path}, not under its digest"
+    folder = layout.root / ref.path
+    if folder.is_symlink() or not folder.is_dir():
+        return f"artifact {ref.path} is missing or not a folder"
+    problem = tree_problem(folder, ref.files)
+    return None if problem is None else f"artifact {ref.path}: {problem}"
