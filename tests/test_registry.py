@@ -34,3 +34,16 @@ def test_a_collect_run_imports_no_export_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['pipeline.stages.collect', 'pipeline.stages.registry']"
+
+
+def test_collect_workers_take_the_config_field_for_field() -> None:
+    """The workers' settings dataclass (pydantic-free, compiled) and the stage's config
+    model list the same fields: the config is the one source, the settings its copy."""
+    import dataclasses
+
+    from pipeline.collect.tasks import CollectSettings
+    from pipeline.stages.collect import CollectConfig, _settings
+
+    assert [f.name for f in dataclasses.fields(CollectSettings)] == list(CollectConfig.model_fields)
+    config = CollectConfig(max_line_bytes=123)
+    assert _settings(config) == CollectSettings(**config.model_dump())

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pipeline.audit.verify import verify_run
 from pipeline.core.receipts import load_run_summary
 from pipeline.core.stage import ExportContext, Stage
-from pipeline.core.store import LakeLayout
+from pipeline.core.store import LakeLayout, lake_inputs
 from pipeline.core.trust import TrustedKeys
 from pipeline.drift.metrics import RunView
 from schemas.drift import Finding
@@ -142,6 +142,7 @@ def firewall_findings(
                 run_id=view.run_id,
                 outputs={ref.name: ref for ref in receipt.outputs},
                 export_dir=layout.exports / view.run_id,
+                inputs=lake_inputs(layout, receipt.inputs) or {},
             )
             errors = list(stage.validate(ctx))
         except Exception as exc:  # a validator that cannot read the files is a breach too

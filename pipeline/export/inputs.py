@@ -253,20 +253,13 @@ PROMPT, COMPLETION, MESSAGES = 0, 1, 2  # positions in conversations.json_digest
 
 
 def run_conversations(ctx: ExportContext[Any]) -> dict[str, list[str]] | None:
-    """task_id -> JSON digests of the conversations this run's score wrote and scanned
-    clean, re-read from the table its receipt names; None when unavailable (then every
-    field is scanned in full)."""
-    from pipeline.core.receipts import load_envelope, open_receipt, receipt_path
-
-    try:  # this run's own receipt, written moments ago under the writer lock
-        receipt, _ = open_receipt(load_envelope(receipt_path(ctx.layout, ctx.run_id, "score")), None)
-        ref = next(o for o in receipt.outputs if o.name == "conversations")
-        table = read_table(ctx.layout.root / ref.path,
-                           columns=["task_id", "json_digests", "secret_kinds", "template_token"])
-    except Exception:  # no receipt, no table: nothing is known, everything is scanned
+    """task_id -> JSON digests of the conversations score wrote and scanned clean, read
+    from the conversations table the stage was given; None for a stage that reads none
+    (then every field is scanned in full)."""
+    ref = ctx.inputs.get("conversations")
+    if ref is None:
         return None
-    if receipt.status != "ok":
-        return None
+    table = read_table(ctx.layout.root / ref.path, columns=["task_id", "json_digests", "secret_kinds", "template_token"])
     out = {}
     for task_id, digests, kinds, token in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
         if not kinds and token is None:

@@ -61,11 +61,9 @@ class CollectConfig(BaseModel):
 
 
 def _settings(config: CollectConfig) -> CollectSettings:
-    return CollectSettings(
-        fold_home=config.fold_home, max_line_bytes=config.max_line_bytes,
-        max_input_bytes=config.max_input_bytes, max_result_bytes=config.max_result_bytes,
-        max_content_bytes=config.max_content_bytes,
-    )
+    """The config as the (pydantic-free, compiled) workers take it: field for field, so
+    a field added to one and not the other fails here (and in its test)."""
+    return CollectSettings(**config.model_dump())
 
 
 SIDECAR = ".meta.json"

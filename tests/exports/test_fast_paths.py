@@ -71,7 +71,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 def _ctx(root: Path, result: Any, stage: Any, config: Any) -> ExportContext:
     outputs = {n: result.summary.tables[n] for n in stage.output_names}
     return ExportContext(layout=LakeLayout(root), config=config, run_id=result.run_id,
-                         outputs=outputs, export_dir=root / "exports" / result.run_id)
+                         outputs=outputs, export_dir=root / "exports" / result.run_id,
+                         inputs={n: result.summary.tables[n] for n in stage.inputs})
 
 
 def _tamper(path: Path, column: str, value: str) -> bytes:

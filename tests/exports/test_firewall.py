@@ -54,7 +54,8 @@ def _ctx(root: Path, result: Any, stage: Stage, config: Any) -> ExportContext:
 
     outputs = {n: result.summary.tables[n] for n in stage.output_names}
     return ExportContext(layout=LakeLayout(root), config=config, run_id=result.run_id,
-                         outputs=outputs, export_dir=root / "exports" / result.run_id)
+                         outputs=outputs, export_dir=root / "exports" / result.run_id,
+                         inputs={n: result.summary.tables[n] for n in stage.inputs})
 
 
 def _append(path: Path, row: dict[str, Any]) -> Callable[[], None]:
