@@ -8,6 +8,7 @@ built column-wise for speed, so models are not instantiated per row on hot paths
 from __future__ import annotations
 
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -38,6 +39,20 @@ class ArtifactSpec:
 
     name: str
     description: str
+
+    def __post_init__(self) -> None:
+        check_name("artifact", self.name)
+
+
+# A name that becomes one path segment (an artifact's export folder, a checkpoint file):
+# no separators, no "..", no leading dot.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{kind} name {name!r} is not one safe path segment ({SAFE_NAME.pattern})")
+    return name
 
 
 _SCALARS: dict[type, pa.DataType] = {

@@ -232,7 +232,8 @@ def _check_claims(summary: RunSummary, receipts: dict[str, StageReceipt], report
     produced = {(ref.name, ref.xxh3_128) for r in ok for ref in r.outputs}
     for receipt in ordered:
         for ref in receipt.inputs:
-            if not ref.name.startswith("source:") and (ref.name, ref.xxh3_128) not in produced:
+            # Sources and external inputs (a model, a template) come from outside the run.
+            if ":" not in ref.name and (ref.name, ref.xxh3_128) not in produced:
                 report.add(subject, f"stage {receipt.stage} read {ref.name} {ref.xxh3_128}, "
                                     "which no stage of this run produced")
 

@@ -31,6 +31,7 @@ def put_artifact(layout: LakeLayout, name: str, folder: Path) -> ArtifactRef:
     if not (target.is_dir() and not target.is_symlink() and tree_problem(target, files) is None):
         staging = target.parent / f".tmp-{digest[:16]}-{secrets.token_hex(4)}"
         try:
+            staging.mkdir(parents=True)
             for relative, path in tree_paths(folder):
                 destination = staging / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +94,17 @@ def execute_task(task: StageTask, tracker: Tracker | None = None) -> TaskResult:
     layout = LakeLayout(Path(task.root))
     scratch = Path(task.scratch) if task.scratch is not None else layout.cache / stage.name
     resume = resume_dir(layout, stage, task.cache_key) if task.scratch is None else None
+    scratch.mkdir(parents=True, exist_ok=True)
+    artifacts_root = Path(tempfile.mkdtemp(prefix=".tmp-artifacts-", dir=scratch)) if stage.artifacts else None
+    try:
+        return _execute(task, stage, layout, scratch, resume, artifacts_root, tracker)
+    finally:
+        if artifacts_root is not None:
+            shutil.rmtree(artifacts_root, ignore_errors=True)
+
+
+def _execute(task: StageTask, stage: Stage, layout: LakeLayout, scratch: Path, resume: Path | None,
+             artifacts_root: Path | None, tracker: Tracker | None) -> TaskResult:
     ctx = StageContext(
         layout=layout,
         config=stage.config_model.model_validate(task.config),
@@ -105,6 +117,8 @@ def execute_task(task: StageTask, tracker: Tracker | None = None) -> TaskResult:
         cache_mac=task.cache_mac,
         externals=dict(task.externals),
         resume_dir=resume,
+        artifacts_root=artifacts_root,
+        cache_externals=task.store,  # deep verify: every byte, and the lake's caches untouched
     )
     result = stage.run(ctx)
     problem = conservation_problem(result.records_in, result.records_out, result.quarantined, result.filtered)
@@ -117,6 +131,11 @@ def execute_task(task: StageTask, tracker: Tracker | None = None) -> TaskResult:
     undeclared = sorted(set(result.artifacts) - {a.name for a in stage.artifacts})
     if undeclared:
         raise TracelakeError(f"{stage.name} produced undeclared artifacts {undeclared}")
+    for name, folder in result.artifacts.items():
+        if artifacts_root is None or folder != artifacts_root / name:
+            raise TracelakeError(f"{stage.name}: artifact {name} must be written into ctx.artifact_dir({name!r})")
+    if ctx.resumed_from:
+        result.stats = {**result.stats, "resumed_checkpoints": sorted(set(ctx.resumed_from))}
     done = TaskResult(
         outputs=[], artifacts=[], records_in=result.records_in, records_out=result.records_out,
         quarantined=dict(result.quarantined), filtered=dict(result.filtered), stats=dict(result.stats),

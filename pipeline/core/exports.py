@@ -74,3 +74,11 @@ def link_into(source: Path, files: list[ExportFile] | None, run_dir: Path) -> No
             os.link(path, destination)
         except OSError:
             shutil.copy2(path, destination)
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Every file of ``source`` copied (never linked) under ``target``."""
+    for path in files_under(source):
+        destination = target / path.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)

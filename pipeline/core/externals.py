@@ -43,15 +43,21 @@ def resolve(
     refs = []
     for external in stage.externals:
         given = overrides.get(external.name) or getattr(config, external.field, None)
+        if not given and external.default is not None:
+            try:
+                given = external.default(layout, mac)
+            except Exception as exc:  # a default that cannot be made fails this stage only
+                raise TracelakeError(f"{stage.name}: cannot make the default {external.kind} "
+                                     f"{external.name!r}: {type(exc).__name__}: {exc}") from None
         if not given:
             raise TracelakeError(
                 f"{stage.name} needs its {external.kind} {external.name!r}: set "
                 f"{stage.name}.{external.field} in the config or pass --external {external.name}=PATH"
             )
-        path = Path(str(given)).expanduser().resolve()
         try:
+            path = Path(str(given)).expanduser().resolve()
             files = manifest(path, stat_cache(layout, mac))
-        except (TreeError, OSError) as exc:
+        except (TreeError, OSError, RuntimeError) as exc:  # RuntimeError: a link loop, ~nosuchuser
             raise TracelakeError(f"{stage.name}: external {external.kind} {external.name!r}: {exc}") from None
         if not files:
             raise TracelakeError(f"{stage.name}: external {external.kind} {external.name!r} at {path} is empty")
@@ -64,14 +70,15 @@ def resolve(
     return refs
 
 
-def recheck(layout: LakeLayout, mac: CacheMac, ref: InputRef) -> Path:
-    """The path of ``ref`` if it still holds the tree ``ref`` names."""
+def recheck(layout: LakeLayout, mac: CacheMac | None, ref: InputRef) -> Path:
+    """The path of ``ref`` if it still holds the tree ``ref`` names; with ``mac`` None
+    (deep verify) every byte is hashed and the lake's stat cache is left alone."""
     if ref.location is None:
         raise TracelakeError(f"{ref.name} records no location")
-    path = Path(ref.location).expanduser()
     try:
-        files = manifest(path, stat_cache(layout, mac))
-    except (TreeError, OSError) as exc:
+        path = Path(ref.location).expanduser()
+        files = manifest(path, stat_cache(layout, mac) if mac is not None else None)
+    except (TreeError, OSError, RuntimeError) as exc:
         raise TracelakeError(f"{ref.name}: {exc}") from None
     if tree_digest(files) != ref.sha256:
         raise TracelakeError(f"{ref.name} at {ref.location} changed after it was digested for the cache key")

@@ -50,14 +50,19 @@ def _remove(path: Path, tally: list[int]) -> None:
     tally[1] += size
 
 
-def _temp_debris(folder: Path, tally: list[int], older_than: float | None = None, recurse: bool = True) -> None:
-    """Every ``.tmp-*`` entry under ``folder`` (a temp folder goes whole)."""
+def _temp_debris(folder: Path, tally: list[int], older_than: float | None = None, recurse: bool = True,
+                 sealed: Path | None = None) -> None:
+    """Every ``.tmp-*`` entry under ``folder`` (a temp folder goes whole). Folders two
+    levels under ``sealed`` (stored artifacts, ``<aa>/<digest>/``) hold a stage's files
+    as they are, whatever their names: never entered."""
     if not folder.is_dir():
         return
     for current, dirs, files in os.walk(folder):
         if not recurse:
             dirs[:] = [d for d in dirs if d.startswith(TEMP_PREFIX)]
         base = Path(current)
+        if sealed is not None and base.parent == sealed:
+            dirs[:] = [d for d in dirs if d.startswith(TEMP_PREFIX)]
         for name in [d for d in dirs if d.startswith(TEMP_PREFIX)]:
             dirs.remove(name)
             _remove(base / name, tally)
@@ -78,8 +83,10 @@ def clean_leftovers(layout: LakeLayout, signer: TrustedKeys) -> Cleanup:
     """Call only while holding the writer lock (``pipeline.core.lock``); ``signer`` is
     the public key this run signs with."""
     tally = [0, 0]
-    _temp_debris(layout.data, tally)
-    _temp_debris(layout.exports, tally)
+    _temp_debris(layout.data, tally, sealed=layout.artifacts)
+    # Export files are a stage's, whatever their names: only build folders go.
+    _temp_debris(layout.exports, tally, recurse=False)
+    _temp_debris(layout.exports / ".by-key", tally, recurse=False)
     _temp_debris(layout.receipt_cache, tally)
     _temp_debris(layout.receipts, tally, recurse=False)
     unfinished: list[str] = []

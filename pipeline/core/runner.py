@@ -224,7 +224,7 @@ class Runner:
     def _execute(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
         task = StageTask(
             stage=stage,
-            config=config.model_dump(mode="json"),
+            config=key_config(stage, config),  # external paths only through ctx.external
             inputs={name: self.tables[name] for name in stage.inputs},
             sources={k: self.sources.get(k, []) for k in stage.source_kinds},
             externals=external_refs(run.inputs),
@@ -263,8 +263,8 @@ class Runner:
             artifacts={ref.name: ref for ref in run.artifacts},
         )
         try:
-            for artifact in run.artifacts:  # published as they are stored
-                exports.link_into(self.layout.root / artifact.path, None, scratch / artifact.name)
+            for artifact in run.artifacts:  # published as copies: an edit there never reaches the store
+                exports.copy_tree(self.layout.root / artifact.path, scratch / artifact.name)
             if stage.materialize is not None:
                 stage.materialize(ctx)
             errors = stage.validate(ctx) if stage.validate is not None else []

@@ -7,6 +7,7 @@ outputs, receipts, signing and count conservation.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from pipeline.core.hashing import CacheMac
 from pipeline.core.sources import SourceFile
 from pipeline.core.store import LakeLayout, TableStream, atomic_write_bytes
 from schemas.receipt import ArtifactRef, InputRef, ObjectRef, SecretRescan
-from schemas.tables import ArtifactSpec, TableSpec
+from schemas.tables import ArtifactSpec, TableSpec, check_name
 
 T = TypeVar("T")
 
@@ -94,6 +95,14 @@ class StageContext(Generic[C]):
     # Where a long stage keeps checkpoints: keyed by its cache key, so a run killed
     # midway resumes from them, and only a run with the same key and code does.
     resume_dir: Path | None = None
+    # An empty folder made for this execution alone: artifacts are written under it
+    # (``artifact_dir``), so nothing left in the shared scratch area is ever signed.
+    artifacts_root: Path | None = None
+    # Whether external inputs are re-checked through the lake's stat cache (deep verify
+    # re-hashes every byte and leaves the lake's caches alone).
+    cache_externals: bool = True
+    resumed_from: list[str] = field(default_factory=list)  # checkpoints read back
+    _attempt: bytes | None = field(default=None, repr=False)
 
     def path(self, name: str) -> Path:
         return self.layout.root / self.inputs[name].path
@@ -109,30 +118,62 @@ class StageContext(Generic[C]):
 
         if name not in self.externals:
             raise TracelakeError(f"{name!r} is not a declared external input of this stage")
-        return recheck(self.layout, self.cache_mac, self.externals[name])
+        return recheck(self.layout, self.cache_mac if self.cache_externals else None, self.externals[name])
+
+    def artifact_dir(self, name: str) -> Path:
+        """The empty folder to write the declared artifact ``name`` into."""
+        if self.artifacts_root is None:
+            raise TracelakeError("this execution stores no artifacts")
+        folder = self.artifacts_root / check_name("artifact", name)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def checkpoint(self, name: str, data: bytes) -> None:
         """Keep ``data`` for a resumed run of this very execution (same cache key)."""
         if self.resume_dir is None:
             return
-        atomic_write_bytes(self.resume_dir / name, self._checkpoint_tag(name, data) + data)
+        attempt = self._attempt_id(create=True)
+        assert attempt is not None
+        path = self.resume_dir / check_name("checkpoint", name)
+        atomic_write_bytes(path, self._checkpoint_tag(attempt, name, data) + data)
 
     def resumed(self, name: str) -> bytes | None:
         """What a killed execution with this cache key checkpointed as ``name``; None
-        when there is none or its tag fails (a file someone else wrote is never read)."""
+        when there is none or its tag fails. Tags bind the key, the name and the
+        attempt that wrote them: a file someone else wrote, or one from another attempt
+        mixed in, is never read."""
         if self.resume_dir is None:
             return None
+        attempt = self._attempt_id(create=False)
+        if attempt is None:
+            return None
         try:
-            blob = (self.resume_dir / name).read_bytes()
+            blob = (self.resume_dir / check_name("checkpoint", name)).read_bytes()
         except OSError:
             return None
         tag, data = blob[: CacheMac.SIZE], blob[CacheMac.SIZE:]
-        return data if CacheMac.same(tag, self._checkpoint_tag(name, data)) else None
+        if not CacheMac.same(tag, self._checkpoint_tag(attempt, name, data)):
+            return None
+        self.resumed_from.append(name)
+        return data
 
-    def _checkpoint_tag(self, name: str, data: bytes) -> bytes:
+    def _attempt_id(self, create: bool) -> bytes | None:
+        assert self.resume_dir is not None
+        if self._attempt is None:
+            path = self.resume_dir / "attempt"
+            try:
+                self._attempt = path.read_bytes()[:64]
+            except OSError:
+                if not create:
+                    return None
+                self._attempt = os.urandom(16).hex().encode("ascii")
+                atomic_write_bytes(path, self._attempt)
+        return self._attempt
+
+    def _checkpoint_tag(self, attempt: bytes, name: str, data: bytes) -> bytes:
         assert self.resume_dir is not None
         hasher = self.cache_mac.hasher()
-        for part in (self.resume_dir.name.encode(), name.encode("utf-8"), data):
+        for part in (self.resume_dir.name.encode(), attempt, name.encode("utf-8"), data):
             hasher.update(len(part).to_bytes(8, "little"))
             hasher.update(part)
         return bytes(hasher.digest())
@@ -191,6 +232,9 @@ class ExternalInput:
     name: str
     kind: ExternalKind
     field: str
+    # Makes (once) and returns the path to use when neither the CLI nor the config gives
+    # one (a tokenizer built offline); None: the input must be given.
+    default: Callable[[LakeLayout, CacheMac], Path] | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +269,17 @@ class Stage(Generic[C]):
     artifacts: tuple[ArtifactSpec, ...] = ()
     externals: tuple[ExternalInput, ...] = ()
     resources: Resources = Resources()
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.artifacts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage {self.name}: artifact names repeat: {names}")
+        for external in self.externals:
+            field_info = self.config_model.model_fields.get(external.field)
+            if field_info is None or field_info.is_required():
+                # The field is left out of the keyed, recorded config: it must have a default.
+                raise ValueError(f"stage {self.name}: external {external.name!r} needs an optional "
+                                 f"config field {external.field!r}")
 
     @cached_property
     def full_version(self) -> str:

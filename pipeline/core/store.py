@@ -109,9 +109,13 @@ class LakeLayout:
         hash to its name is damage, never "another valid copy"."""
         return self.objects / digest[:2] / f"{digest}-{sha256[:16]}.parquet"
 
+    @property
+    def artifacts(self) -> Path:
+        return self.data / "artifacts"
+
     def artifact_path(self, digest: str) -> Path:
         """An artifact folder, named by its tree digest (``pipeline.core.trees``)."""
-        return self.data / "artifacts" / digest[:2] / digest
+        return self.artifacts / digest[:2] / digest
 
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root.resolve()).as_posix()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.core.errors import TracelakeError
 from pipeline.core.hashing import canonical_json, sha256_file, xxh3_128_hex
-from pipeline.core.sources import StatCache
+from pipeline.core.sources import StatCache, shown_name
 from schemas.receipt import TreeFile
 
 TREE_VERSION = "tracelake-tree-v1"
@@ -32,19 +32,36 @@ class TreeError(TracelakeError):
 
 def tree_paths(root: Path) -> list[tuple[str, Path]]:
     """(relative POSIX path, path) of every file under ``root``, sorted by relative path;
-    a lone file is one entry named ``.``."""
+    a lone file is one entry named ``.``. Folder links are followed (a model folder may
+    link its weights from elsewhere; leaving them out would leave them out of the
+    digest); a link loop, an unreadable folder or a name that is not UTF-8 is an error,
+    never a silent gap."""
     if root.is_file():
         return [(LONE_FILE, root)]
     if not root.is_dir():
         raise TreeError(f"{root} is neither a file nor a folder")
     found: list[tuple[str, Path]] = []
-    for current, dirs, files in os.walk(root):
+    seen: set[tuple[int, int]] = set()
+
+    def refuse(error: OSError) -> None:
+        raise TreeError(f"cannot read {error.filename}: {error.strerror}")
+
+    for current, dirs, files in os.walk(root, onerror=refuse, followlinks=True):
+        info = os.stat(current)
+        if (info.st_dev, info.st_ino) in seen:
+            raise TreeError(f"{current} is reached twice through folder links (a loop?)")
+        seen.add((info.st_dev, info.st_ino))
         dirs.sort()
         for name in files:
             path = Path(current) / name
             if not path.is_file():
                 raise TreeError(f"{path} is not a regular file (a broken link, a FIFO...)")
-            found.append((path.relative_to(root).as_posix(), path))
+            relative = path.relative_to(root).as_posix()
+            try:
+                relative.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TreeError(f"{shown_name(str(path))} has a name that is not UTF-8") from None
+            found.append((relative, path))
     return sorted(found)
 
 

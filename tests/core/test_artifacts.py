@@ -37,7 +37,7 @@ def test_an_artifact_is_stored_signed_exported_and_verified(tmp_path: Path) -> N
     result = _run(tmp_path)
     receipt = _adapter(result)
     (ref,) = receipt.artifacts
-    assert [f.path for f in ref.files] == ["adapter_config.json", "weights/w.bin"]
+    assert [f.path for f in ref.files] == [".tmp-notes", "adapter_config.json", "weights/w.bin"]
     assert ref.bytes == sum(f.size for f in ref.files) and ref.path.startswith("data/artifacts/")
     assert receipt.outputs[0].name == "adapter_log" and len(receipt.outputs) == 1  # no quarantine
     # every file is a subject of the signed statement
@@ -50,13 +50,14 @@ def test_an_artifact_is_stored_signed_exported_and_verified(tmp_path: Path) -> N
     # published into the run's export folder, listed as its export files
     exported = tmp_path / "exports" / result.run_id / "adapter" / "weights" / "w.bin"
     assert exported.read_bytes() == (tmp_path / ref.path / "weights" / "w.bin").read_bytes()
-    assert {f.path for f in receipt.exports} == {"adapter/adapter_config.json", "adapter/weights/w.bin"}
+    assert {f.path for f in receipt.exports} == {"adapter/.tmp-notes", "adapter/adapter_config.json",
+                                                 "adapter/weights/w.bin"}
     layout = LakeLayout(tmp_path)
     assert verify_run(layout, result.run_id, load_trusted(layout)).passed
     # the SQL view
     con, _ = connect(tmp_path)
     rows = con.execute("SELECT run_id, stage, name, digest, files, bytes FROM artifacts").fetchall()
-    assert rows == [(result.run_id, "adapter", "adapter", ref.digest, 2, ref.bytes)]
+    assert rows == [(result.run_id, "adapter", "adapter", ref.digest, 3, ref.bytes)]
     # a second run reuses it; a changed config makes another
     again = _run(tmp_path)
     assert _adapter(again).cache_hit and _adapter(again).artifacts == receipt.artifacts
@@ -119,3 +120,54 @@ def test_tree_digest_is_the_content_not_the_place(tmp_path_factory: pytest.TempP
     assert first == second
     (folders[1] / names[0]).write_bytes(files[names[0]] + b"!")
     assert tree_digest(manifest(folders[1])) != first
+
+
+def test_what_lies_in_the_shared_scratch_area_is_never_signed(tmp_path: Path) -> None:
+    """Artifacts are written into a folder made empty for the execution: a file planted
+    in data/cache/<stage>/ (by someone with write access, or left by an earlier run)
+    is not in the artifact, and a stage that hands back a folder of the shared scratch
+    area fails."""
+    planted = tmp_path / "data" / "cache" / "adapter" / "adapter" / "weights" / "backdoor.bin"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"evil")
+    (ref,) = _adapter(_run(tmp_path)).artifacts
+    assert "weights/backdoor.bin" not in {f.path for f in ref.files}
+    loose = Runner([toy.MAKE, toy.SQUARE, toy.LOOSE_ADAPTER],
+                   RunOptions(root=tmp_path / "loose", sources=[])).run()
+    outcome = next(o for o in loose.outcomes if o.stage == "adapter")
+    assert outcome.status == "failed" and "ctx.artifact_dir('adapter')" in (outcome.error or "")
+
+
+def test_an_edited_export_never_reaches_the_stored_artifact(tmp_path: Path) -> None:
+    """Exports are copies: an operator editing exports/<run>/adapter/... damages that
+    export file (verify names it), never the artifact every later run reuses."""
+    result = _run(tmp_path)
+    (ref,) = _adapter(result).artifacts
+    exported = tmp_path / "exports" / result.run_id / "adapter" / "adapter_config.json"
+    exported.write_text('{"r": 64}\n')
+    layout = LakeLayout(tmp_path)
+    assert artifact_problem(layout, ref) is None
+    problems = verify_run(layout, result.run_id, load_trusted(layout)).problems
+    assert [p.subject for p in problems] == [f"exports/{result.run_id}/adapter/adapter_config.json"]
+
+
+def test_a_stage_file_named_like_debris_survives_housekeeping(tmp_path: Path) -> None:
+    _run(tmp_path)
+    again = _run(tmp_path)  # clears what killed runs left, under the lock
+    (ref,) = _adapter(again).artifacts
+    assert _adapter(again).cache_hit and (tmp_path / ref.path / ".tmp-notes").is_file()
+
+
+def test_artifact_names_are_one_safe_segment() -> None:
+    from schemas.tables import ArtifactSpec
+
+    for bad in ("../escaped", "a/b", ".hidden", "..", ""):
+        with pytest.raises(ValueError, match="safe path segment"):
+            ArtifactSpec(bad, "x")
+    assert ArtifactSpec("lora-adapter_v1.2", "x").name == "lora-adapter_v1.2"
+
+
+def test_an_empty_artifact_is_stored(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    ref = put_artifact(LakeLayout(tmp_path), "a", tmp_path / "empty")
+    assert ref.files == [] and artifact_problem(LakeLayout(tmp_path), ref) is None

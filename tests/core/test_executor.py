@@ -66,6 +66,8 @@ def test_a_killed_stage_resumes_from_its_checkpoints(tmp_path: Path) -> None:
     result = Runner(stages, RunOptions(root=lake, sources=[], stage_config={"make": {"n": 6}})).run()
     assert result.ok
     assert toy.PROCESSED == [4, 5]  # items 0-3 came from the checkpoint
+    square = next(o.receipt for o in result.outcomes if o.stage == "square")
+    assert square is not None and square.stats["resumed_checkpoints"] == ["done"]
     fresh = Runner(stages, RunOptions(root=tmp_path / "fresh", sources=[],
                                       stage_config={"make": {"n": 6}})).run()
     assert _digests(result) == _digests(fresh)
@@ -84,3 +86,20 @@ def test_a_forged_checkpoint_is_not_read(tmp_path: Path) -> None:
     result = Runner([toy.MAKE, toy.SLOW_SQUARE],
                     RunOptions(root=lake, sources=[], stage_config={"make": {"n": 6}})).run()
     assert result.ok and toy.PROCESSED == [0, 1, 2, 3, 4, 5]  # started over
+
+
+def test_checkpoints_of_two_attempts_are_never_mixed(tmp_path: Path) -> None:
+    """Tags bind the attempt that wrote them: a checkpoint from another attempt of the
+    same key (validly tagged, then replaced) is not read."""
+    lake = tmp_path / "lake"
+    env = {**os.environ, toy.DIE_AFTER_ENV: "2", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", _KILLED_RUN, str(lake)], env=env, cwd=REPO,
+                   capture_output=True, timeout=120, check=False)
+    (folder,) = (lake / "data" / "cache" / "square" / "resume").iterdir()
+    (folder / "attempt").write_bytes(b"0" * 32)  # as if another attempt wrote the id
+    toy.PROCESSED.clear()
+    result = Runner([toy.MAKE, toy.SLOW_SQUARE],
+                    RunOptions(root=lake, sources=[], stage_config={"make": {"n": 6}})).run()
+    assert result.ok and toy.PROCESSED == [0, 1, 2, 3, 4, 5]
+    receipt = next(o.receipt for o in result.outcomes if o.stage == "square")
+    assert receipt is not None and "resumed_checkpoints" not in receipt.stats

@@ -95,3 +95,74 @@ def test_a_template_swapped_mid_run_fails_the_stage(tmp_path: Path, monkeypatch)
     result = _run(tmp_path / "lake", template)
     render = next(o for o in result.outcomes if o.stage == "render")
     assert render.status == "failed" and "changed after it was digested" in (render.error or "")
+
+
+def test_a_linked_weights_folder_is_in_the_digest(tmp_path: Path) -> None:
+    """A model folder may link its weights from elsewhere: their bytes are in the digest
+    (a change re-runs the stage); a folder link loop fails the stage in one line."""
+    from pipeline.core.trees import manifest, tree_digest
+
+    shared = tmp_path / "shared-weights"
+    shared.mkdir()
+    (shared / "w.bin").write_bytes(b"1")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights").symlink_to(shared)
+    first = tree_digest(manifest(model))
+    assert [f.path for f in manifest(model)] == ["weights/w.bin"]
+    (shared / "w.bin").write_bytes(b"2")
+    assert tree_digest(manifest(model)) != first
+
+    (model / "weights" / "loop").symlink_to(model)
+    template = tmp_path / "t"
+    template.mkdir()
+    (template / "chat.jinja").write_text("{value}")
+    (template / "loop").symlink_to(template)
+    result = _run(tmp_path / "lake", template)
+    render = next(o for o in result.outcomes if o.stage == "render")
+    assert render.status == "failed" and "loop" in (render.error or "") and "\n" not in (render.error or "")
+
+
+def test_the_stage_never_sees_the_path_field(tmp_path: Path) -> None:
+    """The keyed, recorded config leaves the path out; so does the stage's: it reads the
+    input through ctx.external only. A required path field is refused up front."""
+    import pytest
+    from pydantic import BaseModel
+
+    from pipeline.core.stage import ExternalInput, Stage
+
+    class Required(BaseModel):
+        template_path: str
+
+    with pytest.raises(ValueError, match="optional config field"):
+        Stage("r", "1", Required, (), (), toy.render,
+              externals=(ExternalInput("template", "chat_template", "template_path"),))
+    template = tmp_path / "chat.jinja"
+    template.write_text("{value}")
+    seen: list[str] = []
+    real = toy.render
+
+    def spy(ctx):  # type: ignore[no-untyped-def]
+        seen.append(ctx.config.template_path)
+        return real(ctx)
+
+    import dataclasses
+
+    stages = [toy.MAKE, dataclasses.replace(toy.RENDER, run=spy)]
+    Runner(stages, RunOptions(root=tmp_path / "lake", sources=[],
+                              stage_config={"render": {"template_path": str(template)}})).run()
+    assert seen == [""]
+
+
+def test_deep_verify_leaves_the_lake_stat_cache_alone(tmp_path: Path) -> None:
+    from pipeline.audit.deep import deep_verify
+
+    template = tmp_path / "chat.jinja"
+    template.write_text("{value}")
+    lake = tmp_path / "lake"
+    _run(lake, template)
+    cache = lake / "data" / "cache" / "stat-cache-externals.json"
+    before = cache.read_bytes()
+    report = deep_verify(lake, None, None, STAGES)
+    assert report.passed and {c.stage: c.verdict for c in report.stages}["render"] == "match"
+    assert cache.read_bytes() == before

@@ -123,10 +123,11 @@ def train_adapter(ctx: StageContext[AdapterConfig]) -> StageResult:
     """A model-making stage: no records mapped, a folder of files out (an "adapter")."""
     CALLS["adapter"] += 1
     squares = ctx.table("squares")["square"].to_pylist()
-    out = ctx.scratch / "adapter-out"
-    (out / "weights").mkdir(parents=True, exist_ok=True)
+    out = ctx.artifact_dir("adapter")
+    (out / "weights").mkdir()
     (out / "weights" / "w.bin").write_bytes(bytes(v * ctx.config.scale % 256 for v in squares))
     (out / "adapter_config.json").write_text('{"r": 8}\n')
+    (out / ".tmp-notes").write_text("a stage's file, whatever its name\n")
     log = pa.table({"step": [0, 1], "loss": [1.0, 0.5]})
     return StageResult(tables={"adapter_log": log}, records_in=len(squares), records_out=len(squares),
                        artifacts={"adapter": out})
@@ -192,3 +193,19 @@ def slow_square(ctx: StageContext[SquareConfig]) -> StageResult:
 
 
 SLOW_SQUARE = Stage("square", "1", SquareConfig, ("numbers",), (SQUARES,), slow_square)
+
+
+def loose_adapter(ctx: StageContext[AdapterConfig]) -> StageResult:
+    """Returns a folder of the shared scratch area as its artifact: refused."""
+    out = ctx.scratch / "loose"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "w.bin").write_bytes(b"w")
+    return StageResult(tables={"adapter_log": pa.table({"step": [0], "loss": [1.0]})}, records_in=0,
+                       records_out=0, artifacts={"adapter": out})
+
+
+LOOSE_ADAPTER = Stage(
+    "adapter", "1", AdapterConfig, ("squares",), (ADAPTER_LOG,), loose_adapter,
+    traits=Traits(maps_records=False),
+    artifacts=(ArtifactSpec("adapter", "LoRA-like weights and their config"),),
+)
