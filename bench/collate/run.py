@@ -29,7 +29,8 @@ from rich.table import Table
 from bench.common import machine, today, update_doc_section
 
 
-def _conversations(work: Path, sessions: int) -> list[tuple[list[Any], list[Any] | None]]:
+def _rows(work: Path, sessions: int) -> list[dict[str, Any]]:
+    """export-sft's rows of a synthetic corpus (the collate stage's own input)."""
     from pipeline.core.runner import Runner, RunOptions
     from pipeline.core.sources import SourceSpec
     from pipeline.stages.registry import load_stages
@@ -40,46 +41,50 @@ def _conversations(work: Path, sessions: int) -> list[tuple[list[Any], list[Any]
     root = work / "lake"
     result = Runner(load_stages(["export-sft"]), RunOptions(root=root, sources=[SourceSpec("claude-code", corpus)])
                     ).run(["export-sft"])
-    rows = pq.read_table(root / result.summary.tables["sft"].path, columns=["messages", "tools"]).to_pylist()
-    return [(json.loads(r["messages"]), json.loads(r["tools"]) or None) for r in rows]
+    columns = ["task_id", "session_id", "split", "messages", "tools"]
+    return list(pq.read_table(root / result.summary.tables["sft"].path, columns=columns).to_pylist())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="Collate worker processes (the stage's --workers).")
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
 
-    from pipeline.collate.masks import Refused, Renderer, mask_conversation
+    import functools
+
+    from pipeline.collate.jobs import Job, WorkerSetup, collate_all
+    from pipeline.collate.masks import Renderer
     from pipeline.collate.tokenizer import build_offline_qwen, choose_template, load_tokenizer
 
     console = Console()
     with tempfile.TemporaryDirectory(prefix="tracelake-bench-collate-") as scratch:
         work = Path(scratch)
-        conversations = _conversations(work, args.sessions)
-        build_offline_qwen(work / "qwen")
-        tokenizer = load_tokenizer(work / "qwen")
-    renderer = Renderer(tokenizer, choose_template(tokenizer))
-    texts = [renderer.text(m, t, False) for m, t in conversations]
-    baseline_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    best_collate = best_bare = float("inf")
-    collated_tokens = refused = 0
-    for _ in range(args.rounds):
-        start = time.perf_counter()
+        rows = _rows(work, args.sessions)
+        folder = work / "qwen"
+        build_offline_qwen(folder)
+        tokenizer = load_tokenizer(folder)
+        renderer = Renderer(tokenizer, choose_template(tokenizer))
+        jobs = [Job("sft", row) for row in rows]
+        setup = WorkerSetup(str(folder), renderer.template, {}, functools.partial(Path, folder), 1 << 30)
+        texts = [renderer.text(json.loads(r["messages"]), json.loads(r["tools"]) or None, False) for r in rows]
+        baseline_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        best_collate = best_bare = float("inf")
         collated_tokens = refused = 0
-        for messages, tools in conversations:
-            try:
-                collated_tokens += len(mask_conversation(renderer, messages, tools).input_ids)
-            except Refused:
-                refused += 1
-        best_collate = min(best_collate, time.perf_counter() - start)
-        start = time.perf_counter()
-        tokenizer(texts, add_special_tokens=False)
-        best_bare = min(best_bare, time.perf_counter() - start)
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            done = collate_all(renderer, jobs, setup, args.workers, lambda items, total: iter(items))
+            best_collate = min(best_collate, time.perf_counter() - start)
+            collated_tokens = sum(d.masks[0][0] for d in done if d.row is not None)
+            refused = sum(d.row is None for d in done)
+            start = time.perf_counter()
+            tokenizer(texts, add_special_tokens=False)
+            best_bare = min(best_bare, time.perf_counter() - start)
     collate_rate = collated_tokens / best_collate
     bare_rate = baseline_tokens / best_bare
-    table = Table(title=f"collate vs tokenizer(texts), {len(conversations)} conversations")
+    table = Table(title=f"collate ({args.workers} workers) vs tokenizer(texts), {len(rows)} conversations")
     for column in ("side", "tokens", "best s", "tokens/s"):
         table.add_column(column, justify="right")
     table.add_row("collate", f"{collated_tokens:,}", f"{best_collate:.3f}", f"{collate_rate:,.0f}")
@@ -91,11 +96,13 @@ def main() -> None:
         info = machine()
         update_doc_section("collate", "\n".join([
             f"Measured {today()} on {info.get('cpu', '?')} ({info.get('nproc', '?')} cores): "
-            f"`.venv/bin/python bench/collate/run.py --sessions {args.sessions} --rounds {args.rounds}`.",
+            f"`.venv/bin/python bench/collate/run.py --sessions {args.sessions} --rounds {args.rounds} "
+            f"--workers {args.workers}` (worker start-up included).",
             "",
             "| side | tokens | best s | tokens/s |",
             "|---|---:|---:|---:|",
-            f"| collate (render every prefix, offsets, all proofs) | {collated_tokens:,} | {best_collate:.3f} "
+            f"| collate, {args.workers} workers (every prefix rendered, all proofs) | {collated_tokens:,} "
+            f"| {best_collate:.3f} "
             f"| {collate_rate:,.0f} |",
             f"| `tokenizer(texts)` batch encode | {baseline_tokens:,} | {best_bare:.3f} | {bare_rate:,.0f} |",
             "",

@@ -10,13 +10,14 @@ were refused and why.
 
 from __future__ import annotations
 
-import json
+import functools
 from typing import Any
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.collate.masks import IGNORE, Masked, Refused, Renderer, mask_conversation
+from pipeline.collate.jobs import Job, WorkerSetup, collate_all
+from pipeline.collate.masks import IGNORE, Refused, Renderer
 from pipeline.collate.tokenizer import (
     choose_template,
     default_tokenizer,
@@ -24,6 +25,7 @@ from pipeline.collate.tokenizer import (
     load_tokenizer,
 )
 from pipeline.core.errors import TracelakeError
+from pipeline.core.externals import recheck
 from pipeline.core.stage import ExportContext, ExternalInput, Stage, StageContext, StageResult
 from pipeline.export.common import Quarantine
 from schemas.datasets import (
@@ -50,80 +52,61 @@ class CollateConfig(BaseModel):
     max_length: int = Field(4096, gt=0, description="Longer examples are cut by whole assistant turns.")
 
 
-def _messages(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _tools(text: str | None) -> list[dict[str, Any]] | None:
-    tools = _messages(text) if text else None
-    return tools if isinstance(tools, list) and tools else None
-
-
 class _Tally:
     def __init__(self) -> None:
-        self.examples = 0
         self.tokens = 0
         self.trained = 0
         self.dropped_turns = 0
         self.dropped_tokens = 0
         self.truncated = 0
 
-    def add(self, masked: Masked) -> None:
-        self.tokens += len(masked.input_ids)
-        self.trained += masked.trained
-        self.dropped_turns += masked.dropped_turns
-        self.dropped_tokens += masked.dropped_tokens
-        self.truncated += masked.dropped_tokens > 0
+    def add(self, size: tuple[int, int, int, int]) -> None:
+        tokens, trained, dropped_turns, dropped_tokens = size
+        self.tokens += tokens
+        self.trained += trained
+        self.dropped_turns += dropped_turns
+        self.dropped_tokens += dropped_tokens
+        self.truncated += dropped_tokens > 0
 
 
 def run(ctx: StageContext[CollateConfig]) -> StageResult:
     config = ctx.config
-    tokenizer = load_tokenizer(ctx.external("model"))
+    folder = ctx.external("model")
+    tokenizer = load_tokenizer(folder)
     template = choose_template(tokenizer, config.template)
     try:
         renderer = Renderer(tokenizer, template, dict(config.template_kwargs))
     except Refused as refused:  # a template that cannot frame a single turn
         raise TracelakeError(f"collate cannot use the chat template {template.name!r}: {refused}") from None
+    sft = ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]).to_pylist()
+    pairs = ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"]).to_pylist()
+    jobs = [Job("sft", row) for row in sft] + [Job("preference", row) for row in pairs]
+    setup = WorkerSetup(
+        folder=str(folder), template=template, kwargs=dict(config.template_kwargs),
+        recheck=functools.partial(recheck, ctx.layout, ctx.cache_mac, ctx.externals["model"]),
+        max_length=config.max_length,
+    )
+    results = collate_all(renderer, jobs, setup, ctx.workers,
+                          lambda done, total: ctx.tracker.track(done, total, "collate"))
     quarantine = Quarantine(STAGE_NAME)
     tally = _Tally()
-    sft_rows: list[dict[str, Any]] = []
-    sft = ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]).to_pylist()
-    for row in ctx.tracker.track(sft, len(sft), "collate sft"):
-        tally.examples += 1
-        try:
-            masked = mask_conversation(renderer, _messages(row["messages"]), _tools(row["tools"]),
-                                       max_length=config.max_length)
-        except Refused as refused:
-            quarantine.add(refused.reason, row["task_id"], row["session_id"], refused.detail)
-            continue
-        tally.add(masked)
-        sft_rows.append({
-            "task_id": row["task_id"], "session_id": row["session_id"], "split": row["split"],
-            "input_ids": masked.input_ids, "attention_mask": [1] * len(masked.input_ids),
-            "labels": masked.labels, "n_tokens": len(masked.input_ids), "n_trained": masked.trained,
-            "assistant_turns": masked.assistant_turns, "dropped_turns": masked.dropped_turns,
-            "template": template.name,
-        })
-    pref_rows: list[dict[str, Any]] = []
-    pairs = ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools",
-                                             "chosen_task_id"]).to_pylist()
-    for row in ctx.tracker.track(pairs, len(pairs), "collate preference"):
-        tally.examples += 1
-        try:
-            pref_rows.append(_preference(renderer, row, config.max_length, tally))
-        except Refused as refused:
-            quarantine.add(refused.reason, row["pair_id"], None, refused.detail)
+    rows: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": []}
+    for job, done in zip(jobs, results, strict=True):
+        for size in done.masks:
+            tally.add(size)
+        if done.row is not None:
+            rows[job.kind].append(done.row)
+        else:
+            assert done.reason is not None
+            quarantine.add(done.reason, done.record_id, done.session_id, done.detail)
     rejected = dict(sorted(quarantine.counts.items()))
     stats = {
         "templates": {
             template.name: {
-                "examples": tally.examples,
-                "collated": len(sft_rows) + len(pref_rows),
+                "examples": len(jobs),
+                "collated": len(rows["sft"]) + len(rows["preference"]),
                 "rejected": sum(rejected.values()),
-                "rejected_share": round(sum(rejected.values()) / tally.examples, 6) if tally.examples else 0.0,
+                "rejected_share": round(sum(rejected.values()) / len(jobs), 6) if jobs else 0.0,
                 "reasons": rejected,
                 "generation_tags": template.generation_tags,
             }
@@ -137,45 +120,15 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     }
     return StageResult(
         tables={
-            "collated_sft": from_rows(COLLATED_SFT, sft_rows),
-            "collated_preference": from_rows(COLLATED_PREFERENCE, pref_rows),
+            "collated_sft": from_rows(COLLATED_SFT, rows["sft"]),
+            "collated_preference": from_rows(COLLATED_PREFERENCE, rows["preference"]),
             "quarantine": quarantine.table(),
         },
-        records_in=len(sft) + len(pairs),
-        records_out=len(sft_rows) + len(pref_rows),
+        records_in=len(jobs),
+        records_out=len(rows["sft"]) + len(rows["preference"]),
         quarantined=rejected,
         stats=stats,
     )
-
-
-def _preference(renderer: Renderer, row: dict[str, Any], max_length: int, tally: _Tally) -> dict[str, Any]:
-    """Prompt ids (through the generation prompt) and each side's completion ids with
-    the mask of its own assistant turns; both sides must give the same prompt ids."""
-    prompt, tools = _messages(row["prompt"]), _tools(row["tools"])
-    if not isinstance(prompt, list):
-        raise Refused("bad_messages", "prompt")
-    sides: dict[str, tuple[list[int], list[int], list[int]]] = {}
-    for side in ("chosen", "rejected"):
-        completion = _messages(row[side])
-        if not isinstance(completion, list):
-            raise Refused("bad_messages", side)
-        masked = mask_conversation(renderer, prompt + completion, tools, train_from=len(prompt),
-                                   max_length=max_length)
-        if masked.dropped_tokens:  # one side cut, the other whole: not a fair pair
-            raise Refused("too_long", f"the {side} side exceeds max_length")
-        start = masked.spans[0][0]
-        ids = masked.input_ids
-        sides[side] = (ids[:start], ids[start:], [int(label != IGNORE) for label in masked.labels[start:]])
-        tally.add(masked)
-    if sides["chosen"][0] != sides["rejected"][0]:
-        raise Refused("prompt_ids_differ", "the two sides render the shared prompt differently")
-    return {
-        "pair_id": row["pair_id"],
-        "prompt_input_ids": sides["chosen"][0],
-        "chosen_input_ids": sides["chosen"][1], "chosen_mask": sides["chosen"][2],
-        "rejected_input_ids": sides["rejected"][1], "rejected_mask": sides["rejected"][2],
-        "template": renderer.template.name,
-    }
 
 
 def materialize(ctx: ExportContext[CollateConfig]) -> None:

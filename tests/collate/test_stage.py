@@ -127,9 +127,9 @@ def test_a_folder_without_a_tokenizer_fails_collate_in_one_line(tmp_path: Path) 
 def test_a_pair_with_one_side_cut_is_refused(qwen_folder: Path) -> None:
     import json
 
+    from pipeline.collate.jobs import preference_row
     from pipeline.collate.masks import Refused, Renderer
     from pipeline.collate.tokenizer import choose_template, load_tokenizer
-    from pipeline.stages.collate import _preference, _Tally
 
     tokenizer = load_tokenizer(qwen_folder)
     renderer = Renderer(tokenizer, choose_template(tokenizer))
@@ -140,6 +140,19 @@ def test_a_pair_with_one_side_cut_is_refused(qwen_folder: Path) -> None:
            "chosen": json.dumps(chosen), "rejected": json.dumps([{"role": "assistant", "content": "no"}]),
            "tools": "[]"}
     with pytest.raises(Refused) as refused:
-        _preference(renderer, row, 200, _Tally())
+        preference_row(renderer, row, 200, [])
     assert refused.value.reason == "too_long"
-    assert _preference(renderer, row, 4096, _Tally())["chosen_mask"].count(1) > 0
+    assert preference_row(renderer, row, 4096, [])["chosen_mask"].count(1) > 0
+
+
+def test_worker_processes_give_the_same_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same tables whether the examples run here or in two spawned workers (which
+    load the tokenizer themselves and check its digest again)."""
+    from pipeline.collate import jobs
+
+    one = _run(tmp_path / "one")
+    monkeypatch.setattr(jobs, "PARALLEL_MIN_EXAMPLES", 1)
+    two = _run(tmp_path / "two")
+    assert receipt(two, "collate").status == "ok"
+    for name in ("collated_sft", "collated_preference", "collate_quarantine"):
+        assert one.summary.tables[name].xxh3_128 == two.summary.tables[name].xxh3_128

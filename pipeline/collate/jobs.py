@@ -1,0 +1,154 @@
+"""One example in, one proven row or one refusal out; run here or in worker processes.
+
+The stage hands every SFT row and preference pair to ``collate_all``. Below
+``PARALLEL_MIN_EXAMPLES`` (or with one worker) they run in this process; above, in
+``workers`` spawned processes that each load the tokenizer from the same folder and
+check its digest again after loading, so a folder swapped mid-run fails the stage
+instead of collating with what the receipt does not name. Results come back in input
+order: the output is the same whatever the worker count (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.collate.masks import IGNORE, Masked, Refused, Renderer, mask_conversation
+from pipeline.collate.tokenizer import ChatTemplate, load_tokenizer
+
+# Below this many examples one process does it all: a worker first imports transformers
+# and loads the tokenizer (3-4 s), more than it saves on a small export.
+PARALLEL_MIN_EXAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: Literal["sft", "preference"]
+    row: dict[str, Any]
+
+
+@dataclass
+class Done:
+    row: dict[str, Any] | None  # the collated row, or None when refused
+    record_id: str
+    session_id: str | None
+    reason: str | None = None
+    detail: str = ""
+    masks: list[tuple[int, int, int, int]] = field(default_factory=list)  # tokens, trained, turns/tokens cut
+
+
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _tools(text: str | None) -> list[dict[str, Any]] | None:
+    tools = _json(text)
+    return tools if isinstance(tools, list) and tools else None
+
+
+def _size(masked: Masked) -> tuple[int, int, int, int]:
+    return len(masked.input_ids), masked.trained, masked.dropped_turns, masked.dropped_tokens
+
+
+def collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
+    row = job.row
+    if job.kind == "sft":
+        done = Done(None, row["task_id"], row["session_id"])
+        try:
+            masked = mask_conversation(renderer, _json(row["messages"]), _tools(row["tools"]), max_length=max_length)
+        except Refused as refused:
+            done.reason, done.detail = refused.reason, refused.detail
+            return done
+        done.masks.append(_size(masked))
+        done.row = {
+            "task_id": row["task_id"], "session_id": row["session_id"], "split": row["split"],
+            "input_ids": masked.input_ids, "attention_mask": [1] * len(masked.input_ids),
+            "labels": masked.labels, "n_tokens": len(masked.input_ids), "n_trained": masked.trained,
+            "assistant_turns": masked.assistant_turns, "dropped_turns": masked.dropped_turns,
+            "template": renderer.template.name,
+        }
+        return done
+    done = Done(None, row["pair_id"], None)
+    try:
+        done.row = preference_row(renderer, row, max_length, done.masks)
+    except Refused as refused:
+        done.reason, done.detail = refused.reason, refused.detail
+    return done
+
+
+def preference_row(renderer: Renderer, row: dict[str, Any], max_length: int,
+                   sizes: list[tuple[int, int, int, int]]) -> dict[str, Any]:
+    """Prompt ids (through the generation prompt) and each side's completion ids with
+    the mask of its own assistant turns; both sides must give the same prompt ids, and
+    neither may be cut (a pair with one side truncated is not a fair comparison)."""
+    prompt, tools = _json(row["prompt"]), _tools(row["tools"])
+    if not isinstance(prompt, list):
+        raise Refused("bad_messages", "prompt")
+    sides: dict[str, tuple[list[int], list[int], list[int]]] = {}
+    for side in ("chosen", "rejected"):
+        completion = _json(row[side])
+        if not isinstance(completion, list):
+            raise Refused("bad_messages", side)
+        masked = mask_conversation(renderer, prompt + completion, tools, train_from=len(prompt),
+                                   max_length=max_length)
+        if masked.dropped_tokens:
+            raise Refused("too_long", f"the {side} side exceeds max_length")
+        start = masked.spans[0][0]
+        ids = masked.input_ids
+        sides[side] = (ids[:start], ids[start:], [int(label != IGNORE) for label in masked.labels[start:]])
+        sizes.append(_size(masked))
+    if sides["chosen"][0] != sides["rejected"][0]:
+        raise Refused("prompt_ids_differ", "the two sides render the shared prompt differently")
+    return {
+        "pair_id": row["pair_id"],
+        "prompt_input_ids": sides["chosen"][0],
+        "chosen_input_ids": sides["chosen"][1], "chosen_mask": sides["chosen"][2],
+        "rejected_input_ids": sides["rejected"][1], "rejected_mask": sides["rejected"][2],
+        "template": renderer.template.name,
+    }
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to build the parent's renderer (all picklable)."""
+
+    folder: str
+    template: ChatTemplate
+    kwargs: dict[str, Any]
+    recheck: Callable[[], Path]  # the external input's digest check
+    max_length: int
+
+
+_WORKER: tuple[Renderer, int] | None = None
+
+
+def _start_worker(setup: WorkerSetup) -> None:
+    global _WORKER
+    tokenizer = load_tokenizer(Path(setup.folder))
+    setup.recheck()  # the folder was read between the parent's check and this one
+    _WORKER = (Renderer(tokenizer, setup.template, setup.kwargs), setup.max_length)
+
+
+def _in_worker(job: Job) -> Done:
+    assert _WORKER is not None
+    renderer, max_length = _WORKER
+    return collate_job(renderer, job, max_length)
+
+
+def collate_all(renderer: Renderer, jobs: Sequence[Job], setup: WorkerSetup, workers: int,
+                track: Callable[[Iterator[Done], int], Iterator[Done]]) -> list[Done]:
+    if workers <= 1 or len(jobs) < PARALLEL_MIN_EXAMPLES:
+        return list(track((collate_job(renderer, job, setup.max_length) for job in jobs), len(jobs)))
+    chunk = max(1, len(jobs) // (workers * 16))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(setup,)) as pool:
+        return list(track(pool.map(_in_worker, jobs, chunksize=chunk), len(jobs)))
+
