@@ -182,6 +182,23 @@ class CollatedPreferenceRow(_Row):
     template: str
 
 
+class CollatedSdpoRow(_Row):
+    """One tool-error site as a hint-distillation pair: the student's trace up to its
+    recovery, the teacher's with a hint, the recovery ids aligned position for position."""
+
+    task_id: str
+    session_id: str
+    failing_index: int = Field(description="Index of the failing tool result in the conversation.")
+    error_kind: str
+    hint: str
+    student_input_ids: list[int]
+    teacher_input_ids: list[int] = Field(description="Teacher prompt (hint, generation prompt) + the recovery ids.")
+    sdpo_loss_mask: list[int] = Field(description="1 on the student's recovery tokens.")
+    student_response_idx: list[int]
+    teacher_response_idx: list[int]
+    template: str
+
+
 class ToolSchemaRow(_Row):
     name: str
     source_kind: str
@@ -203,8 +220,10 @@ PREFERENCE = TableSpec("preference", PreferenceRow, ("chosen_task_id", "rejected
 KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
 COLLATED_SFT = TableSpec("collated_sft", CollatedSftRow, ("split", "session_id", "task_id"), dataset=True)
 COLLATED_PREFERENCE = TableSpec("collated_preference", CollatedPreferenceRow, ("pair_id",), dataset=True)
+COLLATED_SDPO = TableSpec("collated_sdpo", CollatedSdpoRow, ("session_id", "task_id", "failing_index"), dataset=True)
 # The tables a run summary lists as datasets (read where no stage list is at hand:
 # receipts verify, drift): those whose spec says so.
 DATASET_TABLES: tuple[str, ...] = tuple(
-    s.name for s in (SFT, TOOL_SCHEMAS, RAG, PREFERENCE, KTO, COLLATED_SFT, COLLATED_PREFERENCE) if s.dataset
+    s.name for s in (SFT, TOOL_SCHEMAS, RAG, PREFERENCE, KTO, COLLATED_SFT, COLLATED_PREFERENCE, COLLATED_SDPO)
+    if s.dataset
 )

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.cli.alignment import register as register_alignment
 from pipeline.cli.common import (
     ROOT_HELP,
     RichTracker,
@@ -593,6 +594,7 @@ def _column_widths(columns: list[str], cells: list[list[str]], total: int) -> li
 
 register_synth(app)
 register_drift(app)
+register_alignment(app)
 register_report(app)
 
 

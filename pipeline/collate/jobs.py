@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.collate.masks import IGNORE, Masked, Refused, Renderer, mask_conversation
+from pipeline.collate.sdpo import sdpo_row
 from pipeline.collate.tokenizer import ChatTemplate, load_tokenizer
 
 # Below this many examples one process does it all: a worker first imports transformers
@@ -28,7 +29,7 @@ PARALLEL_MIN_EXAMPLES = 1000
 
 @dataclass(frozen=True)
 class Job:
-    kind: Literal["sft", "preference"]
+    kind: Literal["sft", "preference", "sdpo"]
     row: dict[str, Any]
 
 
@@ -42,7 +43,7 @@ class Done:
     masks: list[tuple[int, int, int, int]] = field(default_factory=list)  # tokens, trained, turns/tokens cut
 
 
-def _json(text: str | None) -> Any:
+def parse_json(text: str | None) -> Any:
     try:
         return json.loads(text) if text else None
     except (ValueError, RecursionError):
@@ -50,7 +51,7 @@ def _json(text: str | None) -> Any:
 
 
 def _tools(text: str | None) -> list[dict[str, Any]] | None:
-    tools = _json(text)
+    tools = parse_json(text)
     return tools if isinstance(tools, list) and tools else None
 
 
@@ -63,7 +64,7 @@ def collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
     if job.kind == "sft":
         done = Done(None, row["task_id"], row["session_id"])
         try:
-            masked = mask_conversation(renderer, _json(row["messages"]), _tools(row["tools"]), max_length=max_length)
+            masked = mask_conversation(renderer, parse_json(row["messages"]), _tools(row["tools"]), max_length=max_length)
         except Refused as refused:
             done.reason, done.detail = refused.reason, refused.detail
             return done
@@ -75,6 +76,18 @@ def collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
             "assistant_turns": masked.assistant_turns, "dropped_turns": masked.dropped_turns,
             "template": renderer.template.name,
         }
+        return done
+    if job.kind == "sdpo":
+        site = row["site"]
+        done = Done(None, row["task_id"], row["session_id"])
+        try:
+            collated = sdpo_row(renderer, row["messages"], None, site, row["hint"], row["hint_role"], max_length)
+        except Refused as refused:
+            done.reason, done.detail = refused.reason, refused.detail
+            return done
+        done.masks.append((len(collated["student_input_ids"]), len(collated["student_response_idx"]), 0, 0))
+        done.row = {"task_id": row["task_id"], "session_id": row["session_id"], "failing_index": site.failing,
+                    **collated, "template": renderer.template.name}
         return done
     done = Done(None, row["pair_id"], None)
     try:
@@ -89,12 +102,12 @@ def preference_row(renderer: Renderer, row: dict[str, Any], max_length: int,
     """Prompt ids (through the generation prompt) and each side's completion ids with
     the mask of its own assistant turns; both sides must give the same prompt ids, and
     neither may be cut (a pair with one side truncated is not a fair comparison)."""
-    prompt, tools = _json(row["prompt"]), _tools(row["tools"])
+    prompt, tools = parse_json(row["prompt"]), _tools(row["tools"])
     if not isinstance(prompt, list):
         raise Refused("bad_messages", "prompt")
     sides: dict[str, tuple[list[int], list[int], list[int]]] = {}
     for side in ("chosen", "rejected"):
-        completion = _json(row[side])
+        completion = parse_json(row[side])
         if not isinstance(completion, list):
             raise Refused("bad_messages", side)
         masked = mask_conversation(renderer, prompt + completion, tools, train_from=len(prompt),

@@ -53,6 +53,7 @@ REASONS: dict[str, str] = {
     "generation_prompt_missing": "the template adds no generation prompt (its header would be trained)",
     "assistant_output_dropped": "the template leaves out an assistant message's text or tool call",
     "prompt_ids_differ": "a preference pair's two sides render the shared prompt differently",
+    "sdpo_misaligned": "the hinted teacher's recovery ids differ from the student's (template drift)",
 }
 
 

@@ -11,13 +11,14 @@ were refused and why.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.collate.jobs import Job, WorkerSetup, collate_all
+from pipeline.collate.jobs import Job, WorkerSetup, collate_all, parse_json
 from pipeline.collate.masks import IGNORE, Refused, Renderer
+from pipeline.collate.sdpo import DEFAULT_HINTS, find_sites, strip_thinking_from
 from pipeline.collate.tokenizer import (
     choose_template,
     default_tokenizer,
@@ -30,6 +31,7 @@ from pipeline.core.stage import ExportContext, ExternalInput, Stage, StageContex
 from pipeline.export.common import Quarantine
 from schemas.datasets import (
     COLLATED_PREFERENCE,
+    COLLATED_SDPO,
     COLLATED_SFT,
 )
 from schemas.tables import from_rows
@@ -50,6 +52,15 @@ class CollateConfig(BaseModel):
         default_factory=dict, description="Arguments every render gets (e.g. enable_thinking = false)."
     )
     max_length: int = Field(4096, gt=0, description="Longer examples are cut by whole assistant turns.")
+    sdpo: bool = Field(True, description="Make SDPO hint-distillation rows at tool-error sites.")
+    hints: dict[str, str] = Field(
+        default_factory=dict, description="Error kind -> hint, over the defaults (command_not_found, "
+                                          "file_not_found, permission_denied, syntax_error, connection_error, "
+                                          "tool_error).")
+    hint_role: Literal["user", "system"] = Field("user", description="The role of the inserted hint message.")
+    strip_thinking: bool = Field(
+        False, description="Drop thinking from SDPO traces. Off: the recovery's reasoning is what the hint "
+                           "should change, and a recovery that is only reasoning is still one.")
 
 
 class _Tally:
@@ -81,6 +92,8 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     sft = ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]).to_pylist()
     pairs = ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"]).to_pylist()
     jobs = [Job("sft", row) for row in sft] + [Job("preference", row) for row in pairs]
+    sdpo_jobs, sdpo_yield, filtered = _sdpo_jobs(ctx) if config.sdpo else ([], {}, {})
+    jobs += sdpo_jobs
     setup = WorkerSetup(
         folder=str(folder), template=template, kwargs=dict(config.template_kwargs),
         recheck=functools.partial(recheck, ctx.layout, ctx.cache_mac, ctx.externals["model"]),
@@ -90,7 +103,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
                           lambda done, total: ctx.tracker.track(done, total, "collate"))
     quarantine = Quarantine(STAGE_NAME)
     tally = _Tally()
-    rows: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": []}
+    rows: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": [], "sdpo": []}
     for job, done in zip(jobs, results, strict=True):
         for size in done.masks:
             tally.add(size)
@@ -104,7 +117,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         "templates": {
             template.name: {
                 "examples": len(jobs),
-                "collated": len(rows["sft"]) + len(rows["preference"]),
+                "collated": sum(len(r) for r in rows.values()),
                 "rejected": sum(rejected.values()),
                 "rejected_share": round(sum(rejected.values()) / len(jobs), 6) if jobs else 0.0,
                 "reasons": rejected,
@@ -117,18 +130,75 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         "truncation_dropped_turns": tally.dropped_turns,
         "truncation_dropped_tokens": tally.dropped_tokens,
         "terminator": renderer.terminator,
+        "sdpo": _sdpo_stats(sdpo_yield, len(rows["sdpo"]), quarantine.counts.get("sdpo_misaligned", 0), config),
     }
     return StageResult(
         tables={
             "collated_sft": from_rows(COLLATED_SFT, rows["sft"]),
             "collated_preference": from_rows(COLLATED_PREFERENCE, rows["preference"]),
+            "collated_sdpo": from_rows(COLLATED_SDPO, rows["sdpo"]),
             "quarantine": quarantine.table(),
         },
-        records_in=len(jobs),
-        records_out=len(rows["sft"]) + len(rows["preference"]),
+        records_in=len(jobs) + sum(filtered.values()),
+        records_out=sum(len(r) for r in rows.values()),
         quarantined=rejected,
+        filtered=filtered,
         stats=stats,
     )
+
+
+def _sdpo_jobs(ctx: StageContext[CollateConfig]) -> tuple[list[Job], dict[str, int], dict[str, int]]:
+    """One job per structural tool-error site with a recovery. A conversation score
+    found a secret or a template token in is never used (its sites are filtered)."""
+    config = ctx.config
+    hints = {**DEFAULT_HINTS, **config.hints}
+    calls = ctx.table("tool_calls", columns=["session_id", "tool_use_id", "is_error", "error_kind"])
+    errors: dict[str, dict[str, str]] = {}
+    for session, call, is_error, kind in zip(*(calls[c].to_pylist() for c in calls.column_names), strict=True):
+        if is_error:
+            errors.setdefault(session, {})[call] = kind or "tool_error"
+    columns = ["task_id", "session_id", "prompt", "completion", "secret_kinds", "template_token"]
+    conversations = ctx.table("conversations", columns=columns).to_pylist()
+    jobs: list[Job] = []
+    tally = {"conversations": 0, "sessions": 0, "error_sites": 0, "string_only_flags": 0, "empty_recoveries": 0}
+    filtered = {"empty_recovery": 0, "unsafe_conversation": 0}
+    sessions: set[str] = set()
+    for row in conversations:
+        prompt, completion = parse_json(row["prompt"]), parse_json(row["completion"])
+        if not isinstance(prompt, list) or not isinstance(completion, list):
+            continue
+        messages = prompt + completion
+        if config.strip_thinking:
+            messages = strip_thinking_from(messages)
+        found = find_sites(messages, errors.get(row["session_id"], {}), config.strip_thinking)
+        tally["conversations"] += 1
+        sessions.add(row["session_id"])
+        tally["string_only_flags"] += found.string_only
+        if row["secret_kinds"] or row["template_token"]:
+            filtered["unsafe_conversation"] += len(found.sites) + found.empty_recoveries
+            continue
+        tally["error_sites"] += len(found.sites) + found.empty_recoveries
+        tally["empty_recoveries"] += found.empty_recoveries
+        filtered["empty_recovery"] += found.empty_recoveries
+        for site in found.sites:
+            jobs.append(Job("sdpo", {"task_id": row["task_id"], "session_id": row["session_id"],
+                                     "messages": messages, "site": site, "hint": hints[site.error_kind],
+                                     "hint_role": config.hint_role}))
+    tally["sessions"] = len(sessions)
+    return jobs, tally, {k: v for k, v in filtered.items() if v}
+
+
+def _sdpo_stats(tally: dict[str, int], aligned: int, misaligned: int, config: CollateConfig) -> dict[str, Any]:
+    attempted = aligned + misaligned
+    return {
+        **tally,
+        "rows": aligned,
+        "misaligned": misaligned,
+        "alignment_ratio": round(aligned / attempted, 6) if attempted else None,
+        "strip_thinking": config.strip_thinking,
+        "thinking": "kept: the recovery's reasoning is what the hint should change"
+                    if not config.strip_thinking else "stripped: recoveries with only reasoning are not sites",
+    }
 
 
 def materialize(ctx: ExportContext[CollateConfig]) -> None:
@@ -141,6 +211,7 @@ def materialize(ctx: ExportContext[CollateConfig]) -> None:
     pq.write_table(sft, out / "sft.parquet", compression="zstd")
     preference = ctx.table("collated_preference").drop_columns(["template"])
     pq.write_table(preference, out / "preference.parquet", compression="zstd")
+    pq.write_table(ctx.table("collated_sdpo"), out / "sdpo.parquet", compression="zstd")
 
 
 def validate(ctx: ExportContext[CollateConfig]) -> list[str]:
@@ -170,8 +241,8 @@ STAGE = Stage(
     version=VERSION,
     engines=engines,
     config_model=CollateConfig,
-    inputs=("sft", "preference"),
-    outputs=(COLLATED_SFT, COLLATED_PREFERENCE),
+    inputs=("sft", "preference", "conversations", "tool_calls"),
+    outputs=(COLLATED_SFT, COLLATED_PREFERENCE, COLLATED_SDPO),
     run=run,
     materialize=materialize,
     validate=validate,
