@@ -127,11 +127,48 @@ def define_views(
     _register(con, "artifacts", artifacts_table(history))
     _register(con, "run_inputs", inputs_table(history))
     names += ["receipts", "receipt_history", "artifacts", "run_inputs"]
+    names += _define_adapters(con, run_receipts, set(summary.tables))
     names += _define_redactions(con, [n for n in names if n in summary.tables], run_receipts)
     lineage_sql = _lineage_sql(set(names))
     if lineage_sql:
         con.execute(lineage_sql)
         names.append("lineage")
+    return names
+
+
+def _define_adapters(con: duckdb.DuckDBPyConnection, receipts: list[StageReceipt], tables: set[str]) -> list[str]:
+    """``adapters``: every adapter this run's train stage made, with the digests of its
+    base model and its data; ``adapter_lineage``: the train-split examples (and their
+    sessions and source files) each learned from, so both "which adapters learned from
+    this file" and "which sessions did this adapter learn from" are one WHERE."""
+    rows = []
+    for receipt in receipts:
+        inputs = {i.name: i for i in receipt.inputs}
+        for artifact in receipt.artifacts:
+            if artifact.name != "adapter":
+                continue
+            probe = receipt.stats.get("probe")
+            rows.append({
+                "adapter": artifact.digest, "run_id": receipt.run_id, "stage": receipt.stage,
+                "path": artifact.path, "bytes": artifact.bytes,
+                "base_model": inputs["external:model"].sha256 if "external:model" in inputs else None,
+                "collated_sft": inputs["collated_sft"].xxh3_128 if "collated_sft" in inputs else None,
+                "pack_tokens": int(str(receipt.config.get("pack_tokens", 0))),
+                "probe_verdict": probe.get("verdict") if isinstance(probe, dict) else None,
+            })
+    if not rows:
+        return []
+    con.register("_adapters_arrow", pa.Table.from_pylist(rows))
+    con.execute("CREATE OR REPLACE TABLE adapters AS SELECT * FROM _adapters_arrow")
+    con.unregister("_adapters_arrow")
+    names = ["adapters"]
+    if {"collated_sft", "sessions"} <= tables:
+        con.execute(
+            "CREATE OR REPLACE VIEW adapter_lineage AS SELECT a.adapter, c.task_id, c.session_id, s.source_file "
+            "FROM adapters a JOIN collated_sft c ON c.split = 'train' AND c.n_tokens <= a.pack_tokens "
+            "JOIN sessions s ON s.session_id = c.session_id"
+        )
+        names.append("adapter_lineage")
     return names
 
 

@@ -199,6 +199,16 @@ class CollatedSdpoRow(_Row):
     template: str
 
 
+class TrainStepRow(_Row):
+    """One optimizer step of a LoRA run (its timing lives in the step log, not here)."""
+
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int = Field(description="Tokens in the packs of the step.")
+
+
 class ToolSchemaRow(_Row):
     name: str
     source_kind: str
@@ -220,6 +230,7 @@ PREFERENCE = TableSpec("preference", PreferenceRow, ("chosen_task_id", "rejected
 KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
 COLLATED_SFT = TableSpec("collated_sft", CollatedSftRow, ("split", "session_id", "task_id"), dataset=True)
 COLLATED_PREFERENCE = TableSpec("collated_preference", CollatedPreferenceRow, ("pair_id",), dataset=True)
+TRAIN_STEPS = TableSpec("train_steps", TrainStepRow, ("step",))
 COLLATED_SDPO = TableSpec("collated_sdpo", CollatedSdpoRow, ("session_id", "task_id", "failing_index"), dataset=True)
 # The tables a run summary lists as datasets (read where no stage list is at hand:
 # receipts verify, drift): those whose spec says so.

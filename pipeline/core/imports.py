@@ -25,6 +25,21 @@ def block_pandas() -> None:
         sys.meta_path.insert(0, _NoPandas())
 
 
+def allow_pandas() -> None:
+    """For a stage that imports a library that needs it (transformers' model classes)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _NoPandas)]
+
+
+def quiet_transformers() -> None:
+    """No progress bars or warnings from transformers on our console: the run's own
+    progress is shown by the runner."""
+    from transformers.utils import logging
+
+    hush: Any = logging  # untyped library functions
+    hush.disable_progress_bar()
+    hush.set_verbosity_error()
+
+
 class LazyModule:
     """A module imported on first use: polars costs ~0.11 s to import, and a stage that
     is a cache hit never touches it (a no-op run imports every stage). Modules write::

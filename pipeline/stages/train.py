@@ -1,0 +1,127 @@
+"""train: a LoRA adapter from the collated SFT rows, bound to the digests of its data and
+its base model.
+
+The base model is an external input (``--external model=PATH`` or ``[train] model``; by
+default the tiny Qwen3 built from a config, kept as a lake artifact). Train-split rows
+are packed (``pipeline.train.packing``) and trained with peft on torch
+(``pipeline.train.loop``); the adapter (safetensors and ``adapter_config.json``, which
+``PeftModel.from_pretrained`` loads as they are), the step log and the loss-curve PNG are
+artifacts. The training-drift probe reads the step log after training; an unreadable
+log fails validation, its verdict is in the receipt's stats.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from pipeline.core.errors import TracelakeError
+from pipeline.core.stage import ExternalInput, Stage, StageContext, StageResult, Traits
+from pipeline.train.loop import TrainSettings, load_lora, train, write_log
+from pipeline.train.model import default_model
+from pipeline.train.packing import pack
+from pipeline.train.probe import ProbeThresholds, probe_log
+from schemas.datasets import TRAIN_STEPS
+from schemas.tables import ArtifactSpec, from_rows
+
+STAGE_NAME, VERSION = "train", "1.0.0"
+
+
+class TrainConfig(TrainSettings):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("", description="A local model folder (config and weights; default: the tiny "
+                                        "Qwen3). Its digest, not its path, is in the cache key.")
+    probe: ProbeThresholds = Field(default_factory=lambda: ProbeThresholds.model_validate({}))
+
+
+def _engines() -> str:
+    from importlib.metadata import version
+
+    return "+".join(f"{p}-{version(p)}" for p in ("torch", "transformers", "peft"))
+
+
+def run(ctx: StageContext[TrainConfig]) -> StageResult:
+    config = ctx.config
+    folder = ctx.external("model")
+    table = ctx.table("collated_sft", columns=["task_id", "split", "input_ids", "labels"]).to_pylist()
+    train_rows = [r for r in table if r["split"] == "train" and len(r["input_ids"]) <= config.pack_tokens]
+    filtered = {"held_out": sum(r["split"] != "train" for r in table)}
+    filtered["longer_than_pack"] = len(table) - len(train_rows) - filtered["held_out"]
+    if not train_rows:
+        raise TracelakeError(f"train: no train-split row fits pack_tokens={config.pack_tokens} "
+                             f"({len(table)} collated rows)")
+    packs = pack([(r["input_ids"], r["labels"]) for r in train_rows], config.pack_tokens)
+    model = load_lora(folder, config)
+    log_dir = ctx.artifact_dir("train_log")
+    log = write_log(log_dir / "train.jsonl")
+    base_digest = ctx.externals["model"].sha256
+    log({"type": "banner", "base_model": base_digest, "rows": len(train_rows), "packs": len(packs),
+         "settings": TrainSettings.model_validate(config.model_dump(exclude={"model", "probe"})).model_dump()})
+    saved = ctx.resumed("state")
+    steps = train(model, packs, config, log, lambda state: ctx.checkpoint("state", state), saved)
+    log({"type": "run_complete", "steps": config.max_steps})
+    adapter = ctx.artifact_dir("adapter")
+    _save_adapter(model, adapter, base_digest or "")
+    result = probe_log(log_dir / "train.jsonl", config.probe)
+    _loss_curve(ctx.artifact_dir("loss_curve") / "loss.png", [(s.step, s.loss) for s in steps])
+    rows: list[dict[str, object]] = [{"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens}
+            for s in steps]
+    errors = [f"training-drift probe: {'; '.join(result.reasons)}"] if result.verdict == "ERROR" else []
+    return StageResult(
+        tables={"train_steps": from_rows(TRAIN_STEPS, rows)},
+        records_in=len(table),
+        records_out=len(train_rows),
+        filtered={k: v for k, v in filtered.items() if v},
+        stats={
+            "probe": result.model_dump(mode="json"),
+            "packs": len(packs),
+            "tokens": sum(p.tokens for p in packs),
+            "trained_tokens": sum(len(p.targets) for p in packs),
+            "base_model": base_digest,
+            "resumed": saved is not None,
+        },
+        validation_errors=errors,
+        artifacts={"adapter": adapter, "train_log": log_dir, "loss_curve": ctx.artifact_dir("loss_curve")},
+    )
+
+
+def _save_adapter(model: Any, folder: Path, base_digest: str) -> None:
+    """safetensors + adapter_config.json, the base named by its digest (a path would make
+    the bytes depend on where the model sat); peft's README card is left out."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = f"tracelake-model-sha256-{base_digest}"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _loss_curve(path: Path, points: list[tuple[int, float]]) -> None:
+    from pipeline.report.charts import line_chart
+
+    uri = line_chart([p[0] for p in points], [p[1] for p in points], "training loss", "step", "loss")
+    path.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
+
+
+STAGE = Stage(
+    name=STAGE_NAME,
+    version=VERSION,
+    engines=_engines,
+    config_model=TrainConfig,
+    inputs=("collated_sft",),
+    outputs=(TRAIN_STEPS,),
+    run=run,
+    traits=Traits(determinism="tolerance", tolerance=1e-5, maps_records=False),
+    artifacts=(
+        ArtifactSpec("adapter", "LoRA adapter: adapter_model.safetensors and adapter_config.json"),
+        ArtifactSpec("train_log", "step log: banner, step and run_complete lines"),
+        ArtifactSpec("loss_curve", "the loss curve as a PNG"),
+    ),
+    externals=(ExternalInput("model", "model", "model", default=default_model),),
+)
+

@@ -1,0 +1,155 @@
+"""LoRA training on packed, masked sequences: the loop the train stage runs.
+
+The LM head and the cross-entropy run only at trained positions (``packing``); the
+forward always passes ``use_cache=False``. Under a seed on the CPU the run is
+deterministic (``torch.use_deterministic_algorithms``). State (adapter weights,
+optimizer, step) is checkpointed every ``checkpoint_every`` steps through the stage's
+resumable checkpoints; a resumed run logs the steps it repeats again (the probe keeps
+the latest line of a step).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.train.packing import Pack
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    learning_rate: float = Field(1e-3, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(10, ge=1, description="Optimizer steps (packs are cycled as needed).")
+    pack_tokens: int = Field(512, ge=16, description="Tokens per packed sequence.")
+    gradient_accumulation: int = Field(1, ge=1)
+    seed: int = 0
+    checkpoint_every: int = Field(5, ge=1)
+
+
+@dataclass
+class Step:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    tokens_per_sec: float
+
+
+def _lr(settings: TrainSettings, step: int) -> float:
+    base = settings.learning_rate
+    if step < settings.warmup_steps:
+        return base * (step + 1) / settings.warmup_steps
+    if settings.schedule == "constant":
+        return base
+    progress = (step - settings.warmup_steps) / max(1, settings.max_steps - settings.warmup_steps)
+    if settings.schedule == "linear":
+        return base * (1 - progress)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pack_loss(model: Any, pack: Pack) -> Any:
+    """Mean cross-entropy over the pack's trained tokens, the LM head run on those rows only."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model()
+    input_ids = torch.tensor([pack.input_ids])
+    position_ids = torch.tensor([pack.position_ids])
+    hidden = base.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    chosen = hidden[0, torch.tensor(pack.sources)]
+    logits = base.lm_head(chosen).float()
+    return F.cross_entropy(logits, torch.tensor(pack.targets))
+
+
+def load_lora(model_folder: Path, settings: TrainSettings) -> Any:
+    from pipeline.core.imports import allow_pandas, quiet_transformers
+
+    allow_pandas()  # transformers' model classes import it
+    quiet_transformers()
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(settings.seed)
+    torch.use_deterministic_algorithms(True)
+    model_class: Any = transformers.AutoModelForCausalLM
+    base = model_class.from_pretrained(str(model_folder), local_files_only=True, dtype=torch.float32)
+    config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(base, config)
+
+
+def train(
+    model: Any, packs: Sequence[Pack], settings: TrainSettings, log: Callable[[dict[str, Any]], None],
+    save_state: Callable[[bytes], None], saved_state: bytes | None,
+) -> list[Step]:
+    """Runs ``settings.max_steps`` optimizer steps over ``packs`` (cycled in order)."""
+    import torch
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate)
+    start = 0
+    steps: list[Step] = []
+    if saved_state is not None:
+        state = torch.load(io.BytesIO(saved_state), weights_only=False)
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.random.set_rng_state(state["rng"])
+        start = int(state["step"])
+        steps = [Step(**record) for record in state["steps"]]  # the killed run's, logged again
+        for done in steps:
+            log({"type": "step", **asdict(done), "resumed": True})
+    model.train()
+    order = 0
+    for step in range(start, settings.max_steps):
+        began = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(settings, step)
+        optimizer.zero_grad(set_to_none=True)
+        total, tokens = 0.0, 0
+        for _ in range(settings.gradient_accumulation):
+            pack = packs[(step * settings.gradient_accumulation + order) % len(packs)]
+            order = (order + 1) % settings.gradient_accumulation
+            loss = pack_loss(model, pack) / settings.gradient_accumulation
+            loss.backward()
+            total += float(loss.detach())
+            tokens += pack.tokens
+        norm = float(torch.nn.utils.clip_grad_norm_(parameters, 1.0))
+        optimizer.step()
+        elapsed = time.perf_counter() - began
+        done = Step(step, total, _lr(settings, step), norm, tokens, tokens / elapsed if elapsed else 0.0)
+        steps.append(done)
+        log({"type": "step", "step": step, "loss": done.loss, "lr": done.lr, "grad_norm": done.grad_norm,
+             "tokens_per_sec": round(done.tokens_per_sec, 1), "timestamp": time.time()})
+        if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.max_steps:
+            buffer = io.BytesIO()
+            trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+            torch.save({"model": trainable, "optimizer": optimizer.state_dict(),
+                        "rng": torch.random.get_rng_state(), "step": step + 1,
+                        "steps": [asdict(s) for s in steps]}, buffer)
+            save_state(buffer.getvalue())
+    return steps
+
+
+def write_log(path: Path) -> Callable[[dict[str, Any]], None]:
+    def log(record: dict[str, Any]) -> None:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+    return log
