@@ -188,6 +188,7 @@ class CollatedSdpoRow(_Row):
 
     task_id: str
     session_id: str
+    split: str = Field(description="The SFT row's split: train or valid, by session.")
     failing_index: int = Field(description="Index of the failing tool result in the conversation.")
     error_kind: str
     hint: str
@@ -231,7 +232,8 @@ KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
 COLLATED_SFT = TableSpec("collated_sft", CollatedSftRow, ("split", "session_id", "task_id"), dataset=True)
 COLLATED_PREFERENCE = TableSpec("collated_preference", CollatedPreferenceRow, ("pair_id",), dataset=True)
 TRAIN_STEPS = TableSpec("train_steps", TrainStepRow, ("step",))
-COLLATED_SDPO = TableSpec("collated_sdpo", CollatedSdpoRow, ("session_id", "task_id", "failing_index"), dataset=True)
+COLLATED_SDPO = TableSpec("collated_sdpo", CollatedSdpoRow, ("split", "session_id", "task_id", "failing_index"),
+                          dataset=True)
 # The tables a run summary lists as datasets (read where no stage list is at hand:
 # receipts verify, drift): those whose spec says so.
 DATASET_TABLES: tuple[str, ...] = tuple(

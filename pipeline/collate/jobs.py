@@ -50,7 +50,7 @@ def parse_json(text: str | None) -> Any:
         return None
 
 
-def _tools(text: str | None) -> list[dict[str, Any]] | None:
+def tools_of(text: str | None) -> list[dict[str, Any]] | None:
     tools = parse_json(text)
     return tools if isinstance(tools, list) and tools else None
 
@@ -64,7 +64,7 @@ def collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
     if job.kind == "sft":
         done = Done(None, row["task_id"], row["session_id"])
         try:
-            masked = mask_conversation(renderer, parse_json(row["messages"]), _tools(row["tools"]), max_length=max_length)
+            masked = mask_conversation(renderer, parse_json(row["messages"]), tools_of(row["tools"]), max_length=max_length)
         except Refused as refused:
             done.reason, done.detail = refused.reason, refused.detail
             return done
@@ -81,12 +81,14 @@ def collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
         site = row["site"]
         done = Done(None, row["task_id"], row["session_id"])
         try:
-            collated = sdpo_row(renderer, row["messages"], None, site, row["hint"], row["hint_role"], max_length)
+            collated = sdpo_row(renderer, row["messages"], row["tools"], site, row["hint"], row["hint_role"],
+                                max_length)
         except Refused as refused:
             done.reason, done.detail = refused.reason, refused.detail
             return done
         done.masks.append((len(collated["student_input_ids"]), len(collated["student_response_idx"]), 0, 0))
-        done.row = {"task_id": row["task_id"], "session_id": row["session_id"], "failing_index": site.failing,
+        done.row = {"task_id": row["task_id"], "session_id": row["session_id"], "split": row["split"],
+                    "failing_index": site.failing,
                     **collated, "template": renderer.template.name}
         return done
     done = Done(None, row["pair_id"], None)
@@ -102,7 +104,7 @@ def preference_row(renderer: Renderer, row: dict[str, Any], max_length: int,
     """Prompt ids (through the generation prompt) and each side's completion ids with
     the mask of its own assistant turns; both sides must give the same prompt ids, and
     neither may be cut (a pair with one side truncated is not a fair comparison)."""
-    prompt, tools = parse_json(row["prompt"]), _tools(row["tools"])
+    prompt, tools = parse_json(row["prompt"]), tools_of(row["tools"])
     if not isinstance(prompt, list):
         raise Refused("bad_messages", "prompt")
     sides: dict[str, tuple[list[int], list[int], list[int]]] = {}

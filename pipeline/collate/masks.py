@@ -54,6 +54,7 @@ REASONS: dict[str, str] = {
     "assistant_output_dropped": "the template leaves out an assistant message's text or tool call",
     "prompt_ids_differ": "a preference pair's two sides render the shared prompt differently",
     "sdpo_misaligned": "the hinted teacher's recovery ids differ from the student's (template drift)",
+    "sdpo_context_differs": "the teacher's context is not the student's followed by the hint (template drift)",
 }
 
 

@@ -90,8 +90,13 @@ def _empty(message: Mapping[str, Any], strip_thinking: bool) -> bool:
 
 
 def strip_thinking_from(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The assistant messages without their thinking (others untouched: a user may write
+    ``</think>`` in a question)."""
     out = []
     for message in messages:
+        if message.get("role") != "assistant":
+            out.append(dict(message))
+            continue
         kept = {k: v for k, v in message.items() if k != "reasoning_content"}
         if isinstance(kept.get("content"), str) and "</think>" in kept["content"]:
             kept["content"] = kept["content"].rsplit("</think>", 1)[-1].lstrip()
@@ -105,6 +110,13 @@ def sdpo_row(renderer: Renderer, messages: Sequence[Mapping[str, Any]], tools: l
     masked = mask_conversation(renderer, student, tools, train_from=site.recovery)
     teacher = [*messages[: site.recovery], {"role": hint_role, "content": hint}, messages[site.recovery]]
     teacher_masked = mask_conversation(renderer, teacher, tools, train_from=site.recovery + 1)
+    # The teacher's context is the student's, then the hint: a template that re-renders
+    # history once another message follows (stock Qwen3 drops old thinking) fails here.
+    context = renderer.text(messages[: site.recovery], tools, False)
+    context_ids, _ = renderer.encode(context)
+    shared = len(context_ids)
+    if masked.input_ids[:shared] != context_ids or teacher_masked.input_ids[:shared] != context_ids:
+        raise Refused("sdpo_context_differs", "the teacher's context is not the student's followed by the hint")
     student_idx = [k for k, label in enumerate(masked.labels) if label != IGNORE]
     teacher_idx = [k for k, label in enumerate(teacher_masked.labels) if label != IGNORE]
     recovery = [masked.input_ids[k] for k in student_idx]

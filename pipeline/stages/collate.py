@@ -11,12 +11,13 @@ were refused and why.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from typing import Any, Literal
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.collate.jobs import Job, WorkerSetup, collate_all, parse_json
+from pipeline.collate.jobs import Job, WorkerSetup, collate_all, parse_json, tools_of
 from pipeline.collate.masks import IGNORE, Refused, Renderer
 from pipeline.collate.sdpo import DEFAULT_HINTS, find_sites, strip_thinking_from
 from pipeline.collate.tokenizer import (
@@ -92,7 +93,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     sft = ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]).to_pylist()
     pairs = ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"]).to_pylist()
     jobs = [Job("sft", row) for row in sft] + [Job("preference", row) for row in pairs]
-    sdpo_jobs, sdpo_yield, filtered = _sdpo_jobs(ctx) if config.sdpo else ([], {}, {})
+    sdpo_jobs, sdpo_yield, filtered = _sdpo_jobs(ctx, sft) if config.sdpo else ([], {}, {})
     jobs += sdpo_jobs
     setup = WorkerSetup(
         folder=str(folder), template=template, kwargs=dict(config.template_kwargs),
@@ -104,13 +105,19 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     quarantine = Quarantine(STAGE_NAME)
     tally = _Tally()
     rows: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": [], "sdpo": []}
+    sdpo_refused: Counter[str] = Counter()
     for job, done in zip(jobs, results, strict=True):
         for size in done.masks:
             tally.add(size)
         if done.row is not None:
             rows[job.kind].append(done.row)
+            continue
+        assert done.reason is not None
+        if job.kind == "sdpo":  # one task's SFT row and its sites are told apart
+            sdpo_refused[done.reason] += 1
+            record = f"{done.record_id}#site{job.row['site'].failing}"
+            quarantine.add(done.reason, record, done.session_id, f"sdpo: {done.detail}")
         else:
-            assert done.reason is not None
             quarantine.add(done.reason, done.record_id, done.session_id, done.detail)
     rejected = dict(sorted(quarantine.counts.items()))
     stats = {
@@ -130,7 +137,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         "truncation_dropped_turns": tally.dropped_turns,
         "truncation_dropped_tokens": tally.dropped_tokens,
         "terminator": renderer.terminator,
-        "sdpo": _sdpo_stats(sdpo_yield, len(rows["sdpo"]), quarantine.counts.get("sdpo_misaligned", 0), config),
+        "sdpo": _sdpo_stats(sdpo_yield, len(rows["sdpo"]), dict(sdpo_refused), config),
     }
     return StageResult(
         tables={
@@ -147,9 +154,11 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     )
 
 
-def _sdpo_jobs(ctx: StageContext[CollateConfig]) -> tuple[list[Job], dict[str, int], dict[str, int]]:
-    """One job per structural tool-error site with a recovery. A conversation score
-    found a secret or a template token in is never used (its sites are filtered)."""
+def _sdpo_jobs(ctx: StageContext[CollateConfig], sft: list[dict[str, Any]]
+               ) -> tuple[list[Job], dict[str, int], dict[str, int]]:
+    """One job per structural tool-error site with a recovery, in the conversations
+    export-sft published: the same eligibility (accepted tasks, its caps, its secret and
+    template-token firewall, no copied context) and the same train/valid split."""
     config = ctx.config
     hints = {**DEFAULT_HINTS, **config.hints}
     calls = ctx.table("tool_calls", columns=["session_id", "tool_use_id", "is_error", "error_kind"])
@@ -157,43 +166,40 @@ def _sdpo_jobs(ctx: StageContext[CollateConfig]) -> tuple[list[Job], dict[str, i
     for session, call, is_error, kind in zip(*(calls[c].to_pylist() for c in calls.column_names), strict=True):
         if is_error:
             errors.setdefault(session, {})[call] = kind or "tool_error"
-    columns = ["task_id", "session_id", "prompt", "completion", "secret_kinds", "template_token"]
-    conversations = ctx.table("conversations", columns=columns).to_pylist()
     jobs: list[Job] = []
     tally = {"conversations": 0, "sessions": 0, "error_sites": 0, "string_only_flags": 0, "empty_recoveries": 0}
-    filtered = {"empty_recovery": 0, "unsafe_conversation": 0}
     sessions: set[str] = set()
-    for row in conversations:
-        prompt, completion = parse_json(row["prompt"]), parse_json(row["completion"])
-        if not isinstance(prompt, list) or not isinstance(completion, list):
+    for row in sft:
+        messages = parse_json(row["messages"])
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             continue
-        messages = prompt + completion
         if config.strip_thinking:
             messages = strip_thinking_from(messages)
         found = find_sites(messages, errors.get(row["session_id"], {}), config.strip_thinking)
         tally["conversations"] += 1
         sessions.add(row["session_id"])
         tally["string_only_flags"] += found.string_only
-        if row["secret_kinds"] or row["template_token"]:
-            filtered["unsafe_conversation"] += len(found.sites) + found.empty_recoveries
-            continue
         tally["error_sites"] += len(found.sites) + found.empty_recoveries
         tally["empty_recoveries"] += found.empty_recoveries
-        filtered["empty_recovery"] += found.empty_recoveries
         for site in found.sites:
             jobs.append(Job("sdpo", {"task_id": row["task_id"], "session_id": row["session_id"],
-                                     "messages": messages, "site": site, "hint": hints[site.error_kind],
-                                     "hint_role": config.hint_role}))
+                                     "split": row["split"], "messages": messages, "tools": tools_of(row["tools"]),
+                                     "site": site, "hint": hints[site.error_kind], "hint_role": config.hint_role}))
     tally["sessions"] = len(sessions)
-    return jobs, tally, {k: v for k, v in filtered.items() if v}
+    return jobs, tally, {"empty_recovery": tally["empty_recoveries"]} if tally["empty_recoveries"] else {}
 
 
-def _sdpo_stats(tally: dict[str, int], aligned: int, misaligned: int, config: CollateConfig) -> dict[str, Any]:
+def _sdpo_stats(tally: dict[str, int], aligned: int, refused: dict[str, int], config: CollateConfig
+                ) -> dict[str, Any]:
+    """``alignment_ratio``: aligned rows over the sites that got as far as the alignment
+    check; sites refused before it (too long, a control token...) are listed apart."""
+    misaligned = refused.get("sdpo_misaligned", 0)
     attempted = aligned + misaligned
     return {
         **tally,
         "rows": aligned,
         "misaligned": misaligned,
+        "refused": dict(sorted(refused.items())),
         "alignment_ratio": round(aligned / attempted, 6) if attempted else None,
         "strip_thinking": config.strip_thinking,
         "thinking": "kept: the recovery's reasoning is what the hint should change"
@@ -241,7 +247,7 @@ STAGE = Stage(
     version=VERSION,
     engines=engines,
     config_model=CollateConfig,
-    inputs=("sft", "preference", "conversations", "tool_calls"),
+    inputs=("sft", "preference", "tool_calls"),
     outputs=(COLLATED_SFT, COLLATED_PREFERENCE, COLLATED_SDPO),
     run=run,
     materialize=materialize,

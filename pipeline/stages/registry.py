@@ -22,7 +22,7 @@ REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "export-sft": ("pipeline.stages.export_sft", ("collect", "score")),
     "export-rag": ("pipeline.stages.export_rag", ("collect", "score")),
     "export-preference": ("pipeline.stages.export_preference", ("collect", "score")),
-    "collate": ("pipeline.stages.collate", ("collect", "score", "export-sft", "export-preference")),
+    "collate": ("pipeline.stages.collate", ("collect", "export-sft", "export-preference")),
     "train": ("pipeline.stages.train", ("collate",)),
 }
 STAGE_NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -97,9 +97,27 @@ def test_alignment_is_total_on_the_real_teich_sessions(teich_examples: Path, tmp
 def test_alignment_is_total_on_the_synthetic_corpus(tmp_path: Path) -> None:
     from pipeline.synth import synthesize
 
-    synthesize(tmp_path / "cc", 25, 3, "claude-code")
+    synthesize(tmp_path / "cc", 40, 3, "claude-code")
     collate = _collate_stats(tmp_path / "lake", [SourceSpec("claude-code", tmp_path / "cc")])
     sdpo = collate.stats["sdpo"]
-    assert sdpo["error_sites"] > 10 and sdpo["rows"] > 5 and sdpo["alignment_ratio"] == 1.0
+    assert sdpo["error_sites"] > 5 and sdpo["rows"] > 3 and sdpo["alignment_ratio"] == 1.0
     assert collate.records_in == collate.records_out + sum(collate.quarantined.values()) + sum(
         collate.filtered.values())
+
+
+def test_a_teacher_whose_context_drifts_is_refused(stock_qwen3: Renderer) -> None:
+    """Stock Qwen3 drops the thinking of turns before the last user message, and the
+    hint is a user message: the teacher's context would silently lose it."""
+    (site,) = find_sites(TRACE, {"c1": "command_not_found"}, strip_thinking=False).sites
+    with pytest.raises(Refused) as refused:
+        sdpo_row(stock_qwen3, TRACE, None, site, "hint", "user", 4096)
+    assert refused.value.reason == "sdpo_context_differs"
+
+
+def test_stripping_thinking_leaves_user_text_alone() -> None:
+    from pipeline.collate.sdpo import strip_thinking_from
+
+    stripped = strip_thinking_from([{"role": "user", "content": "Why split on </think>? Fix parse.py"},
+                                    {"role": "assistant", "content": "Plan.</think>Done.", "reasoning_content": "x"}])
+    assert stripped[0]["content"] == "Why split on </think>? Fix parse.py"
+    assert stripped[1] == {"role": "assistant", "content": "Done."}
