@@ -153,7 +153,6 @@ def _define_adapters(con: duckdb.DuckDBPyConnection, receipts: list[StageReceipt
                 "path": artifact.path, "bytes": artifact.bytes,
                 "base_model": inputs["external:model"].sha256 if "external:model" in inputs else None,
                 "collated_sft": inputs["collated_sft"].xxh3_128 if "collated_sft" in inputs else None,
-                "pack_tokens": int(str(receipt.config.get("pack_tokens", 0))),
                 "probe_verdict": probe.get("verdict") if isinstance(probe, dict) else None,
             })
     if not rows:
@@ -162,11 +161,11 @@ def _define_adapters(con: duckdb.DuckDBPyConnection, receipts: list[StageReceipt
     con.execute("CREATE OR REPLACE TABLE adapters AS SELECT * FROM _adapters_arrow")
     con.unregister("_adapters_arrow")
     names = ["adapters"]
-    if {"collated_sft", "sessions"} <= tables:
+    if {"train_rows", "sessions"} <= tables:
         con.execute(
-            "CREATE OR REPLACE VIEW adapter_lineage AS SELECT a.adapter, c.task_id, c.session_id, s.source_file "
-            "FROM adapters a JOIN collated_sft c ON c.split = 'train' AND c.n_tokens <= a.pack_tokens "
-            "JOIN sessions s ON s.session_id = c.session_id"
+            "CREATE OR REPLACE VIEW adapter_lineage AS SELECT a.adapter, t.task_id, t.session_id, s.source_file, "
+            "t.times_seen FROM adapters a JOIN train_rows t ON a.stage = 'train' "
+            "JOIN sessions s ON s.session_id = t.session_id"
         )
         names.append("adapter_lineage")
     return names

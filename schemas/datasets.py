@@ -210,6 +210,14 @@ class TrainStepRow(_Row):
     tokens: int = Field(description="Tokens in the packs of the step.")
 
 
+class TrainRowRow(_Row):
+    """An example a LoRA run trained on (its packs were reached before max_steps)."""
+
+    task_id: str
+    session_id: str
+    times_seen: int = Field(description="Micro-steps whose pack held it (packs are cycled).")
+
+
 class ToolSchemaRow(_Row):
     name: str
     source_kind: str
@@ -232,6 +240,7 @@ KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
 COLLATED_SFT = TableSpec("collated_sft", CollatedSftRow, ("split", "session_id", "task_id"), dataset=True)
 COLLATED_PREFERENCE = TableSpec("collated_preference", CollatedPreferenceRow, ("pair_id",), dataset=True)
 TRAIN_STEPS = TableSpec("train_steps", TrainStepRow, ("step",))
+TRAIN_ROWS = TableSpec("train_rows", TrainRowRow, ("session_id", "task_id"))
 COLLATED_SDPO = TableSpec("collated_sdpo", CollatedSdpoRow, ("split", "session_id", "task_id", "failing_index"),
                           dataset=True)
 # The tables a run summary lists as datasets (read where no stage list is at hand:

@@ -14,18 +14,29 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
 from pipeline.core.errors import TracelakeError
 from pipeline.core.stage import ExternalInput, Stage, StageContext, StageResult, Traits
-from pipeline.train.loop import TrainSettings, load_lora, train, write_log
+from pipeline.train.loop import (
+    Step,
+    TrainSettings,
+    load_lora,
+    restore_deterministic,
+    torch_deterministic,
+    train,
+    used_packs,
+    write_log,
+)
 from pipeline.train.model import default_model
-from pipeline.train.packing import pack
+from pipeline.train.packing import Pack, pack
 from pipeline.train.probe import ProbeThresholds, probe_log
-from schemas.datasets import TRAIN_STEPS
+from schemas.datasets import TRAIN_ROWS, TRAIN_STEPS
 from schemas.tables import ArtifactSpec, from_rows
 
 STAGE_NAME, VERSION = "train", "1.0.0"
@@ -48,46 +59,66 @@ def _engines() -> str:
 def run(ctx: StageContext[TrainConfig]) -> StageResult:
     config = ctx.config
     folder = ctx.external("model")
-    table = ctx.table("collated_sft", columns=["task_id", "split", "input_ids", "labels"]).to_pylist()
-    train_rows = [r for r in table if r["split"] == "train" and len(r["input_ids"]) <= config.pack_tokens]
-    filtered = {"held_out": sum(r["split"] != "train" for r in table)}
-    filtered["longer_than_pack"] = len(table) - len(train_rows) - filtered["held_out"]
-    if not train_rows:
+    table = ctx.table("collated_sft", columns=["task_id", "session_id", "split", "n_tokens", "input_ids", "labels"])
+    in_train = pc.equal(table["split"], "train")
+    fits = pc.and_(in_train, pc.less_equal(table["n_tokens"], config.pack_tokens))
+    # Only what can be trained becomes Python lists (ids as Python ints are ~70 bytes each).
+    candidates = table.filter(fits).to_pylist()
+    filtered = {"held_out": table.num_rows - int(pc.sum(in_train).as_py() or 0),
+                "longer_than_pack": int(pc.sum(in_train).as_py() or 0) - len(candidates)}
+    packs = pack([(r["input_ids"], r["labels"]) for r in candidates], config.pack_tokens)
+    if not packs:
         raise TracelakeError(f"train: no train-split row fits pack_tokens={config.pack_tokens} "
-                             f"({len(table)} collated rows)")
-    packs = pack([(r["input_ids"], r["labels"]) for r in train_rows], config.pack_tokens)
-    model = load_lora(folder, config)
-    log_dir = ctx.artifact_dir("train_log")
-    log = write_log(log_dir / "train.jsonl")
-    base_digest = ctx.externals["model"].sha256
-    log({"type": "banner", "base_model": base_digest, "rows": len(train_rows), "packs": len(packs),
-         "settings": TrainSettings.model_validate(config.model_dump(exclude={"model", "probe"})).model_dump()})
-    saved = ctx.resumed("state")
-    steps = train(model, packs, config, log, lambda state: ctx.checkpoint("state", state), saved)
-    log({"type": "run_complete", "steps": config.max_steps})
+                             f"({table.num_rows} collated rows)")
+    seen = Counter(row for index in used_packs(len(packs), config) for row in packs[index].rows)
+    trained_rows = [{"task_id": candidates[i]["task_id"], "session_id": candidates[i]["session_id"],
+                     "times_seen": seen[i]} for i in sorted(seen)]
+    filtered["not_reached"] = len(candidates) - len(trained_rows)  # max_steps ended first
+    deterministic = torch_deterministic()
+    try:
+        model = load_lora(folder, config)
+        steps, log_dir, base_digest, saved = _train(ctx, model, packs, len(candidates))
+    finally:
+        restore_deterministic(deterministic)
     adapter = ctx.artifact_dir("adapter")
     _save_adapter(model, adapter, base_digest or "")
     result = probe_log(log_dir / "train.jsonl", config.probe)
     _loss_curve(ctx.artifact_dir("loss_curve") / "loss.png", [(s.step, s.loss) for s in steps])
-    rows: list[dict[str, object]] = [{"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens}
-            for s in steps]
+    rows: list[dict[str, object]] = [{"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
+                                      "tokens": s.tokens} for s in steps]
     errors = [f"training-drift probe: {'; '.join(result.reasons)}"] if result.verdict == "ERROR" else []
+    used = {index for index in used_packs(len(packs), config)}
     return StageResult(
-        tables={"train_steps": from_rows(TRAIN_STEPS, rows)},
-        records_in=len(table),
-        records_out=len(train_rows),
+        tables={"train_steps": from_rows(TRAIN_STEPS, rows), "train_rows": from_rows(TRAIN_ROWS, trained_rows)},
+        records_in=table.num_rows,
+        records_out=len(trained_rows),
         filtered={k: v for k, v in filtered.items() if v},
         stats={
             "probe": result.model_dump(mode="json"),
             "packs": len(packs),
-            "tokens": sum(p.tokens for p in packs),
-            "trained_tokens": sum(len(p.targets) for p in packs),
+            "packs_trained": len(used),
+            "tokens": sum(packs[i].tokens for i in used_packs(len(packs), config)),
+            "trained_tokens": sum(len(packs[i].targets) for i in used_packs(len(packs), config)),
             "base_model": base_digest,
-            "resumed": saved is not None,
+            "resumed": saved,
         },
         validation_errors=errors,
         artifacts={"adapter": adapter, "train_log": log_dir, "loss_curve": ctx.artifact_dir("loss_curve")},
     )
+
+
+def _train(ctx: StageContext[TrainConfig], model: Any, packs: list[Pack], rows: int
+           ) -> tuple[list[Step], Path, str | None, bool]:
+    config = ctx.config
+    log_dir = ctx.artifact_dir("train_log")
+    log = write_log(log_dir / "train.jsonl")
+    base_digest = ctx.externals["model"].sha256
+    log({"type": "banner", "base_model": base_digest, "rows": rows, "packs": len(packs),
+         "settings": TrainSettings.model_validate(config.model_dump(exclude={"model", "probe"})).model_dump()})
+    saved = ctx.resumed("state")
+    steps = train(model, packs, config, log, lambda state: ctx.checkpoint("state", state), saved)
+    log({"type": "run_complete", "steps": config.max_steps})
+    return steps, log_dir, base_digest, saved is not None
 
 
 def _save_adapter(model: Any, folder: Path, base_digest: str) -> None:
@@ -114,7 +145,7 @@ STAGE = Stage(
     engines=_engines,
     config_model=TrainConfig,
     inputs=("collated_sft",),
-    outputs=(TRAIN_STEPS,),
+    outputs=(TRAIN_STEPS, TRAIN_ROWS),
     run=run,
     traits=Traits(determinism="tolerance", tolerance=1e-5, maps_records=False),
     artifacts=(

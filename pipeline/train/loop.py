@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.errors import TracelakeError
 from pipeline.train.packing import Pack
 
 
@@ -49,6 +50,17 @@ class Step:
     grad_norm: float
     tokens: int
     tokens_per_sec: float
+    timestamp: float
+
+    def record(self) -> dict[str, Any]:
+        """The step log's line for this step."""
+        return {"type": "step", "step": self.step, "loss": self.loss, "lr": self.lr, "grad_norm": self.grad_norm,
+                "tokens_per_sec": round(self.tokens_per_sec, 1), "timestamp": self.timestamp}
+
+
+def used_packs(count: int, settings: TrainSettings) -> list[int]:
+    """The pack each micro-step trains on, in order (packs are cycled)."""
+    return [i % count for i in range(settings.max_steps * settings.gradient_accumulation)]
 
 
 def _lr(settings: TrainSettings, step: int) -> float:
@@ -64,17 +76,38 @@ def _lr(settings: TrainSettings, step: int) -> float:
 
 
 def pack_loss(model: Any, pack: Pack) -> Any:
-    """Mean cross-entropy over the pack's trained tokens, the LM head run on those rows only."""
+    """Summed cross-entropy over the pack's trained tokens, the LM head run on those rows
+    only (the caller divides by the trained tokens of the whole accumulation group, so
+    every token weighs the same, whichever pack it is in). The decoder and the head come
+    from the model's own accessors; logit post-processing some families add (Gemma's
+    soft-capping) is not applied."""
     import torch
     import torch.nn.functional as F
 
     base = model.get_base_model()
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or head is None:
+        raise TracelakeError(f"train cannot split {type(base).__name__} into a decoder and an LM head")
     input_ids = torch.tensor([pack.input_ids])
     position_ids = torch.tensor([pack.position_ids])
-    hidden = base.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-    chosen = hidden[0, torch.tensor(pack.sources)]
-    logits = base.lm_head(chosen).float()
-    return F.cross_entropy(logits, torch.tensor(pack.targets))
+    hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    chosen = hidden[0, torch.tensor(pack.sources, dtype=torch.long)]
+    logits = head(chosen).float()
+    return F.cross_entropy(logits, torch.tensor(pack.targets, dtype=torch.long), reduction="sum")
+
+
+def torch_deterministic() -> bool:
+    import torch
+
+    return bool(torch.are_deterministic_algorithms_enabled())
+
+
+def restore_deterministic(before: bool) -> None:
+    """Training turns deterministic algorithms on; whatever runs next in the process gets
+    back what it had."""
+    import torch
+
+    torch.use_deterministic_algorithms(before)
 
 
 def load_lora(model_folder: Path, settings: TrainSettings) -> Any:
@@ -114,29 +147,29 @@ def train(
         start = int(state["step"])
         steps = [Step(**record) for record in state["steps"]]  # the killed run's, logged again
         for done in steps:
-            log({"type": "step", **asdict(done), "resumed": True})
+            log(done.record())
     model.train()
-    order = 0
+    schedule = used_packs(len(packs), settings)
     for step in range(start, settings.max_steps):
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _lr(settings, step)
         optimizer.zero_grad(set_to_none=True)
+        group_packs = [packs[i] for i in schedule[step * settings.gradient_accumulation:
+                                                  (step + 1) * settings.gradient_accumulation]]
+        trained = sum(len(p.targets) for p in group_packs)
         total, tokens = 0.0, 0
-        for _ in range(settings.gradient_accumulation):
-            pack = packs[(step * settings.gradient_accumulation + order) % len(packs)]
-            order = (order + 1) % settings.gradient_accumulation
-            loss = pack_loss(model, pack) / settings.gradient_accumulation
+        for pack in group_packs:
+            loss = pack_loss(model, pack) / trained
             loss.backward()
             total += float(loss.detach())
             tokens += pack.tokens
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, 1.0))
         optimizer.step()
         elapsed = time.perf_counter() - began
-        done = Step(step, total, _lr(settings, step), norm, tokens, tokens / elapsed if elapsed else 0.0)
+        done = Step(step, total, _lr(settings, step), norm, tokens, tokens / elapsed if elapsed else 0.0, time.time())
         steps.append(done)
-        log({"type": "step", "step": step, "loss": done.loss, "lr": done.lr, "grad_norm": done.grad_norm,
-             "tokens_per_sec": round(done.tokens_per_sec, 1), "timestamp": time.time()})
+        log(done.record())
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.max_steps:
             buffer = io.BytesIO()
             trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k}

@@ -22,7 +22,7 @@ class Pack:
     position_ids: list[int]
     sources: list[int]  # positions whose hidden state predicts a trained token
     targets: list[int]  # the token each of them predicts
-    rows: int
+    rows: list[int]  # indices of the examples packed here
 
     @property
     def tokens(self) -> int:
@@ -31,19 +31,22 @@ class Pack:
 
 def pack(examples: Sequence[tuple[list[int], list[int]]], max_tokens: int) -> list[Pack]:
     """(input_ids, labels) pairs, in order, into packs of at most ``max_tokens`` (a longer
-    example is left to the caller: collate already cut them by whole turns)."""
+    example is left to the caller: collate already cut them by whole turns). An example
+    with nothing to predict (its only trained token is its first) adds nothing."""
     packs: list[Pack] = []
     ids: list[int] = []
     positions: list[int] = []
     sources: list[int] = []
     targets: list[int] = []
-    rows = 0
-    for input_ids, labels in examples:
+    rows: list[int] = []
+    for index, (input_ids, labels) in enumerate(examples):
+        if not any(label != IGNORE for label in labels[1:]):
+            continue
         if len(input_ids) > max_tokens:
             raise ValueError(f"an example of {len(input_ids)} tokens does not fit {max_tokens}")
         if ids and len(ids) + len(input_ids) > max_tokens:
             packs.append(Pack(ids, positions, sources, targets, rows))
-            ids, positions, sources, targets, rows = [], [], [], [], 0
+            ids, positions, sources, targets, rows = [], [], [], [], []
         offset = len(ids)
         for t in range(len(input_ids) - 1):  # never predicts across a sequence boundary
             if labels[t + 1] != IGNORE:
@@ -51,7 +54,7 @@ def pack(examples: Sequence[tuple[list[int], list[int]]], max_tokens: int) -> li
                 targets.append(labels[t + 1])
         ids += input_ids
         positions += range(len(input_ids))
-        rows += 1
+        rows.append(index)
     if ids:
         packs.append(Pack(ids, positions, sources, targets, rows))
     return packs

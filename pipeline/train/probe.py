@@ -84,20 +84,22 @@ def probe(losses: Sequence[float], thresholds: ProbeThresholds | None = None) ->
         return ProbeResult(verdict="WARN", steps=len(losses), instability_events=events,
                            reasons=["fewer than two finite losses"])
     initial, final = finite[0], finite[-1]
-    ratio = final / initial if initial else math.inf
+    ratio = final / initial if initial > 0 else None
     spread = pvariance(finite)
     deltas = [b - a for a, b in zip(finite, finite[1:], strict=False)]
     smoothness = 0.0 if spread == 0 else max(0.0, 1.0 - pvariance(deltas) / spread)
     reasons = []
     if smoothness < limits.min_smoothness:
         reasons.append(f"smoothness {smoothness:.3f} < {limits.min_smoothness}")
-    if ratio > limits.max_convergence_ratio:
+    if ratio is None:
+        reasons.append("the initial loss is not positive: no convergence ratio")
+    elif ratio > limits.max_convergence_ratio:
         reasons.append(f"convergence_ratio {ratio:.3f} > {limits.max_convergence_ratio}")
     if events:
         reasons.append(f"{events} instability event(s)")
     return ProbeResult(
         verdict="WARN" if reasons else "PASS", steps=len(losses), initial_loss=initial, final_loss=final,
-        convergence_ratio=round(ratio, 6) if math.isfinite(ratio) else None, smoothness=round(smoothness, 6),
+        convergence_ratio=round(ratio, 6) if ratio is not None else None, smoothness=round(smoothness, 6),
         instability_events=events, reasons=reasons,
     )
 

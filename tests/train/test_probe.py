@@ -46,3 +46,9 @@ def test_resumed_duplicates_keep_the_latest_and_a_bad_log_is_an_error(tmp_path: 
     log.write_text("{not json\n")
     assert probe_log(log).verdict == "ERROR"
     assert probe_log(tmp_path / "missing.jsonl").verdict == "ERROR"
+
+
+def test_a_zero_initial_loss_has_no_ratio_and_says_so() -> None:
+    result = probe([0.0] * 12)
+    assert result.convergence_ratio is None and result.verdict == "WARN"
+    assert any("initial loss" in reason for reason in result.reasons)
