@@ -129,6 +129,9 @@ class StageReceipt(_Model):
     artifacts: list[ArtifactRef] = Field(
         default_factory=list, description="Directories of files the stage produced (not tables)."
     )
+    determinism: Literal["bitwise", "tolerance", "none"] = Field(
+        default="bitwise", description="The stage's declared determinism (its traits) when it ran."
+    )
     validation: Validation
     error: str | None = None
     cached_from: str | None = Field(

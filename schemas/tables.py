@@ -39,6 +39,8 @@ class ArtifactSpec:
 
     name: str
     description: str
+    # A stage may leave it out (a training run with nothing to train makes no adapter).
+    optional: bool = False
 
     def __post_init__(self) -> None:
         check_name("artifact", self.name)

@@ -117,6 +117,8 @@ def _mismatch(receipt: StageReceipt, stage: Stage, key: str, inputs: list[InputR
         return "its inputs are not this run's inputs"
     if sorted(o.name for o in receipt.outputs) != sorted(stage.output_names):
         return "its outputs are not the stage's tables"
-    if sorted(a.name for a in receipt.artifacts) != sorted(a.name for a in stage.artifacts):
+    recorded = {a.name for a in receipt.artifacts}
+    required = {a.name for a in stage.artifacts if not a.optional}
+    if not required <= recorded <= {a.name for a in stage.artifacts} or len(recorded) != len(receipt.artifacts):
         return "its artifacts are not the stage's artifacts"
     return None

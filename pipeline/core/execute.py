@@ -125,7 +125,7 @@ def _execute(task: StageTask, stage: Stage, layout: LakeLayout, scratch: Path, r
     if problem:
         raise ConservationError(f"{stage.name}: {problem}")
     missing = [n for n in stage.output_names if stage.result_key(n) not in result.tables]
-    missing += [a.name for a in stage.artifacts if a.name not in result.artifacts]
+    missing += [a.name for a in stage.artifacts if a.name not in result.artifacts and not a.optional]
     if missing:
         raise TracelakeError(f"{stage.name} did not produce {missing}")
     undeclared = sorted(set(result.artifacts) - {a.name for a in stage.artifacts})
@@ -143,10 +143,12 @@ def _execute(task: StageTask, stage: Stage, layout: LakeLayout, scratch: Path, r
     )
     if not task.store:
         done.tables = _canonical_tables(stage, result)
-        done.artifacts = [_described(a.name, result.artifacts[a.name]) for a in stage.artifacts]
+        done.artifacts = [_described(a.name, result.artifacts[a.name]) for a in stage.artifacts
+                          if a.name in result.artifacts]
         return done
     done.outputs = _store_tables(layout, stage, result, task.workers)
-    done.artifacts = [put_artifact(layout, a.name, result.artifacts[a.name]) for a in stage.artifacts]
+    done.artifacts = [put_artifact(layout, a.name, result.artifacts[a.name]) for a in stage.artifacts
+                      if a.name in result.artifacts]
     if resume is not None and resume.exists():
         shutil.rmtree(resume)  # stored: nothing left to resume
     return done

@@ -343,8 +343,11 @@ def run_hash(receipts: list[StageReceipt]) -> str:
     return digest_json(
         sorted(
             [r.stage, r.cache_key, sorted([o.name, o.xxh3_128] for o in r.outputs)]
-            # artifacts only where there are some: run hashes of table-only runs stay as they were
-            + ([sorted([a.name, a.digest] for a in r.artifacts)] if r.artifacts else [])
+            # artifacts only where there are some (run hashes of table-only runs stay as
+            # they were), and only of stages declared bitwise-deterministic: a training
+            # run's step log holds its timings; its tables are what a re-run reproduces
+            + ([sorted([a.name, a.digest] for a in r.artifacts)]
+               if r.artifacts and r.determinism == "bitwise" else [])
             for r in receipts
         )
     )

@@ -343,6 +343,7 @@ class Runner:
             stats=run.stats,
             exports=run.exports if passed else [],
             artifacts=run.artifacts,
+            determinism=stage.traits.determinism,
             validation=Validation(passed=passed, errors=run.errors + ([run.error] if run.error else []),
                                   secret_rescan=run.secret_rescan),
             error=run.error,

@@ -21,7 +21,6 @@ from typing import Any
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
-from pipeline.core.errors import TracelakeError
 from pipeline.core.stage import ExternalInput, Stage, StageContext, StageResult, Traits
 from pipeline.train.loop import (
     Step,
@@ -35,9 +34,9 @@ from pipeline.train.loop import (
 )
 from pipeline.train.model import default_model
 from pipeline.train.packing import Pack, pack
-from pipeline.train.probe import ProbeThresholds, probe_log
+from pipeline.train.probe import ProbeResult, ProbeThresholds, probe_log
 from schemas.datasets import TRAIN_ROWS, TRAIN_STEPS
-from schemas.tables import ArtifactSpec, from_rows
+from schemas.tables import ArtifactSpec, empty_table, from_rows
 
 STAGE_NAME, VERSION = "train", "1.0.0"
 
@@ -67,13 +66,14 @@ def run(ctx: StageContext[TrainConfig]) -> StageResult:
     filtered = {"held_out": table.num_rows - int(pc.sum(in_train).as_py() or 0),
                 "longer_than_pack": int(pc.sum(in_train).as_py() or 0) - len(candidates)}
     packs = pack([(r["input_ids"], r["labels"]) for r in candidates], config.pack_tokens)
-    if not packs:
-        raise TracelakeError(f"train: no train-split row fits pack_tokens={config.pack_tokens} "
-                             f"({table.num_rows} collated rows)")
+    packed = {row for p in packs for row in p.rows}
+    filtered["nothing_to_predict"] = len(candidates) - len(packed)
+    if not packs:  # a small corpus: no adapter, and the receipt says why
+        return _untrained(table.num_rows, filtered, config)
     seen = Counter(row for index in used_packs(len(packs), config) for row in packs[index].rows)
     trained_rows = [{"task_id": candidates[i]["task_id"], "session_id": candidates[i]["session_id"],
                      "times_seen": seen[i]} for i in sorted(seen)]
-    filtered["not_reached"] = len(candidates) - len(trained_rows)  # max_steps ended first
+    filtered["not_reached"] = len(packed) - len(trained_rows)  # max_steps ended first
     deterministic = torch_deterministic()
     try:
         model = load_lora(folder, config)
@@ -94,6 +94,7 @@ def run(ctx: StageContext[TrainConfig]) -> StageResult:
         records_out=len(trained_rows),
         filtered={k: v for k, v in filtered.items() if v},
         stats={
+            "trained": True,
             "probe": result.model_dump(mode="json"),
             "packs": len(packs),
             "packs_trained": len(used),
@@ -104,6 +105,16 @@ def run(ctx: StageContext[TrainConfig]) -> StageResult:
         },
         validation_errors=errors,
         artifacts={"adapter": adapter, "train_log": log_dir, "loss_curve": ctx.artifact_dir("loss_curve")},
+    )
+
+
+def _untrained(rows: int, filtered: dict[str, int], config: TrainConfig) -> StageResult:
+    reason = f"no train-split row fits pack_tokens={config.pack_tokens} with a token to predict"
+    skipped = ProbeResult(verdict="SKIP", steps=0, reasons=[reason])
+    return StageResult(
+        tables={"train_steps": empty_table(TRAIN_STEPS), "train_rows": empty_table(TRAIN_ROWS)},
+        records_in=rows, records_out=0, filtered={k: v for k, v in filtered.items() if v},
+        stats={"trained": False, "reason": reason, "probe": skipped.model_dump(mode="json")},
     )
 
 
@@ -149,9 +160,9 @@ STAGE = Stage(
     run=run,
     traits=Traits(determinism="tolerance", tolerance=1e-5, maps_records=False),
     artifacts=(
-        ArtifactSpec("adapter", "LoRA adapter: adapter_model.safetensors and adapter_config.json"),
-        ArtifactSpec("train_log", "step log: banner, step and run_complete lines"),
-        ArtifactSpec("loss_curve", "the loss curve as a PNG"),
+        ArtifactSpec("adapter", "LoRA adapter: adapter_model.safetensors and adapter_config.json", optional=True),
+        ArtifactSpec("train_log", "step log: banner, step and run_complete lines", optional=True),
+        ArtifactSpec("loss_curve", "the loss curve as a PNG", optional=True),
     ),
     externals=(ExternalInput("model", "model", "model", default=default_model),),
 )

@@ -190,3 +190,20 @@ def test_lineage_answers_both_ways(trained: tuple[Path, Any]) -> None:
     source = sessions[0][1]
     assert con.execute("SELECT DISTINCT adapter FROM adapter_lineage WHERE source_file = ?",
                        [source]).fetchall() == [(adapter,)]
+
+
+def test_nothing_to_train_is_said_not_failed(tmp_path: Path) -> None:
+    """A corpus whose rows are all held out or too long: the run passes, the receipt
+    says nothing was trained and why, and no adapter is made."""
+    from pipeline.stages.collate import STAGE as COLLATE
+    from pipeline.stages.train import STAGE as TRAIN
+    from tests.exports.builders import EXPORT_STAGES, Corpus, fake_collect, good_task
+
+    corpus = Corpus()
+    good_task(corpus.session("one"), "Fix the bug", "Fixed.")
+    result = Runner([fake_collect(corpus), *EXPORT_STAGES, COLLATE, TRAIN],
+                    RunOptions(root=tmp_path, sources=[], stage_config={"train": {"pack_tokens": 16}})).run()
+    receipt = next(o.receipt for o in result.outcomes if o.stage == "train")
+    assert result.ok and receipt is not None and receipt.stats["trained"] is False
+    assert receipt.artifacts == [] and receipt.stats["probe"]["verdict"] == "SKIP"
+    assert receipt.records_in == sum(receipt.filtered.values())
