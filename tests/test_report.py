@@ -62,6 +62,7 @@ def _page_facts(page: Path) -> dict[str, Any]:
                     stages: rows('data-stage'), setAside: rows('data-set-aside'), categories: rows('data-category'),
                     tools: rows('data-tool'), redactions: rows('data-redaction'),
                     images: [...document.images].map(i => i.complete && i.naturalWidth > 0),
+                    lossShown: document.querySelector('img[alt="training loss"]') !== null,
                     drift: document.querySelector('[data-drift-severity]').dataset.driftSeverity,
                     findings: [...document.querySelectorAll('tr[data-finding]')].length,
                     title: document.title,
@@ -80,8 +81,11 @@ def test_the_report_renders_offline_and_agrees_with_sql(reported: tuple[Path, Pa
     shown = _page_facts(page)
     assert shown["problems"] == []
     assert all(url.startswith(("file:", "data:")) for url in shown["requests"]), shown["requests"]
-    assert len(shown["images"]) == 3 and all(shown["images"])  # categories, tool errors, redactions
     con, run_id = connect(root)
+    trained = con.execute("SELECT count(*) FROM train_steps").fetchone() != (0,)
+    # categories, tool errors, redactions, and the loss curve when the run trained
+    assert len(shown["images"]) == 3 + trained and all(shown["images"])
+    assert shown["lossShown"] == trained
     assert run_id in shown["title"]
 
     def query(sql: str) -> list[tuple[Any, ...]]:

@@ -78,7 +78,7 @@ class ReportFacts(_Model):
     drift_against: str | None
     drift_severity: str
     drift: list[DriftLine]
-    loss: list[LossPoint]  # empty until a run trains
+    loss: list[LossPoint]  # the train stage's steps; empty when the run trained nothing
 
 
 def gather(root: Path, run_id: str | None) -> ReportFacts:
@@ -107,7 +107,7 @@ def gather(root: Path, run_id: str | None) -> ReportFacts:
         drift_against=drift.against_run_id,
         drift_severity=drift.severity,
         drift=[DriftLine(severity=f.severity, kind=f.kind, message=f.message) for f in drift.findings],
-        loss=[],
+        loss=[LossPoint(**r) for r in _rows(con, LOSS_SQL)] if "train_steps" in views else [],
     )
 
 
@@ -134,6 +134,7 @@ SELECT tool, calls, errors FROM (
     FROM ranked WHERE rank > {TOP_TOOLS} HAVING count(*) > 0
 ) ORDER BY rank
 """
+LOSS_SQL = "SELECT step, loss FROM train_steps ORDER BY step"
 REDACTIONS_SQL = """
 SELECT kind, sum(values_redacted)::BIGINT AS values, sum(placeholders)::BIGINT AS placeholders
 FROM redactions GROUP BY ALL ORDER BY placeholders DESC, kind
