@@ -15,7 +15,6 @@ template. It reproduces Qwen's published ids and is stored once as a lake artifa
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 
 from pipeline.core.errors import TracelakeError
 from pipeline.core.hashing import CacheMac
-from pipeline.core.store import LakeLayout, atomic_write_text
+from pipeline.core.store import LakeLayout
 
 # Qwen2/2.5/3 added tokens (ids 151643..151668). Only the first block and the FIM/repo
 # tokens are "special"; tool and think tags are ordinary added tokens, as in Qwen's own
@@ -88,24 +87,11 @@ def default_tokenizer(layout: LakeLayout, mac: CacheMac) -> Path:
     made again. The build (a function of the installed packages) is kept once per
     machine under the user's cache folder, so a new lake copies it instead of
     converting 151,643 ranks again; what the lake holds is checked by digest anyway."""
-    from pipeline.core.artifacts import artifact_problem, put_artifact
-    from schemas.receipt import ArtifactRef
+    from pipeline.core.artifacts import built_artifact
 
-    index = layout.cache / "collate" / "default-tokenizer.json"
     stamp = _build_stamp()
-    try:
-        recorded = json.loads(index.read_text(encoding="utf-8"))
-        if recorded.get("stamp") == stamp:
-            ref = ArtifactRef.model_validate(recorded["artifact"])
-            if artifact_problem(layout, ref) is None:
-                return layout.root / ref.path
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    with tempfile.TemporaryDirectory(prefix="tracelake-tokenizer-") as scratch:
-        built = _machine_build(stamp, Path(scratch))
-        ref = put_artifact(layout, "tokenizer", built)
-    atomic_write_text(index, json.dumps({"stamp": stamp, "artifact": ref.model_dump(mode="json")}, sort_keys=True))
-    return layout.root / ref.path
+    return built_artifact(layout, "tokenizer", layout.cache / "collate" / "default-tokenizer.json", stamp,
+                          lambda scratch: _machine_build(stamp, scratch))
 
 
 def _machine_build(stamp: str, scratch: Path) -> Path:

@@ -11,13 +11,16 @@ re-hash them.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import TracelakeError
-from pipeline.core.store import LakeLayout
+from pipeline.core.store import LakeLayout, atomic_write_text
 from pipeline.core.trees import manifest, tree_digest, tree_paths, tree_problem
 from schemas.receipt import ArtifactRef
 
@@ -65,3 +68,24 @@ def artifact_problem(layout: LakeLayout, ref: ArtifactRef) -> str | None:
         return f"artifact {ref.path} is missing or not a folder"
     problem = tree_problem(folder, ref.files)
     return None if problem is None else f"artifact {ref.path}: {problem}"
+
+
+def built_artifact(layout: LakeLayout, name: str, index: Path, stamp: str, build: Callable[[Path], Path]) -> Path:
+    """The folder of a default input the lake builds itself (a tokenizer, a tiny model):
+    stored once as an artifact and found again through a small index in the cache. An
+    index of another ``stamp`` (what the build depends on), or one naming an artifact
+    that does not check out, is a miss: ``build(scratch)`` makes the folder again."""
+    from schemas.receipt import ArtifactRef
+
+    try:
+        recorded = json.loads(index.read_text(encoding="utf-8"))
+        if recorded.get("stamp") == stamp:
+            ref = ArtifactRef.model_validate(recorded["artifact"])
+            if artifact_problem(layout, ref) is None:
+                return layout.root / ref.path
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    with tempfile.TemporaryDirectory(prefix=f"tracelake-{name}-") as scratch:
+        ref = put_artifact(layout, name, build(Path(scratch)))
+    atomic_write_text(index, json.dumps({"stamp": stamp, "artifact": ref.model_dump(mode="json")}, sort_keys=True))
+    return layout.root / ref.path

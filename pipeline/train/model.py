@@ -8,14 +8,12 @@ the same library versions.
 
 from __future__ import annotations
 
-import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.hashing import CacheMac
-from pipeline.core.store import LakeLayout, atomic_write_text
+from pipeline.core.store import LakeLayout
 
 TINY = {"hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
         "num_hidden_layers": 2, "intermediate_size": 32, "max_position_embeddings": 4096}
@@ -54,22 +52,13 @@ def default_model(layout: LakeLayout, mac: CacheMac) -> Path:
     """The tiny model as a lake artifact, built on first use (see the tokenizer's twin,
     ``pipeline.collate.tokenizer.default_tokenizer``)."""
     from pipeline.collate.tokenizer import default_tokenizer
-    from pipeline.core.artifacts import artifact_problem, put_artifact
-    from schemas.receipt import ArtifactRef
+    from pipeline.core.artifacts import built_artifact
 
-    index = layout.cache / "train" / "default-model.json"
     tokenizer = default_tokenizer(layout, mac)
-    try:
-        recorded = json.loads(index.read_text(encoding="utf-8"))
-        if recorded.get("tokenizer") == tokenizer.name:
-            ref = ArtifactRef.model_validate(recorded["artifact"])
-            if artifact_problem(layout, ref) is None:
-                return layout.root / ref.path
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    with tempfile.TemporaryDirectory(prefix="tracelake-model-") as scratch:
-        folder = Path(scratch) / "tiny-qwen3"
-        build_tiny_qwen3(folder, tokenizer)
-        ref = put_artifact(layout, "model", folder)
-    atomic_write_text(index, json.dumps({"tokenizer": tokenizer.name, "artifact": ref.model_dump(mode="json")}))
-    return layout.root / ref.path
+
+    def build(scratch: Path) -> Path:
+        build_tiny_qwen3(scratch / "tiny-qwen3", tokenizer)
+        return scratch / "tiny-qwen3"
+
+    # The tokenizer's folder is named by its digest: a new tokenizer means a new model.
+    return built_artifact(layout, "model", layout.cache / "train" / "default-model.json", tokenizer.name, build)

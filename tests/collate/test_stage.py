@@ -12,27 +12,18 @@ import pytest
 
 from pipeline.core.runner import Runner, RunOptions
 from pipeline.stages.collate import STAGE as COLLATE
-from tests.exports.builders import EXPORT_STAGES, Call, Corpus, fake_collect, good_task, receipt
+from tests.exports.builders import (
+    EXPORT_STAGES,
+    Corpus,
+    agent_corpus,
+    fake_collect,
+    good_task,
+    receipt,
+)
 
 
 def _corpus() -> Corpus:
-    corpus = Corpus()
-    prompt = "Add input validation to the signup form"
-    for i, answer in enumerate(["Validation added with a regex check.",
-                                "Added a schema validator and tests for the form."]):
-        s = good_task(corpus.session(f"good{i}"), prompt, answer)
-        s.messages[1]["thinking"] = f"I should read the form first ({i})."
-    corpus.session("bad").task(
-        prompt, ("", [Call("Bash", {"command": "npm test", "description": "run"}, "1 failed", True)]),
-        "It is failing.",
-    )
-    corpus.session("multi").task(
-        "Find every TODO in the repo and list them",
-        ("", [Call("Grep", {"pattern": "TODO", "path": "."}, "a.py:1: TODO x"),
-              Call("Glob", {"pattern": "**/*.md"}, "README.md")]),
-        ("", [Call("Read", {"file_path": "a.py", "limit": 20}, "# TODO x")]),
-        "Found one TODO in a.py.",
-    )
+    corpus = agent_corpus()
     good_task(corpus.session("inject"), "Explain what <|im_end|> means in a chat template",
               "It closes a turn: the model stops after <|im_end|>.")
     return corpus

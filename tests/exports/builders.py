@@ -232,3 +232,26 @@ def good_task(session: Session, prompt: str, answer: str = "Done: the fix is in 
                                     "old_string": "a", "new_string": "b"}, "ok")]),
         answer,
     )
+
+
+def agent_corpus() -> Corpus:
+    """Two accepted tasks with thinking, a failing one, and a multi-call search: what the
+    render and collate tests feed a real chat template."""
+    corpus = Corpus()
+    prompt = "Add input validation to the signup form"
+    for i, answer in enumerate(["Validation added with a regex check.",
+                                "Added a schema validator and tests for the form."]):
+        s = good_task(corpus.session(f"good{i}"), prompt, answer)
+        s.messages[1]["thinking"] = f"I should read the form first ({i})."
+    corpus.session("bad").task(
+        prompt, ("", [Call("Bash", {"command": "npm test", "description": "run"}, "1 failed", True)]),
+        "It is failing.",
+    )
+    corpus.session("multi").task(
+        "Find every TODO in the repo and list them",
+        ("", [Call("Grep", {"pattern": "TODO", "path": "."}, "a.py:1: TODO x"),
+              Call("Glob", {"pattern": "**/*.md"}, "README.md")]),
+        ("", [Call("Read", {"file_path": "a.py", "limit": 20}, "# TODO x")]),
+        "Found one TODO in a.py.",
+    )
+    return corpus

@@ -13,34 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.exports.builders import Call, Corpus, good_task, run_pipeline
-
-
-def _corpus() -> Corpus:
-    corpus = Corpus()
-    prompt = "Add input validation to the signup form"
-    for i, answer in enumerate(["Validation added with a regex check.",
-                                "Added a schema validator and tests for the form."]):
-        s = good_task(corpus.session(f"good{i}"), prompt, answer)
-        s.messages[1]["thinking"] = f"I should read the form first ({i})."
-    corpus.session("bad").task(
-        prompt, ("", [Call("Bash", {"command": "npm test", "description": "run"}, "1 failed", True)]),
-        "It is failing.",
-    )
-    corpus.session("multi").task(
-        "Find every TODO in the repo and list them",
-        ("", [Call("Grep", {"pattern": "TODO", "path": "."}, "a.py:1: TODO x"),
-              Call("Glob", {"pattern": "**/*.md"}, "README.md")]),
-        ("", [Call("Read", {"file_path": "a.py", "limit": 20}, "# TODO x")]),
-        "Found one TODO in a.py.",
-    )
-    return corpus
+from tests.exports.builders import agent_corpus, run_pipeline
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("render") / "lake"
-    result = run_pipeline(_corpus(), root, {"export-sft": {"valid_fraction": 0.5}})
+    result = run_pipeline(agent_corpus(), root, {"export-sft": {"valid_fraction": 0.5}})
     assert result.ok
     return root / "exports" / result.run_id
 
