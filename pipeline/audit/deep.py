@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.core.artifacts import artifact_inputs
 from pipeline.core.execute import StageTask, execute_task, output_specs
 from pipeline.core.externals import external_refs
 from pipeline.core.hashing import CacheMac, table_digest, xxh3_128_file
@@ -203,6 +204,7 @@ def _rerun(
             inputs=inputs,
             sources=sources,
             externals=external_refs(receipt.inputs),
+            artifact_inputs=artifact_inputs(receipt.inputs),
             root=str(layout.root),
             recorded_at=receipt.recorded_at,
             workers=1,
@@ -240,7 +242,7 @@ def _recheck_exports(layout: LakeLayout, stage: Stage, receipt: StageReceipt) ->
     ctx = ExportContext(
         layout=layout, config=stage.config_model.model_validate(receipt.config), run_id=receipt.run_id,
         outputs={ref.name: ref for ref in receipt.outputs}, export_dir=layout.export_dir(receipt.run_id),
-        inputs=lake_inputs(layout, receipt.inputs) or {},
+        inputs=lake_inputs(layout, receipt.inputs) or {}, input_refs=list(receipt.inputs),
     )
     errors = stage.validate(ctx)
     if errors:

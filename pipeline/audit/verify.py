@@ -12,7 +12,7 @@ thing that differs:
 - every object a receipt names re-hashes (sha256 and BLAKE3);
 - every export file re-hashes, is listed by its stage and by the statement, and no
   unlisted file sits in the run's export folder;
-- each stage's table inputs are outputs of this run's upstream stages;
+- each stage's table and artifact inputs are outputs of this run's upstream stages;
 - the statement's own claims (run_hash, totals, stages, tables, datasets) follow from
   the receipts;
 - ``summary.json`` and ``summary.md`` are exactly the renderings of the statement.
@@ -30,7 +30,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.artifacts import artifact_problem
+from pipeline.core.artifacts import INPUT_PREFIX as ARTIFACT_INPUT_PREFIX
+from pipeline.core.artifacts import artifact_input, artifact_problem
 from pipeline.core.cache import claims_problem
 from pipeline.core.errors import NotFound
 from pipeline.core.hashing import file_digests
@@ -230,10 +231,15 @@ def _check_claims(summary: RunSummary, receipts: dict[str, StageReceipt], report
     claim(summary.datasets == {n: tables[n].rows for n in DATASET_TABLES if n in tables}, "datasets")
     claim(summary.overall_passed == all(s.status == "ok" for s in summary.stages), "overall_passed")
     produced = {(ref.name, ref.xxh3_128) for r in ok for ref in r.outputs}
+    made = {(ref.name, ref.sha256, ref.xxh3_128) for r in ok for ref in map(artifact_input, r.artifacts)}
     for receipt in ordered:
         for ref in receipt.inputs:
             # Sources and external inputs (a model, a template) come from outside the run.
-            if ":" not in ref.name and (ref.name, ref.xxh3_128) not in produced:
+            if ref.name.startswith(ARTIFACT_INPUT_PREFIX):
+                if (ref.name, ref.sha256, ref.xxh3_128) not in made:
+                    report.add(subject, f"stage {receipt.stage} read {ref.name} {ref.sha256}, "
+                                        "which no stage of this run produced")
+            elif ":" not in ref.name and (ref.name, ref.xxh3_128) not in produced:
                 report.add(subject, f"stage {receipt.stage} read {ref.name} {ref.xxh3_128}, "
                                     "which no stage of this run produced")
 

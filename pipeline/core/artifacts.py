@@ -16,13 +16,20 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.core.errors import TracelakeError
 from pipeline.core.store import LakeLayout, atomic_write_text
-from pipeline.core.trees import manifest, tree_digest, tree_paths, tree_problem
-from schemas.receipt import ArtifactRef
+from pipeline.core.trees import (
+    TreeError,
+    manifest,
+    tree_digest,
+    tree_paths,
+    tree_problem,
+    tree_xxh3,
+)
+from schemas.receipt import ArtifactRef, InputRef
 
 
 def put_artifact(layout: LakeLayout, name: str, folder: Path) -> ArtifactRef:
@@ -89,3 +96,36 @@ def built_artifact(layout: LakeLayout, name: str, index: Path, stamp: str, build
         ref = put_artifact(layout, name, build(Path(scratch)))
     atomic_write_text(index, json.dumps({"stamp": stamp, "artifact": ref.model_dump(mode="json")}, sort_keys=True))
     return layout.root / ref.path
+
+
+# --- artifacts as inputs of later stages --------------------------------------------------
+
+INPUT_PREFIX = "artifact:"
+
+
+def artifact_input(ref: ArtifactRef) -> InputRef:
+    """An upstream stage's artifact as a later stage's input ``artifact:<name>``: keyed by
+    its tree digest, found again by it (the store path follows from the digest)."""
+    return InputRef(name=INPUT_PREFIX + ref.name, xxh3_128=tree_xxh3(ref.files), sha256=ref.digest,
+                    rows=len(ref.files), location=ref.path)
+
+
+def artifact_inputs(inputs: Sequence[InputRef]) -> dict[str, InputRef]:
+    return {ref.name.removeprefix(INPUT_PREFIX): ref for ref in inputs if ref.name.startswith(INPUT_PREFIX)}
+
+
+def open_artifact_input(layout: LakeLayout, ref: InputRef) -> Path:
+    """The stored folder of an artifact input, after re-hashing every file against the
+    digest the cache key was computed from (a store edited since is refused, not read)."""
+    assert ref.sha256 is not None
+    folder = layout.artifact_path(ref.sha256)
+    if folder.is_symlink() or not folder.is_dir():
+        raise TracelakeError(f"{ref.name}: the stored artifact {ref.sha256[:16]} is missing")
+    try:
+        files = manifest(folder)
+    except (TreeError, OSError) as exc:
+        raise TracelakeError(f"{ref.name}: {exc}") from None
+    if tree_digest(files) != ref.sha256 or tree_xxh3(files) != ref.xxh3_128:
+        raise TracelakeError(f"{ref.name}: the stored artifact {ref.sha256[:16]} no longer holds what it was "
+                             "stored as")
+    return folder

@@ -59,6 +59,7 @@ class StageTask:
     workers: int
     cache_key: str
     cache_mac: CacheMac
+    artifact_inputs: dict[str, InputRef] = field(default_factory=dict)
     scratch: str | None = None  # None: the lake's data/cache/<stage>, resumable by key
     store: bool = True  # False: hand back canonical tables instead of storing them
 
@@ -116,6 +117,7 @@ def _execute(task: StageTask, stage: Stage, layout: LakeLayout, scratch: Path, r
         scratch=scratch,
         cache_mac=task.cache_mac,
         externals=dict(task.externals),
+        artifact_inputs=dict(task.artifact_inputs),
         resume_dir=resume,
         artifacts_root=artifacts_root,
         cache_externals=task.store,  # deep verify: every byte, and the lake's caches untouched

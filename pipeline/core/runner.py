@@ -26,6 +26,8 @@ from pydantic import BaseModel
 
 from pipeline import __version__
 from pipeline.core import exports, externals
+from pipeline.core.artifacts import INPUT_PREFIX as ARTIFACT_INPUT_PREFIX
+from pipeline.core.artifacts import artifact_input, artifact_inputs
 from pipeline.core.cache import Lookup, cache_key, lookup
 from pipeline.core.errors import TracelakeError
 from pipeline.core.execute import Executor, LocalExecutor, StageTask
@@ -137,7 +139,7 @@ def closure(stages: Sequence[Stage], targets: Sequence[str] | None) -> list[Stag
     """Stages needed for ``targets`` (all when None), in declaration (topological) order."""
     if not targets:
         return list(stages)
-    producer = {name: s for s in stages for name in s.output_names}
+    producer = _producers(stages)
     by_name = {s.name: s for s in stages}
     needed: set[str] = set()
     pending = list(targets)
@@ -148,8 +150,20 @@ def closure(stages: Sequence[Stage], targets: Sequence[str] | None) -> list[Stag
         if name in needed:
             continue
         needed.add(name)
-        pending.extend(producer[table].name for table in by_name[name].inputs)
+        pending.extend(producer[item].name for item in _reads(by_name[name]) if item in producer)
     return [s for s in stages if s.name in needed]
+
+
+def _reads(stage: Stage) -> tuple[str, ...]:
+    """What a stage needs from upstream: its input tables and artifacts."""
+    return (*stage.inputs, *(ARTIFACT_INPUT_PREFIX + name for name in stage.artifact_inputs))
+
+
+def _producers(stages: Sequence[Stage]) -> dict[str, Stage]:
+    """Table name, or ``artifact:<name>``, -> the stage that makes it."""
+    made: dict[str, Stage] = {name: s for s in stages for name in s.output_names}
+    made.update({ARTIFACT_INPUT_PREFIX + a.name: s for s in stages for a in s.artifacts})
+    return made
 
 
 def build_config(stage: Stage, options: RunOptions) -> BaseModel:
@@ -183,6 +197,7 @@ class Runner:
         self.run_id = new_run_id()
         self.recorded_at = options.recorded_at or utc_now()
         self.tables: dict[str, ObjectRef] = {}
+        self.artifacts: dict[str, ArtifactRef] = {}  # artifacts of this run's passed stages
         self.sources: dict[str, list[SourceFile]] = {}
         self.exports: dict[str, list[ExportFile]] = {}
         self.receipt_digests: dict[str, str] = {}
@@ -217,6 +232,8 @@ class Runner:
         for name in stage.inputs:
             ref = self.tables[name]
             refs.append(InputRef(name=name, xxh3_128=ref.xxh3_128, sha256=ref.sha256, rows=ref.rows))
+        # An optional artifact its stage left out this run is no input (the stage sees None).
+        refs += [artifact_input(self.artifacts[name]) for name in stage.artifact_inputs if name in self.artifacts]
         return refs
 
     # --- execution ----------------------------------------------------------------------
@@ -228,6 +245,7 @@ class Runner:
             inputs={name: self.tables[name] for name in stage.inputs},
             sources={k: self.sources.get(k, []) for k in stage.source_kinds},
             externals=external_refs(run.inputs),
+            artifact_inputs=artifact_inputs(run.inputs),
             root=str(self.layout.root),
             recorded_at=self.recorded_at,
             workers=self.options.workers,
@@ -260,6 +278,7 @@ class Runner:
             outputs={ref.name: ref for ref in run.outputs},
             export_dir=scratch,
             inputs={name: self.tables[name] for name in stage.inputs},
+            input_refs=list(run.inputs),
             artifacts={ref.name: ref for ref in run.artifacts},
         )
         try:
@@ -359,6 +378,7 @@ class Runner:
         self.receipt_digests[stage.name] = write_receipt(self.layout, receipt, self.key)
         if passed:
             self.tables.update({ref.name: ref for ref in run.outputs})
+            self.artifacts.update({ref.name: ref for ref in run.artifacts})
             if receipt.exports:
                 self.exports[stage.name] = receipt.exports
         return StageOutcome(stage.name, receipt.status, receipt, run.error)
@@ -371,9 +391,9 @@ class Runner:
             begin_run(self.layout, self.run_id)
             outcomes: list[StageOutcome] = []
             failed: set[str] = set()
-            producer = {name: s.name for s in plan for name in s.output_names}
+            producer = {name: s.name for name, s in _producers(plan).items()}
             for stage in plan:
-                upstream = {producer[t] for t in stage.inputs if t in producer}
+                upstream = {producer[t] for t in _reads(stage) if t in producer}
                 if upstream & failed:
                     failed.add(stage.name)
                     outcomes.append(StageOutcome(stage.name, "skipped_upstream_failed", None))

@@ -92,6 +92,8 @@ class StageContext(Generic[C]):
     cache_mac: CacheMac
     # The declared external inputs, as digested for the cache key (``external:<name>``).
     externals: dict[str, InputRef] = field(default_factory=dict)
+    # Upstream stages' artifacts this stage declared (``artifact:<name>``), as keyed.
+    artifact_inputs: dict[str, InputRef] = field(default_factory=dict)
     # Where a long stage keeps checkpoints: keyed by its cache key, so a run killed
     # midway resumes from them, and only a run with the same key and code does.
     resume_dir: Path | None = None
@@ -119,6 +121,15 @@ class StageContext(Generic[C]):
         if name not in self.externals:
             raise TracelakeError(f"{name!r} is not a declared external input of this stage")
         return recheck(self.layout, self.cache_mac if self.cache_externals else None, self.externals[name])
+
+    def upstream_artifact(self, name: str) -> Path | None:
+        """The stored folder of a declared upstream artifact, re-hashed against its key;
+        None when its stage left it out this run (an optional artifact: no adapter)."""
+        from pipeline.core.artifacts import open_artifact_input
+
+        if name not in self.artifact_inputs:
+            return None
+        return open_artifact_input(self.layout, self.artifact_inputs[name])
 
     def artifact_dir(self, name: str) -> Path:
         """The empty folder to write the declared artifact ``name`` into."""
@@ -189,6 +200,7 @@ class ExportContext(Generic[C]):
     outputs: dict[str, ObjectRef]
     export_dir: Path
     inputs: dict[str, ObjectRef] = field(default_factory=dict)  # the stage's declared inputs
+    input_refs: list[InputRef] = field(default_factory=list)  # every input as keyed (externals too)
     # Set by a validate hook whose firewall rescanned the written files for secrets.
     secret_rescan: SecretRescan | None = None
     artifacts: dict[str, ArtifactRef] = field(default_factory=dict)
@@ -267,6 +279,9 @@ class Stage(Generic[C]):
     # home as ``~`` (their recorded paths, so their digests, depend on it). Default: yes.
     folds_home: Callable[[C], bool] | None = None
     artifacts: tuple[ArtifactSpec, ...] = ()
+    # Artifacts of upstream stages this stage reads (by artifact name): their tree
+    # digests are in its cache key, and the stage that makes one runs before it.
+    artifact_inputs: tuple[str, ...] = ()
     externals: tuple[ExternalInput, ...] = ()
     resources: Resources = Resources()
 
