@@ -134,12 +134,16 @@ def _train(ctx: StageContext[TrainConfig], model: Any, packs: list[Pack], rows: 
 
 def _save_adapter(model: Any, folder: Path, base_digest: str) -> None:
     """safetensors + adapter_config.json, the base named by its digest (a path would make
-    the bytes depend on where the model sat); peft's README card is left out."""
+    the bytes depend on where the model sat) and its lists sorted (the same adapter is
+    the same bytes in every process); peft's README card is left out."""
     model.save_pretrained(str(folder), safe_serialization=True)
     (folder / "README.md").unlink(missing_ok=True)
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = f"tracelake-model-sha256-{base_digest}"
+    for name, value in config.items():  # peft writes sets (target_modules) in hash-seed order
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            config[name] = sorted(value)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
