@@ -218,6 +218,37 @@ class TrainRowRow(_Row):
     times_seen: int = Field(description="Micro-steps whose pack held it (packs are cycled).")
 
 
+class EvalMetricRow(_Row):
+    """One measure of the eval, the base model beside the adapter (``pipeline.eval.scorecard``)."""
+
+    metric: str
+    source: str = Field(description="points (replayed steps), rollout (free runs) or all (every generation).")
+    base: float | None = Field(description="The base model's rate; null when there was nothing to count.")
+    adapter: float | None = Field(description="The adapter's rate; null without an adapter or nothing to count.")
+    delta: float | None = Field(description="adapter - base.")
+    base_n: int = Field(description="What the base model's rate counts over.")
+    adapter_n: int | None
+    higher_is_better: bool
+    gate: str | None = Field(description="The gate on this measure, when there is one.")
+    passed: bool | None = Field(description="The gate's verdict; null when not judged (no gate, or a rate missing).")
+
+
+class EvalGenerationRow(_Row):
+    """One generation of the eval: what a model said at a replayed step or a rollout step."""
+
+    task_id: str
+    session_id: str
+    model: str = Field(description="base or adapter.")
+    mode: str = Field(description="point (continuing the recorded history) or rollout (running on its own).")
+    position: int = Field(description="point: the recorded assistant message's index; rollout: the step.")
+    recorded_called: bool | None = Field(description="point: whether the recorded agent called a tool there.")
+    text: str
+    calls: int = Field(description="Tool calls that parse.")
+    parse_failures: int
+    answered_in_text: bool
+    text_after_call: bool
+
+
 class ToolSchemaRow(_Row):
     name: str
     source_kind: str
@@ -241,6 +272,8 @@ COLLATED_SFT = TableSpec("collated_sft", CollatedSftRow, ("split", "session_id",
 COLLATED_PREFERENCE = TableSpec("collated_preference", CollatedPreferenceRow, ("pair_id",), dataset=True)
 TRAIN_STEPS = TableSpec("train_steps", TrainStepRow, ("step",))
 TRAIN_ROWS = TableSpec("train_rows", TrainRowRow, ("session_id", "task_id"))
+EVAL = TableSpec("eval", EvalMetricRow, ("metric",))
+EVAL_GENERATIONS = TableSpec("eval_generations", EvalGenerationRow, ("task_id", "model", "mode", "position"))
 COLLATED_SDPO = TableSpec("collated_sdpo", CollatedSdpoRow, ("split", "session_id", "task_id", "failing_index"),
                           dataset=True)
 # The tables a run summary lists as datasets (read where no stage list is at hand:

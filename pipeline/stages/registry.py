@@ -24,6 +24,7 @@ REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "export-preference": ("pipeline.stages.export_preference", ("collect", "score")),
     "collate": ("pipeline.stages.collate", ("collect", "export-sft", "export-preference")),
     "train": ("pipeline.stages.train", ("collate",)),
+    "eval": ("pipeline.stages.eval", ("export-sft", "train")),
 }
 STAGE_NAMES: tuple[str, ...] = tuple(REGISTRY)
 

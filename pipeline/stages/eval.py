@@ -1,0 +1,187 @@
+"""eval: the adapter beside its base model on held-out conversations, replayed the way
+they failed in use (``pipeline.eval.replay``), judged by gates.
+
+It reads the held-out split of the SFT export (the conversations, with their recorded
+tool results and tool schemas), the train stage's adapter (an artifact input: its
+digest is in the cache key) and the base model (the same external input train reads).
+Without an adapter (train had nothing to learn from) the base is measured alone and no
+gate is judged. Decoding is greedy, so a re-run on the same machine gives the same
+tables; across machines and thread counts a near-tie in the logits may flip a token,
+hence the ``tolerance`` trait. A failed gate fails the stage's validation: run-all
+exits non-zero and says which gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.collate.jobs import parse_json, tools_of
+from pipeline.collate.masks import Refused, Renderer
+from pipeline.collate.tokenizer import choose_template, load_tokenizer
+from pipeline.core.errors import TracelakeError
+from pipeline.core.stage import (
+    ExportContext,
+    ExternalInput,
+    Stage,
+    StageContext,
+    StageResult,
+    Traits,
+)
+from pipeline.eval.replay import Replay, replay
+from pipeline.eval.scorecard import (
+    DEFAULT_GATES,
+    METRIC_NAMES,
+    Tally,
+    gate_failures,
+    markdown,
+    schemas_of,
+    scorecard,
+)
+from pipeline.train.loop import restore_deterministic, torch_deterministic
+from pipeline.train.model import default_model
+from schemas.datasets import EVAL, EVAL_GENERATIONS
+from schemas.tables import from_rows
+
+STAGE_NAME, VERSION = "eval", "1.0.0"
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("", description="The base model folder train read (default: the tiny Qwen3). Its "
+                                        "digest, not its path, is in the cache key.")
+    template: str = Field("auto", description="The chat template prompts are rendered with (as collate's).")
+    template_kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    split: str = Field("valid", description="The SFT split evaluated (never the one trained on).")
+    max_examples: int = Field(16, ge=1, description="Held-out conversations replayed (by task_id order).")
+    max_new_tokens: int = Field(64, ge=1, description="Token budget of one generation.")
+    max_prompt_tokens: int = Field(4096, ge=16, description="Longer prompts are not asked.")
+    step_cap: int = Field(6, ge=1, description="Model steps a rollout may take before it counts as a loop.")
+    gates: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_GATES),
+        description="Metric -> how much worse than the base the adapter may be (0: no worse). "
+                    f"Metrics: {', '.join(METRIC_NAMES)}.",
+    )
+
+    @field_validator("gates")
+    @classmethod
+    def _known_metrics(cls, gates: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(gates) - set(METRIC_NAMES))
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRIC_NAMES)}")
+        if any(value < 0 for value in gates.values()):
+            raise ValueError("a gate's tolerance is a non-negative amount")
+        return gates
+
+
+def _engines() -> str:
+    from importlib.metadata import version
+
+    return "+".join(f"{p}-{version(p)}" for p in ("torch", "transformers", "peft", "trl", "jsonschema"))
+
+
+def run(ctx: StageContext[EvalConfig]) -> StageResult:
+    from pipeline.eval.generate import Generator, load_models
+
+    config = ctx.config
+    table = ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"])
+    held_out = table.filter(pc.equal(table["split"], config.split)).sort_by("task_id")
+    chosen = held_out.slice(0, config.max_examples).to_pylist()
+    filtered = {"not_held_out": table.num_rows - held_out.num_rows,
+                "beyond_max_examples": held_out.num_rows - len(chosen)}
+    folder = ctx.external("model")
+    adapter_folder = ctx.upstream_artifact("adapter")
+    tokenizer = load_tokenizer(folder)
+    template = choose_template(tokenizer, config.template)
+    try:
+        renderer = Renderer(tokenizer, template, dict(config.template_kwargs))
+    except Refused as refused:
+        raise TracelakeError(f"eval cannot use the chat template {template.name!r}: {refused}") from None
+    deterministic = torch_deterministic()
+    try:
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+        model = load_models(folder, adapter_folder)
+        generator = Generator(model, renderer, config.max_new_tokens, config.max_prompt_tokens)
+        models = ["base"] + (["adapter"] if adapter_folder is not None else [])
+        tallies = {name: Tally() for name in models}
+        generations: list[dict[str, Any]] = []
+        evaluated, nothing_to_ask = 0, 0
+        for row in ctx.tracker.track(chosen, len(chosen), "eval"):
+            messages, tools = parse_json(row["messages"]) or [], tools_of(row["tools"])
+            replays = {name: replay(messages, tools, generator.for_model(name == "adapter"), config.step_cap)
+                       for name in models}
+            if all(not r.points and r.rollout is None for r in replays.values()):
+                nothing_to_ask += 1
+                continue
+            evaluated += 1
+            for name, done in replays.items():
+                tallies[name].add(done, schemas_of(tools))
+                generations += _generation_rows(row, name, done)
+    finally:
+        restore_deterministic(deterministic)
+    filtered["nothing_to_ask"] = nothing_to_ask
+    rows = scorecard(tallies["base"], tallies.get("adapter"), config.gates)
+    failures = gate_failures(rows)
+    return StageResult(
+        tables={"eval": from_rows(EVAL, rows), "eval_generations": from_rows(EVAL_GENERATIONS, generations)},
+        records_in=table.num_rows,
+        records_out=evaluated,
+        filtered={k: v for k, v in filtered.items() if v},
+        stats={
+            "adapter": adapter_folder is not None,
+            "template": template.name,
+            "conversations": evaluated,
+            "points": {name: t.points for name, t in tallies.items()},
+            "rollouts": {name: t.rollouts for name, t in tallies.items()},
+            "prompts_too_long": {name: t.prompts_too_long for name, t in tallies.items()},
+            "generations": generator.prompts,
+            "generated_tokens": generator.generated_tokens,
+            "gates": {row["metric"]: row["passed"] for row in rows if row["gate"] is not None},
+        },
+        validation_errors=failures,
+    )
+
+
+def _generation_rows(row: dict[str, Any], model: str, done: Replay) -> list[dict[str, Any]]:
+    def one(mode: str, position: int, recorded: bool | None, generation: Any) -> dict[str, Any]:
+        return {"task_id": row["task_id"], "session_id": row["session_id"], "model": model, "mode": mode,
+                "position": position, "recorded_called": recorded, "text": generation.text,
+                "calls": len(generation.calls), "parse_failures": generation.parse_failures,
+                "answered_in_text": generation.answered_in_text, "text_after_call": generation.text_after_call}
+
+    rows = [one("point", p.index, p.recorded_called, p.generation) for p in done.points]
+    if done.rollout is not None:
+        rows += [one("rollout", step, None, g) for step, g in enumerate(done.rollout.generations)]
+    return rows
+
+
+def materialize(ctx: ExportContext[EvalConfig]) -> None:
+    rows = ctx.table("eval").to_pylist()
+    digests = {ref.name: ref.sha256 for ref in ctx.input_refs}
+    adapter = digests.get("artifact:adapter")
+    header = {"base model": f"sha256 {digests.get('external:model')}",
+              "adapter": f"sha256 {adapter}" if adapter else "none (train had nothing to learn from)",
+              "held-out split": ctx.config.split}
+    folder = ctx.export_dir / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.md").write_text(markdown(rows, header), encoding="utf-8")
+
+
+STAGE = Stage(
+    name=STAGE_NAME,
+    version=VERSION,
+    engines=_engines,
+    config_model=EvalConfig,
+    inputs=("sft",),
+    outputs=(EVAL, EVAL_GENERATIONS),
+    run=run,
+    materialize=materialize,
+    traits=Traits(determinism="tolerance", tolerance=1e-6, maps_records=False),
+    artifact_inputs=("adapter",),
+    externals=(ExternalInput("model", "model", "model", default=default_model),),
+)

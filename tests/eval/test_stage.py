@@ -1,0 +1,140 @@
+"""eval end to end: the real tiny Qwen3 and the adapter train made, replayed on the
+held-out split; the adapter is an artifact input bound into the cache key and checked
+by receipts verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.core.runner import Runner, RunOptions
+from pipeline.core.sources import SourceSpec
+from pipeline.stages.registry import load_stages
+
+CONFIG: dict[str, dict[str, Any]] = {
+    "train": {"max_steps": 4, "pack_tokens": 512},
+    "eval": {"max_examples": 3, "max_new_tokens": 12, "step_cap": 3},
+}
+
+
+def _run(root: Path, corpus: Path, config: dict[str, dict[str, Any]] | None = None) -> Any:
+    return Runner(load_stages(["eval"]), RunOptions(root=root, sources=[SourceSpec("claude-code", corpus)],
+                                                    stage_config=config or CONFIG,
+                                                    recorded_at="2026-01-01T00:00:00Z")).run(["eval"])
+
+
+def _receipt(result: Any, stage: str) -> Any:
+    return next(o.receipt for o in result.outcomes if o.stage == stage)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    from pipeline.synth import synthesize
+
+    work = tmp_path_factory.mktemp("eval")
+    synthesize(work / "cc", 25, 5, "claude-code")
+    result = _run(work / "lake", work / "cc")
+    assert result.ok, [(o.stage, o.error, o.receipt and o.receipt.validation.errors) for o in result.outcomes]
+    return work, result
+
+
+def test_eval_measures_base_and_adapter_on_the_held_out_split(evaluated: tuple[Path, Any]) -> None:
+    from pipeline.eval.scorecard import METRIC_NAMES
+    from pipeline.sql import connect
+
+    work, result = evaluated
+    receipt, train = _receipt(result, "eval"), _receipt(result, "train")
+    adapter = next(a for a in train.artifacts if a.name == "adapter")
+    inputs = {i.name: i for i in receipt.inputs}
+    assert inputs["artifact:adapter"].sha256 == adapter.digest  # bound to the very adapter train made
+    assert inputs["external:model"].sha256 == {i.name: i for i in train.inputs}["external:model"].sha256
+    assert receipt.stats["adapter"] is True and receipt.validation.passed
+    assert receipt.records_in == receipt.records_out + sum(receipt.filtered.values())
+    assert 0 < receipt.records_out <= 3 and receipt.filtered["not_held_out"] > 0
+    con, _ = connect(work / "lake")
+    rows = {r[0]: r[1:] for r in con.execute("SELECT metric, base, adapter, gate, passed FROM eval").fetchall()}
+    assert set(rows) == set(METRIC_NAMES)
+    assert rows["loop_rate"][2:] == ("adapter <= base", True)
+    assert all((base is None) == (tuned is None) for base, tuned, *_ in rows.values())
+    splits = con.execute("SELECT DISTINCT split FROM sft JOIN eval_generations USING (task_id)").fetchall()
+    assert splits == [("valid",)]  # never a conversation it trained on
+    per_model = dict(con.execute("SELECT model, count(*) FROM eval_generations GROUP BY model").fetchall())
+    assert per_model["base"] == per_model["adapter"] > 0
+    assert receipt.stats["points"]["base"] == receipt.stats["points"]["adapter"] > 0
+    report = work / "lake" / "exports" / result.run_id / "eval" / "eval.md"
+    text = report.read_text(encoding="utf-8")
+    assert adapter.digest in text and "| loop_rate |" in text
+
+
+def test_receipts_verify_accepts_the_run_and_a_rerun_is_a_cache_hit(evaluated: tuple[Path, Any]) -> None:
+    from pipeline.audit.verify import verify_run
+    from pipeline.core.trust import load_trusted
+
+    work, result = evaluated
+    layout_root = work / "lake"
+    from pipeline.core.store import LakeLayout
+
+    layout = LakeLayout(layout_root)
+    assert verify_run(layout, result.run_id, load_trusted(layout)).problems == []
+    again = _run(layout_root, work / "cc")
+    assert all(o.receipt is not None and o.receipt.cache_hit for o in again.outcomes)
+    assert again.summary.run_hash == result.summary.run_hash
+
+
+def test_a_new_adapter_reruns_eval_and_nothing_upstream_of_train(evaluated: tuple[Path, Any],
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    work, result = evaluated
+    lake = tmp_path / "lake"
+    shutil.copytree(work / "lake", lake, symlinks=True)
+    changed = {**CONFIG, "train": {**CONFIG["train"], "learning_rate": 5e-3}}
+    again = _run(lake, work / "cc", changed)
+    hits = {o.stage: o.receipt.cache_hit for o in again.outcomes}
+    assert hits["collate"] and not hits["train"] and not hits["eval"]
+    before = {i.name: i.sha256 for i in _receipt(result, "eval").inputs}
+    after = {i.name: i.sha256 for i in _receipt(again, "eval").inputs}
+    assert after["artifact:adapter"] != before["artifact:adapter"] and after["sft"] == before["sft"]
+
+
+def test_an_edited_stored_adapter_is_refused_not_read(evaluated: tuple[Path, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.core.artifacts import artifact_inputs, open_artifact_input
+    from pipeline.core.errors import TracelakeError
+    from pipeline.core.store import LakeLayout
+
+    work, result = evaluated
+    lake = tmp_path / "lake"
+    shutil.copytree(work / "lake", lake, symlinks=True)
+    ref = artifact_inputs(_receipt(result, "eval").inputs)["adapter"]
+    layout = LakeLayout(lake)
+    folder = open_artifact_input(layout, ref)
+    weights = folder / "adapter_model.safetensors"
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(TracelakeError, match="no longer holds"):
+        open_artifact_input(layout, ref)
+
+
+def test_without_an_adapter_the_base_is_measured_and_no_gate_is_judged(tmp_path: Path) -> None:
+    from pipeline.stages.collate import STAGE as COLLATE
+    from pipeline.stages.eval import STAGE as EVAL
+    from pipeline.stages.train import STAGE as TRAIN
+    from tests.exports.builders import EXPORT_STAGES, Corpus, fake_collect, good_task
+
+    corpus = Corpus()
+    for n in range(12):
+        good_task(corpus.session(f"s{n}"), f"Fix bug {n}", "Fixed.")
+    config = {"train": {"pack_tokens": 16}, "eval": {"max_examples": 2, "max_new_tokens": 8, "split": "train"}}
+    result = Runner([fake_collect(corpus), *EXPORT_STAGES, COLLATE, TRAIN, EVAL],
+                    RunOptions(root=tmp_path, sources=[], stage_config=config)).run()
+    receipt = _receipt(result, "eval")
+    assert result.ok and receipt.stats["adapter"] is False
+    assert not any(i.name.startswith("artifact:") for i in receipt.inputs)
+    assert receipt.stats["gates"] == {"loop_rate": None, "text_answer_rate": None}
+    assert receipt.records_out > 0
