@@ -65,6 +65,8 @@ def _page_facts(page: Path) -> dict[str, Any]:
                     lossShown: document.querySelector('img[alt="training loss"]') !== null,
                     drift: document.querySelector('[data-drift-severity]').dataset.driftSeverity,
                     findings: [...document.querySelectorAll('tr[data-finding]')].length,
+                    evaluation: Object.fromEntries([...document.querySelectorAll('tr[data-eval]')].map(
+                        tr => [tr.dataset.eval, tr.querySelector('[data-gate]').dataset.gate])),
                     title: document.title,
                 };
             }""")
@@ -104,6 +106,9 @@ def test_the_report_renders_offline_and_agrees_with_sql(reported: tuple[Path, Pa
         "SELECT kind, sum(values_redacted), sum(placeholders) FROM redactions GROUP BY ALL")}
     assert sum(shown["stages"]["collect"].values()) > 0 and shown["redactions"]
     assert shown["drift"] in ("warn", "alert") and shown["findings"] >= 1  # half as many sessions again
+    # the eval scorecard, every measure with its gate's verdict (None: no gate, or not judged)
+    assert shown["evaluation"] == {m: str(p) for m, p in query("SELECT metric, passed FROM eval")}
+    assert shown["evaluation"]["loop_rate"] in ("True", "None")
 
 
 def test_a_report_for_an_unknown_run_is_a_clear_error(reported: tuple[Path, Path]) -> None:

@@ -199,8 +199,28 @@ def _run(
             f"cleared what killed runs left: {cleanup.temp_files} temp file(s) "
             f"({cleanup.temp_bytes:,} bytes), {len(cleanup.unfinished_runs)} unfinished run folder(s)"
         ))
+    for line in failure_lines(result.outcomes):
+        err_console.print(Text(line, style="red"))
     if not result.ok:
         raise typer.Exit(1)
+
+
+def failure_lines(outcomes: list[Any], most: int = 5) -> list[str]:
+    """Why each stage that did not pass failed, one line per reason (a failed eval gate,
+    a firewall finding, an error), so a red row in the table is never left unexplained."""
+    lines = []
+    for outcome in outcomes:
+        if outcome.status == "skipped_upstream_failed":
+            lines.append(f"{outcome.stage}: not run, a stage it reads from failed")
+            continue
+        receipt = outcome.receipt
+        if outcome.status == "ok" or receipt is None:
+            continue
+        reasons = [r.splitlines()[0] for r in receipt.validation.errors if r.strip()] or ["failed"]
+        lines += [f"{outcome.stage} failed: {reason}" for reason in reasons[:most]]
+        if len(reasons) > most:
+            lines.append(f"{outcome.stage}: {len(reasons) - most} more in its receipt")
+    return lines
 
 
 def parse_externals(given: list[str], stages: list[Any]) -> dict[str, Path]:

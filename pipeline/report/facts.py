@@ -66,6 +66,15 @@ class LossPoint(_Model):
     loss: float
 
 
+class EvalLine(_Model):
+    metric: str
+    base: float | None
+    adapter: float | None
+    delta: float | None
+    gate: str | None
+    passed: bool | None
+
+
 class ReportFacts(_Model):
     run_id: str
     run_hash: str
@@ -79,6 +88,7 @@ class ReportFacts(_Model):
     drift_severity: str
     drift: list[DriftLine]
     loss: list[LossPoint]  # the train stage's steps; empty when the run trained nothing
+    evaluation: list[EvalLine] = []  # the eval stage's scorecard; empty when the run evaluated nothing
 
 
 def gather(root: Path, run_id: str | None) -> ReportFacts:
@@ -108,6 +118,7 @@ def gather(root: Path, run_id: str | None) -> ReportFacts:
         drift_severity=drift.severity,
         drift=[DriftLine(severity=f.severity, kind=f.kind, message=f.message) for f in drift.findings],
         loss=[LossPoint(**r) for r in _rows(con, LOSS_SQL)] if "train_steps" in views else [],
+        evaluation=[EvalLine(**r) for r in _rows(con, EVAL_SQL)] if "eval" in views else [],
     )
 
 
@@ -135,6 +146,7 @@ SELECT tool, calls, errors FROM (
 ) ORDER BY rank
 """
 LOSS_SQL = "SELECT step, loss FROM train_steps ORDER BY step"
+EVAL_SQL = "SELECT metric, base, adapter, delta, gate, passed FROM eval ORDER BY gate IS NULL, metric"
 REDACTIONS_SQL = """
 SELECT kind, sum(values_redacted)::BIGINT AS values, sum(placeholders)::BIGINT AS placeholders
 FROM redactions GROUP BY ALL ORDER BY placeholders DESC, kind

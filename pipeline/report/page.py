@@ -80,6 +80,16 @@ img { max-width: 100%; display: block; margin: .5rem 0; } .none { color: #57606a
 
 <h2 id="training">Training</h2>
 {% if f.loss %}<img alt="training loss" src="{{ loss_chart }}">{% else %}<p class="none">This run trained no model.</p>{% endif %}
+
+<h2 id="eval">Adapter against its base model</h2>
+{% if f.evaluation %}<table>
+<tr><th>metric</th><th>base</th><th>adapter</th><th>delta</th><th>gate</th></tr>
+{% for e in f.evaluation %}<tr data-eval="{{ e.metric }}"><td>{{ e.metric }}</td>
+<td class="n">{{ '-' if e.base is none else '%.3f' % e.base }}</td>
+<td class="n">{{ '-' if e.adapter is none else '%.3f' % e.adapter }}</td>
+<td class="n">{{ '-' if e.delta is none else '%+.3f' % e.delta }}</td>
+<td class="{{ 'alert' if e.passed == false else 'ok' }}" data-gate="{{ e.passed }}">{% if e.gate %}{{ 'pass' if e.passed else ('FAIL' if e.passed == false else 'not judged') }}: {{ e.gate }}{% else %}-{% endif %}</td></tr>{% endfor %}
+</table>{% else %}<p class="none">This run evaluated no model.</p>{% endif %}
 </body>
 </html>
 """

@@ -161,7 +161,8 @@ def _generation_rows(row: dict[str, Any], model: str, done: Replay) -> list[dict
 
 
 def materialize(ctx: ExportContext[EvalConfig]) -> None:
-    rows = ctx.table("eval").to_pylist()
+    order = {name: n for n, name in enumerate(METRIC_NAMES)}
+    rows = sorted(ctx.table("eval").to_pylist(), key=lambda row: order.get(row["metric"], len(order)))
     digests = {ref.name: ref.sha256 for ref in ctx.input_refs}
     adapter = digests.get("artifact:adapter")
     header = {"base model": f"sha256 {digests.get('external:model')}",

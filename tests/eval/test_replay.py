@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.eval.replay import NO_RECORDED_RESULT, PromptTooLong, replay, rollout
-from pipeline.eval.scorecard import METRIC_NAMES, Tally, gate_failures, markdown, schemas_of, scorecard
+from pipeline.eval.scorecard import (
+    METRIC_NAMES,
+    Tally,
+    gate_failures,
+    markdown,
+    schemas_of,
+    scorecard,
+)
 
 TOOLS = [{"type": "function", "function": {"name": "Bash", "parameters": {
     "type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}}]

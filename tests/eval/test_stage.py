@@ -138,3 +138,27 @@ def test_without_an_adapter_the_base_is_measured_and_no_gate_is_judged(tmp_path:
     assert not any(i.name.startswith("artifact:") for i in receipt.inputs)
     assert receipt.stats["gates"] == {"loop_rate": None, "text_answer_rate": None}
     assert receipt.records_out > 0
+
+
+def test_a_failed_gate_fails_the_stage_and_run_all_says_which(tmp_path: Path) -> None:
+    """The gates' verdicts from scripted models (a looping adapter) as a stage's
+    validation: the run fails and the CLI's failure lines name the gate."""
+    from pipeline.cli.main import failure_lines
+    from pipeline.core.stage import Stage, StageContext, StageResult, Traits
+    from pipeline.eval.scorecard import gate_failures, scorecard
+    from schemas.datasets import EVAL
+    from schemas.tables import from_rows
+    from tests.drift.toy import NoConfig
+    from tests.eval.test_replay import good_agent, looping_agent, tally
+
+    def gated(ctx: StageContext) -> StageResult:
+        rows = scorecard(tally(good_agent), tally(looping_agent), {"loop_rate": 0.0})
+        return StageResult(tables={"eval": from_rows(EVAL, rows)}, records_in=0, records_out=0,
+                           validation_errors=gate_failures(rows))
+
+    stage = Stage(name="gated", version="1", config_model=NoConfig, inputs=(), outputs=(EVAL,), run=gated,
+                  traits=Traits(maps_records=False))
+    result = Runner([stage], RunOptions(root=tmp_path, sources=[])).run()
+    assert not result.ok
+    (line,) = failure_lines(result.outcomes)
+    assert line.startswith("gated failed: eval gate loop_rate: adapter <= base fails (base 0.0, adapter 1.0)")
