@@ -163,8 +163,8 @@ def _define_adapters(con: duckdb.DuckDBPyConnection, receipts: list[StageReceipt
     names = ["adapters"]
     if {"train_rows", "sessions"} <= tables:
         con.execute(
-            "CREATE OR REPLACE VIEW adapter_lineage AS SELECT a.adapter, t.task_id, t.session_id, s.source_file, "
-            "t.times_seen FROM adapters a JOIN train_rows t ON a.stage = 'train' "
+            "CREATE OR REPLACE VIEW adapter_lineage AS SELECT a.adapter, t.objective, t.task_id, t.session_id, "
+            "s.source_file, t.times_seen FROM adapters a JOIN train_rows t ON a.stage = 'train' "
             "JOIN sessions s ON s.session_id = t.session_id"
         )
         names.append("adapter_lineage")

@@ -207,12 +207,16 @@ class TrainStepRow(_Row):
     loss: float
     lr: float
     grad_norm: float
-    tokens: int = Field(description="Tokens in the packs of the step.")
+    tokens: int = Field(description="Tokens the step read (its packs, and its SDPO row and pair, if any).")
+    sft_loss: float | None = Field(None, description="Masked cross-entropy (per trained token).")
+    sdpo_loss: float | None = Field(None, description="SDPO divergence, unweighted; null when SDPO is off.")
+    dpo_loss: float | None = Field(None, description="DPO loss, unweighted; null when DPO is off.")
 
 
 class TrainRowRow(_Row):
     """An example a LoRA run trained on (its packs were reached before max_steps)."""
 
+    objective: str = Field("sft", description="sft, sdpo (a hint-distillation row) or dpo (a side of a pair).")
     task_id: str
     session_id: str
     times_seen: int = Field(description="Micro-steps whose pack held it (packs are cycled).")
@@ -271,7 +275,7 @@ KTO = TableSpec("kto", KtoRow, ("session_id", "task_id"))
 COLLATED_SFT = TableSpec("collated_sft", CollatedSftRow, ("split", "session_id", "task_id"), dataset=True)
 COLLATED_PREFERENCE = TableSpec("collated_preference", CollatedPreferenceRow, ("pair_id",), dataset=True)
 TRAIN_STEPS = TableSpec("train_steps", TrainStepRow, ("step",))
-TRAIN_ROWS = TableSpec("train_rows", TrainRowRow, ("session_id", "task_id"))
+TRAIN_ROWS = TableSpec("train_rows", TrainRowRow, ("objective", "session_id", "task_id"))
 EVAL = TableSpec("eval", EvalMetricRow, ("metric",))
 EVAL_GENERATIONS = TableSpec("eval_generations", EvalGenerationRow, ("task_id", "model", "mode", "position"))
 COLLATED_SDPO = TableSpec("collated_sdpo", CollatedSdpoRow, ("split", "session_id", "task_id", "failing_index"),

@@ -60,6 +60,9 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(64, ge=1, description="Token budget of one generation.")
     max_prompt_tokens: int = Field(4096, ge=16, description="Longer prompts are not asked.")
     step_cap: int = Field(6, ge=1, description="Model steps a rollout may take before it counts as a loop.")
+    threads: int = Field(0, ge=0, description="CPU threads for decoding; 0: one for a model under 50M "
+                                              "parameters (its per-token ops are too small to split), else "
+                                              "torch's default.")
     gates: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_GATES),
         description="Metric -> how much worse than the base the adapter may be (0: no worse). "
@@ -101,11 +104,13 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
     except Refused as refused:
         raise TracelakeError(f"eval cannot use the chat template {template.name!r}: {refused}") from None
     deterministic = torch_deterministic()
-    try:
-        import torch
+    import torch
 
+    threads = torch.get_num_threads()
+    try:
         torch.use_deterministic_algorithms(True)
         model = load_models(folder, adapter_folder)
+        torch.set_num_threads(decode_threads(model, config.threads))
         generator = Generator(model, renderer, config.max_new_tokens, config.max_prompt_tokens)
         models = ["base"] + (["adapter"] if adapter_folder is not None else [])
         tallies = {name: Tally() for name in models}
@@ -124,6 +129,7 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
                 generations += _generation_rows(row, name, done)
     finally:
         restore_deterministic(deterministic)
+        torch.set_num_threads(threads)
     filtered["nothing_to_ask"] = nothing_to_ask
     rows = scorecard(tallies["base"], tallies.get("adapter"), config.gates)
     failures = gate_failures(rows)
@@ -145,6 +151,21 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
         },
         validation_errors=failures,
     )
+
+
+SMALL_MODEL = 50_000_000
+
+
+def decode_threads(model: Any, wanted: int) -> int:
+    """Greedy decoding runs one token at a time: a small model's ops take microseconds,
+    and a second thread only adds synchronisation, which turns into spinning when other
+    processes share the cores (docs/EVAL.md has the measurement)."""
+    import torch
+
+    if wanted:
+        return wanted
+    parameters = sum(p.numel() for p in model.parameters())
+    return 1 if parameters < SMALL_MODEL else int(torch.get_num_threads())
 
 
 def _generation_rows(row: dict[str, Any], model: str, done: Replay) -> list[dict[str, Any]]:

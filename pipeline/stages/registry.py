@@ -23,7 +23,7 @@ REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "export-rag": ("pipeline.stages.export_rag", ("collect", "score")),
     "export-preference": ("pipeline.stages.export_preference", ("collect", "score")),
     "collate": ("pipeline.stages.collate", ("collect", "export-sft", "export-preference")),
-    "train": ("pipeline.stages.train", ("collate",)),
+    "train": ("pipeline.stages.train", ("score", "export-sft", "export-preference", "collate")),
     "eval": ("pipeline.stages.eval", ("export-sft", "train")),
 }
 STAGE_NAMES: tuple[str, ...] = tuple(REGISTRY)

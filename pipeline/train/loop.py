@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.errors import TracelakeError
+from pipeline.train.objectives import PreferenceExample, SdpoExample, dpo_loss, sdpo_loss
 from pipeline.train.packing import Pack
 
 
@@ -40,22 +41,57 @@ class TrainSettings(BaseModel):
     gradient_accumulation: int = Field(1, ge=1)
     seed: int = 0
     checkpoint_every: int = Field(5, ge=1)
+    sdpo_weight: float = Field(0.0, ge=0, description="Weight of the SDPO hint-distillation loss (0: off); "
+                                                      "one train-split SDPO row per step, cycled.")
+    sdpo_divergence: Literal["reverse_kl", "jsd"] = Field("reverse_kl", description="Student to teacher, per token.")
+    dpo_weight: float = Field(0.0, ge=0, description="Weight of the DPO loss on preference pairs (0: off); one "
+                                                     "pair per step, cycled.")
+    dpo_beta: float = Field(0.1, gt=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the device supports "
+                                                                          "it (cuda), else fp32.")
 
 
 @dataclass
 class Step:
     step: int
-    loss: float
+    loss: float  # the weighted total the optimizer stepped on
     lr: float
     grad_norm: float
     tokens: int
     tokens_per_sec: float
     timestamp: float
+    sft_loss: float | None = None
+    sdpo_loss: float | None = None  # unweighted; None when SDPO is off
+    dpo_loss: float | None = None
 
     def record(self) -> dict[str, Any]:
         """The step log's line for this step."""
         return {"type": "step", "step": self.step, "loss": self.loss, "lr": self.lr, "grad_norm": self.grad_norm,
-                "tokens_per_sec": round(self.tokens_per_sec, 1), "timestamp": self.timestamp}
+                "tokens_per_sec": round(self.tokens_per_sec, 1), "timestamp": self.timestamp,
+                "sft_loss": self.sft_loss, "sdpo_loss": self.sdpo_loss, "dpo_loss": self.dpo_loss}
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str  # cpu, cuda, mps
+    dtype: str  # float32, bfloat16
+
+
+def resolve_device(settings: TrainSettings) -> Device:
+    import torch
+
+    name = settings.device
+    if name == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps is not None and mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TracelakeError("train: device = cuda, but torch sees no CUDA device")
+    bf16 = name == "cuda" and torch.cuda.is_bf16_supported()
+    if settings.precision == "bf16" and name != "cuda":
+        raise TracelakeError(f"train: precision = bf16 needs a CUDA device (this one: {name})")
+    dtype = "bfloat16" if settings.precision == "bf16" or (settings.precision == "auto" and bf16) else "float32"
+    return Device(name, dtype)
 
 
 def used_packs(count: int, settings: TrainSettings) -> list[int]:
@@ -88,12 +124,13 @@ def pack_loss(model: Any, pack: Pack) -> Any:
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     if decoder is None or head is None:
         raise TracelakeError(f"train cannot split {type(base).__name__} into a decoder and an LM head")
-    input_ids = torch.tensor([pack.input_ids])
-    position_ids = torch.tensor([pack.position_ids])
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([pack.input_ids], device=device)
+    position_ids = torch.tensor([pack.position_ids], device=device)
     hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-    chosen = hidden[0, torch.tensor(pack.sources, dtype=torch.long)]
+    chosen = hidden[0, torch.tensor(pack.sources, dtype=torch.long, device=device)]
     logits = head(chosen).float()
-    return F.cross_entropy(logits, torch.tensor(pack.targets, dtype=torch.long), reduction="sum")
+    return F.cross_entropy(logits, torch.tensor(pack.targets, dtype=torch.long, device=device), reduction="sum")
 
 
 def torch_deterministic() -> bool:
@@ -110,7 +147,7 @@ def restore_deterministic(before: bool) -> None:
     torch.use_deterministic_algorithms(before)
 
 
-def load_lora(model_folder: Path, settings: TrainSettings) -> Any:
+def load_lora(model_folder: Path, settings: TrainSettings, device: Device | None = None) -> Any:
     from pipeline.core.imports import allow_pandas, quiet_transformers
 
     allow_pandas()  # transformers' model classes import it
@@ -119,20 +156,25 @@ def load_lora(model_folder: Path, settings: TrainSettings) -> Any:
     import transformers
     from peft import LoraConfig, get_peft_model
 
+    device = device or Device("cpu", "float32")
     torch.manual_seed(settings.seed)
-    torch.use_deterministic_algorithms(True)
+    # Deterministic on the CPU; on an accelerator some kernels have no deterministic
+    # version, so it warns instead of failing (the stage's trait is tolerance).
+    torch.use_deterministic_algorithms(True, warn_only=device.name != "cpu")
     model_class: Any = transformers.AutoModelForCausalLM
-    base = model_class.from_pretrained(str(model_folder), local_files_only=True, dtype=torch.float32)
+    base = model_class.from_pretrained(str(model_folder), local_files_only=True, dtype=getattr(torch, device.dtype))
     config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                         target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(base, config)
+    return get_peft_model(base, config).to(device.name)
 
 
 def train(
     model: Any, packs: Sequence[Pack], settings: TrainSettings, log: Callable[[dict[str, Any]], None],
     save_state: Callable[[bytes], None], saved_state: bytes | None,
+    sdpo: Sequence[SdpoExample] = (), pairs: Sequence[PreferenceExample] = (),
 ) -> list[Step]:
-    """Runs ``settings.max_steps`` optimizer steps over ``packs`` (cycled in order)."""
+    """Runs ``settings.max_steps`` optimizer steps over ``packs`` (cycled in order); with
+    a weight, each step adds one SDPO row and one preference pair (each cycled)."""
     import torch
 
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -158,16 +200,33 @@ def train(
         group_packs = [packs[i] for i in schedule[step * settings.gradient_accumulation:
                                                   (step + 1) * settings.gradient_accumulation]]
         trained = sum(len(p.targets) for p in group_packs)
-        total, tokens = 0.0, 0
+        sft, tokens = 0.0, 0
         for pack in group_packs:
             loss = pack_loss(model, pack) / trained
             loss.backward()
-            total += float(loss.detach())
+            sft += float(loss.detach())
             tokens += pack.tokens
+        extra: dict[str, float | None] = {"sdpo_loss": None, "dpo_loss": None}
+        total = sft
+        if settings.sdpo_weight and sdpo:
+            example = sdpo[step % len(sdpo)]
+            loss = sdpo_loss(model, example, settings.sdpo_divergence)
+            (settings.sdpo_weight * loss).backward()
+            extra["sdpo_loss"] = float(loss.detach())
+            total += settings.sdpo_weight * float(loss.detach())
+            tokens += len(example.student_ids)
+        if settings.dpo_weight and pairs:
+            pair = pairs[step % len(pairs)]
+            loss = dpo_loss(model, pair, settings.dpo_beta)
+            (settings.dpo_weight * loss).backward()
+            extra["dpo_loss"] = float(loss.detach())
+            total += settings.dpo_weight * float(loss.detach())
+            tokens += len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, 1.0))
         optimizer.step()
         elapsed = time.perf_counter() - began
-        done = Step(step, total, _lr(settings, step), norm, tokens, tokens / elapsed if elapsed else 0.0, time.time())
+        done = Step(step, total, _lr(settings, step), norm, tokens, tokens / elapsed if elapsed else 0.0, time.time(),
+                    sft_loss=sft, **extra)
         steps.append(done)
         log(done.record())
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.max_steps:
