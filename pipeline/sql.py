@@ -73,7 +73,7 @@ def inputs_table(receipts: list[StageReceipt]) -> pa.Table:
     for r in receipts:
         for i in r.inputs:
             kind = i.name.partition(":")[0] if ":" in i.name else "table"
-            digest = i.sha256 if kind == "external" and i.sha256 else i.xxh3_128
+            digest = i.sha256 if kind in ("external", "artifact") and i.sha256 else i.xxh3_128
             rows.append(RunInputRow(run_id=r.run_id, stage=r.stage, input=i.name, kind=kind, digest=digest,
                                     rows=i.rows, location=i.location))
     return _rows_table(RunInputRow, rows)
@@ -108,6 +108,19 @@ def define_views(
         path = where.as_posix().replace("'", "''")
         con.execute(f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT * FROM read_parquet('{path}')")
         names.append(name)
+    # A stage that ran and failed only its validation (a failed eval gate, a firewall
+    # finding) wrote and signed its tables: they stay queryable under their names, for
+    # the run where they matter most; the receipts view says the stage failed. They are
+    # no input of any later stage (the run skipped those).
+    for receipt in load_run_receipts(layout, run_id, keys):
+        if receipt.status != "ok" and receipt.error is None:
+            for ref in receipt.outputs:
+                if ref.name in names:
+                    continue
+                where = Path(ref.path) if relative else (layout.root / ref.path).resolve()
+                path = where.as_posix().replace("'", "''")
+                con.execute(f"CREATE OR REPLACE VIEW {_quote(ref.name)} AS SELECT * FROM read_parquet('{path}')")
+                names.append(ref.name)
     quarantines = [n for n in names if n.endswith("_quarantine")]
     if quarantines:
         union = " UNION ALL BY NAME ".join(f"SELECT * FROM {_quote(n)}" for n in quarantines)

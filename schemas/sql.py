@@ -57,8 +57,8 @@ class RunInputRow(_Row):
 
     run_id: str
     stage: str
-    input: str = Field(description="A table name, source:<kind> or external:<name>.")
-    kind: str = Field(description="table, source or external.")
-    digest: str = Field(description="Tree digest (sha256) of an external input, else its xxh3-128.")
+    input: str = Field(description="A table name, source:<kind>, external:<name> or artifact:<name>.")
+    kind: str = Field(description="table, source, external or artifact.")
+    digest: str = Field(description="Tree digest (sha256) of an external input or an artifact, else its xxh3-128.")
     rows: int | None
     location: str | None = Field(description="Where an external input was read.")

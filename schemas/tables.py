@@ -41,6 +41,9 @@ class ArtifactSpec:
     description: str
     # A stage may leave it out (a training run with nothing to train makes no adapter).
     optional: bool = False
+    # A model others load (an adapter): its export gets an OpenSSF model-signing
+    # signature beside it (``<name>.sig``, ``<name>.pub.pem``; pipeline.core.openssf).
+    model: bool = False
 
     def __post_init__(self) -> None:
         check_name("artifact", self.name)

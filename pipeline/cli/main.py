@@ -199,15 +199,16 @@ def _run(
             f"cleared what killed runs left: {cleanup.temp_files} temp file(s) "
             f"({cleanup.temp_bytes:,} bytes), {len(cleanup.unfinished_runs)} unfinished run folder(s)"
         ))
-    for line in failure_lines(result.outcomes):
+    for line in failure_lines(result.outcomes, runner.layout.failed_exports / result.run_id):
         err_console.print(Text(line, style="red"))
     if not result.ok:
         raise typer.Exit(1)
 
 
-def failure_lines(outcomes: list[Any], most: int = 5) -> list[str]:
+def failure_lines(outcomes: list[Any], withheld: Path | None = None, most: int = 5) -> list[str]:
     """Why each stage that did not pass failed, one line per reason (a failed eval gate,
-    a firewall finding, an error), so a red row in the table is never left unexplained."""
+    a firewall finding, an error), so a red row in the table is never left unexplained,
+    and where its withheld exports were kept."""
     lines = []
     for outcome in outcomes:
         if outcome.status == "skipped_upstream_failed":
@@ -220,6 +221,8 @@ def failure_lines(outcomes: list[Any], most: int = 5) -> list[str]:
         lines += [f"{outcome.stage} failed: {reason}" for reason in reasons[:most]]
         if len(reasons) > most:
             lines.append(f"{outcome.stage}: {len(reasons) - most} more in its receipt")
+        if withheld is not None and (withheld / outcome.stage).exists():
+            lines.append(f"{outcome.stage}: its exports were withheld from exports/, kept at {withheld / outcome.stage}")
     return lines
 
 
@@ -359,6 +362,8 @@ def keygen(
 @receipts_app.command("pubkey")
 def receipts_pubkey(
     key: Annotated[Path | None, typer.Option("--key", help="Private key file.")] = None,
+    model_signing: Annotated[bool, typer.Option(
+        "--model-signing", help="The P-256 key adapters are signed with for OpenSSF model_signing instead.")] = False,
 ) -> None:
     """Print the signing key's public key as PEM, for third-party DSSE verification."""
     from pipeline.core.signing import load_key, public_pem
@@ -367,6 +372,11 @@ def receipts_pubkey(
         private = load_key(key)
     except TracelakeError as exc:
         raise fail(str(exc)) from exc
+    if model_signing:
+        from pipeline.core import openssf
+
+        typer.echo(openssf.public_pem(private).decode("ascii"), nl=False)
+        return
     typer.echo(public_pem(private.public_key()), nl=False)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline import __version__
-from pipeline.core import exports, externals
+from pipeline.core import exports, externals, openssf
 from pipeline.core.artifacts import INPUT_PREFIX as ARTIFACT_INPUT_PREFIX
 from pipeline.core.artifacts import artifact_input, artifact_inputs
 from pipeline.core.cache import Lookup, cache_key, lookup
@@ -282,17 +282,21 @@ class Runner:
             artifacts={ref.name: ref for ref in run.artifacts},
         )
         try:
+            models = {spec.name for spec in stage.artifacts if spec.model}
             for artifact in run.artifacts:  # published as copies: an edit there never reaches the store
                 exports.copy_tree(self.layout.root / artifact.path, scratch / artifact.name)
+                if artifact.name in models:  # checkable with model_signing itself, without tracelake
+                    openssf.sign_model(scratch / artifact.name, scratch / f"{artifact.name}.sig", self.key)
+                    (scratch / f"{artifact.name}.pub.pem").write_bytes(openssf.public_pem(self.key))
             if stage.materialize is not None:
                 stage.materialize(ctx)
             errors = stage.validate(ctx) if stage.validate is not None else []
             run.secret_rescan = ctx.secret_rescan
-            if errors:
+            run.errors += errors
+            if run.errors:  # the stage's own verdict (a failed gate) or its validate hook's
                 # Never published: kept out of exports/ for inspection.
                 if scratch.exists():
                     exports.link_into(scratch, None, self.layout.failed_exports / self.run_id / stage.name)
-                run.errors += errors
                 return
             scratch.mkdir(parents=True, exist_ok=True)
             files = exports.describe(scratch)

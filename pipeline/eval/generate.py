@@ -4,8 +4,9 @@ One model is loaded: the adapter is applied with peft and switched off
 (``disable_adapter``) for the base, so both answer through the same code and
 template. Prompts are rendered with the same chat template and arguments collate
 trains with (``pipeline.collate.masks.Renderer``), generation prompt added. Decoding
-is greedy, capped at ``max_new_tokens``, and stops at the template's turn terminator or
-the tokenizer's end token. The same prompt asked twice of the same model (a rollout's
+is greedy (by hand: no sampling or penalty settings of the model folder apply), capped
+at ``max_new_tokens``, and stops at the template's turn terminator or an end token of
+the tokenizer or the model's generation config. The same prompt asked twice of the same model (a rollout's
 first step is often a replay point too) is answered from memory.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from pipeline.collate.masks import Refused, Renderer
 from pipeline.core.errors import TracelakeError
-from pipeline.eval.replay import Generate, PromptTooLong
+from pipeline.eval.replay import Generate, PromptTooLong, Reply
 
 
 def load_models(model_folder: Path, adapter_folder: Path | None) -> Any:
@@ -48,24 +49,26 @@ class Generator:
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
         tokenizer = renderer.tokenizer
-        stops = {tokenizer.eos_token_id}
+        stops: set[Any] = {tokenizer.eos_token_id}
         terminator_ids = tokenizer(renderer.terminator, add_special_tokens=False)["input_ids"]
         if terminator_ids:
             stops.add(terminator_ids[0])
-        self.stops = sorted(int(i) for i in stops if i is not None)
+        own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # <|endoftext|> too
+        stops |= set(own) if isinstance(own, list) else {own}
+        self.stops = sorted(int(i) for i in stops if isinstance(i, int))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stops[0]
-        self._answers: dict[tuple[bool, str], str] = {}
+        self._answers: dict[tuple[bool, str], Reply] = {}
         self.prompts = 0
         self.generated_tokens = 0
 
     def for_model(self, adapter: bool) -> Generate:
-        def generate(messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        def generate(messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None) -> Reply:
             return self.generate(messages, tools, adapter)
 
         return generate
 
     def generate(self, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None,
-                 adapter: bool) -> str:
+                 adapter: bool) -> Reply:
         try:
             prompt = self.renderer.text(messages, tools, generation_prompt=True)
             ids, _ = self.renderer.encode(prompt)
@@ -78,7 +81,10 @@ class Generator:
             self._answers[key] = self._decode(ids, adapter)
         return self._answers[key]
 
-    def _decode(self, ids: list[int], adapter: bool) -> str:
+    def _decode(self, ids: list[int], adapter: bool) -> Reply:
+        """Greedy decoding by hand, with the KV cache: ``generate`` would merge the model
+        folder's generation settings (a repetition penalty, say) into any config given,
+        and those would hide the very repetition the eval measures."""
         import contextlib
 
         import torch
@@ -86,18 +92,19 @@ class Generator:
         model = self.model
         switch = contextlib.nullcontext() if adapter or not hasattr(model, "disable_adapter") \
             else model.disable_adapter()
-        inputs = torch.tensor([ids])
+        device = next(model.parameters()).device
+        new: list[int] = []
+        stopped = False
         with switch, torch.no_grad():
-            out = model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=self.max_new_tokens,
-                do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                eos_token_id=self.stops, pad_token_id=self.pad,
-            )
-        new = [int(i) for i in out[0, len(ids):].tolist()]
-        for index, token in enumerate(new):
-            if token in self.stops:
-                new = new[:index]
-                break
+            out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
+            for _ in range(self.max_new_tokens):
+                token = int(out.logits[0, -1].argmax())
+                if token in self.stops:
+                    stopped = True
+                    break
+                new.append(token)
+                out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values,
+                            use_cache=True, logits_to_keep=1)
         self.prompts += 1
         self.generated_tokens += len(new)
-        return str(self.renderer.tokenizer.decode(new, skip_special_tokens=False))
+        return Reply(str(self.renderer.tokenizer.decode(new, skip_special_tokens=False)), truncated=not stopped)

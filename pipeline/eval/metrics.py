@@ -46,15 +46,17 @@ class Generation:
     calls: list[Call] = field(default_factory=list)
     parse_failures: int = 0
     text_after_call: bool = False
+    truncated: bool = False  # cut at the token budget, not ended by the model
 
     @property
     def answered_in_text(self) -> bool:
-        """A text answer: something said and no call attempted."""
-        return bool(self.text.strip()) and not self.calls and not self.parse_failures
+        """A text answer: something said, no call attempted, and ended by the model (a
+        reply cut at the budget, inside its thinking say, is no answer)."""
+        return bool(self.text.strip()) and not self.calls and not self.parse_failures and not self.truncated
 
 
-def parse(text: str) -> Generation:
-    generation = Generation(text)
+def parse(text: str, truncated: bool = False) -> Generation:
+    generation = Generation(text, truncated=truncated)
     for match in CALL.finditer(text):
         try:
             payload = json.loads(match.group(1))

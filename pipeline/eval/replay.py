@@ -13,11 +13,14 @@ and never answered. So a recorded conversation is replayed two ways, with any
 - **a rollout**: from the first user message the model runs on its own; each call it
   makes is answered with the next recorded tool result, in order (what the
   environment returned at that point of the recorded turn; a fixed note once they are
-  used up), until it answers in text, repeats a call three times in a row, or reaches
-  the step cap. The last two are loops.
+  used up), until it answers in text, repeats a call three times in a row, or is still
+  calling when it reaches the step cap (the recorded turn's own steps plus a margin,
+  so a faithful long turn is no loop) or outgrows the prompt budget. All but the
+  first are loops.
 
-A prompt longer than the model's budget is no point (counted); a rollout whose context
-outgrows it ends there, neither answered nor looped.
+A reply cut at the token budget is neither an answer nor a call. A point whose prompt
+is longer than the budget is not asked (counted); neither is a rollout whose first
+prompt is.
 """
 
 from __future__ import annotations
@@ -36,7 +39,23 @@ class PromptTooLong(Exception):
     """The rendered prompt does not fit the generator's budget."""
 
 
-Generate = Callable[[Sequence[Mapping[str, Any]], list[dict[str, Any]] | None], str]
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    truncated: bool  # the token budget ended it, not the model
+
+
+# A model: the history and the tools in, its next message out (plain text: a reply the
+# model ended itself).
+Generate = Callable[[Sequence[Mapping[str, Any]], list[dict[str, Any]] | None], "str | Reply"]
+
+
+def _ask(generate: Generate, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None
+         ) -> Generation:
+    reply = generate(messages, tools)
+    if isinstance(reply, Reply):
+        return parse(reply.text, reply.truncated)
+    return parse(reply)
 
 
 @dataclass(frozen=True)
@@ -52,12 +71,14 @@ class Point:
 
 @dataclass
 class Rollout:
+    cap: int
     generations: list[Generation] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     results_fed: int = 0
     answered: bool = False
     looped: bool = False
     context_exhausted: bool = False
+    first_is_point: bool = False  # its first prompt is a replay point's too (same reply)
 
     @property
     def steps(self) -> int:
@@ -68,7 +89,12 @@ class Rollout:
 class Replay:
     points: list[Point]
     points_too_long: int
-    rollout: Rollout | None  # None: not even the first prompt fits
+    rollout: Rollout | None  # None: no user message to start from
+
+    @property
+    def prompts_too_long(self) -> int:
+        rollout_unasked = self.rollout is not None and not self.rollout.generations
+        return self.points_too_long + rollout_unasked
 
 
 def _recorded_call(message: Mapping[str, Any]) -> bool:
@@ -90,11 +116,11 @@ def replay_points(messages: Sequence[Mapping[str, Any]], tools: list[dict[str, A
         if after not in ("user", "tool"):
             continue
         try:
-            text = generate(messages[:index], tools)
+            generation = _ask(generate, messages[:index], tools)
         except PromptTooLong:
             too_long += 1
             continue
-        points.append(Point(index, after, _recorded_call(message), _recorded_answer(message), parse(text)))
+        points.append(Point(index, after, _recorded_call(message), _recorded_answer(message), generation))
     return points, too_long
 
 
@@ -111,23 +137,27 @@ def assistant_message(generation: Generation, step: int) -> dict[str, Any]:
     return message
 
 
+def recorded_steps(messages: Sequence[Mapping[str, Any]]) -> int:
+    """The assistant steps of the recorded turn after the first user message."""
+    first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), len(messages))
+    return sum(m.get("role") == "assistant" for m in messages[first_user + 1:])
+
+
 def rollout(messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None, generate: Generate,
-            step_cap: int, loop_repeats: int = 3) -> Rollout | None:
+            step_margin: int, loop_repeats: int = 3) -> Rollout | None:
     first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
     if first_user is None:
         return None
     context = [dict(m) for m in messages[:first_user + 1]]
     results = [m.get("content") for m in messages[first_user + 1:] if m.get("role") == "tool"]
-    run = Rollout()
-    while run.steps < step_cap:
+    run = Rollout(cap=recorded_steps(messages) + step_margin)
+    while run.steps < run.cap:
         try:
-            text = generate(context, tools)
-        except PromptTooLong:
-            if not run.generations:
-                return None
+            generation = _ask(generate, context, tools)
+        except PromptTooLong:  # still calling when the context ran out: no answer in sight
             run.context_exhausted = True
+            run.looped = bool(run.generations)
             return run
-        generation = parse(text)
         run.generations.append(generation)
         if not generation.calls:  # an answer, or nothing usable: the turn ends either way
             run.answered = generation.answered_in_text
@@ -149,6 +179,10 @@ def rollout(messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] |
 
 
 def replay(messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None, generate: Generate,
-           step_cap: int) -> Replay:
+           step_margin: int) -> Replay:
     points, too_long = replay_points(messages, tools, generate)
-    return Replay(points, too_long, rollout(messages, tools, generate, step_cap))
+    run = rollout(messages, tools, generate, step_margin)
+    if run is not None:
+        first_user = next(i for i, m in enumerate(messages) if m.get("role") == "user")
+        run.first_is_point = any(p.index == first_user + 1 for p in points)
+    return Replay(points, too_long, run)

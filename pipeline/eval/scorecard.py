@@ -30,7 +30,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("call_rate", "points", True,
            "steps where the recorded agent called a tool: the model attempted a call too"),
     Metric("call_parse_rate", "points", True,
-           "attempted calls (at those steps) that parse"),
+           "call blocks the model wrote at those steps that parse"),
     Metric("schema_valid_rate", "points", True,
            "parsed calls (at those steps) whose tool exists and whose arguments validate"),
     Metric("empty_argument_rate", "points", False,
@@ -42,11 +42,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("rollout_answer_rate", "rollout", True,
            "rollouts from the first user message that end in a text answer within the step cap"),
     Metric("loop_rate", "rollout", False,
-           "rollouts that repeat a call three times in a row or reach the step cap"),
+           "rollouts that repeat a call three times in a row, or are still calling at the step cap "
+           "(the recorded turn's steps plus a margin) or when the context runs out"),
     Metric("argument_repetition_rate", "all", False,
            "calls with a line repeated more than three times inside an argument"),
     Metric("text_after_call_rate", "all", False,
            "generations with a closed call that go on with text after it"),
+    Metric("truncated_rate", "all", False,
+           "generations cut at the token budget (neither an answer nor a call)"),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 DEFAULT_GATES: dict[str, float] = {"text_answer_rate": 0.0, "loop_rate": 0.0}
@@ -68,13 +71,14 @@ class Tally:
 
     def _generation(self, generation: Generation) -> None:
         self.generations += 1
+        self._add("truncated_rate", generation.truncated)
         self._add("argument_repetition_rate", sum(repeats_a_line(c) for c in generation.calls),
                   len(generation.calls))
         if "</tool_call>" in generation.text:
             self._add("text_after_call_rate", generation.text_after_call)
 
     def add(self, replay: Replay, schemas: Mapping[str, Mapping[str, Any]]) -> None:
-        self.prompts_too_long += replay.points_too_long + (replay.rollout is None)
+        self.prompts_too_long += replay.prompts_too_long
         for point in replay.points:
             self.points += 1
             generation = point.generation
@@ -82,9 +86,8 @@ class Tally:
             self._generation(generation)
             if point.recorded_called:
                 self._add("call_rate", attempted)
-                if attempted:
-                    self._add("call_parse_rate", not generation.parse_failures)
                 calls = generation.calls
+                self._add("call_parse_rate", len(calls), len(calls) + generation.parse_failures)
                 self._add("schema_valid_rate", sum(schema_valid(c, schemas) for c in calls), len(calls))
                 self._add("empty_argument_rate", sum(empty_arguments(c, schemas) for c in calls), len(calls))
             else:
@@ -92,9 +95,10 @@ class Tally:
             if point.after == "tool" and point.recorded_answered:
                 self._add("text_answer_rate", generation.answered_in_text)
         run = replay.rollout
-        if run is not None:
+        if run is not None and run.generations:  # a rollout whose first prompt did not fit: not asked
             self.rollouts += 1
-            for generation in run.generations:
+            # Its first reply is a replay point's when they share the prompt: counted once.
+            for generation in run.generations[1 if run.first_is_point else 0:]:
                 self._generation(generation)
             self._add("rollout_answer_rate", run.answered)
             self._add("loop_rate", run.looped)
@@ -152,9 +156,18 @@ def scorecard(base: Tally, adapter: Tally | None, gates: Mapping[str, float]) ->
     return rows
 
 
-def gate_failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [f"eval gate {row['metric']}: {row['gate']} fails (base {row['base']}, adapter {row['adapter']})"
-            for row in rows if row["passed"] is False]
+def gate_failures(rows: Sequence[Mapping[str, Any]], adapter: bool) -> list[str]:
+    """A gate that fails, and, when there is an adapter to judge, a gate that could not be
+    judged (a rate over nothing): an eval that measured nothing passes nothing."""
+    failures = []
+    for row in rows:
+        if row["passed"] is False:
+            failures.append(f"eval gate {row['metric']}: {row['gate']} fails "
+                            f"(base {row['base']}, adapter {row['adapter']})")
+        elif adapter and row["gate"] is not None and row["passed"] is None:
+            failures.append(f"eval gate {row['metric']}: not judged, no case to count it on "
+                            f"(base over {row['base_n']}, adapter over {row['adapter_n']})")
+    return failures
 
 
 def _cell(value: Any) -> str:

@@ -13,6 +13,8 @@ exits non-zero and says which gate.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
@@ -41,7 +43,7 @@ from pipeline.eval.scorecard import (
     scorecard,
 )
 from pipeline.train.loop import restore_deterministic, torch_deterministic
-from pipeline.train.model import default_model
+from pipeline.train.model import BASE_PREFIX, default_model
 from schemas.datasets import EVAL, EVAL_GENERATIONS
 from schemas.tables import from_rows
 
@@ -55,29 +57,45 @@ class EvalConfig(BaseModel):
                                         "digest, not its path, is in the cache key.")
     template: str = Field("auto", description="The chat template prompts are rendered with (as collate's).")
     template_kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
-    split: str = Field("valid", description="The SFT split evaluated (never the one trained on).")
+    split: str = Field("valid", description="The SFT split evaluated (never train, the one trained on).")
     max_examples: int = Field(16, ge=1, description="Held-out conversations replayed (by task_id order).")
     max_new_tokens: int = Field(64, ge=1, description="Token budget of one generation.")
     max_prompt_tokens: int = Field(4096, ge=16, description="Longer prompts are not asked.")
-    step_cap: int = Field(6, ge=1, description="Model steps a rollout may take before it counts as a loop.")
+    step_margin: int = Field(3, ge=1, description="Steps a rollout may take beyond the recorded turn's own "
+                                                  "before, still calling, it counts as a loop.")
     threads: int = Field(0, ge=0, description="CPU threads for decoding; 0: one for a model under 50M "
                                               "parameters (its per-token ops are too small to split), else "
                                               "torch's default.")
     gates: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_GATES),
-        description="Metric -> how much worse than the base the adapter may be (0: no worse). "
-                    f"Metrics: {', '.join(METRIC_NAMES)}.",
+        description="Metric -> how much worse than the base the adapter may be (0: no worse), on top of the "
+                    f"defaults (text_answer_rate and loop_rate at 0). Metrics: {', '.join(METRIC_NAMES)}.",
     )
+    gates_off: list[str] = Field(default_factory=list, description="Default gates to drop, by metric.")
 
-    @field_validator("gates")
+    @field_validator("split")
     @classmethod
-    def _known_metrics(cls, gates: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(gates) - set(METRIC_NAMES))
+    def _held_out(cls, split: str) -> str:
+        if split == "train":
+            raise ValueError("eval measures a held-out split; train is the one the adapter learned from")
+        return split
+
+    @field_validator("gates", "gates_off")
+    @classmethod
+    def _known_metrics(cls, value: Any) -> Any:
+        import math
+
+        unknown = sorted(set(value) - set(METRIC_NAMES))
         if unknown:
             raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRIC_NAMES)}")
-        if any(value < 0 for value in gates.values()):
-            raise ValueError("a gate's tolerance is a non-negative amount")
-        return gates
+        if isinstance(value, dict) and any(not math.isfinite(v) or v < 0 for v in value.values()):
+            raise ValueError("a gate's tolerance is a finite amount >= 0")
+        return value
+
+    def active_gates(self) -> dict[str, float]:
+        """The defaults, then the given gates over them, less the ones turned off."""
+        merged = {**DEFAULT_GATES, **self.gates}
+        return {name: value for name, value in sorted(merged.items()) if name not in self.gates_off}
 
 
 def _engines() -> str:
@@ -97,6 +115,8 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
                 "beyond_max_examples": held_out.num_rows - len(chosen)}
     folder = ctx.external("model")
     adapter_folder = ctx.upstream_artifact("adapter")
+    if adapter_folder is not None:
+        _check_base(adapter_folder, ctx.externals["model"].sha256 or "")
     tokenizer = load_tokenizer(folder)
     template = choose_template(tokenizer, config.template)
     try:
@@ -118,7 +138,7 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
         evaluated, nothing_to_ask = 0, 0
         for row in ctx.tracker.track(chosen, len(chosen), "eval"):
             messages, tools = parse_json(row["messages"]) or [], tools_of(row["tools"])
-            replays = {name: replay(messages, tools, generator.for_model(name == "adapter"), config.step_cap)
+            replays = {name: replay(messages, tools, generator.for_model(name == "adapter"), config.step_margin)
                        for name in models}
             if all(not r.points and r.rollout is None for r in replays.values()):
                 nothing_to_ask += 1
@@ -131,8 +151,8 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
         restore_deterministic(deterministic)
         torch.set_num_threads(threads)
     filtered["nothing_to_ask"] = nothing_to_ask
-    rows = scorecard(tallies["base"], tallies.get("adapter"), config.gates)
-    failures = gate_failures(rows)
+    rows = scorecard(tallies["base"], tallies.get("adapter"), config.active_gates())
+    failures = gate_failures(rows, adapter_folder is not None)
     return StageResult(
         tables={"eval": from_rows(EVAL, rows), "eval_generations": from_rows(EVAL_GENERATIONS, generations)},
         records_in=table.num_rows,
@@ -151,6 +171,20 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
         },
         validation_errors=failures,
     )
+
+
+def _check_base(adapter: Path, base_digest: str) -> None:
+    """The adapter's config names the base it was trained on by digest (train writes it):
+    applied to another base, its scores would describe a model nobody trained."""
+    try:
+        named = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError):
+        named = None
+    if named != f"{BASE_PREFIX}{base_digest}":
+        raise TracelakeError(f"eval was given base model sha256 {base_digest[:16]}, but the adapter was trained "
+                             f"on {str(named).removeprefix(BASE_PREFIX)[:16]}: give eval the model train read "
+                             "([eval] model, or --external model=PATH for both)")
 
 
 SMALL_MODEL = 50_000_000

@@ -34,7 +34,7 @@ from pipeline.train.loop import (
     used_packs,
     write_log,
 )
-from pipeline.train.model import default_model
+from pipeline.train.model import BASE_PREFIX, default_model
 from pipeline.train.objectives import PreferenceExample, SdpoExample
 from pipeline.train.packing import Pack, pack
 from pipeline.train.probe import ProbeResult, ProbeThresholds, probe_log
@@ -234,7 +234,7 @@ def _save_adapter(model: Any, folder: Path, base_digest: str) -> None:
     (folder / "README.md").unlink(missing_ok=True)
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = f"tracelake-model-sha256-{base_digest}"
+    config["base_model_name_or_path"] = f"{BASE_PREFIX}{base_digest}"
     for name, value in config.items():  # peft writes sets (target_modules) in hash-seed order
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             config[name] = sorted(value)
@@ -260,7 +260,8 @@ STAGE = Stage(
     run=run,
     traits=Traits(determinism="tolerance", tolerance=1e-5, maps_records=False),
     artifacts=(
-        ArtifactSpec("adapter", "LoRA adapter: adapter_model.safetensors and adapter_config.json", optional=True),
+        ArtifactSpec("adapter", "LoRA adapter: adapter_model.safetensors and adapter_config.json", optional=True,
+                     model=True),
         ArtifactSpec("train_log", "step log: banner, step and run_complete lines", optional=True),
         ArtifactSpec("loss_curve", "the loss curve as a PNG", optional=True),
     ),

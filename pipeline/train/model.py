@@ -18,6 +18,8 @@ from pipeline.core.store import LakeLayout
 TINY = {"hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
         "num_hidden_layers": 2, "intermediate_size": 32, "max_position_embeddings": 4096}
 SEED = 0
+# How an adapter's config names its base: by the digest of the model folder, never a path.
+BASE_PREFIX = "tracelake-model-sha256-"
 
 
 def build_tiny_qwen3(folder: Path, tokenizer_folder: Path) -> None:

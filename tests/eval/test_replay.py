@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.eval.replay import NO_RECORDED_RESULT, PromptTooLong, replay, rollout
+from pipeline.eval.replay import NO_RECORDED_RESULT, PromptTooLong, Reply, replay, rollout
 from pipeline.eval.scorecard import (
     METRIC_NAMES,
     Tally,
@@ -62,7 +62,7 @@ def restless_agent(messages: Sequence[Mapping[str, Any]], tools: Any) -> str:
 
 
 def test_a_good_agent_answers_after_the_tool_result() -> None:
-    done = replay(recorded("make"), TOOLS, good_agent, step_cap=4)
+    done = replay(recorded("make"), TOOLS, good_agent, step_margin=4)
     assert [(p.index, p.after, p.recorded_called) for p in done.points] == [(1, "user", True), (3, "tool", False)]
     run = done.rollout
     assert run is not None and run.answered and not run.looped and run.steps == 2 and run.results_fed == 1
@@ -76,16 +76,27 @@ def test_the_rollout_feeds_recorded_results_in_order_then_a_note() -> None:
             seen.append(messages[-1]["content"])
         return call(f"step {len(seen)}") if len(seen) < 3 else "done"
 
-    run = rollout(recorded("make", "make test"), TOOLS, agent, step_cap=8)
+    run = rollout(recorded("make", "make test"), TOOLS, agent, step_margin=8)
     assert seen == ["out:make", "out:make test", NO_RECORDED_RESULT]
     assert run is not None and run.answered and run.results_fed == 3
 
 
 def test_three_identical_calls_are_a_loop_and_so_is_the_step_cap() -> None:
-    looped = replay(recorded("make"), TOOLS, looping_agent, step_cap=10).rollout
+    looped = replay(recorded("make"), TOOLS, looping_agent, step_margin=10).rollout
     assert looped is not None and looped.looped and looped.steps == 3 and not looped.answered
-    capped = replay(recorded("make"), TOOLS, restless_agent, step_cap=5).rollout
+    capped = replay(recorded("make"), TOOLS, restless_agent, step_margin=3).rollout  # 2 recorded steps + 3
     assert capped is not None and capped.looped and capped.steps == 5 and len({c.key for c in capped.calls}) == 5
+
+
+def test_the_cap_follows_the_recorded_turn_so_a_faithful_long_turn_is_no_loop() -> None:
+    steps = [f"step {n}" for n in range(8)]
+
+    def faithful(messages: Sequence[Mapping[str, Any]], tools: Any) -> str:
+        done = sum(m["role"] == "tool" for m in messages)
+        return call(steps[done]) if done < len(steps) else "All eight steps done."
+
+    run = replay(recorded(*steps), TOOLS, faithful, step_margin=1).rollout
+    assert run is not None and run.answered and not run.looped and run.steps == 9 and run.cap == 10
 
 
 def test_a_prompt_that_does_not_fit_is_counted_not_asked() -> None:
@@ -94,16 +105,66 @@ def test_a_prompt_that_does_not_fit_is_counted_not_asked() -> None:
             raise PromptTooLong("too long")
         return call("make")
 
-    done = replay(recorded("make", "make test"), TOOLS, short_memory, step_cap=6)
-    assert [p.index for p in done.points] == [1] and done.points_too_long == 2
-    assert done.rollout is not None and done.rollout.context_exhausted
-    assert not done.rollout.looped and not done.rollout.answered
+    done = replay(recorded("make", "make test"), TOOLS, short_memory, step_margin=6)
+    assert [p.index for p in done.points] == [1] and done.points_too_long == 2 and done.prompts_too_long == 2
+    run = done.rollout
+    assert run is not None and run.context_exhausted and run.steps == 1
+    assert run.looped and not run.answered  # still calling when the context ran out: no answer in sight
+
+
+def test_a_reply_cut_at_the_budget_is_no_answer() -> None:
+    def rambling(messages: Sequence[Mapping[str, Any]], tools: Any) -> Reply:
+        if messages[-1]["role"] == "tool":
+            return Reply("<think>Let me consider the build output carefully and", truncated=True)
+        return Reply(call("make"), truncated=False)
+
+    rows = {r["metric"]: r for r in scorecard(tally(good_agent), tally(rambling), {"text_answer_rate": 0.0})}
+    assert rows["text_answer_rate"]["adapter"] == 0.0 and rows["rollout_answer_rate"]["adapter"] == 0.0
+    assert rows["truncated_rate"]["adapter"] > 0 and rows["truncated_rate"]["base"] == 0.0
+    assert rows["text_answer_rate"]["passed"] is False
+
+
+def test_the_withdrawn_fine_tune_fails_even_when_its_context_runs_out_first() -> None:
+    """A model that keeps calling until the prompt budget is full never reaches the step
+    cap; it must still count as a loop, and a gate that cannot be judged must fail."""
+    def budget(agent: Model) -> Model:
+        def limited(messages: Sequence[Mapping[str, Any]], tools: Any) -> Any:
+            if len(messages) > 4:
+                raise PromptTooLong("budget")
+            return agent(messages, tools)
+
+        return limited
+
+    rows = scorecard(tally(budget(good_agent)), tally(budget(restless_agent)),
+                     {"loop_rate": 0.0, "text_answer_rate": 0.0})
+    by = {r["metric"]: r for r in rows}
+    assert by["loop_rate"]["adapter"] == 1.0 and by["loop_rate"]["passed"] is False
+    failures = gate_failures(rows, adapter=True)
+    assert any("loop_rate" in f and "fails" in f for f in failures)
+
+
+def test_a_gate_with_nothing_to_count_fails_when_there_is_an_adapter() -> None:
+    def chatty(messages: Sequence[Mapping[str, Any]], tools: Any) -> str:
+        return "I would run make."
+
+    rows = scorecard(tally(chatty), tally(chatty), {"call_parse_rate": 0.0})
+    (failure,) = gate_failures(rows, adapter=True)
+    assert "call_parse_rate: not judged" in failure
+    assert gate_failures(scorecard(tally(chatty), None, {"call_parse_rate": 0.0}), adapter=False) == []
+
+
+def test_a_rollout_reply_that_is_also_a_point_is_counted_once() -> None:
+    def sloppy_once(messages: Sequence[Mapping[str, Any]], tools: Any) -> str:
+        return call("echo hi\n" * 5) if messages[-1]["role"] == "user" else "done"
+
+    result = tally(sloppy_once, 1)
+    assert result.counts["argument_repetition_rate"] == [1, 1]  # one prompt, one reply, one count
 
 
 def tally(agent: Model, conversations: int = 3) -> Tally:
     result = Tally()
     for n in range(conversations):
-        result.add(replay(recorded(*(f"step{n}-{i}" for i in range(n + 1))), TOOLS, agent, step_cap=4),
+        result.add(replay(recorded(*(f"step{n}-{i}" for i in range(n + 1))), TOOLS, agent, step_margin=4),
                    schemas_of(TOOLS))
     return result
 
@@ -122,9 +183,9 @@ def test_the_scorecard_measures_the_symptom_and_the_gate_catches_it() -> None:
     assert rows["rollout_answer_rate"]["delta"] == -1.0
     assert rows["unrecorded_call_rate"]["adapter"] == 1.0  # called where the recorded agent answered
     assert rows["text_answer_rate"]["passed"] is False and rows["loop_rate"]["passed"] is False
-    failures = gate_failures(list(rows.values()))
+    failures = gate_failures(list(rows.values()), adapter=True)
     assert len(failures) == 2 and "loop_rate" in failures[1]
-    assert gate_failures(scorecard(base, tally(good_agent), {"loop_rate": 0.0})) == []
+    assert gate_failures(scorecard(base, tally(good_agent), {"loop_rate": 0.0}), adapter=True) == []
 
 
 def test_a_gate_allows_its_tolerance_and_a_rate_over_nothing_is_not_judged() -> None:
@@ -137,6 +198,7 @@ def test_a_gate_allows_its_tolerance_and_a_rate_over_nothing_is_not_judged() -> 
         return "I would run make."  # never calls: no call to parse
 
     nothing = {r["metric"]: r for r in scorecard(tally(chatty), tally(chatty), {"call_parse_rate": 0.0})}
+    assert nothing["call_parse_rate"]["base_n"] == 0
     assert nothing["call_parse_rate"]["base"] is None and nothing["call_parse_rate"]["passed"] is None
     assert nothing["call_rate"]["base"] == 0.0  # asked, and it did not call: a rate of 0, not nothing
     alone = {r["metric"]: r for r in scorecard(base, None, {"loop_rate": 0.0})}
@@ -164,7 +226,7 @@ def test_the_markdown_report_lists_every_measure_in_a_table_that_fits() -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.sampled_from(["call", "answer", "again", "junk"]), min_size=1, max_size=12),
        st.integers(1, 6))
-def test_a_rollout_always_ends_one_way_within_its_cap(script: list[str], cap: int) -> None:
+def test_a_rollout_always_ends_one_way_within_its_cap(script: list[str], margin: int) -> None:
     """Whatever the model says, a rollout stops within the cap, ends answered, looped,
     or neither (a reply with no usable call), and every call before the last step was
     answered."""
@@ -175,8 +237,8 @@ def test_a_rollout_always_ends_one_way_within_its_cap(script: list[str], cap: in
         return {"call": call(f"c{len(messages)}"), "answer": "done", "again": call("same"),
                 "junk": "<tool_call>{oops"}[move]
 
-    run = replay(recorded("make"), TOOLS, scripted, step_cap=cap).rollout
-    assert run is not None and 1 <= run.steps <= cap
+    run = replay(recorded("make"), TOOLS, scripted, step_margin=margin).rollout
+    assert run is not None and 1 <= run.steps <= run.cap == 2 + margin
     assert not (run.answered and run.looped)
     assert len(run.calls) - len(run.generations[-1].calls) <= run.results_fed <= len(run.calls)
     ended_by_call = bool(run.generations[-1].calls)
@@ -190,5 +252,10 @@ def test_unknown_gate_metrics_are_refused() -> None:
 
     with pytest.raises(ValidationError, match="unknown metric 'loop'"):
         EvalConfig.model_validate({"gates": {"loop": 0.0}})
-    with pytest.raises(ValidationError, match="non-negative"):
-        EvalConfig.model_validate({"gates": {"loop_rate": -0.1}})
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="finite amount >= 0"):
+            EvalConfig.model_validate({"gates": {"loop_rate": bad}})
+    with pytest.raises(ValidationError, match="held-out split"):
+        EvalConfig.model_validate({"split": "train"})
+    merged = EvalConfig.model_validate({"gates": {"call_parse_rate": 0.1}, "gates_off": ["loop_rate"]})
+    assert merged.active_gates() == {"call_parse_rate": 0.1, "text_answer_rate": 0.0}  # defaults kept unless off

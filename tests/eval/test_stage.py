@@ -15,7 +15,7 @@ from pipeline.stages.registry import load_stages
 
 CONFIG: dict[str, dict[str, Any]] = {
     "train": {"max_steps": 4, "pack_tokens": 512},
-    "eval": {"max_examples": 3, "max_new_tokens": 12, "step_cap": 3},
+    "eval": {"max_examples": 3, "max_new_tokens": 12, "step_margin": 1},
 }
 
 
@@ -130,7 +130,8 @@ def test_without_an_adapter_the_base_is_measured_and_no_gate_is_judged(tmp_path:
     corpus = Corpus()
     for n in range(12):
         good_task(corpus.session(f"s{n}"), f"Fix bug {n}", "Fixed.")
-    config = {"train": {"pack_tokens": 16}, "eval": {"max_examples": 2, "max_new_tokens": 8, "split": "train"}}
+    config = {"export-sft": {"valid_fraction": 0.5}, "train": {"pack_tokens": 16},
+              "eval": {"max_examples": 2, "max_new_tokens": 8}}
     result = Runner([fake_collect(corpus), *EXPORT_STAGES, COLLATE, TRAIN, EVAL],
                     RunOptions(root=tmp_path, sources=[], stage_config=config)).run()
     receipt = _receipt(result, "eval")
@@ -142,23 +143,85 @@ def test_without_an_adapter_the_base_is_measured_and_no_gate_is_judged(tmp_path:
 
 def test_a_failed_gate_fails_the_stage_and_run_all_says_which(tmp_path: Path) -> None:
     """The gates' verdicts from scripted models (a looping adapter) as a stage's
-    validation: the run fails and the CLI's failure lines name the gate."""
+    validation, with eval's own materialize: the run fails, the failure lines name the
+    gate, eval.md is withheld from exports/ (and the run still verifies), and the
+    scorecard stays queryable and in the report."""
+    from pipeline.audit.verify import verify_run
     from pipeline.cli.main import failure_lines
     from pipeline.core.stage import Stage, StageContext, StageResult, Traits
+    from pipeline.core.store import LakeLayout
+    from pipeline.core.trust import load_trusted
     from pipeline.eval.scorecard import gate_failures, scorecard
+    from pipeline.report.facts import gather
+    from pipeline.sql import connect
+    from pipeline.stages.eval import EvalConfig, materialize
     from schemas.datasets import EVAL
     from schemas.tables import from_rows
-    from tests.drift.toy import NoConfig
     from tests.eval.test_replay import good_agent, looping_agent, tally
 
     def gated(ctx: StageContext) -> StageResult:
         rows = scorecard(tally(good_agent), tally(looping_agent), {"loop_rate": 0.0})
         return StageResult(tables={"eval": from_rows(EVAL, rows)}, records_in=0, records_out=0,
-                           validation_errors=gate_failures(rows))
+                           validation_errors=gate_failures(rows, adapter=True))
 
-    stage = Stage(name="gated", version="1", config_model=NoConfig, inputs=(), outputs=(EVAL,), run=gated,
-                  traits=Traits(maps_records=False))
+    stage = Stage(name="gated", version="1", config_model=EvalConfig, inputs=(), outputs=(EVAL,), run=gated,
+                  materialize=materialize, traits=Traits(maps_records=False))
     result = Runner([stage], RunOptions(root=tmp_path, sources=[])).run()
     assert not result.ok
-    (line,) = failure_lines(result.outcomes)
-    assert line.startswith("gated failed: eval gate loop_rate: adapter <= base fails (base 0.0, adapter 1.0)")
+    layout = LakeLayout(tmp_path)
+    lines = failure_lines(result.outcomes, layout.failed_exports / result.run_id)
+    assert lines[0] == "gated failed: eval gate loop_rate: adapter <= base fails (base 0.0, adapter 1.0)"
+    assert lines[1].startswith("gated: its exports were withheld")
+    assert (layout.failed_exports / result.run_id / "gated" / "eval" / "eval.md").is_file()
+    assert not (layout.export_dir(result.run_id) / "eval").exists()
+    assert verify_run(layout, result.run_id, load_trusted(layout)).problems == []
+    con, _ = connect(tmp_path)
+    assert con.execute("SELECT passed FROM eval WHERE metric = 'loop_rate'").fetchone() == (False,)
+    facts = gather(tmp_path, None)
+    assert [e.passed for e in facts.evaluation if e.metric == "loop_rate"] == [False]
+
+
+def test_eval_refuses_an_adapter_trained_on_another_base(evaluated: tuple[Path, Any], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    work, result = evaluated
+    lake = tmp_path / "lake"
+    shutil.copytree(work / "lake", lake, symlinks=True)
+    base = lake / next(i.location for i in _receipt(result, "train").inputs if i.name == "external:model")
+    other = tmp_path / "other-model"
+    shutil.copytree(base, other)
+    config_file = other / "config.json"
+    config_file.chmod(0o644)
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "note": "another base"}))
+    again = _run(lake, work / "cc", {**CONFIG, "eval": {**CONFIG["eval"], "model": str(other)}})
+    outcome = next(o for o in again.outcomes if o.stage == "eval")
+    assert outcome.status == "failed" and "the adapter was trained on" in (outcome.error or "")
+
+
+def test_greedy_decoding_ignores_the_model_folders_generation_settings(evaluated: tuple[Path, Any],
+                                                                       tmp_path: Path) -> None:
+    """A repetition penalty in generation_config.json would hide the repetition the eval
+    measures: the eval decodes with a config of its own."""
+    import json
+    import shutil
+
+    from pipeline.collate.masks import Renderer
+    from pipeline.collate.tokenizer import choose_template, load_tokenizer
+    from pipeline.eval.generate import Generator, load_models
+
+    work, result = evaluated
+    base = work / "lake" / next(i.location for i in _receipt(result, "train").inputs if i.name == "external:model")
+    penalised = tmp_path / "penalised"
+    shutil.copytree(base, penalised)
+    settings = penalised / "generation_config.json"
+    settings.chmod(0o644)
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "repetition_penalty": 1.5,
+                                    "no_repeat_ngram_size": 2}))
+    messages = [{"role": "user", "content": "fix the build"}]
+    replies = []
+    for folder in (base, penalised):
+        tokenizer = load_tokenizer(folder)
+        generator = Generator(load_models(folder, None), Renderer(tokenizer, choose_template(tokenizer)), 24, 512)
+        replies.append(generator.generate(messages, None, adapter=False))
+    assert replies[0] == replies[1] and replies[0].truncated  # the tiny model never stops by itself

@@ -207,3 +207,34 @@ def test_nothing_to_train_is_said_not_failed(tmp_path: Path) -> None:
     assert result.ok and receipt is not None and receipt.stats["trained"] is False
     assert receipt.artifacts == [] and receipt.stats["probe"]["verdict"] == "SKIP"
     assert receipt.records_in == sum(receipt.filtered.values())
+
+
+def test_the_exported_adapter_carries_an_openssf_signature_model_signing_accepts(trained: tuple[Path, Any],
+                                                                                 tmp_path: Path) -> None:
+    """``model_signing verify`` (OpenSSF's own CLI, no tracelake) accepts the exported
+    adapter with the published key, and refuses it once a byte changes."""
+    import shutil
+
+    from pipeline.core import openssf
+    from pipeline.core.signing import load_key
+
+    work, result = trained
+    exported = work / "lake" / "exports" / result.run_id
+    folder, signature, public = exported / "adapter", exported / "adapter.sig", exported / "adapter.pub.pem"
+    assert public.read_bytes() == openssf.public_pem(load_key())  # the lake's key, derived
+    cli = Path(sys.executable).parent / "model_signing"
+    verify = [str(cli), "verify", "key", "--signature", str(signature), "--public_key", str(public)]
+    ok = subprocess.run([*verify, str(folder)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    copy = tmp_path / "adapter"
+    shutil.copytree(folder, copy)
+    weights = copy / "adapter_model.safetensors"
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(bytes(data))
+    tampered = subprocess.run([*verify, str(copy)], capture_output=True, text=True, check=False)
+    assert tampered.returncode != 0
+    with pytest.raises(Exception, match="model signature"):
+        openssf.verify_model(copy, signature, public)
+    openssf.verify_model(folder, signature, public)
