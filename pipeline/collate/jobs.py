@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Done:
     reason: str | None = None
     detail: str = ""
     masks: list[tuple[int, int, int, int]] = field(default_factory=list)  # tokens, trained, turns/tokens cut
+    renders: dict[str, int] = field(default_factory=dict)  # conversations rendered per engine
 
 
 def parse_json(text: str | None) -> Any:
@@ -60,6 +62,13 @@ def _size(masked: Masked) -> tuple[int, int, int, int]:
 
 
 def collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
+    before = Counter(renderer.renders)
+    done = _collate_job(renderer, job, max_length)
+    done.renders = dict(renderer.renders - before)
+    return done
+
+
+def _collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
     row = job.row
     if job.kind == "sft":
         done = Done(None, row["task_id"], row["session_id"])

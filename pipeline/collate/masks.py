@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,12 @@ class Renderer:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     terminator: str = ""
     control: re.Pattern[str] | None = None
+    fast: bool = True  # prefix renders through minijinja where it agrees (pipeline.collate.fast_render)
+    # Conversations whose prefixes were rendered by each engine ("minijinja", "jinja2").
+    renders: Counter[str] = field(default_factory=Counter)
     _generation: str | None = field(default=None, repr=False)
+    _compiled: Any = field(default=None, repr=False)  # FastTemplate, False when minijinja cannot take it
+    _variables: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.terminator:
@@ -140,6 +146,50 @@ class Renderer:
             raise Refused("bad_messages", f"cannot tokenise: {str(exc)[:200]}") from None
         return list(out["input_ids"]), [(int(a), int(b)) for a, b in out["offset_mapping"]]
 
+    def prefix_renderer(self, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None,
+                        full: str) -> Callable[[int, bool], str]:
+        """``render(n, generation_prompt)``: the render of ``messages[:n]``, through
+        minijinja when its render of the whole conversation is ``full`` exactly (the
+        render transformers gave), else through ``text`` (transformers) alone."""
+        def exact(n: int, generation_prompt: bool) -> str:
+            return self.text(messages[:n], tools, generation_prompt)
+
+        fast = self._fast_template()
+        if fast is None:
+            self.renders["jinja2"] += 1
+            return exact
+        from pipeline.collate.fast_render import prepare, prepare_tools, prepare_variables
+
+        try:
+            prepared, plain_tools = prepare(messages), prepare_tools(tools)
+            if self._variables is None:
+                self._variables = prepare_variables(self.tokenizer, self.kwargs)
+            variables = self._variables
+            agrees = fast.render(prepared, plain_tools, False, variables) == full
+        except Exception:  # minijinja refuses what jinja2 took: this example goes the exact way
+            agrees = False
+        if not agrees:
+            self.renders["jinja2"] += 1
+            return exact
+        self.renders["minijinja"] += 1
+
+        def quick(n: int, generation_prompt: bool) -> str:
+            try:
+                return str(fast.render(prepared[:n], plain_tools, generation_prompt, variables))
+            except Exception:
+                return exact(n, generation_prompt)
+
+        return quick
+
+    def _fast_template(self) -> Any:
+        if not self.fast:
+            return None
+        if self._compiled is None:
+            from pipeline.collate.fast_render import FastTemplate
+
+            self._compiled = FastTemplate.compile(self.template.text) or False
+        return self._compiled or None
+
     def generation_prompt(self) -> str:
         """What the generation prompt adds after a user turn (``<|im_start|>assistant\n``)."""
         if self._generation is None:
@@ -182,19 +232,20 @@ def mask_conversation(
     if not turns:
         raise Refused("no_assistant_turn")
     full, generation_spans = renderer.tagged(messages, tools)
+    render = renderer.prefix_renderer(messages, tools, full)
     header = renderer.generation_prompt()
     spans: list[tuple[int, int]] = []
     prompts: list[tuple[int, int]] = []  # character ranges of generation prompts
     previous = ""
     for i in turns:
-        prompt = renderer.text(messages[:i], tools, True)
+        prompt = render(i, True)
         if header and prompt.endswith(header):
             before = prompt[: len(prompt) - len(header)]
         else:  # a generation prompt that depends on the conversation: render it apart
-            before = renderer.text(messages[:i], tools, False)
+            before = render(i, False)
         if len(prompt) <= len(before):  # the header would be inside the span
             raise Refused("generation_prompt_missing", f"before message {i}")
-        upto = full if i == len(messages) - 1 else renderer.text(messages[: i + 1], tools, False)
+        upto = full if i == len(messages) - 1 else render(i + 1, False)
         for shorter, longer, what in ((previous, before, f"history before message {i}"),
                                       (before, prompt, f"the generation prompt of message {i}"),
                                       (prompt, upto, f"message {i}"), (upto, full, "the full conversation")):

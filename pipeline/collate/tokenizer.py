@@ -187,4 +187,4 @@ def _trl_name(text: str, otherwise: str) -> str:
 
 def engines() -> str:
     """The libraries a collated row depends on besides the tokenizer folder."""
-    return "+".join(f"{p}-{version(p)}" for p in ("tokenizers", "transformers", "trl"))
+    return "+".join(f"{p}-{version(p)}" for p in ("tokenizers", "transformers", "trl", "minijinja"))

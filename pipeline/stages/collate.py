@@ -106,7 +106,9 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     tally = _Tally()
     rows: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": [], "sdpo": []}
     sdpo_refused: Counter[str] = Counter()
+    renders: Counter[str] = Counter()
     for job, done in zip(jobs, results, strict=True):
+        renders.update(done.renders)
         for size in done.masks:
             tally.add(size)
         if done.row is not None:
@@ -137,6 +139,9 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         "truncation_dropped_turns": tally.dropped_turns,
         "truncation_dropped_tokens": tally.dropped_tokens,
         "terminator": renderer.terminator,
+        # Conversations whose prefixes minijinja rendered (its whole render equal to
+        # transformers'), and those rendered by transformers alone.
+        "renders": dict(sorted(renders.items())),
         "sdpo": _sdpo_stats(sdpo_yield, len(rows["sdpo"]), dict(sdpo_refused), config),
     }
     return StageResult(

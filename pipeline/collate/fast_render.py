@@ -1,0 +1,96 @@
+"""Prefix renders through minijinja, held to transformers' own render of each example.
+
+Proving a mask renders every prefix of a conversation, twice per assistant turn: the
+cost grows with turns times length, and jinja2's sandbox spends most of it on
+per-attribute checks. minijinja (a Rust implementation of the same language, by
+jinja2's author) renders the same templates several times faster.
+
+It is used only where it agrees: for every example, minijinja's render of the whole
+conversation must equal, byte for byte, the render transformers gives (the tagged
+render collate takes its spans from); otherwise that example is rendered again through
+transformers alone. The data it sees is prepared the way ``apply_chat_template``
+prepares it (None values dropped, plain JSON types, reasoning aliased under its other
+names), with the same globals and filters (``raise_exception``, ``tojson`` without HTML
+escaping, ``strftime_now``), and with ``trim_blocks`` and ``lstrip_blocks`` set as
+transformers sets them. ``{% generation %}`` tags are dropped: outside a mask request
+they render their body unchanged. A test holds the two to each other on every prefix of
+a corpus, with every template TRL ships.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+
+
+def _raise_exception(message: str) -> None:
+    raise ValueError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: Any = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                      separators=tuple(separators) if separators is not None else None, sort_keys=sort_keys)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+class FastTemplate:
+    """One chat template compiled with minijinja; ``None`` from ``compile`` when it cannot be."""
+
+    def __init__(self, environment: Any) -> None:
+        self._environment = environment
+
+    @classmethod
+    def compile(cls, template: str) -> FastTemplate | None:
+        try:
+            from minijinja import Environment
+        except ImportError:
+            return None
+        try:
+            environment: Any = Environment(templates={"chat": GENERATION_TAGS.sub("", template)})
+            environment.pycompat = True
+            environment.trim_blocks = True
+            environment.lstrip_blocks = True
+            environment.add_function("raise_exception", _raise_exception)
+            environment.add_function("strftime_now", _strftime_now)
+            environment.add_filter("tojson", _tojson)
+            environment.render_template("chat", messages=[{"role": "user", "content": "x"}], tools=None,
+                                        add_generation_prompt=False)
+        except Exception:  # a construct minijinja does not know (it parses on first use)
+            return None
+        return cls(environment)
+
+    def render(self, messages: Sequence[Mapping[str, Any]], tools: Any, generation_prompt: bool,
+               variables: Mapping[str, Any]) -> str:
+        """``messages`` and ``variables`` as ``prepare`` and ``prepare_variables`` made them."""
+        return str(self._environment.render_template(
+            "chat", **variables, messages=list(messages), tools=tools, documents=None,
+            add_generation_prompt=generation_prompt))
+
+
+def prepare(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation as ``apply_chat_template`` hands it to the template."""
+    from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
+
+    plain = _plain_template_data([{k: v for k, v in m.items() if v is not None} for m in messages])
+    return list(_alias_reasoning_fields(plain))
+
+
+def prepare_tools(tools: Any) -> Any:
+    from transformers.utils.chat_template_utils import _plain_template_data
+
+    return _plain_template_data(tools)
+
+
+def prepare_variables(tokenizer: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    from transformers.utils.chat_template_utils import _plain_template_data
+
+    return dict(_plain_template_data({**tokenizer.special_tokens_map, **kwargs}))

@@ -1,0 +1,78 @@
+"""minijinja's prefix renders held to transformers' own, on every template TRL ships:
+where it is used, it must give the very text apply_chat_template gives."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from pipeline.collate.fast_render import FastTemplate, prepare, prepare_tools, prepare_variables
+from pipeline.collate.masks import Renderer, mask_conversation
+from pipeline.collate.tokenizer import ChatTemplate, choose_template, has_generation_tags
+from tests.collate.test_masks import AGENT, BASH, conversations
+
+TEMPLATES = sorted(p.name.removesuffix(".jinja") for p in (resources.files("trl") / "chat_templates").iterdir()
+                   if p.name.endswith(".jinja"))
+# The ones collate picks for the families it is tested on must take the fast path.
+MUST_COMPILE = {"qwen3_training", "qwen2_5", "llama3_training", "gemma3_training"}
+
+
+def _exact(tokenizer: Any, text: str, messages: list[dict[str, Any]], tools: Any, prompt: bool) -> str:
+    return str(tokenizer.apply_chat_template(messages, tools=tools, chat_template=text, tokenize=False,
+                                             add_generation_prompt=prompt))
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_prefix_renders_as_transformers_renders_it(qwen: Any, name: str) -> None:
+    text = (resources.files("trl") / "chat_templates" / f"{name}.jinja").read_text()
+    fast = FastTemplate.compile(text)
+    if fast is None:
+        assert name not in MUST_COMPILE  # collate falls back to transformers for it, every example
+        return
+    variables = prepare_variables(qwen, {})
+    for tools in (None, [BASH]):
+        for n in range(1, len(AGENT) + 1):
+            for prompt in (False, True):
+                try:
+                    expected = _exact(qwen, text, AGENT[:n], tools, prompt)
+                except Exception:
+                    continue  # the template refuses this prefix (a family without tool roles, say)
+                try:
+                    got = fast.render(prepare(AGENT[:n]), prepare_tools(tools), prompt, variables)
+                except Exception:
+                    continue  # refused by minijinja too: collate renders it through transformers
+                assert got == expected, (name, n, prompt, tools is not None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=conversations())
+def test_the_fast_and_the_exact_path_make_the_same_masks(qwen: Any, messages: list[dict[str, Any]]) -> None:
+    template = choose_template(qwen)
+    results = []
+    for fast in (True, False):
+        renderer = Renderer(qwen, template, fast=fast)
+        try:
+            masked = mask_conversation(renderer, messages, [BASH])
+            results.append((masked.input_ids, masked.labels))
+        except Exception as exc:
+            results.append(str(exc))
+        assert set(renderer.renders) <= {"minijinja" if fast else "jinja2"}  # empty: refused before rendering
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("odd", ["{{ 1e20 }}", "{{ m.content | wordcount }}"])
+def test_an_example_minijinja_renders_differently_goes_the_exact_way(qwen: Any, odd: str) -> None:
+    """Where the engines part (a float printed as 1e+20 by jinja2 and in full by
+    minijinja; a filter minijinja lacks), the example goes to transformers alone and
+    its mask is the exact path's."""
+    text = ("{%- for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'user' %}" + odd +
+            " {{ m.content }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{%- endfor %}"
+            "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}")
+    template = ChatTemplate("custom", text, has_generation_tags(text))
+    messages = [{"role": "user", "content": "run it"}, {"role": "assistant", "content": "done"}]
+    renderer, exact = Renderer(qwen, template), Renderer(qwen, template, fast=False)
+    assert mask_conversation(renderer, messages, None) == mask_conversation(exact, messages, None)
+    assert renderer.renders == {"jinja2": 1}
