@@ -152,13 +152,19 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
         torch.set_num_threads(threads)
     filtered["nothing_to_ask"] = nothing_to_ask
     rows = scorecard(tallies["base"], tallies.get("adapter"), config.active_gates())
-    failures = gate_failures(rows, adapter_folder is not None)
+    # Nothing held out to replay (a small corpus): nothing to judge, said in the receipt,
+    # as train says it had nothing to train. Once anything was replayed, a gate with no
+    # case to count fails: an eval that measured nothing passes nothing.
+    failures = gate_failures(rows, adapter_folder is not None and evaluated > 0)
+    if not evaluated:
+        reason = f"no {config.split}-split conversation to replay ({held_out.num_rows} held out)"
     return StageResult(
         tables={"eval": from_rows(EVAL, rows), "eval_generations": from_rows(EVAL_GENERATIONS, generations)},
         records_in=table.num_rows,
         records_out=evaluated,
         filtered={k: v for k, v in filtered.items() if v},
         stats={
+            **({"evaluated": False, "reason": reason} if not evaluated else {"evaluated": True}),
             "adapter": adapter_folder is not None,
             "template": template.name,
             "conversations": evaluated,
