@@ -38,6 +38,11 @@ def quiet_transformers() -> None:
     hush: Any = logging  # untyped library functions
     hush.disable_progress_bar()
     hush.set_verbosity_error()
+    import warnings
+
+    # peft asks transformers a question transformers has renamed: its deprecation notice
+    # says nothing about the run.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 class LazyModule:
