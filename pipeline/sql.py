@@ -165,7 +165,9 @@ def _define_adapters(con: duckdb.DuckDBPyConnection, receipts: list[StageReceipt
                 "adapter": artifact.digest, "run_id": receipt.run_id, "stage": receipt.stage,
                 "path": artifact.path, "bytes": artifact.bytes,
                 "base_model": inputs["external:model"].sha256 if "external:model" in inputs else None,
-                "collated_sft": inputs["collated_sft"].xxh3_128 if "collated_sft" in inputs else None,
+                **{name: inputs[name].xxh3_128 if name in inputs else None
+                   for name in ("collated_sft", "collated_sdpo", "collated_preference")},
+                "objectives": json.dumps(receipt.stats.get("objectives", {"sft": 1.0}), sort_keys=True),
                 "probe_verdict": probe.get("verdict") if isinstance(probe, dict) else None,
             })
     if not rows:

@@ -147,17 +147,17 @@ class Renderer:
         return list(out["input_ids"]), [(int(a), int(b)) for a, b in out["offset_mapping"]]
 
     def prefix_renderer(self, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None,
-                        full: str) -> Callable[[int, bool], str]:
-        """``render(n, generation_prompt)``: the render of ``messages[:n]``, through
-        minijinja when its render of the whole conversation is ``full`` exactly (the
-        render transformers gave), else through ``text`` (transformers) alone."""
+                        full: str) -> Callable[[int, bool], str] | None:
+        """``render(n, generation_prompt)``: the render of ``messages[:n]`` through
+        minijinja, when its render of the whole conversation is ``full`` exactly (the
+        render transformers gave); None: render through ``text`` (transformers) alone."""
         def exact(n: int, generation_prompt: bool) -> str:
             return self.text(messages[:n], tools, generation_prompt)
 
         fast = self._fast_template()
         if fast is None:
             self.renders["jinja2"] += 1
-            return exact
+            return None
         from pipeline.collate.fast_render import prepare, prepare_tools, prepare_variables
 
         try:
@@ -170,7 +170,7 @@ class Renderer:
             agrees = False
         if not agrees:
             self.renders["jinja2"] += 1
-            return exact
+            return None
         self.renders["minijinja"] += 1
 
         def quick(n: int, generation_prompt: bool) -> str:
@@ -233,6 +233,32 @@ def mask_conversation(
         raise Refused("no_assistant_turn")
     full, generation_spans = renderer.tagged(messages, tools)
     render = renderer.prefix_renderer(messages, tools, full)
+    try:
+        spans, prompts = _turn_spans(renderer, messages, tools, turns, full, render)
+    except (Refused, _FastPathDiffers):
+        if render is None:
+            raise
+        # minijinja and jinja2 can part on a branch the whole render never takes (the
+        # generation prompt, a prefix's last message): the exact path has the last word.
+        renderer.renders.subtract(["minijinja"])
+        renderer.renders += Counter(jinja2=1)  # (+= also drops the count it took to zero)
+        spans, prompts = _turn_spans(renderer, messages, tools, turns, full, None)
+    return _token_masks(renderer, full, generation_spans, spans, prompts, train_from, max_length)
+
+
+class _FastPathDiffers(Exception):
+    """A minijinja prefix render that does not end on jinja2's generation prompt."""
+
+
+def _turn_spans(renderer: Renderer, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None,
+                turns: list[int], full: str, fast: Callable[[int, bool], str] | None
+                ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Each trained turn's character span and its generation prompt's, proven by
+    rendering its prefixes (``fast``: minijinja's renders, None: transformers')."""
+    def exact(n: int, generation_prompt: bool) -> str:
+        return renderer.text(messages[:n], tools, generation_prompt)
+
+    render = fast or exact
     header = renderer.generation_prompt()
     spans: list[tuple[int, int]] = []
     prompts: list[tuple[int, int]] = []  # character ranges of generation prompts
@@ -241,6 +267,8 @@ def mask_conversation(
         prompt = render(i, True)
         if header and prompt.endswith(header):
             before = prompt[: len(prompt) - len(header)]
+        elif fast is not None:  # jinja2's generation prompt (its header) is the reference: no guessing
+            raise _FastPathDiffers()
         else:  # a generation prompt that depends on the conversation: render it apart
             before = render(i, False)
         if len(prompt) <= len(before):  # the header would be inside the span
@@ -257,6 +285,12 @@ def mask_conversation(
         prompts.append((len(before), len(prompt)))
         spans.append((len(prompt), len(upto)))
         previous = upto
+    return spans, prompts
+
+
+def _token_masks(renderer: Renderer, full: str, generation_spans: list[tuple[int, int]],
+                 spans: list[tuple[int, int]], prompts: list[tuple[int, int]], train_from: int,
+                 max_length: int | None) -> Masked:
     ids, offset_list = renderer.encode(full)
     raw = np.array(offset_list, dtype=np.int64).reshape(-1, 2)
     offsets = _check_offsets(raw, len(full))

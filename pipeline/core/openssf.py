@@ -14,6 +14,7 @@ copy of the artifact, and the run statement signs both like any export file.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,17 @@ def sign_model(folder: Path, signature: Path, key: Ed25519PrivateKey) -> None:
 
     sign_config: Any = signing.Config  # untyped in the package
     hash_config: Any = hashing.Config
+    # model-signing reads the key from a file: it is written encrypted under a password
+    # that lives only in this process, so a file a killed run leaves behind is useless.
+    password = secrets.token_bytes(32)  # model-signing hands it to cryptography, which takes bytes
     private = model_signing_key(key).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(password))
     with tempfile.TemporaryDirectory(prefix="tracelake-model-signing-") as scratch:
         key_file = Path(scratch) / "key.pem"
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(private)
-        (sign_config().use_elliptic_key_signer(private_key=key_file)
+        (sign_config().use_elliptic_key_signer(private_key=key_file, password=password)
          .set_hashing_config(hash_config().set_ignored_paths(paths=[], ignore_git_paths=False))
          .sign(folder, signature))
 

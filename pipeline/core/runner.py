@@ -282,12 +282,8 @@ class Runner:
             artifacts={ref.name: ref for ref in run.artifacts},
         )
         try:
-            models = {spec.name for spec in stage.artifacts if spec.model}
             for artifact in run.artifacts:  # published as copies: an edit there never reaches the store
                 exports.copy_tree(self.layout.root / artifact.path, scratch / artifact.name)
-                if artifact.name in models:  # checkable with model_signing itself, without tracelake
-                    openssf.sign_model(scratch / artifact.name, scratch / f"{artifact.name}.sig", self.key)
-                    (scratch / f"{artifact.name}.pub.pem").write_bytes(openssf.public_pem(self.key))
             if stage.materialize is not None:
                 stage.materialize(ctx)
             errors = stage.validate(ctx) if stage.validate is not None else []
@@ -299,6 +295,11 @@ class Runner:
                     exports.link_into(scratch, None, self.layout.failed_exports / self.run_id / stage.name)
                 return
             scratch.mkdir(parents=True, exist_ok=True)
+            # Only what is published is signed for model_signing (a withheld adapter never is).
+            for spec in stage.artifacts:
+                if spec.model and (scratch / spec.name).is_dir():
+                    openssf.sign_model(scratch / spec.name, scratch / f"{spec.name}.sig", self.key)
+                    (scratch / f"{spec.name}.pub.pem").write_bytes(openssf.public_pem(self.key))
             files = exports.describe(scratch)
             exports.seal(scratch, keyed)
         finally:

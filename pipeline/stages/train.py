@@ -26,6 +26,7 @@ from pipeline.core.stage import ExternalInput, Stage, StageContext, StageResult,
 from pipeline.train.loop import (
     Step,
     TrainSettings,
+    device_class,
     load_lora,
     resolve_device,
     restore_deterministic,
@@ -53,9 +54,13 @@ class TrainConfig(TrainSettings):
 
 
 def _engines() -> str:
+    """Library versions, and the accelerator class of this machine: an adapter trained
+    in bf16 on a GPU is not the one fp32 on a CPU gives, so they are cached apart
+    (``device_class``, read without importing torch)."""
     from importlib.metadata import version
 
-    return "+".join(f"{p}-{version(p)}" for p in ("torch", "transformers", "peft"))
+    libraries = "+".join(f"{p}-{version(p)}" for p in ("torch", "transformers", "peft"))
+    return f"{libraries}+{device_class()}"
 
 
 @dataclass
@@ -92,9 +97,10 @@ def _auxiliary(ctx: StageContext[TrainConfig]) -> Auxiliary:
     if not config.dpo_weight:
         aux.filtered["dpo_off"] += pairs.num_rows
         return aux
-    # A pair that holds a conversation eval replays would train on the eval's answers.
-    sft = ctx.table("sft", columns=["task_id", "split"])
-    held_out = set(sft.filter(pc.not_equal(sft["split"], "train"))["task_id"].to_pylist())
+    # The split is by session: a pair with a task from a session eval replays (whichever
+    # of its tasks reached the SFT export) would train on the eval's context.
+    sft = ctx.table("sft", columns=["session_id", "split"])
+    held_out = set(sft.filter(pc.not_equal(sft["split"], "train"))["session_id"].to_pylist())
     tasks = ctx.table("preference", columns=["pair_id", "chosen_task_id", "rejected_task_id"]).to_pylist()
     of_pair = {r["pair_id"]: (r["chosen_task_id"], r["rejected_task_id"]) for r in tasks}
     all_tasks = ctx.table("tasks", columns=["task_id", "session_id"])
@@ -102,10 +108,10 @@ def _auxiliary(ctx: StageContext[TrainConfig]) -> Auxiliary:
     for row in pairs.to_pylist():
         chosen, rejected = of_pair.get(row["pair_id"], ("", ""))
         longest = len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
-        if chosen in held_out or rejected in held_out:
-            aux.filtered["pair_held_out"] += 1
-        elif chosen not in session or rejected not in session:
+        if chosen not in session or rejected not in session:
             aux.filtered["pair_without_tasks"] += 1
+        elif session[chosen] in held_out or session[rejected] in held_out:
+            aux.filtered["pair_held_out"] += 1
         elif longest > config.pack_tokens:
             aux.filtered["pair_longer_than_pack"] += 1
         else:

@@ -78,6 +78,20 @@ class Device:
     dtype: str  # float32, bfloat16
 
 
+def device_class() -> str:
+    """cuda, mps or cpu: what ``device = "auto"`` would most likely pick here, from the
+    driver's files and the platform, without importing torch (the cache key needs it on
+    every run, a no-op one included)."""
+    import platform
+    from pathlib import Path
+
+    if Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists():
+        return "cuda"
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return "mps"
+    return "cpu"
+
+
 def resolve_device(settings: TrainSettings) -> Device:
     import torch
 
@@ -182,10 +196,13 @@ def train(
     start = 0
     steps: list[Step] = []
     if saved_state is not None:
-        state = torch.load(io.BytesIO(saved_state), weights_only=False)
+        device = next(model.parameters()).device
+        state = torch.load(io.BytesIO(saved_state), weights_only=False, map_location=device)
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
-        torch.random.set_rng_state(state["rng"])
+        torch.random.set_rng_state(state["rng"].cpu())
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([r.cpu() for r in state["cuda_rng"]])
         start = int(state["step"])
         steps = [Step(**record) for record in state["steps"]]  # the killed run's, logged again
         for done in steps:
@@ -234,6 +251,7 @@ def train(
             trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k}
             torch.save({"model": trainable, "optimizer": optimizer.state_dict(),
                         "rng": torch.random.get_rng_state(), "step": step + 1,
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                         "steps": [asdict(s) for s in steps]}, buffer)
             save_state(buffer.getvalue())
     return steps

@@ -17,8 +17,8 @@ state at ``k - 1`` predicts the token at ``k``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,9 +50,20 @@ def _split(model: Any) -> tuple[Any, Any]:
     return decoder, head
 
 
-def _base_only(model: Any) -> AbstractContextManager[Any]:
-    """The adapter switched off: the frozen teacher and the DPO reference."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+@contextmanager
+def _frozen_base(model: Any) -> Iterator[None]:
+    """The adapter switched off and dropout with it: the frozen teacher and the DPO
+    reference are the base model as it is, not a random draw of it."""
+    import torch
+
+    was_training = model.training
+    switch = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    model.eval()
+    try:
+        with torch.no_grad(), switch:
+            yield
+    finally:
+        model.train(was_training)
 
 
 def position_logits(model: Any, ids: Sequence[int], predicts: Sequence[int]) -> Any:
@@ -85,10 +96,9 @@ def divergence(student_logits: Any, teacher_logits: Any, kind: Literal["reverse_
 
 
 def sdpo_loss(model: Any, example: SdpoExample, kind: Literal["reverse_kl", "jsd"]) -> Any:
-    import torch
 
     student = position_logits(model, example.student_ids, example.student_idx)
-    with torch.no_grad(), _base_only(model):
+    with _frozen_base(model):
         teacher = position_logits(model, example.teacher_ids, example.teacher_idx)
     return divergence(student, teacher, kind)
 
@@ -108,12 +118,11 @@ def sequence_logp(model: Any, prompt: Sequence[int], completion: Sequence[int], 
 
 
 def dpo_loss(model: Any, example: PreferenceExample, beta: float) -> Any:
-    import torch
     import torch.nn.functional as F
 
     chosen = sequence_logp(model, example.prompt, example.chosen, example.chosen_mask)
     rejected = sequence_logp(model, example.prompt, example.rejected, example.rejected_mask)
-    with torch.no_grad(), _base_only(model):
+    with _frozen_base(model):
         reference = (sequence_logp(model, example.prompt, example.chosen, example.chosen_mask)
                      - sequence_logp(model, example.prompt, example.rejected, example.rejected_mask))
     return -F.logsigmoid(beta * ((chosen - rejected) - reference))

@@ -50,7 +50,9 @@ class ProbeResult(BaseModel):
 
 def read_losses(path: Path) -> list[float]:
     """Losses by step from a step log (``{"type": "step", "step": n, "loss": x}`` lines),
-    the latest line of each step kept. Raises ValueError on an unreadable log."""
+    the latest line of each step kept; ``sft_loss`` where a line has it (one cycled SDPO
+    row and pair per step make the weighted total noisy). Raises ValueError on an
+    unreadable log."""
     by_step: dict[int, float] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -58,8 +60,9 @@ def read_losses(path: Path) -> list[float]:
         record = json.loads(line)
         if not isinstance(record, dict):
             raise ValueError(f"line {number} is not an object")
-        if record.get("type") == "step":
-            by_step[int(record["step"])] = float(record["loss"])
+        if record.get("type") == "step":  # the SFT loss where the step logs it apart from the weighted total
+            loss = record.get("sft_loss")
+            by_step[int(record["step"])] = float(record["loss"] if loss is None else loss)
     return [by_step[step] for step in sorted(by_step)]
 
 

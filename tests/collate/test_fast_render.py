@@ -76,3 +76,23 @@ def test_an_example_minijinja_renders_differently_goes_the_exact_way(qwen: Any, 
     renderer, exact = Renderer(qwen, template), Renderer(qwen, template, fast=False)
     assert mask_conversation(renderer, messages, None) == mask_conversation(exact, messages, None)
     assert renderer.renders == {"jinja2": 1}
+
+
+def test_a_prefix_the_engines_render_differently_is_redone_the_exact_way(qwen_folder: Any) -> None:
+    """GLM's template strips a reasoning text only in a prefix render: Python's strip()
+    takes the control character U+001F, Rust's trim does not. The whole renders agree,
+    the prefixes part; the example is redone through transformers, and its mask is the
+    exact path's (found by an independent review)."""
+    from pipeline.collate.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(qwen_folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>", "<|system|>",
+                                                                "<|observation|>"]})
+    text = (resources.files("trl") / "chat_templates" / "glm4moe_training.jinja").read_text()
+    template = ChatTemplate("glm4moe_training", text, has_generation_tags(text))
+    messages = [{"role": "user", "content": "Fix the bug."},
+                {"role": "assistant", "content": "Looking.", "reasoning_content": "\x1f"},
+                {"role": "user", "content": "Go on."}, {"role": "assistant", "content": "Done."}]
+    fast, exact = Renderer(tokenizer, template), Renderer(tokenizer, template, fast=False)
+    assert mask_conversation(fast, messages, None) == mask_conversation(exact, messages, None)
+    assert fast.renders == {"jinja2": 1}

@@ -101,7 +101,8 @@ def test_sdpo_and_dpo_train_end_to_end_and_keep_the_eval_split_out(tmp_path: Pat
     from pipeline.synth import synthesize
 
     synthesize(tmp_path / "cc", 25, 5, "claude-code")
-    config = {"train": {"max_steps": 3, "pack_tokens": 512, "sdpo_weight": 0.5, "dpo_weight": 0.5}}
+    config = {"export-sft": {"valid_fraction": 0.1},
+              "train": {"max_steps": 3, "pack_tokens": 512, "sdpo_weight": 0.5, "dpo_weight": 0.5}}
     result = Runner(load_stages(["train"]), RunOptions(root=tmp_path / "lake",
                                                        sources=[SourceSpec("claude-code", tmp_path / "cc")],
                                                        stage_config=config)).run(["train"])
@@ -117,8 +118,12 @@ def test_sdpo_and_dpo_train_end_to_end_and_keep_the_eval_split_out(tmp_path: Pat
                for _, total, sft, sdpo, dpo in steps)
     objectives = dict(con.execute("SELECT objective, count(*) FROM train_rows GROUP BY ALL").fetchall())
     assert objectives.keys() == {"sft", "sdpo", "dpo"}
-    leaked = con.execute("SELECT count(*) FROM train_rows t JOIN sft s USING (task_id) "
-                         "WHERE s.split <> 'train'").fetchone()
-    assert leaked == (0,)  # no SFT, SDPO or DPO example from a conversation eval replays
+    held_out = con.execute("SELECT count(DISTINCT session_id) FROM sft WHERE split <> 'train'").fetchone()
+    leaked = con.execute("SELECT count(*) FROM train_rows WHERE session_id IN "
+                         "(SELECT session_id FROM sft WHERE split <> 'train')").fetchone()
+    # No SFT, SDPO or DPO example from a session eval replays (the split is by session:
+    # a pair's rejected task never reaches the SFT export, its session does).
+    assert held_out is not None and held_out[0] > 0 and leaked == (0,)
+    assert receipt.filtered["pair_held_out"] > 0 and receipt.filtered["sdpo_held_out"] > 0
     lineage = con.execute("SELECT DISTINCT objective FROM adapter_lineage").fetchall()
     assert {o for (o,) in lineage} == {"sft", "sdpo", "dpo"}
