@@ -123,6 +123,9 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
         renderer = Renderer(tokenizer, template, dict(config.template_kwargs))
     except Refused as refused:
         raise TracelakeError(f"eval cannot use the chat template {template.name!r}: {refused}") from None
+    from pipeline.core.imports import allow_pandas
+
+    allow_pandas()  # torch's deterministic switch imports its compiler, which imports pandas
     deterministic = torch_deterministic()
     import torch
 
