@@ -29,13 +29,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
     synthesize(folder / "cc", 40, 5, "claude-code")
     synthesize(folder / "cx", 10, 5, "codex")
+    # Every stage runs, the model ones briefly: what is tested is the lake, not the model.
+    (folder / "config.toml").write_text("[train]\nmax_steps = 3\n\n[eval]\nmax_examples = 2\nmax_new_tokens = 8\n")
     return folder
 
 
 def start(root: Path, corpus: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli.main", "run-all", "--root", str(root), "--quiet",
-         "--source", f"claude-code:{corpus / 'cc'}", "--source", f"codex:{corpus / 'cx'}", *extra],
+         "--source", f"claude-code:{corpus / 'cc'}", "--source", f"codex:{corpus / 'cx'}",
+         "--config", str(corpus / "config.toml"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
     )
