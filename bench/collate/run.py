@@ -1,13 +1,13 @@
 """Benchmark: collate's throughput against a bare batch encode of the same texts.
 
-Both sides get the same SFT conversations (a synthetic corpus run through export-sft,
-plus teich's real Claude Code session when it can be fetched). Collate renders every
+Both sides get the same SFT conversations: a synthetic corpus run through export-sft,
+or (``--real``) teich's real Claude Code session's rows, fetched at bench time. Collate renders every
 prefix, tokenises with offsets through ``apply_chat_template`` and proves each mask;
 the baseline is ``tokenizer(texts)`` on the already rendered full conversations, in the
 same process with the same tokenizer. Prints tokens per second for both and the ratio
 (the issue's floor is 0.5, its aim 0.8).
 
-Usage: .venv/bin/python bench/collate/run.py [--sessions 200] [--rounds 3]
+Usage: .venv/bin/python bench/collate/run.py [--sessions 200 | --real COPIES] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -45,9 +45,35 @@ def _rows(work: Path, sessions: int) -> list[dict[str, Any]]:
     return list(pq.read_table(root / result.summary.tables["sft"].path, columns=columns).to_pylist())
 
 
+def _real_rows(work: Path, copies: int) -> list[dict[str, Any]]:
+    """export-sft's rows of teich's real Claude Code session (fetched at bench time, never
+    committed: it holds real paths and names), repeated ``copies`` times. Copies with
+    fresh ids would be deduplicated by export-sft; collate's cost per row does not depend
+    on ids, so the rows themselves are repeated."""
+    from bench.secrets.run import teich_session
+    from pipeline.core.runner import Runner, RunOptions
+    from pipeline.core.sources import SourceSpec
+    from pipeline.stages.registry import load_stages
+
+    corpus = work / "real" / "-home-user-project"
+    corpus.mkdir(parents=True)
+    session = teich_session(work)
+    (corpus / session.name).write_bytes(session.read_bytes())
+    root = work / "real-lake"
+    # Every session of one file would fall in one split: keep all of them for the bench.
+    config = {"export-sft": {"valid_fraction": 0.0}}
+    result = Runner(load_stages(["export-sft"]), RunOptions(root=root, sources=[SourceSpec("claude-code", corpus)],
+                                                            stage_config=config)).run(["export-sft"])
+    columns = ["task_id", "session_id", "split", "messages", "tools"]
+    rows = list(pq.read_table(root / result.summary.tables["sft"].path, columns=columns).to_pylist())
+    return rows * copies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--real", type=int, default=0, metavar="COPIES",
+                        help="Instead of the synthetic corpus: teich's real session's SFT rows, this many times.")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="Collate worker processes (the stage's --workers).")
     parser.add_argument("--write-doc", action="store_true")
@@ -62,7 +88,7 @@ def main() -> None:
     console = Console()
     with tempfile.TemporaryDirectory(prefix="tracelake-bench-collate-") as scratch:
         work = Path(scratch)
-        rows = _rows(work, args.sessions)
+        rows = _real_rows(work, args.real) if args.real else _rows(work, args.sessions)
         folder = work / "qwen"
         build_offline_qwen(folder)
         tokenizer = load_tokenizer(folder)
