@@ -140,7 +140,11 @@ class Renderer:
 
     def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids and offsets of a render, tokenised as ``apply_chat_template`` does."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
         try:
+            if backend is not None:  # what a fast tokenizer's __call__ runs, without its conversions
+                encoding = backend.encode(text, add_special_tokens=False)
+                return list(encoding.ids), list(encoding.offsets)
             out = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         except (TypeError, ValueError) as exc:  # a lone surrogate, say
             raise Refused("bad_messages", f"cannot tokenise: {str(exc)[:200]}") from None

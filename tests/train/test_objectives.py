@@ -48,7 +48,7 @@ def test_dpo_starts_at_ln2_and_only_the_policy_gets_gradient() -> None:
     pair = PreferenceExample(prompt=[1, 2, 3], chosen=[4, 5, 6], chosen_mask=[1, 1, 0], rejected=[7, 8],
                              rejected_mask=[1, 1])
     loss = dpo_loss(model, pair, beta=0.1)
-    assert float(loss) == pytest.approx(math.log(2.0), abs=1e-6)  # a zero adapter: policy = reference
+    assert loss.item() == pytest.approx(math.log(2.0), abs=1e-6)  # a zero adapter: policy = reference
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert grads and all("lora_" in n for n in grads)
