@@ -103,31 +103,30 @@ def define_views(
     names: list[str] = []
     if relative:  # resolve them here as they will be there
         con.execute(f"SET file_search_path = '{layout.root.resolve().as_posix().replace(chr(39), chr(39) * 2)}'")
-    for name, ref in summary.tables.items():
-        where = Path(ref.path) if relative else (layout.root / ref.path).resolve()
+    def view(name: str, relative_path: str) -> None:
+        where = Path(relative_path) if relative else (layout.root / relative_path).resolve()
         path = where.as_posix().replace("'", "''")
         con.execute(f"CREATE OR REPLACE VIEW {_quote(name)} AS SELECT * FROM read_parquet('{path}')")
         names.append(name)
+
+    order = {status.stage: i for i, status in enumerate(summary.stages)}
+    run_receipts = sorted(load_run_receipts(layout, run_id, keys), key=lambda r: order.get(r.stage, 99))
+    for name, ref in summary.tables.items():
+        view(name, ref.path)
     # A stage that ran and failed only its validation (a failed eval gate, a firewall
     # finding) wrote and signed its tables: they stay queryable under their names, for
     # the run where they matter most; the receipts view says the stage failed. They are
     # no input of any later stage (the run skipped those).
-    for receipt in load_run_receipts(layout, run_id, keys):
+    for receipt in run_receipts:
         if receipt.status != "ok" and receipt.error is None:
             for ref in receipt.outputs:
-                if ref.name in names:
-                    continue
-                where = Path(ref.path) if relative else (layout.root / ref.path).resolve()
-                path = where.as_posix().replace("'", "''")
-                con.execute(f"CREATE OR REPLACE VIEW {_quote(ref.name)} AS SELECT * FROM read_parquet('{path}')")
-                names.append(ref.name)
+                if ref.name not in names:
+                    view(ref.name, ref.path)
     quarantines = [n for n in names if n.endswith("_quarantine")]
     if quarantines:
         union = " UNION ALL BY NAME ".join(f"SELECT * FROM {_quote(n)}" for n in quarantines)
         con.execute(f"CREATE OR REPLACE VIEW quarantine AS {union}")
         names.append("quarantine")
-    order = {status.stage: i for i, status in enumerate(summary.stages)}
-    run_receipts = sorted(load_run_receipts(layout, run_id, keys), key=lambda r: order.get(r.stage, 99))
     _register(con, "receipts", receipts_table(run_receipts))
     history: list[StageReceipt] = []
     for rid in list_runs(layout):

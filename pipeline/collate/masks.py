@@ -30,6 +30,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -202,6 +203,21 @@ class Renderer:
             without = self.text(plain, None, False)
             self._generation = with_prompt[len(without):] if with_prompt.startswith(without) else ""
         return self._generation
+
+
+def stage_renderer(stage: str, folder: Path, template: str, kwargs: Mapping[str, Any]) -> Renderer:
+    """The renderer a stage uses for the model folder it was given: its tokenizer, the
+    template ``choose_template`` picks, one clear error for a template that cannot frame
+    a single turn."""
+    from pipeline.collate.tokenizer import choose_template, load_tokenizer
+    from pipeline.core.errors import TracelakeError
+
+    tokenizer = load_tokenizer(folder)
+    chosen = choose_template(tokenizer, template)
+    try:
+        return Renderer(tokenizer, chosen, dict(kwargs))
+    except Refused as refused:
+        raise TracelakeError(f"{stage} cannot use the chat template {chosen.name!r}: {refused}") from None
 
 
 def turn_terminator(renderer: Renderer) -> str:

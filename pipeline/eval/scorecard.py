@@ -52,6 +52,7 @@ METRICS: tuple[Metric, ...] = (
            "generations cut at the token budget (neither an answer nor a call)"),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 DEFAULT_GATES: dict[str, float] = {"text_answer_rate": 0.0, "loop_rate": 0.0}
 
 
@@ -119,7 +120,7 @@ def schemas_of(tools: Sequence[Mapping[str, Any]] | None) -> dict[str, Mapping[s
 
 
 def gate_text(name: str, tolerance: float) -> str:
-    metric = next(m for m in METRICS if m.name == name)
+    metric = BY_NAME[name]
     sign = ">=" if metric.higher_is_better else "<="
     slack = "-" if metric.higher_is_better else "+"
     return f"adapter {sign} base" + (f" {slack} {tolerance:g}" if tolerance else "")
@@ -128,7 +129,7 @@ def gate_text(name: str, tolerance: float) -> str:
 def gate_passes(name: str, base: float | None, adapter: float | None, tolerance: float) -> bool | None:
     if base is None or adapter is None:
         return None
-    metric = next(m for m in METRICS if m.name == name)
+    metric = BY_NAME[name]
     if metric.higher_is_better:
         return adapter >= base - tolerance - 1e-12
     return adapter <= base + tolerance + 1e-12

@@ -18,15 +18,12 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.collate.jobs import Job, WorkerSetup, collate_all, parse_json, tools_of
-from pipeline.collate.masks import IGNORE, Refused, Renderer
+from pipeline.collate.masks import IGNORE, stage_renderer
 from pipeline.collate.sdpo import DEFAULT_HINTS, find_sites, strip_thinking_from
 from pipeline.collate.tokenizer import (
-    choose_template,
     default_tokenizer,
     engines,
-    load_tokenizer,
 )
-from pipeline.core.errors import TracelakeError
 from pipeline.core.externals import recheck
 from pipeline.core.stage import ExportContext, ExternalInput, Stage, StageContext, StageResult
 from pipeline.export.common import Quarantine
@@ -84,12 +81,8 @@ class _Tally:
 def run(ctx: StageContext[CollateConfig]) -> StageResult:
     config = ctx.config
     folder = ctx.external("model")
-    tokenizer = load_tokenizer(folder)
-    template = choose_template(tokenizer, config.template)
-    try:
-        renderer = Renderer(tokenizer, template, dict(config.template_kwargs))
-    except Refused as refused:  # a template that cannot frame a single turn
-        raise TracelakeError(f"collate cannot use the chat template {template.name!r}: {refused}") from None
+    renderer = stage_renderer(STAGE_NAME, folder, config.template, config.template_kwargs)
+    template = renderer.template
     sft = ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]).to_pylist()
     pairs = ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"]).to_pylist()
     jobs = [Job("sft", row) for row in sft] + [Job("preference", row) for row in pairs]

@@ -21,8 +21,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.collate.jobs import parse_json, tools_of
-from pipeline.collate.masks import Refused, Renderer
-from pipeline.collate.tokenizer import choose_template, load_tokenizer
+from pipeline.collate.masks import stage_renderer
 from pipeline.core.errors import TracelakeError
 from pipeline.core.stage import (
     ExportContext,
@@ -117,12 +116,8 @@ def run(ctx: StageContext[EvalConfig]) -> StageResult:
     adapter_folder = ctx.upstream_artifact("adapter")
     if adapter_folder is not None:
         _check_base(adapter_folder, ctx.externals["model"].sha256 or "")
-    tokenizer = load_tokenizer(folder)
-    template = choose_template(tokenizer, config.template)
-    try:
-        renderer = Renderer(tokenizer, template, dict(config.template_kwargs))
-    except Refused as refused:
-        raise TracelakeError(f"eval cannot use the chat template {template.name!r}: {refused}") from None
+    renderer = stage_renderer(STAGE_NAME, folder, config.template, config.template_kwargs)
+    template = renderer.template
     from pipeline.core.imports import allow_pandas
 
     allow_pandas()  # torch's deterministic switch imports its compiler, which imports pandas

@@ -77,12 +77,14 @@ class Auxiliary:
 
 def _auxiliary(ctx: StageContext[TrainConfig]) -> Auxiliary:
     config, aux = ctx.config, Auxiliary()
-    sdpo = ctx.table("collated_sdpo", columns=["task_id", "session_id", "split", "student_input_ids",
-                                               "teacher_input_ids", "student_response_idx", "teacher_response_idx"])
-    aux.rows_in += sdpo.num_rows
+    # An objective that is off reads nothing of its table but its row count (recorded).
+    aux.rows_in = ctx.inputs["collated_sdpo"].rows + ctx.inputs["collated_preference"].rows
     if not config.sdpo_weight:
-        aux.filtered["sdpo_off"] += sdpo.num_rows
+        aux.filtered["sdpo_off"] += ctx.inputs["collated_sdpo"].rows
     else:
+        sdpo = ctx.table("collated_sdpo", columns=["task_id", "session_id", "split", "student_input_ids",
+                                                   "teacher_input_ids", "student_response_idx",
+                                                   "teacher_response_idx"])
         for row in sdpo.to_pylist():
             if row["split"] != "train":
                 aux.filtered["sdpo_held_out"] += 1
@@ -92,11 +94,10 @@ def _auxiliary(ctx: StageContext[TrainConfig]) -> Auxiliary:
                 aux.sdpo.append(SdpoExample(row["student_input_ids"], row["teacher_input_ids"],
                                             row["student_response_idx"], row["teacher_response_idx"]))
                 aux.sdpo_rows.append((row["task_id"], row["session_id"]))
-    pairs = ctx.table("collated_preference")
-    aux.rows_in += pairs.num_rows
     if not config.dpo_weight:
-        aux.filtered["dpo_off"] += pairs.num_rows
+        aux.filtered["dpo_off"] += ctx.inputs["collated_preference"].rows
         return aux
+    pairs = ctx.table("collated_preference")
     # The split is by session: a pair with a task from a session eval replays (whichever
     # of its tasks reached the SFT export) would train on the eval's context.
     sft = ctx.table("sft", columns=["session_id", "split"])

@@ -225,20 +225,17 @@ def train(
             tokens += pack.tokens
         extra: dict[str, float | None] = {"sdpo_loss": None, "dpo_loss": None}
         total = sft
-        if settings.sdpo_weight and sdpo:
-            example = sdpo[step % len(sdpo)]
-            loss = sdpo_loss(model, example, settings.sdpo_divergence)
-            (settings.sdpo_weight * loss).backward()
-            extra["sdpo_loss"] = float(loss.detach())
-            total += settings.sdpo_weight * float(loss.detach())
-            tokens += len(example.student_ids)
-        if settings.dpo_weight and pairs:
-            pair = pairs[step % len(pairs)]
-            loss = dpo_loss(model, pair, settings.dpo_beta)
-            (settings.dpo_weight * loss).backward()
-            extra["dpo_loss"] = float(loss.detach())
-            total += settings.dpo_weight * float(loss.detach())
-            tokens += len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
+        for name, weight, examples in (("sdpo_loss", settings.sdpo_weight, sdpo),
+                                       ("dpo_loss", settings.dpo_weight, pairs)):
+            if not (weight and examples):
+                continue
+            example = examples[step % len(examples)]
+            loss = (sdpo_loss(model, example, settings.sdpo_divergence) if isinstance(example, SdpoExample)
+                    else dpo_loss(model, example, settings.dpo_beta))
+            (weight * loss).backward()
+            extra[name] = float(loss.detach())
+            total += weight * float(loss.detach())
+            tokens += example.tokens
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, 1.0))
         optimizer.step()
         elapsed = time.perf_counter() - began

@@ -32,6 +32,11 @@ class SdpoExample:
     student_idx: list[int]  # positions of the recovery tokens in student_ids
     teacher_idx: list[int]  # the same tokens in teacher_ids
 
+    @property
+    def tokens(self) -> int:
+        """What a step reads of it (the teacher runs without gradient)."""
+        return len(self.student_ids)
+
 
 @dataclass(frozen=True)
 class PreferenceExample:
@@ -40,6 +45,10 @@ class PreferenceExample:
     chosen_mask: list[int]
     rejected: list[int]
     rejected_mask: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.prompt) + len(self.chosen) + len(self.rejected)
 
 
 def _split(model: Any) -> tuple[Any, Any]:
