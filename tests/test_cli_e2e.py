@@ -140,6 +140,36 @@ def test_version_and_short_help() -> None:
     assert run_help.returncode == 0 and "KIND:PATH" in run_help.stdout and "list[str]" not in run_help.stdout
 
 
+# What a quick command must not import (issue 15): the ML stack never, and `--help` none
+# of the data stack either, so that it answers at once.
+_ML = ("torch", "transformers", "datasets", "polars", "peft", "tokenizers")
+_DATA = ("pyarrow", "duckdb", "numpy", "pydantic", "kingfisher_sdk", "hyperscan")
+
+
+def _imported(*args: str, cwd: Path | None = None) -> tuple[int, set[str]]:
+    """Exit code and top-level packages loaded by the time a command exits."""
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('MODULES ' + ' '.join(sorted({m.split('.')[0] for m in sys.modules})),"
+             " file=sys.stderr))\n"
+             f"sys.argv = ['tracelake', *{list(args)!r}]\n"
+             "from pipeline.cli.main import main\n"
+             "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd, check=False)
+    line = next(x for x in done.stderr.splitlines() if x.startswith("MODULES "))
+    return done.returncode, set(line.split()[1:])
+
+
+def test_quick_commands_import_only_what_they_use(tmp_path: Path, corpus: list[str]) -> None:
+    code, modules = _imported("--help")
+    assert code == 0 and not modules & {*_ML, *_DATA}, modules & {*_ML, *_DATA}
+    code, modules = _imported("run", "-h")  # typer's own parameter adapters use pydantic
+    assert code == 0 and not modules & {*_ML, *_DATA} - {"pydantic"}, modules & {*_ML, *_DATA}
+    assert tracelake("run", "collect", "--root", str(tmp_path), *corpus, "--quiet").returncode == 0
+    for command in (["sql", "SELECT count(*) FROM sessions"], ["receipts", "list"], ["receipts", "verify"]):
+        code, modules = _imported(*command, "--root", str(tmp_path))
+        assert code == 0 and not modules & set(_ML), (command, modules & set(_ML))
+
+
 def test_a_root_that_cannot_be_written_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run would fail on its first write; say so first. (Tests run as root, which
     writes anywhere, so the permission is the one thing stood in for here.)"""

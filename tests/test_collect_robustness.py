@@ -13,9 +13,9 @@ from collect_helpers import all_text, collect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.progress import Tracker
 from pipeline.core.runner import Runner, RunOptions
 from pipeline.core.sources import SourceSpec
-from pipeline.core.stage import Tracker
 from pipeline.stages.collect import STAGE
 
 SESSION = "5a1b2c3d-0000-4000-8000-000000000001"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from pipeline.cli.common import console, fail
@@ -99,6 +98,8 @@ def register(app: typer.Typer) -> None:
             why = (failed.error if failed else None) or "it did not pass its validation"
             raise fail(f"{failed.stage if failed else 'collate'} failed: {why}".splitlines()[0])
         sdpo = cast(dict[str, Any], outcome.receipt.stats["sdpo"])
+        from rich.table import Table
+
         table = Table(title=Text("SDPO yield"))
         table.add_column("measure")
         table.add_column("value", justify="right")

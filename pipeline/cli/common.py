@@ -8,27 +8,20 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.text import Text
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.sources import env_root
-from pipeline.core.stage import Stage, Tracker
+from pipeline.core.progress import Tracker
 from pipeline.stages.registry import STAGE_NAMES
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn
+
+    from pipeline.core.stage import Stage
 
 T = TypeVar("T")
 
@@ -41,6 +34,8 @@ CONFIG_TABLES: tuple[str, ...] = (*STAGE_NAMES, "drift")
 
 
 def resolve_root(root: Path | None) -> Path:
+    from pipeline.core.sources import env_root
+
     return (root or env_root()).expanduser().resolve()
 
 
@@ -92,6 +87,8 @@ def did_you_mean(word: str, choices: Sequence[str], form: str) -> str:
 
 def _bar(*counts: ProgressColumn) -> Progress:
     """A transient bar on stderr: the description, the bar, then ``counts``."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
     return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), *counts,
                     console=err_console, transient=True)
 
@@ -106,6 +103,8 @@ class RichTracker(Tracker):
         if not self.enabled or (total is not None and total < 2):
             yield from items
             return
+        from rich.progress import MofNCompleteColumn, TimeElapsedColumn
+
         with _bar(MofNCompleteColumn(), TimeElapsedColumn()) as progress:
             task = progress.add_task(description, total=total)
             for item in items:
@@ -117,6 +116,8 @@ class RichTracker(Tracker):
         if not self.enabled or total_bytes <= 0:
             yield lambda _done: None
             return
+        from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
+
         with _bar(DownloadColumn(binary_units=False), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
             task = progress.add_task(description, total=total_bytes)
             yield lambda done: progress.advance(task, done)

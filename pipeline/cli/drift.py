@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from pipeline.cli.common import ROOT_HELP, console, fail, load_config_file, resolve_root
-from schemas.drift import DriftReport
 
 if TYPE_CHECKING:
     from pipeline.core.store import LakeLayout
     from pipeline.core.trust import TrustedKeys
+    from schemas.drift import DriftReport
 
 TOOL_FAILURE = 2
 
@@ -127,6 +126,8 @@ def print_tables(report: DriftReport) -> None:
     console.print(head, no_wrap=True, overflow="ellipsis")
     console.print(Text(f"against {report.against_run_id or '(no earlier run)'}; warn >= {t.warn_pct:g}%, "
                        f"alert >= {t.alert_pct:g}%, min change {t.min_abs_change}"), overflow="ellipsis")
+    from rich.table import Table
+
     if report.findings:
         findings = Table(title="findings", title_justify="left", expand=False)
         findings.add_column("severity", no_wrap=True, min_width=8)

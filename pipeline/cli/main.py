@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from pipeline.cli.alignment import register as register_alignment
@@ -33,6 +32,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    # Plain help: typer's rich help imports rich.markdown and markdown-it (~0.1 s) on
+    # every `--help`, which should answer at once.
+    rich_markup_mode=None,
 )
 
 
@@ -54,7 +56,8 @@ def _main(
     ] = False,
 ) -> None:
     """Agent session logs -> a signed, content-addressed Parquet lake and training data."""
-receipts_app = typer.Typer(help="List, show and verify signed stage receipts.", no_args_is_help=True)
+receipts_app = typer.Typer(help="List, show and verify signed stage receipts.", no_args_is_help=True,
+                           rich_markup_mode=None)
 app.add_typer(receipts_app, name="receipts")
 
 RootOpt = Annotated[Path | None, typer.Option("--root", help=ROOT_HELP)]
@@ -250,6 +253,8 @@ def print_run(root: Path, run_id: str) -> None:
     layout = LakeLayout(root)
     keys = load_trusted(layout)
     summary = load_run_summary(layout, run_id, keys)
+    from rich.table import Table
+
     table = Table(title=Text(f"run {run_id}"))
     for column in ("stage", "status", "in", "out", "quarantined", "filtered", "cache hit", "time (s)"):
         left = column in ("stage", "status")
@@ -445,6 +450,8 @@ def receipts_list(
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
     table = Table(title=Text(f"runs in {layout.receipts}"))
     for column in ("run_id", "passed", "stages", "hits", "records_in", "run_hash"):
         table.add_column(column, overflow="fold")
@@ -493,6 +500,8 @@ def receipts_show(
     print_run(layout.root, resolved)
     for receipt in receipts:
         if receipt.quarantined or receipt.filtered:
+            from rich.table import Table
+
             detail = Table(title=Text(f"{receipt.stage}: set aside"), show_header=True)
             detail.add_column("kind")
             detail.add_column("reason", overflow="fold")
@@ -598,6 +607,8 @@ def sql(
         # right-aligned; csv and json give whole values.
         cells = [["NULL" if v is None else str(v).replace("\n", " ") for v in row] for row in rows]
         widths = _column_widths(columns, cells, console.width)
+        from rich.table import Table
+
         table = Table(show_lines=False)
         for i, column in enumerate(columns):
             numeric = bool(rows) and all(isinstance(r[i], int | float) and not isinstance(r[i], bool)

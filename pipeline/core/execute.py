@@ -29,8 +29,9 @@ from pipeline.core.artifacts import put_artifact
 from pipeline.core.cache import conservation_problem
 from pipeline.core.errors import ConservationError, TracelakeError
 from pipeline.core.hashing import CacheMac
+from pipeline.core.progress import Tracker
 from pipeline.core.sources import SourceFile
-from pipeline.core.stage import Stage, StageContext, StageResult, Tracker
+from pipeline.core.stage import Stage, StageContext, StageResult
 from pipeline.core.store import (
     LakeLayout,
     TableStream,

@@ -35,6 +35,7 @@ from pipeline.core.externals import external_refs, key_config
 from pipeline.core.hashing import digest_json
 from pipeline.core.housekeeping import clean_leftovers
 from pipeline.core.lock import writer_lock
+from pipeline.core.progress import Tracker
 from pipeline.core.receipts import (
     SUMMARY_FILE,
     SUMMARY_MD,
@@ -54,7 +55,7 @@ from pipeline.core.sources import (
     resolve_sources,
     save_manifest,
 )
-from pipeline.core.stage import ExportContext, Stage, Tracker
+from pipeline.core.stage import ExportContext, Stage
 from pipeline.core.store import LakeLayout
 from pipeline.core.trust import TrustedKeys, ensure_trusted_signer
 from schemas.datasets import DATASET_TABLES

@@ -8,12 +8,11 @@ outputs, receipts, signing and count conservation.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,12 +21,11 @@ from typing_extensions import TypeVar as DefaultTypeVar
 
 from pipeline.core.errors import TracelakeError
 from pipeline.core.hashing import CacheMac
+from pipeline.core.progress import Tracker
 from pipeline.core.sources import SourceFile
 from pipeline.core.store import LakeLayout, TableStream, atomic_write_bytes
 from schemas.receipt import ArtifactRef, InputRef, ObjectRef, SecretRescan
 from schemas.tables import ArtifactSpec, TableSpec, check_name
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -48,28 +46,6 @@ class StageResult:
     sources_read: dict[str, list[SourceFile]] | None = None
     # Declared artifact name -> the folder the stage wrote it in (in its scratch area).
     artifacts: dict[str, Path] = field(default_factory=dict)
-
-
-def _ignore(_done: int) -> None:
-    pass
-
-
-class Tracker:
-    """Progress reporting seam: the CLI plugs in rich bars, tests plug in nothing."""
-
-    def track(self, items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
-        yield from items
-
-    @contextmanager
-    def meter(self, total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
-        """A bar over bytes, advanced by hand with each piece of work's size (its order
-        of completion is not known beforehand); yields the advance function."""
-        yield _ignore
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Wraps one stage's execution (a spinner in the CLI)."""
-        yield
 
 
 # A stage's config type: its run, materialize and validate read ``ctx.config`` typed.

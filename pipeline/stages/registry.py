@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import TracelakeError
-from pipeline.core.stage import Stage
+
+if TYPE_CHECKING:
+    from pipeline.core.stage import Stage
 
 # name -> (module holding STAGE, stages whose outputs it reads)
 REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
