@@ -119,12 +119,6 @@ def _run(
 ) -> None:
     import datetime as dt
 
-    from pipeline.secrets import catalogue
-
-    # Loading the secret catalogue's rules takes ~0.4 s of native code: started first, it
-    # runs while the imports below and collect's first batches run.
-    catalogue.prefetch()
-
     from pipeline.core.execute import EXECUTORS
     from pipeline.core.lock import writer_lock
     from pipeline.core.runner import Runner, RunOptions

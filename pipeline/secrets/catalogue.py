@@ -13,7 +13,8 @@ scanned; a secret found inside base64 text covers the whole encoded run.
 
 Rules load from Kingfisher's compiled-rule cache in the user's cache folder (never the
 lake, which others may write), ~0.4 s warm, ~4.5 s the first time on a machine: in the
-background from the CLI's start (``prefetch``), or else when a screen first flags a
+background from the start of a collect that has files to parse (``prefetch``; a run
+whose collect is a cache hit never loads them), or else when a screen first flags a
 string.
 """
 

@@ -1,0 +1,235 @@
+"""Benchmark: collect against agentpile 0.3.1 on corpora shaped like users' logs.
+
+Three corpora, built deterministically under ``--work`` (real sessions are fetched at
+bench time from the teich and claude-code-log sdists and never committed: they hold
+real paths and names):
+
+- ``synthetic``: the collect bench's `tracelake synth` corpus (``--target-mb``);
+- ``real-shaped``: ``--real-files`` session files of tens of KB in 30 project folders,
+  the shape of a real ``~/.claude/projects``. Three of four are teich's real Claude Code
+  session; the fourth is every Claude Code record claude-code-log ships (tool results,
+  a base64 image, thinking, sidechains) in one file. Every uuid (session ids too)
+  is mapped to a fresh one per copy, so no two files share a record;
+- ``huge``: one session of at least ``--huge-mb`` MB and two of a tenth of it, each
+  teich's session repeated with fresh message uuids under one session id.
+
+Each corpus is timed with agentpile (one process), then tracelake `run collect` cold
+(fresh root, empty shard cache) with ``--workers 1`` and ``--workers 2``, best of
+``--repeat``, all from a warm page cache, in the same script. Reported: wall and CPU
+seconds, CPU seconds per GB, the largest process's peak RSS, and the speed ratio to
+agentpile. The issue 15 floor is 1.0x with one worker on every corpus (aim: 2x with two).
+
+Usage: .venv/bin/python bench/collect/shapes.py [--corpus synthetic,real-shaped,huge]
+       [--target-mb 500] [--real-files 3000] [--huge-mb 400] [--repeat 1] [--no-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.collect.run import (
+    AGENTPILE,
+    best_of,
+    build_corpus,
+    ensure_agentpile,
+    lake_env,
+    time_agentpile,
+    tracelake,
+)
+from bench.common import (
+    REPO,
+    Measurement,
+    corpus_files,
+    corpus_size,
+    drop_into_page_cache,
+    machine,
+    run_measured,
+    sdist_sessions,
+    today,
+    update_doc_section,
+)
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+console = Console(width=80)
+
+
+def _fresh_ids(data: bytes, namespace: uuid.UUID, keep: frozenset[bytes] = frozenset()) -> bytes:
+    """``data`` with every uuid but those in ``keep`` mapped to a fresh one, the same
+    one for every occurrence (so parent links and tool ids still pair)."""
+    seen: dict[bytes, bytes] = {}
+
+    def fresh(m: re.Match[bytes]) -> bytes:
+        old = m.group(0)
+        if old in keep:
+            return old
+        if old not in seen:
+            seen[old] = str(uuid.uuid5(namespace, old.decode())).encode()
+        return seen[old]
+
+    return _UUID.sub(fresh, data)
+
+
+def _real_sessions(work: Path) -> tuple[bytes, bytes]:
+    """teich's real Claude Code session, and claude-code-log's Claude Code records as one
+    file (their own session ids, fresh in each copy)."""
+    teich = next(p for p in sdist_sessions(work, "teich", "teich==0.3.6") if p.name == "example_claude_code.jsonl")
+    records = [p for p in sdist_sessions(work, "claude-code-log", "claude-code-log==1.7.0")
+               if "/claude-code/" in p.as_posix()]
+    lines = [line for p in records for line in p.read_bytes().splitlines() if line.strip()]
+    return teich.read_bytes(), b"\n".join(lines) + b"\n"
+
+
+def real_shaped(work: Path, files: int) -> Path:
+    corpus = work / f"shapes-real-{files}"
+    if corpus.is_dir() and len(corpus_files(corpus)) == files:
+        return corpus
+    shutil.rmtree(corpus, ignore_errors=True)
+    teich, logged = _real_sessions(work)
+    with console.status(f"writing {files} real-shaped session files"):
+        for i in range(files):
+            copy = _fresh_ids(logged if i % 4 == 3 else teich, uuid.UUID(int=i + 1))
+            first = _UUID.search(copy)
+            name = first.group(0).decode() if first else f"s{i}"
+            target = corpus / f"-home-user-project{i % 30}" / f"{name}.jsonl"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(copy)
+    return corpus
+
+
+def huge(work: Path, mb: int) -> Path:
+    corpus = work / f"shapes-huge-{mb}mb"
+    if corpus.is_dir() and corpus_size(corpus)[1] >= mb * 1_000_000 * 1.2:
+        return corpus
+    shutil.rmtree(corpus, ignore_errors=True)
+    teich, _ = _real_sessions(work)
+    first = _UUID.search(teich)
+    assert first is not None
+    session = first.group(0)
+    for index, size in enumerate((mb, mb // 10, mb // 10)):
+        session_id = str(uuid.uuid5(uuid.UUID(int=index + 1), "huge")).encode()
+        target = corpus / "-home-user-monorepo" / f"{session_id.decode()}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = copy = 0
+        with console.status(f"writing a {size} MB session"), target.open("wb") as out:
+            while written < size * 1_000_000:
+                data = _fresh_ids(teich, uuid.UUID(int=(index << 32) + copy + 1), frozenset({session}))
+                data = data.replace(session, session_id)
+                out.write(data if data.endswith(b"\n") else data + b"\n")
+                written += len(data)
+                copy += 1
+    return corpus
+
+
+def time_collect(work: Path, runs: Path, corpus: Path, workers: int) -> tuple[Measurement, None]:
+    root = runs / f"lake-w{workers}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    drop_into_page_cache(corpus_files(corpus))
+    cmd = tracelake("run", "collect", "--root", str(root), "--source", f"claude-code:{corpus}",
+                    "--workers", str(workers), "--quiet")
+    m = run_measured(cmd, env=lake_env(work), log=runs / f"tracelake-w{workers}.log")
+    if m.returncode != 0:
+        raise SystemExit(f"tracelake failed on {corpus}:\n{m.output_tail}")
+    return m, None
+
+
+def measure(work: Path, name: str, corpus: Path, repeat: int, agentpile: Path) -> list[dict[str, Any]]:
+    files, size = corpus_size(corpus)
+    runs = work / f"shapes-runs-{name}"
+    runs.mkdir(parents=True, exist_ok=True)
+    gb = size / 1e9
+    rows: list[dict[str, Any]] = []
+    with console.status(f"{name}: agentpile"):
+        base, _ = best_of(repeat, lambda: time_agentpile(agentpile, runs, corpus_files(corpus)))
+    timed: list[tuple[str, Measurement]] = [("agentpile (1 process)", base)]
+    for workers in (1, 2):
+        with console.status(f"{name}: tracelake --workers {workers}"):
+            m, _ = best_of(repeat, partial(time_collect, work, runs, corpus, workers))
+        timed.append((f"tracelake -w {workers}", m))
+    for tool, m in timed:
+        rows.append({
+            "corpus": name, "files": files, "mb": round(size / 1e6), "tool": tool, "wall_s": m.wall_s,
+            "cpu_s": m.cpu_s, "cpu_s_per_gb": m.cpu_s / gb, "max_rss_mb": m.max_rss_mb,
+            "vs_agentpile": base.wall_s / m.wall_s, "load_before": m.load_before,
+        })
+    return rows
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="collect on user-shaped corpora (best of runs)")
+    for column in ("corpus", "tool", "wall s", "CPU s/GB", "RSS MB", "ratio"):
+        table.add_column(column, justify="left" if column in ("corpus", "tool") else "right")
+    for r in rows:
+        table.add_row(f"{r['corpus']} {r['mb']:,} MB", r["tool"], f"{r['wall_s']:.2f}", f"{r['cpu_s_per_gb']:.1f}",
+                      f"{r['max_rss_mb']:,.0f}", f"{r['vs_agentpile']:.2f}x")
+    console.print(table)
+
+
+def markdown(rows: list[dict[str, Any]], command: str) -> str:
+    info = machine()
+    lines = [
+        "## collect on user-shaped corpora (issue 15)",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {today()}; machine: {info['nproc']} cores ({info['cpu']}), Python {info['python']}.  ",
+        f"Peer: {AGENTPILE} in one process (`session_to_trajectory` + `json.dumps` per top-level "
+        "session, output discarded); tracelake: cold `run collect`, redaction on, signed Parquet.",
+        "",
+        "| corpus | files | MB | tool | wall s | CPU s | CPU s/GB | max RSS MB | speed vs agentpile | load |",
+        "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['corpus']} | {r['files']:,} | {r['mb']:,} | {r['tool']} | {r['wall_s']:.2f} | "
+                     f"{r['cpu_s']:.1f} | {r['cpu_s_per_gb']:.1f} | {r['max_rss_mb']:,.0f} | "
+                     f"{r['vs_agentpile']:.2f}x | {r['load_before']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default="synthetic,real-shaped,huge")
+    parser.add_argument("--target-mb", type=int, default=500)
+    parser.add_argument("--real-files", type=int, default=3000)
+    parser.add_argument("--huge-mb", type=int, default=400)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / ".work")
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args()
+    work: Path = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    builders: dict[str, Callable[[], Path]] = {
+        "synthetic": lambda: build_corpus(work, args.target_mb)[0],
+        "real-shaped": lambda: real_shaped(work, args.real_files),
+        "huge": lambda: huge(work, args.huge_mb),
+    }
+    names = [n.strip() for n in args.corpus.split(",") if n.strip()]
+    unknown = [n for n in names if n not in builders]
+    if unknown:
+        raise SystemExit(f"unknown corpus {unknown[0]!r}; known: {', '.join(builders)}")
+    agentpile = ensure_agentpile(work)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        rows += measure(work, name, builders[name](), args.repeat, agentpile)
+    print_rows(rows)
+    command = (f"python bench/collect/shapes.py --corpus {','.join(names)} --target-mb {args.target_mb} "
+               f"--real-files {args.real_files} --huge-mb {args.huge_mb} --repeat {args.repeat}")
+    if not args.no_doc:
+        update_doc_section("collect-shapes", markdown(rows, command))
+        console.print("updated docs/BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
