@@ -100,6 +100,9 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     a_file.write_text("")
     not_a_root = tracelake("run-all", "--root", str(a_file), "--source", f"codex:{tmp_path}")
     assert not_a_root.returncode == 2 and "is a file, not a folder" in not_a_root.stderr
+    # a misspelt stage is named as such, before anything about sources (none given here)
+    no_stage = tracelake("run", "colect", "--root", str(tmp_path / "fresh"))
+    assert no_stage.returncode == 2 and "unknown stage 'colect'" in no_stage.stderr, no_stage.stderr
 
 
 @pytest.mark.parametrize(("config", "message"), [

@@ -128,14 +128,14 @@ def ensure_agentpile(work: Path) -> Path:
 
 
 def time_agentpile(
-    python: Path, runs: Path, files: list[Path]
+    python: Path, runs: Path, files: list[Path], poll_s: float = 0.05
 ) -> tuple[Measurement, dict[str, Any]]:
     listing = runs / "agentpile-files.txt"
     listing.write_text("\n".join(str(p) for p in top_level_sessions(files)) + "\n")
     drop_into_page_cache(files)
     with console.status("agentpile: parsing every session to ATIF (1 process)"):
         m = run_measured(
-            [str(python), "-c", AGENTPILE_SCRIPT, str(listing)], log=runs / "agentpile.log"
+            [str(python), "-c", AGENTPILE_SCRIPT, str(listing)], log=runs / "agentpile.log", poll_s=poll_s
         )
     if m.returncode != 0:
         raise SystemExit(f"agentpile failed:\n{m.output_tail}")

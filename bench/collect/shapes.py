@@ -64,6 +64,11 @@ from bench.common import (
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 console = Console(width=80)
+# How often the whole process tree's memory is sampled. Reading every process's
+# smaps_rollup costs CPU that grows with the tree and its mappings (a third of a core at
+# 50 ms for tracelake's, next to nothing for agentpile's one small process): on two
+# cores that would tilt the ratio, so it is sampled seldom; max RSS is exact regardless.
+POLL_S = 0.5
 
 
 def _fresh_ids(data: bytes, namespace: uuid.UUID, keep: frozenset[bytes] = frozenset()) -> bytes:
@@ -140,7 +145,7 @@ def time_collect(work: Path, runs: Path, corpus: Path, workers: int) -> tuple[Me
     drop_into_page_cache(corpus_files(corpus))
     cmd = tracelake("run", "collect", "--root", str(root), "--source", f"claude-code:{corpus}",
                     "--workers", str(workers), "--quiet")
-    m = run_measured(cmd, env=lake_env(work), log=runs / f"tracelake-w{workers}.log")
+    m = run_measured(cmd, env=lake_env(work), log=runs / f"tracelake-w{workers}.log", poll_s=POLL_S)
     if m.returncode != 0:
         raise SystemExit(f"tracelake failed on {corpus}:\n{m.output_tail}")
     return m, None
@@ -153,7 +158,7 @@ def measure(work: Path, name: str, corpus: Path, repeat: int, agentpile: Path) -
     gb = size / 1e9
     rows: list[dict[str, Any]] = []
     with console.status(f"{name}: agentpile"):
-        base, _ = best_of(repeat, lambda: time_agentpile(agentpile, runs, corpus_files(corpus)))
+        base, _ = best_of(repeat, lambda: time_agentpile(agentpile, runs, corpus_files(corpus), POLL_S))
     timed: list[tuple[str, Measurement]] = [("agentpile (1 process)", base)]
     for workers in (1, 2):
         with console.status(f"{name}: tracelake --workers {workers}"):

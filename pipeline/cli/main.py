@@ -134,6 +134,10 @@ def _run(
 
     lake_root = resolve_root(root)
     try:
+        # What the command names first (a misspelt stage or executor), then the world.
+        stages = load_stages(targets)
+        if executor not in EXECUTORS:
+            raise TracelakeError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
         check_root(lake_root)
         if recorded_at is not None:
             dt.datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
@@ -145,11 +149,8 @@ def _run(
         for spec in specs:
             check_source(spec)
         stage_config: dict[str, dict[str, Any]] = load_config_file(config)
-        stages = load_stages(targets)
         check_config_keys(stage_config, stages)
         externals = parse_externals(external or [], stages)
-        if executor not in EXECUTORS:
-            raise TracelakeError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     except (ValueError, TracelakeError) as exc:
         raise fail(str(exc)) from exc
     if include_partial:

@@ -168,11 +168,14 @@ def _in_worker(job: Job) -> Done:
 
 
 def collate_all(renderer: Renderer, jobs: Sequence[Job], setup: WorkerSetup, workers: int,
-                track: Callable[[Iterator[Done], int], Iterator[Done]]) -> list[Done]:
+                track: Callable[[Iterator[Done], int], Iterator[Done]]) -> Iterator[Done]:
+    """Each job's result, in job order, as it comes: the caller turns rows into Arrow
+    as it goes, so a run never holds every example's token lists as Python objects."""
     if workers <= 1 or len(jobs) < PARALLEL_MIN_EXAMPLES:
-        return list(track((collate_job(renderer, job, setup.max_length) for job in jobs), len(jobs)))
+        yield from track((collate_job(renderer, job, setup.max_length) for job in jobs), len(jobs))
+        return
     chunk = max(1, len(jobs) // (workers * 16))
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(setup,)) as pool:
-        return list(track(pool.map(_in_worker, jobs, chunksize=chunk), len(jobs)))
+        yield from track(pool.map(_in_worker, jobs, chunksize=chunk), len(jobs))
 

@@ -14,6 +14,7 @@ import functools
 from collections import Counter
 from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,6 +79,39 @@ class _Tally:
         self.truncated += dropped_tokens > 0
 
 
+class _Rows:
+    """Collated rows by kind, turned into Arrow every ``CHUNK`` rows: a token id is 4 or
+    8 bytes there against ~36 as a Python int in a list, so a big run's rows fit."""
+
+    CHUNK = 512
+    SPECS = {"sft": COLLATED_SFT, "preference": COLLATED_PREFERENCE, "sdpo": COLLATED_SDPO}
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.SPECS}
+        self.chunks: dict[str, list[pa.Table]] = {kind: [] for kind in self.SPECS}
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, kind: str, row: dict[str, Any]) -> None:
+        self.pending[kind].append(row)
+        self.counts[kind] += 1
+        if len(self.pending[kind]) >= self.CHUNK:
+            self._flush(kind)
+
+    def _flush(self, kind: str) -> None:
+        if self.pending[kind]:
+            self.chunks[kind].append(from_rows(self.SPECS[kind], self.pending[kind]))
+            self.pending[kind] = []
+
+    def table(self, kind: str) -> pa.Table:
+        self._flush(kind)
+        chunks = self.chunks[kind]
+        return pa.concat_tables(chunks) if chunks else from_rows(self.SPECS[kind], [])
+
+
 def run(ctx: StageContext[CollateConfig]) -> StageResult:
     config = ctx.config
     folder = ctx.external("model")
@@ -97,7 +131,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
                           lambda done, total: ctx.tracker.track(done, total, "collate"))
     quarantine = Quarantine(STAGE_NAME)
     tally = _Tally()
-    rows: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": [], "sdpo": []}
+    rows = _Rows()
     sdpo_refused: Counter[str] = Counter()
     renders: Counter[str] = Counter()
     for job, done in zip(jobs, results, strict=True):
@@ -105,7 +139,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         for size in done.masks:
             tally.add(size)
         if done.row is not None:
-            rows[job.kind].append(done.row)
+            rows.add(job.kind, done.row)
             continue
         assert done.reason is not None
         if job.kind == "sdpo":  # one task's SFT row and its sites are told apart
@@ -119,7 +153,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         "templates": {
             template.name: {
                 "examples": len(jobs),
-                "collated": sum(len(r) for r in rows.values()),
+                "collated": rows.count,
                 "rejected": sum(rejected.values()),
                 "rejected_share": round(sum(rejected.values()) / len(jobs), 6) if jobs else 0.0,
                 "reasons": rejected,
@@ -135,17 +169,17 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         # Conversations whose prefixes minijinja rendered (its whole render equal to
         # transformers'), and those rendered by transformers alone.
         "renders": dict(sorted(renders.items())),
-        "sdpo": _sdpo_stats(sdpo_yield, len(rows["sdpo"]), dict(sdpo_refused), config),
+        "sdpo": _sdpo_stats(sdpo_yield, rows.counts["sdpo"], dict(sdpo_refused), config),
     }
     return StageResult(
         tables={
-            "collated_sft": from_rows(COLLATED_SFT, rows["sft"]),
-            "collated_preference": from_rows(COLLATED_PREFERENCE, rows["preference"]),
-            "collated_sdpo": from_rows(COLLATED_SDPO, rows["sdpo"]),
+            "collated_sft": rows.table("sft"),
+            "collated_preference": rows.table("preference"),
+            "collated_sdpo": rows.table("sdpo"),
             "quarantine": quarantine.table(),
         },
         records_in=len(jobs) + sum(filtered.values()),
-        records_out=sum(len(r) for r in rows.values()),
+        records_out=rows.count,
         quarantined=rejected,
         filtered=filtered,
         stats=stats,
@@ -222,21 +256,23 @@ def validate(ctx: ExportContext[CollateConfig]) -> list[str]:
     """Re-read what was written: the columns, one label per id, a label is -100 or the
     id it stands on, no example without a trained token."""
     errors: list[str] = []
-    path = ctx.export_dir / "collated" / "sft.parquet"
-    table = pq.read_table(path)
-    if tuple(table.column_names) != EXPORT_COLUMNS:
-        errors.append(f"collated/sft.parquet has columns {table.column_names}, not {list(EXPORT_COLUMNS)}")
+    parquet = pq.ParquetFile(ctx.export_dir / "collated" / "sft.parquet")
+    columns = parquet.schema_arrow.names
+    if tuple(columns) != EXPORT_COLUMNS:
+        errors.append(f"collated/sft.parquet has columns {columns}, not {list(EXPORT_COLUMNS)}")
         return errors
-    for index, (ids, mask, labels, task) in enumerate(zip(*(table[c].to_pylist() for c in EXPORT_COLUMNS),
-                                                           strict=True)):
-        if not (len(ids) == len(mask) == len(labels)) or any(m != 1 for m in mask):
-            errors.append(f"collated/sft.parquet row {index} ({task}): lengths or attention mask are wrong")
-        elif any(label not in (IGNORE, token) for label, token in zip(labels, ids, strict=True)):
-            errors.append(f"collated/sft.parquet row {index} ({task}): a label is neither -100 nor its id")
-        elif all(label == IGNORE for label in labels):
-            errors.append(f"collated/sft.parquet row {index} ({task}): nothing is trained")
-        if len(errors) >= 20:
-            break
+    index = 0
+    for batch in parquet.iter_batches(batch_size=_Rows.CHUNK):  # a batch at a time: bounded memory
+        for ids, mask, labels, task in zip(*(batch.column(c).to_pylist() for c in EXPORT_COLUMNS), strict=True):
+            if not (len(ids) == len(mask) == len(labels)) or any(m != 1 for m in mask):
+                errors.append(f"collated/sft.parquet row {index} ({task}): lengths or attention mask are wrong")
+            elif any(label not in (IGNORE, token) for label, token in zip(labels, ids, strict=True)):
+                errors.append(f"collated/sft.parquet row {index} ({task}): a label is neither -100 nor its id")
+            elif all(label == IGNORE for label in labels):
+                errors.append(f"collated/sft.parquet row {index} ({task}): nothing is trained")
+            if len(errors) >= 20:
+                return errors
+            index += 1
     return errors
 
 
