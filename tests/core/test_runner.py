@@ -147,7 +147,7 @@ def test_editing_a_stage_s_code_reruns_it_without_a_version_bump(tmp_path: Path,
     import importlib
     import sys
 
-    from pipeline.core.code import code_digest
+    from pipeline.core.code import clear_caches
 
     folder = tmp_path / "mods"
     folder.mkdir()
@@ -158,7 +158,7 @@ def test_editing_a_stage_s_code_reruns_it_without_a_version_bump(tmp_path: Path,
         module_file.write_text(_EDITED_STAGE.replace("list(range(ctx.config.n))  # BODY", body))
         sys.modules.pop("edited_stage", None)
         importlib.invalidate_caches()
-        code_digest.cache_clear()  # a new process, as each `tracelake` run is
+        clear_caches()  # a new process, as each `tracelake` run is
         module = importlib.import_module("edited_stage")
         options = RunOptions(root=tmp_path / "lake", sources=[], recorded_at="2026-01-01T00:00:00Z")
         result = Runner([module.MAKE, toy.SQUARE], options).run()
