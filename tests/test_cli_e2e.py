@@ -150,10 +150,16 @@ _DATA = ("pyarrow", "duckdb", "numpy", "pydantic", "kingfisher_sdk", "hyperscan"
 
 
 def _imported(*args: str, cwd: Path | None = None) -> tuple[int, set[str]]:
-    """Exit code and top-level packages loaded by the time a command exits."""
+    """Exit code and top-level packages loaded by the time a command exits, plus
+    ``rules-loaded`` when the secret catalogue's rules were loaded."""
     probe = ("import atexit, sys\n"
-             "atexit.register(lambda: print('MODULES ' + ' '.join(sorted({m.split('.')[0] for m in sys.modules})),"
-             " file=sys.stderr))\n"
+             "def report():\n"
+             "    names = {m.split('.')[0] for m in sys.modules}\n"
+             "    catalogue = sys.modules.get('pipeline.secrets.catalogue')\n"
+             "    if catalogue is not None and catalogue.loaded():\n"
+             "        names.add('rules-loaded')\n"
+             "    print('MODULES ' + ' '.join(sorted(names)), file=sys.stderr)\n"
+             "atexit.register(report)\n"
              f"sys.argv = ['tracelake', *{list(args)!r}]\n"
              "from pipeline.cli.main import main\n"
              "sys.exit(main())\n")
@@ -167,7 +173,10 @@ def test_quick_commands_import_only_what_they_use(tmp_path: Path, corpus: list[s
     assert code == 0 and not modules & {*_ML, *_DATA}, modules & {*_ML, *_DATA}
     code, modules = _imported("run", "-h")  # typer's own parameter adapters use pydantic
     assert code == 0 and not modules & {*_ML, *_DATA} - {"pydantic"}, modules & {*_ML, *_DATA}
-    assert tracelake("run", "collect", "--root", str(tmp_path), *corpus, "--quiet").returncode == 0
+    code, modules = _imported("run", "collect", "--root", str(tmp_path), *corpus, "--quiet")
+    assert code == 0 and "rules-loaded" in modules  # a root's first run parses, with the rules
+    code, modules = _imported("run", "collect", "--root", str(tmp_path), *corpus, "--quiet")
+    assert code == 0 and "rules-loaded" not in modules  # nothing to parse: they never load
     for command in (["sql", "SELECT count(*) FROM sessions"], ["receipts", "list"], ["receipts", "verify"]):
         code, modules = _imported(*command, "--root", str(tmp_path))
         assert code == 0 and not modules & set(_ML), (command, modules & set(_ML))

@@ -5,11 +5,12 @@ bench time from the teich and claude-code-log sdists and never committed: they h
 real paths and names):
 
 - ``synthetic``: the collect bench's `tracelake synth` corpus (``--target-mb``);
-- ``real-shaped``: ``--real-files`` session files of tens of KB in 30 project folders,
-  the shape of a real ``~/.claude/projects``. Three of four are teich's real Claude Code
-  session; the fourth is every Claude Code record claude-code-log ships (tool results,
-  a base64 image, thinking, sidechains) in one file. Every uuid (session ids too)
-  is mapped to a fresh one per copy, so no two files share a record;
+- ``real-shaped``: ``--real-files`` files in 30 project folders, the shape of a real
+  ``~/.claude/projects``. Three of four are teich's real Claude Code session (62 KB);
+  the fourth is every Claude Code record claude-code-log ships (340 KB: 16 sessions'
+  tool results, a base64 image, thinking, sidechains), so those fixture records are
+  about two thirds of the bytes. Every uuid (session ids too) is mapped to a fresh one
+  per copy, so no two files share a record;
 - ``huge``: one session of at least ``--huge-mb`` MB and two of a tenth of it, each
   teich's session repeated with fresh message uuids under one session id.
 
@@ -64,10 +65,11 @@ from bench.common import (
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 console = Console(width=80)
-# How often the whole process tree's memory is sampled. Reading every process's
-# smaps_rollup costs CPU that grows with the tree and its mappings (a third of a core at
-# 50 ms for tracelake's, next to nothing for agentpile's one small process): on two
-# cores that would tilt the ratio, so it is sampled seldom; max RSS is exact regardless.
+# How often the whole process tree's memory is sampled (the exit is looked for every
+# 5 ms regardless). Reading every process's smaps_rollup costs CPU that grows with the
+# tree and its mappings (a third of a core at 50 ms for tracelake's, next to nothing for
+# agentpile's one small process): on two cores that would tilt the ratio, so it is
+# sampled seldom; max RSS (the kernel's, reported) is exact regardless.
 POLL_S = 0.5
 
 
@@ -123,7 +125,7 @@ def huge(work: Path, mb: int) -> Path:
     first = _UUID.search(teich)
     assert first is not None
     session = first.group(0)
-    for index, size in enumerate((mb, mb // 10, mb // 10)):
+    for index, size in enumerate((mb, max(1, mb // 10), max(1, mb // 10))):
         session_id = str(uuid.uuid5(uuid.UUID(int=index + 1), "huge")).encode()
         target = corpus / "-home-user-monorepo" / f"{session_id.decode()}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def timed(work: Path, corpus: Path, command: str) -> dict[str, Any]:
     drop_into_page_cache(corpus_files(corpus))
     args = ["run", "collect"] if command == "collect" else ["run-all"]
     cmd = tracelake(*args, "--root", str(root), "--source", f"claude-code:{corpus}", "--quiet")
-    m = run_measured(cmd, env=lake_env(work), log=root.parent / f"{command}.log")
+    m = run_measured(cmd, env=lake_env(work), log=root.parent / f"{command}.log", poll_s=0.25)
     if m.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed on {corpus}:\n{m.output_tail}")
     return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "max_rss_mb": m.max_rss_mb, "peak_tree_mb": m.peak_tree_mb}

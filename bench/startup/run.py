@@ -75,6 +75,7 @@ def main() -> None:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     env = _env(work)
+    load_before = os.getloadavg()[0]
     run_all = _demo_lake(work, env)
     root = str(work / "root")
     cli = [sys.executable, "-m", "pipeline.cli.main"]
@@ -99,7 +100,7 @@ def main() -> None:
     console.print(table)
     info = machine()
     console.print(f"machine: {info['nproc']} cpus, {info['cpu']}, python {info['python']}, "
-                  f"load before {os.getloadavg()[0]:.2f}")
+                  f"load before {load_before:.2f}")
 
 
 if __name__ == "__main__":

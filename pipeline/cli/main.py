@@ -103,6 +103,12 @@ PubkeyOpt = Annotated[
 ]
 
 
+def _has_collected(root: Path) -> bool:
+    """Whether a run on this root has written a collect receipt (every run includes
+    collect: every stage reads its tables)."""
+    return any((root / "receipts").glob("*/collect.receipt.json"))
+
+
 def _run(
     targets: list[str] | None,
     root: Path | None,
@@ -119,6 +125,15 @@ def _run(
 ) -> None:
     import datetime as dt
 
+    lake_root = resolve_root(root)
+    if not _has_collected(lake_root):
+        # A root's first run parses every file: the secret catalogue's rules (~0.4 s of
+        # native code) load while the imports below run. Later runs load them only if
+        # collect finds files to parse (see pipeline.stages.collect).
+        from pipeline.secrets import catalogue
+
+        catalogue.prefetch()
+
     from pipeline.core.execute import EXECUTORS
     from pipeline.core.lock import writer_lock
     from pipeline.core.runner import Runner, RunOptions
@@ -132,7 +147,6 @@ def _run(
     from pipeline.sql import write_lake_db
     from pipeline.stages.registry import load_stages
 
-    lake_root = resolve_root(root)
     try:
         # What the command names first (a misspelt stage or executor), then the world.
         stages = load_stages(targets)

@@ -177,5 +177,8 @@ def collate_all(renderer: Renderer, jobs: Sequence[Job], setup: WorkerSetup, wor
     chunk = max(1, len(jobs) // (workers * 16))
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(setup,)) as pool:
-        yield from track(pool.map(_in_worker, jobs, chunksize=chunk), len(jobs))
+        try:
+            yield from track(pool.map(_in_worker, jobs, chunksize=chunk), len(jobs))
+        finally:  # a consumer that stops early: the queued jobs are dropped, not computed
+            pool.shutdown(wait=True, cancel_futures=True)
 

@@ -13,9 +13,9 @@ scanned; a secret found inside base64 text covers the whole encoded run.
 
 Rules load from Kingfisher's compiled-rule cache in the user's cache folder (never the
 lake, which others may write), ~0.4 s warm, ~4.5 s the first time on a machine: in the
-background from the start of a collect that has files to parse (``prefetch``; a run
-whose collect is a cache hit never loads them), or else when a screen first flags a
-string.
+background (``prefetch``) from the CLI's start on a root's first run, else once collect
+finds files to parse (a run whose files all come from collect's caches never loads
+them), or else when a screen first flags a string.
 """
 
 from __future__ import annotations

@@ -252,17 +252,24 @@ def materialize(ctx: ExportContext[CollateConfig]) -> None:
     pq.write_table(ctx.table("collated_sdpo"), out / "sdpo.parquet", compression="zstd")
 
 
+_CHECK_ROWS = 512
+
+
 def validate(ctx: ExportContext[CollateConfig]) -> list[str]:
     """Re-read what was written: the columns, one label per id, a label is -100 or the
     id it stands on, no example without a trained token."""
+    with pq.ParquetFile(ctx.export_dir / "collated" / "sft.parquet") as parquet:
+        return _check_export(parquet)
+
+
+def _check_export(parquet: pq.ParquetFile) -> list[str]:
     errors: list[str] = []
-    parquet = pq.ParquetFile(ctx.export_dir / "collated" / "sft.parquet")
     columns = parquet.schema_arrow.names
     if tuple(columns) != EXPORT_COLUMNS:
         errors.append(f"collated/sft.parquet has columns {columns}, not {list(EXPORT_COLUMNS)}")
         return errors
     index = 0
-    for batch in parquet.iter_batches(batch_size=_Rows.CHUNK):  # a batch at a time: bounded memory
+    for batch in parquet.iter_batches(batch_size=_CHECK_ROWS):  # a batch at a time: bounded memory
         for ids, mask, labels, task in zip(*(batch.column(c).to_pylist() for c in EXPORT_COLUMNS), strict=True):
             if not (len(ids) == len(mask) == len(labels)) or any(m != 1 for m in mask):
                 errors.append(f"collated/sft.parquet row {index} ({task}): lengths or attention mask are wrong")

@@ -208,6 +208,11 @@ def _build_pending(
         advance(sum(sizes[m["task_key"]] for m in members))
 
     if pending:
+        # The secret catalogue's rules take ~0.4 s of native code to load: unless the CLI
+        # started them already (a root's first run), they load now that there are files
+        # to parse, while the first batches parse here; a collect whose files all come
+        # from the shard cache never loads them.
+        catalogue.prefetch()
         # Compile (or load) the redaction screens here, once: forked workers inherit
         # them (compiling the catalogue's screen takes seconds; the build or the lake's
         # cache keep it compiled).
@@ -288,10 +293,6 @@ def run(ctx: StageContext[CollectConfig]) -> StageResult:
     config = ctx.config
     assert isinstance(config, CollectConfig)
     settings = _settings(config)
-    # The secret catalogue's rules take ~0.4 s of native code to load: started here, when
-    # collect has files to parse (a run whose collect is a cache hit never loads them),
-    # the load runs while the tasks are listed and the first batches parse.
-    catalogue.prefetch()
     tasks = _tasks(ctx, settings)
     started = time.time()
     members = _build_all(ctx, tasks)
