@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -233,3 +234,23 @@ def sdist_sessions(work: Path, name: str, requirement: str) -> list[Path]:
             members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jsonl")]
             tar.extractall(folder, members=members, filter="data")
     return sorted(folder.rglob("*.jsonl"))
+
+
+UUID_BYTES = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def fresh_ids(data: bytes, namespace: uuid.UUID, keep: frozenset[bytes] = frozenset()) -> bytes:
+    """``data`` (session JSONL) with every uuid but those in ``keep`` mapped to a fresh
+    one, the same one for every occurrence (so parent links and tool ids still pair):
+    copies of a real session that share no record."""
+    seen: dict[bytes, bytes] = {}
+
+    def fresh(m: re.Match[bytes]) -> bytes:
+        old = m.group(0)
+        if old in keep:
+            return old
+        if old not in seen:
+            seen[old] = str(uuid.uuid5(namespace, old.decode())).encode()
+        return seen[old]
+
+    return UUID_BYTES.sub(fresh, data)

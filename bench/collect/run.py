@@ -187,7 +187,7 @@ def _screen_engine() -> str:
 
 
 def time_tracelake(
-    work: Path, runs: Path, corpus: Path, files: list[Path], workers: int
+    work: Path, runs: Path, corpus: Path, files: list[Path], workers: int, poll_s: float = 0.05
 ) -> tuple[Measurement, Path]:
     """Cold run: a fresh lake root, hence an empty shard cache."""
     root = runs / f"lake-w{workers}"
@@ -199,7 +199,7 @@ def time_tracelake(
         "--workers", str(workers), "--quiet",
     )  # fmt: skip
     with console.status(f"tracelake run collect --workers {workers} (cold)"):
-        m = run_measured(cmd, env=lake_env(work), log=runs / f"tracelake-w{workers}.log")
+        m = run_measured(cmd, env=lake_env(work), log=runs / f"tracelake-w{workers}.log", poll_s=poll_s)
     if m.returncode != 0:
         raise SystemExit(f"tracelake failed:\n{m.output_tail}")
     return m, root

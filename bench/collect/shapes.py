@@ -27,7 +27,6 @@ Usage: .venv/bin/python bench/collect/shapes.py [--corpus synthetic,real-shaped,
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import uuid
@@ -46,24 +45,22 @@ from bench.collect.run import (
     best_of,
     build_corpus,
     ensure_agentpile,
-    lake_env,
     time_agentpile,
-    tracelake,
+    time_tracelake,
 )
 from bench.common import (
     REPO,
+    UUID_BYTES,
     Measurement,
     corpus_files,
     corpus_size,
-    drop_into_page_cache,
+    fresh_ids,
     machine,
-    run_measured,
     sdist_sessions,
     today,
     update_doc_section,
 )
 
-_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 console = Console(width=80)
 # How often the whole process tree's memory is sampled (the exit is looked for every
 # 5 ms regardless). Reading every process's smaps_rollup costs CPU that grows with the
@@ -71,22 +68,6 @@ console = Console(width=80)
 # agentpile's one small process): on two cores that would tilt the ratio, so it is
 # sampled seldom; max RSS (the kernel's, reported) is exact regardless.
 POLL_S = 0.5
-
-
-def _fresh_ids(data: bytes, namespace: uuid.UUID, keep: frozenset[bytes] = frozenset()) -> bytes:
-    """``data`` with every uuid but those in ``keep`` mapped to a fresh one, the same
-    one for every occurrence (so parent links and tool ids still pair)."""
-    seen: dict[bytes, bytes] = {}
-
-    def fresh(m: re.Match[bytes]) -> bytes:
-        old = m.group(0)
-        if old in keep:
-            return old
-        if old not in seen:
-            seen[old] = str(uuid.uuid5(namespace, old.decode())).encode()
-        return seen[old]
-
-    return _UUID.sub(fresh, data)
 
 
 def _real_sessions(work: Path) -> tuple[bytes, bytes]:
@@ -107,8 +88,8 @@ def real_shaped(work: Path, files: int) -> Path:
     teich, logged = _real_sessions(work)
     with console.status(f"writing {files} real-shaped session files"):
         for i in range(files):
-            copy = _fresh_ids(logged if i % 4 == 3 else teich, uuid.UUID(int=i + 1))
-            first = _UUID.search(copy)
+            copy = fresh_ids(logged if i % 4 == 3 else teich, uuid.UUID(int=i + 1))
+            first = UUID_BYTES.search(copy)
             name = first.group(0).decode() if first else f"s{i}"
             target = corpus / f"-home-user-project{i % 30}" / f"{name}.jsonl"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +103,7 @@ def huge(work: Path, mb: int) -> Path:
         return corpus
     shutil.rmtree(corpus, ignore_errors=True)
     teich, _ = _real_sessions(work)
-    first = _UUID.search(teich)
+    first = UUID_BYTES.search(teich)
     assert first is not None
     session = first.group(0)
     for index, size in enumerate((mb, max(1, mb // 10), max(1, mb // 10))):
@@ -132,25 +113,12 @@ def huge(work: Path, mb: int) -> Path:
         written = copy = 0
         with console.status(f"writing a {size} MB session"), target.open("wb") as out:
             while written < size * 1_000_000:
-                data = _fresh_ids(teich, uuid.UUID(int=(index << 32) + copy + 1), frozenset({session}))
+                data = fresh_ids(teich, uuid.UUID(int=(index << 32) + copy + 1), frozenset({session}))
                 data = data.replace(session, session_id)
                 out.write(data if data.endswith(b"\n") else data + b"\n")
                 written += len(data)
                 copy += 1
     return corpus
-
-
-def time_collect(work: Path, runs: Path, corpus: Path, workers: int) -> tuple[Measurement, None]:
-    root = runs / f"lake-w{workers}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    drop_into_page_cache(corpus_files(corpus))
-    cmd = tracelake("run", "collect", "--root", str(root), "--source", f"claude-code:{corpus}",
-                    "--workers", str(workers), "--quiet")
-    m = run_measured(cmd, env=lake_env(work), log=runs / f"tracelake-w{workers}.log", poll_s=POLL_S)
-    if m.returncode != 0:
-        raise SystemExit(f"tracelake failed on {corpus}:\n{m.output_tail}")
-    return m, None
 
 
 def measure(work: Path, name: str, corpus: Path, repeat: int, agentpile: Path) -> list[dict[str, Any]]:
@@ -159,12 +127,11 @@ def measure(work: Path, name: str, corpus: Path, repeat: int, agentpile: Path) -
     runs.mkdir(parents=True, exist_ok=True)
     gb = size / 1e9
     rows: list[dict[str, Any]] = []
-    with console.status(f"{name}: agentpile"):
-        base, _ = best_of(repeat, lambda: time_agentpile(agentpile, runs, corpus_files(corpus), POLL_S))
+    # time_agentpile and time_tracelake show their own status lines
+    base, _ = best_of(repeat, lambda: time_agentpile(agentpile, runs, corpus_files(corpus), POLL_S))
     timed: list[tuple[str, Measurement]] = [("agentpile (1 process)", base)]
     for workers in (1, 2):
-        with console.status(f"{name}: tracelake --workers {workers}"):
-            m, _ = best_of(repeat, partial(time_collect, work, runs, corpus, workers))
+        m, _ = best_of(repeat, partial(time_tracelake, work, runs, corpus, corpus_files(corpus), workers, POLL_S))
         timed.append((f"tracelake -w {workers}", m))
     for tool, m in timed:
         rows.append({

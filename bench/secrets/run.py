@@ -21,7 +21,6 @@ Usage: .venv/bin/python bench/secrets/run.py [--target-mb 500] [--real-files 300
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -36,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.collect.run import build_corpus
 from bench.common import (
     REPO,
+    UUID_BYTES,
     Measurement,
     corpus_files,
     corpus_size,
     drop_into_page_cache,
+    fresh_ids,
     machine,
     run_measured,
     sdist_sessions,
@@ -47,7 +48,6 @@ from bench.common import (
 
 BASELINE = "f41826069711a9e79e3beb1d0a065a8c9d16afcc"  # before e8a7169 (catalogue redaction)
 TEICH = "teich==0.3.6"
-_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 console = Console(width=80)
 
 
@@ -79,17 +79,8 @@ def real_shaped(work: Path, files: int) -> Path:
     data = teich_session(work).read_bytes()
     with console.status(f"writing {files} real-shaped session files"):
         for i in range(files):
-            namespace = uuid.UUID(int=i + 1)
-            mapping: dict[bytes, bytes] = {}
-
-            def fresh(m: re.Match[bytes], ns: uuid.UUID = namespace, seen: dict[bytes, bytes] = mapping) -> bytes:
-                old = m.group(0)
-                if old not in seen:
-                    seen[old] = str(uuid.uuid5(ns, old.decode())).encode()
-                return seen[old]
-
-            copy = _UUID.sub(fresh, data)
-            session = _UUID.search(copy)
+            copy = fresh_ids(data, uuid.UUID(int=i + 1))
+            session = UUID_BYTES.search(copy)
             name = session.group(0).decode() if session else f"s{i}"
             target = corpus / f"-home-user-project{i % 30}" / f"{name}.jsonl"
             target.parent.mkdir(parents=True, exist_ok=True)

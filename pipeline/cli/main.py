@@ -105,7 +105,9 @@ PubkeyOpt = Annotated[
 
 def _has_collected(root: Path) -> bool:
     """Whether a run on this root has written a collect receipt (every run includes
-    collect: every stage reads its tables)."""
+    collect: every stage reads its tables). Spelt out rather than imported from
+    pipeline.core.receipts (``RECEIPT_SUFFIX``), which would load pydantic before the
+    load this decides on could start."""
     return any((root / "receipts").glob("*/collect.receipt.json"))
 
 
