@@ -103,6 +103,16 @@ class Timings(_Model):
     duration_s: float
 
 
+class Execution(_Model):
+    """Where a stage's execution ran and how its units of work went. A record, like the
+    timings: the cache key, the outputs and the run_hash are the same on every executor."""
+
+    executor: str = Field(description="local, subprocess, ray, ray://HOST:PORT or ray:auto")
+    tasks: int = Field(0, ge=0, description="Units of work the executor's pool ran (0: the stage's own processes).")
+    retries: int = Field(0, ge=0, description="Attempts after a unit's first (a killed worker, an error).")
+    failed: int = Field(0, ge=0, description="Units that failed on every attempt (collect quarantines their files).")
+
+
 class StageReceipt(_Model):
     """One stage, one run. Counts conserve: records_in = out + quarantined + filtered."""
 
@@ -141,6 +151,7 @@ class StageReceipt(_Model):
     git_sha: str | None
     recorded_at: str
     timings: Timings
+    execution: Execution | None = Field(default=None, description="None on a cache hit: nothing ran.")
 
 
 class StageStatus(_Model):

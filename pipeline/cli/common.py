@@ -29,8 +29,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 ROOT_HELP = "Lake root holding data/, receipts/, exports/ (default: $TRACELAKE_ROOT or cwd)."
-# The tables a config file may hold: one per stage, and the drift command's thresholds.
-CONFIG_TABLES: tuple[str, ...] = (*STAGE_NAMES, "drift")
+# The tables a config file may hold: one per stage, the drift command's thresholds, and
+# how a run executes ([run] executor = "ray").
+CONFIG_TABLES: tuple[str, ...] = (*STAGE_NAMES, "drift", "run")
+RUN_SETTINGS: tuple[str, ...] = ("executor",)
 
 
 def resolve_root(root: Path | None) -> Path:
@@ -80,6 +82,15 @@ def check_config_keys(config: dict[str, dict[str, Any]], stages: Sequence[Stage]
                 )
 
 
+def check_run_keys(config: dict[str, Any]) -> None:
+    for key, value in config.items():
+        if key not in RUN_SETTINGS:
+            raise ConfigError(f"unknown setting {key!r} in [run]{did_you_mean(key, RUN_SETTINGS, '{!r}')}"
+                              f" (settings: {', '.join(RUN_SETTINGS)})")
+        if not isinstance(value, str):
+            raise ConfigError(f"[run] {key} must be a string")
+
+
 def did_you_mean(word: str, choices: Sequence[str], form: str) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {form.format(close[0])}?" if close else ""
@@ -121,6 +132,22 @@ class RichTracker(Tracker):
         with _bar(DownloadColumn(binary_units=False), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
             task = progress.add_task(description, total=total_bytes)
             yield lambda done: progress.advance(task, done)
+
+    @contextmanager
+    def tasks(self, total: int, description: str) -> Iterator[Callable[[int, int, int], None]]:
+        if not self.enabled or total < 2:
+            yield lambda _done, _running, _failed: None
+            return
+        from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        with _bar(MofNCompleteColumn(), TextColumn("{task.fields[state]}", markup=False),
+                  TimeElapsedColumn()) as progress:
+            task = progress.add_task(description, total=total, state="")
+
+            def show(done: int, running: int, failed: int) -> None:
+                progress.update(task, completed=done, state=f"{running} running, {failed} failed")
+
+            yield show
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

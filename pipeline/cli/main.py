@@ -15,6 +15,7 @@ from pipeline.cli.common import (
     RichTracker,
     check_config_keys,
     check_root,
+    check_run_keys,
     console,
     err_console,
     fail,
@@ -94,8 +95,9 @@ ExternalOpt = Annotated[
                  "overrides its config field (repeatable)."),
 ]
 ExecutorOpt = Annotated[
-    str, typer.Option("--executor", help="Where stages execute: local (this process) or subprocess "
-                      "(a spawned interpreter per stage).")
+    str | None, typer.Option("--executor", help="Where stages execute: local (this process, the default), "
+                             "subprocess (a spawned interpreter per stage), ray (a local Ray cluster), "
+                             "ray://HOST:PORT or ray:auto (an existing one); also [run] executor in --config.")
 ]
 PubkeyOpt = Annotated[
     Path | None,
@@ -123,7 +125,7 @@ def _run(
     include_review: bool,
     no_wait: bool,
     external: list[str] | None = None,
-    executor: str = "local",
+    executor: str | None = None,
 ) -> None:
     import datetime as dt
 
@@ -136,7 +138,7 @@ def _run(
 
         catalogue.prefetch()
 
-    from pipeline.core.execute import EXECUTORS
+    from pipeline.core.execute import Executor, make_executor
     from pipeline.core.lock import writer_lock
     from pipeline.core.runner import Runner, RunOptions
     from pipeline.core.sources import (
@@ -152,8 +154,10 @@ def _run(
     try:
         # What the command names first (a misspelt stage or executor), then the world.
         stages = load_stages(targets)
-        if executor not in EXECUTORS:
-            raise TracelakeError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+        stage_config: dict[str, dict[str, Any]] = load_config_file(config)
+        run_config = stage_config.pop("run", {})
+        check_run_keys(run_config)
+        chosen: Executor = make_executor(executor or str(run_config.get("executor", "local")), workers)
         check_root(lake_root)
         if recorded_at is not None:
             dt.datetime.fromisoformat(recorded_at.replace("Z", "+00:00"))
@@ -164,7 +168,6 @@ def _run(
             specs = remembered if remembered is not None else default_specs()
         for spec in specs:
             check_source(spec)
-        stage_config: dict[str, dict[str, Any]] = load_config_file(config)
         check_config_keys(stage_config, stages)
         externals = parse_externals(external or [], stages)
     except (ValueError, TracelakeError) as exc:
@@ -191,7 +194,7 @@ def _run(
                 wait=not no_wait,
                 on_wait=lambda message: err_console.print(Text(message)),
                 externals=externals,
-                executor=EXECUTORS[executor](),
+                executor=chosen,
             ),
         )
         # The lake database is part of what a run writes: it is refreshed under the lock.
@@ -202,6 +205,10 @@ def _run(
                 remember_sources(lake_root, specs)
     except (TracelakeError, ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
+    finally:
+        close = getattr(chosen, "close", None)
+        if close is not None:
+            close()
     if not quiet:
         print_run(lake_root, result.run_id)
     for entry in result.summary.rejected_cache:
@@ -308,7 +315,7 @@ def run_all(
     include_review: IncludeReviewOpt = False,
     no_wait: NoWaitOpt = False,
     external: ExternalOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
 ) -> None:
     """Run every stage; unchanged stages are cache hits. Exit 1 if any stage fails."""
     _run(None, root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait,
@@ -329,7 +336,7 @@ def run_one(
     include_review: IncludeReviewOpt = False,
     no_wait: NoWaitOpt = False,
     external: ExternalOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
 ) -> None:
     """Run one stage and its upstream stages."""
     _run([stage], root, source, config, recorded_at, workers, quiet, include_partial, include_review, no_wait,

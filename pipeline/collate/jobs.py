@@ -10,6 +10,7 @@ order: the output is the same whatever the worker count (tested).
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 from collections import Counter
@@ -22,6 +23,8 @@ from typing import Any, Literal
 from pipeline.collate.masks import IGNORE, Masked, Refused, Renderer, mask_conversation
 from pipeline.collate.sdpo import sdpo_row
 from pipeline.collate.tokenizer import ChatTemplate, load_tokenizer
+from pipeline.core.errors import TracelakeError
+from pipeline.core.workpool import Failed, WorkPool
 
 # Below this many examples one process does it all: a worker first imports transformers
 # and loads the tokenizer (3-4 s), more than it saves on a small export.
@@ -152,13 +155,21 @@ class WorkerSetup:
 
 
 _WORKER: tuple[Renderer, int] | None = None
+_WORKER_KEY: str | None = None  # of the setup the worker's renderer was built from
+
+
+def _key(setup: WorkerSetup) -> str:
+    # Not the setup itself: its recheck (a partial) never equals its own unpickled copy.
+    return json.dumps([setup.folder, setup.template.name, setup.template.text, setup.kwargs, setup.max_length],
+                      sort_keys=True, default=str)
 
 
 def _start_worker(setup: WorkerSetup) -> None:
-    global _WORKER
+    global _WORKER, _WORKER_KEY
     tokenizer = load_tokenizer(Path(setup.folder))
     setup.recheck()  # the folder was read between the parent's check and this one
     _WORKER = (Renderer(tokenizer, setup.template, setup.kwargs), setup.max_length)
+    _WORKER_KEY = _key(setup)
 
 
 def _in_worker(job: Job) -> Done:
@@ -167,18 +178,39 @@ def _in_worker(job: Job) -> Done:
     return collate_job(renderer, job, max_length)
 
 
+def collate_chunk(setup: WorkerSetup, jobs: Sequence[Job]) -> list[Done]:
+    """A chunk of jobs as one unit on an executor's pool: the worker builds the renderer
+    once per process (and checks the folder's digest after loading it)."""
+    if _WORKER is None or _WORKER_KEY != _key(setup):
+        _start_worker(setup)
+    return [_in_worker(job) for job in jobs]
+
+
+# Examples per unit on an executor's pool: enough that a task's overhead vanishes, few
+# enough to balance the workers.
+POOL_CHUNK = 64
+
+
 def collate_all(renderer: Renderer, jobs: Sequence[Job], setup: WorkerSetup, workers: int,
-                track: Callable[[Iterator[Done], int], Iterator[Done]]) -> Iterator[Done]:
+                track: Callable[[Iterator[Done], int], Iterator[Done]], pool: WorkPool | None = None) -> Iterator[Done]:
     """Each job's result, in job order, as it comes: the caller turns rows into Arrow
     as it goes, so a run never holds every example's token lists as Python objects."""
+    if pool is not None and len(jobs) >= PARALLEL_MIN_EXAMPLES:
+        chunks = [jobs[i:i + POOL_CHUNK] for i in range(0, len(jobs), POOL_CHUNK)]
+        unit = functools.partial(collate_chunk, setup)
+        for outcome in pool.map(unit, chunks, "collate tasks"):
+            if isinstance(outcome, Failed):  # a unit that fails everywhere fails the stage
+                raise TracelakeError(f"collate: a chunk of examples failed on every attempt: {outcome.error}")
+            yield from outcome
+        return
     if workers <= 1 or len(jobs) < PARALLEL_MIN_EXAMPLES:
         yield from track((collate_job(renderer, job, setup.max_length) for job in jobs), len(jobs))
         return
-    chunk = max(1, len(jobs) // (workers * 16))
+    size = max(1, len(jobs) // (workers * 16))
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(setup,)) as pool:
+                             initializer=_start_worker, initargs=(setup,)) as processes:
         try:
-            yield from track(pool.map(_in_worker, jobs, chunksize=chunk), len(jobs))
+            yield from track(processes.map(_in_worker, jobs, chunksize=size), len(jobs))
         finally:  # a consumer that stops early: the queued jobs are dropped, not computed
-            pool.shutdown(wait=True, cancel_futures=True)
+            processes.shutdown(wait=True, cancel_futures=True)
 

@@ -42,7 +42,7 @@ from pipeline.collect.shard import (
     read_mapped,
 )
 from pipeline.core.hashing import digest_json
-from pipeline.core.sources import UNDECODABLE_NAME, UNREADABLE_DIR, UNREADABLE_FILE
+from pipeline.core.sources import TASK_FAILED, UNDECODABLE_NAME, UNREADABLE_DIR, UNREADABLE_FILE
 from pipeline.core.store import TableStream
 from schemas.records import COLLECT_TABLES, QUARANTINE
 from schemas.tables import TableSpec
@@ -190,23 +190,23 @@ def _coalesce(files: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
 
 def merge_shards(
     shard_dir: Path, members: list[dict[str, Any]], shard_lines: Counter[str], spill: Path,
-    set_aside: Sequence[tuple[str, str]] = (),
+    set_aside: Sequence[tuple[str, str, str]] = (),
 ) -> Merged:
     """``members`` (container, row ranges) in display-path order; ``shard_lines`` = the
     per-file line tallies summed; ``spill`` = where DuckDB may spill; ``set_aside`` =
-    (redacted path, reason) of files that were never parsed, one quarantine row
-    (record) each."""
+    (redacted path, reason, detail) of files that were never parsed, one quarantine row
+    (record) each; an empty detail is the reason's own."""
     spill = _spill_dir(spill)
     con = _connect(spill)
     passthrough = _load(con, shard_dir, members)
     redactor = Redactor()
     paths = [m["source_file"] for m in members]
-    unread = [path for path, _ in set_aside]
+    unread = [path for path, _, _ in set_aside]
     _create(con, "files", pa.table({"_file": pa.array(range(len(paths) + len(unread)), pa.int32()),
                                     "source_file": pa.array(paths + unread, pa.large_string())}))
     tallies = Counter(shard_lines)
-    tallies.update(f"quarantined:{reason}" for _, reason in set_aside)
-    _create(con, "file_rows", _file_rows(len(paths), [reason for _, reason in set_aside]))
+    tallies.update(f"quarantined:{reason}" for _, reason, _ in set_aside)
+    _create(con, "file_rows", _file_rows(len(paths), [(reason, detail) for _, reason, detail in set_aside]))
 
     con.execute(sql.DUPLICATES).fetchall()
     for outcome, n in con.execute(sql.DUPLICATE_OUTCOMES).fetchall():
@@ -310,12 +310,13 @@ _FILE_DETAIL = {
     UNREADABLE_FILE: "the file could not be read (permissions?); nothing in it was parsed",
     UNREADABLE_DIR: "the folder could not be listed (permissions?); no file under it was parsed",
     UNDECODABLE_NAME: "the path is not UTF-8, so no table can hold it; the file was not parsed",
+    TASK_FAILED: "its parse failed on every attempt on the executor's pool; the next run parses it again",
 }
 
 
-def _file_rows(first: int, reasons: list[str]) -> pa.Table:
+def _file_rows(first: int, reasons: list[tuple[str, str]]) -> pa.Table:
     """Quarantine rows for whole files set aside before parsing (``files`` rows from
-    ``first`` on)."""
+    ``first`` on), each (reason, detail)."""
     n = len(reasons)
     return pa.table({
         "stage": pa.array([STAGE_NAME] * n, pa.large_string()),
@@ -323,8 +324,8 @@ def _file_rows(first: int, reasons: list[str]) -> pa.Table:
         "line_no": pa.nulls(n, pa.int64()),
         "record_id": pa.nulls(n, pa.large_string()),
         "session_id": pa.nulls(n, pa.large_string()),
-        "reason": pa.array(reasons, pa.large_string()),
-        "detail": pa.array([_FILE_DETAIL[r] for r in reasons], pa.large_string()),
+        "reason": pa.array([reason for reason, _ in reasons], pa.large_string()),
+        "detail": pa.array([detail or _FILE_DETAIL[reason] for reason, detail in reasons], pa.large_string()),
         "_row": pa.array(range(n), pa.int64()),
     })
 

@@ -121,6 +121,7 @@ LINE_REASONS = frozenset(
         "nesting_too_deep",
         "source_changed_during_run",  # a whole file, counted as one record
         "unreadable_file", "unreadable_dir", "undecodable_name",  # likewise, set aside unread
+        "task_failed",  # a file whose parse failed on every attempt on an executor's pool
     }
 )
 _DETAIL_CHARS = 300

@@ -41,6 +41,7 @@ from pipeline.core.store import (
     put_table,
 )
 from pipeline.core.trees import manifest, tree_digest
+from pipeline.core.workpool import PoolStats, WorkPool
 from schemas.receipt import ArtifactRef, InputRef, ObjectRef
 from schemas.records import QUARANTINE
 from schemas.tables import TableSpec
@@ -77,6 +78,7 @@ class TaskResult:
     validation_errors: list[str]
     sources_read: dict[str, list[SourceFile]] | None
     tables: dict[str, pa.Table] = field(default_factory=dict)  # store=False only
+    pool: PoolStats | None = None  # the executor's units of work, where it ran them
 
 
 def output_specs(stage: Stage) -> dict[str, TableSpec]:
@@ -91,7 +93,7 @@ def resume_dir(layout: LakeLayout, stage: Stage, key: str) -> Path:
     return layout.cache / stage.name / "resume" / key
 
 
-def execute_task(task: StageTask, tracker: Tracker | None = None) -> TaskResult:
+def execute_task(task: StageTask, tracker: Tracker | None = None, pool: WorkPool | None = None) -> TaskResult:
     stage = task.stage
     layout = LakeLayout(Path(task.root))
     scratch = Path(task.scratch) if task.scratch is not None else layout.cache / stage.name
@@ -99,14 +101,14 @@ def execute_task(task: StageTask, tracker: Tracker | None = None) -> TaskResult:
     scratch.mkdir(parents=True, exist_ok=True)
     artifacts_root = Path(tempfile.mkdtemp(prefix=".tmp-artifacts-", dir=scratch)) if stage.artifacts else None
     try:
-        return _execute(task, stage, layout, scratch, resume, artifacts_root, tracker)
+        return _execute(task, stage, layout, scratch, resume, artifacts_root, tracker, pool)
     finally:
         if artifacts_root is not None:
             shutil.rmtree(artifacts_root, ignore_errors=True)
 
 
 def _execute(task: StageTask, stage: Stage, layout: LakeLayout, scratch: Path, resume: Path | None,
-             artifacts_root: Path | None, tracker: Tracker | None) -> TaskResult:
+             artifacts_root: Path | None, tracker: Tracker | None, pool: WorkPool | None) -> TaskResult:
     ctx = StageContext(
         layout=layout,
         config=stage.config_model.model_validate(task.config),
@@ -122,6 +124,7 @@ def _execute(task: StageTask, stage: Stage, layout: LakeLayout, scratch: Path, r
         resume_dir=resume,
         artifacts_root=artifacts_root,
         cache_externals=task.store,  # deep verify: every byte, and the lake's caches untouched
+        pool=pool,
     )
     result = stage.run(ctx)
     problem = conservation_problem(result.records_in, result.records_out, result.quarantined, result.filtered)
@@ -188,11 +191,15 @@ def _store_tables(layout: LakeLayout, stage: Stage, result: StageResult, workers
 
 
 class Executor(Protocol):
+    name: str  # as the receipt records it
+
     def run(self, task: StageTask, tracker: Tracker) -> TaskResult: ...
 
 
 class LocalExecutor:
     """In this process: today's behaviour, with the caller's progress bars."""
+
+    name = "local"
 
     def run(self, task: StageTask, tracker: Tracker) -> TaskResult:
         return execute_task(task, tracker)
@@ -200,6 +207,8 @@ class LocalExecutor:
 
 class SubprocessExecutor:
     """In a freshly spawned interpreter per task (no state inherited from this one)."""
+
+    name = "subprocess"
 
     def run(self, task: StageTask, tracker: Tracker) -> TaskResult:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -209,3 +218,18 @@ class SubprocessExecutor:
 EXECUTORS: Mapping[str, type[LocalExecutor] | type[SubprocessExecutor]] = {
     "local": LocalExecutor, "subprocess": SubprocessExecutor,
 }
+EXECUTOR_NAMES = (*EXECUTORS, "ray", "ray://HOST:PORT", "ray:auto")
+
+
+def make_executor(name: str, workers: int) -> Executor:
+    """The executor ``--executor`` (or ``[run] executor``) names: a clear error for an
+    unknown name, and for Ray when the optional extra is not installed."""
+    from pipeline.core.ray_executor import RayExecutor, import_ray, is_ray
+
+    if name in EXECUTORS:
+        return EXECUTORS[name]()
+    if is_ray(name):
+        executor = RayExecutor.parse(name, workers)
+        import_ray()
+        return executor
+    raise TracelakeError(f"unknown executor {name!r}; known: {', '.join(EXECUTOR_NAMES)}")

@@ -15,6 +15,10 @@ def _ignore(_done: int) -> None:
     pass
 
 
+def _ignore_tasks(_done: int, _running: int, _failed: int) -> None:
+    pass
+
+
 class Tracker:
     """Progress reporting seam: the CLI plugs in rich bars, tests plug in nothing."""
 
@@ -26,6 +30,11 @@ class Tracker:
         """A bar over bytes, advanced by hand with each piece of work's size (its order
         of completion is not known beforehand); yields the advance function."""
         yield _ignore
+
+    @contextmanager
+    def tasks(self, total: int, description: str) -> Iterator[Callable[[int, int, int], None]]:
+        """A bar over an executor's units of work; yields ``show(done, running, failed)``."""
+        yield _ignore_tasks
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -62,6 +62,7 @@ from schemas.datasets import DATASET_TABLES
 from schemas.receipt import (
     ArtifactRef,
     Cleanup,
+    Execution,
     ExportFile,
     InputRef,
     ObjectRef,
@@ -186,6 +187,7 @@ class _Execution:
     error: str | None = None
     reused: StageReceipt | None = None
     secret_rescan: SecretRescan | None = None
+    execution: Execution | None = None
 
 
 class Runner:
@@ -264,6 +266,9 @@ class Runner:
         run.records = (done.records_in, done.records_out, done.quarantined, done.filtered)
         run.stats = done.stats
         run.errors = list(done.validation_errors)
+        pool = done.pool
+        run.execution = Execution(executor=self.options.executor.name, tasks=pool.tasks if pool else 0,
+                                  retries=pool.retries if pool else 0, failed=pool.failed if pool else 0)
 
     def _export(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
         """Materialise and validate a fresh execution's exports into
@@ -380,6 +385,7 @@ class Runner:
                 started_at=started_wall, finished_at=utc_now(),
                 duration_s=round(time.perf_counter() - started, 4),
             ),
+            execution=run.execution,
         )
         self.receipt_digests[stage.name] = write_receipt(self.layout, receipt, self.key)
         if passed:

@@ -41,7 +41,10 @@ CHANGED_DURING_RUN = "changed-during-run:"
 # digest of any content, so the run that can read it again parses it.
 SET_ASIDE = "set-aside:"
 UNREADABLE_FILE, UNREADABLE_DIR, UNDECODABLE_NAME = "unreadable_file", "unreadable_dir", "undecodable_name"
-SET_ASIDE_REASONS = (UNREADABLE_FILE, UNREADABLE_DIR, UNDECODABLE_NAME)
+# A file whose parse failed on every attempt on an executor's pool (a poisoned file
+# that kills its worker): set aside by the stage, not by discovery.
+TASK_FAILED = "task_failed"
+SET_ASIDE_REASONS = (UNREADABLE_FILE, UNREADABLE_DIR, UNDECODABLE_NAME, TASK_FAILED)
 
 
 def changed_during_run(last_digest: str) -> str:

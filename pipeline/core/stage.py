@@ -24,6 +24,7 @@ from pipeline.core.hashing import CacheMac
 from pipeline.core.progress import Tracker
 from pipeline.core.sources import SourceFile
 from pipeline.core.store import LakeLayout, TableStream, atomic_write_bytes
+from pipeline.core.workpool import WorkPool
 from schemas.receipt import ArtifactRef, InputRef, ObjectRef, SecretRescan
 from schemas.tables import ArtifactSpec, TableSpec, check_name
 
@@ -80,6 +81,9 @@ class StageContext(Generic[C]):
     # re-hashes every byte and leaves the lake's caches alone).
     cache_externals: bool = True
     resumed_from: list[str] = field(default_factory=list)  # checkpoints read back
+    # The executor's pool for the stage's units of work (Ray tasks); None: the stage
+    # runs them on its own local processes (see pipeline.core.workpool).
+    pool: WorkPool | None = None
     _attempt: bytes | None = field(default=None, repr=False)
 
     def path(self, name: str) -> Path:

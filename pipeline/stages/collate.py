@@ -128,7 +128,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
         max_length=config.max_length,
     )
     results = collate_all(renderer, jobs, setup, ctx.workers,
-                          lambda done, total: ctx.tracker.track(done, total, "collate"))
+                          lambda done, total: ctx.tracker.track(done, total, "collate"), ctx.pool)
     quarantine = Quarantine(STAGE_NAME)
     tally = _Tally()
     rows = _Rows()

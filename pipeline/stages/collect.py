@@ -10,6 +10,7 @@ file order, worker count and which shards came from cache.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import multiprocessing
@@ -30,9 +31,11 @@ from pipeline.collect.merge import merge_shards
 from pipeline.collect.redact import Redactor, prepare_screens
 from pipeline.collect.shard import build_batch, load_index, prune, shard_key
 from pipeline.collect.tasks import CollectSettings, ShardTask
+from pipeline.core.hashing import CacheMac
 from pipeline.core.imports import block_pandas
-from pipeline.core.sources import SourceFile
+from pipeline.core.sources import SET_ASIDE, TASK_FAILED, SourceFile
 from pipeline.core.stage import Stage, StageContext, StageResult
+from pipeline.core.workpool import Failed, WorkPool
 from pipeline.secrets import catalogue
 from schemas.records import COLLECT_TABLES
 
@@ -104,7 +107,7 @@ def _tasks(ctx: StageContext[Any], settings: CollectSettings) -> list[ShardTask]
     return tasks
 
 
-def _set_aside(ctx: StageContext[Any]) -> list[tuple[str, str]]:
+def _set_aside(ctx: StageContext[Any]) -> list[tuple[str, str, str]]:
     """(path, reason) of the files discovery could not read or name, the path redacted
     (a token in a folder name goes): each one quarantine row, and a warning, while the
     run goes on."""
@@ -113,16 +116,34 @@ def _set_aside(ctx: StageContext[Any]) -> list[tuple[str, str]]:
     if not unread:
         return []
     shown = Redactor(fold_home=False).redact_many([path for path, _ in unread])
-    redacted = [(str(path), reason) for path, (_, reason) in zip(shown, unread, strict=True)]
-    for path, reason in redacted:
+    redacted = [(str(path), reason, "") for path, (_, reason) in zip(shown, unread, strict=True)]
+    for path, reason, _ in redacted:
         log.warning("collect: %s set aside (%s)", path, reason.replace("_", " "))
     return redacted
 
 
-def _as_read(ctx: StageContext[Any], tasks: list[ShardTask], members: list[dict[str, Any]]) -> dict[str, list[SourceFile]] | None:
+def _failed_files(failed: list[ShardTask], failures: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(redacted path, reason, detail) of the files whose parse failed on every attempt:
+    each one quarantine row naming the last error (redacted), and a warning, while the
+    run goes on."""
+    if not failed:
+        return []
+    redactor = Redactor(fold_home=False)
+    shown = redactor.redact_many([task.display_path for task in failed])
+    errors = redactor.redact_many([failures[task.key] for task in failed])
+    out = []
+    for path, error in zip(shown, errors, strict=True):
+        log.warning("collect: %s quarantined, its parse failed on every attempt (%s)", path, error)
+        out.append((str(path), TASK_FAILED, f"its parse failed on every attempt on the executor's pool: {error}"))
+    return out
+
+
+def _as_read(ctx: StageContext[Any], tasks: list[ShardTask], members: list[dict[str, Any]],
+             failed: list[ShardTask]) -> dict[str, list[SourceFile]] | None:
     """The sources with the digests of what the workers actually read, when any file
-    (or sidecar) changed after the runner digested it; None when none did."""
-    read: dict[str, tuple[str, int | None]] = {}
+    (or sidecar) changed after the runner digested it, or failed to parse (recorded
+    as set aside: a later run parses it again); None when none did."""
+    read: dict[str, tuple[str, int | None]] = {task.path: (SET_ASIDE + TASK_FAILED, None) for task in failed}
     for task, member in zip(tasks, members, strict=True):
         if member.get("cached"):
             continue
@@ -180,11 +201,13 @@ def _batches(pending: list[ShardTask], sizes: dict[str, int], workers: int) -> l
     return sorted(batches, key=lambda b: -sum(sizes[t.key] for t in b))
 
 
-def _build_all(ctx: StageContext[Any], tasks: list[ShardTask]) -> list[dict[str, Any]]:
+def _build_all(ctx: StageContext[Any], tasks: list[ShardTask]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Each file's member entry (container, row ranges, stats), parsing only the files
-    no container holds yet."""
+    no container holds yet; and the files whose parse failed on every attempt on the
+    executor's pool (task key -> error), which have no entry."""
     index = load_index(ctx.scratch / "shards", ctx.cache_mac)
     results: dict[str, dict[str, Any]] = {}
+    failures: dict[str, str] = {}
     pending = []
     for task in tasks:
         cached = index.get(task.key)
@@ -195,13 +218,13 @@ def _build_all(ctx: StageContext[Any], tasks: list[ShardTask]) -> list[dict[str,
     sizes = {t.key: Path(t.path).stat().st_size for t in pending}
     batches = _batches(pending, sizes, ctx.workers)
     with ctx.tracker.meter(sum(sizes.values()), "collect") as advance:
-        _build_pending(ctx, pending, batches, sizes, results, advance)
-    return [results[t.key] for t in tasks]
+        _build_pending(ctx, pending, batches, sizes, results, advance, failures)
+    return [results[t.key] for t in tasks if t.key not in failures], failures
 
 
 def _build_pending(
     ctx: StageContext[Any], pending: list[ShardTask], batches: list[list[ShardTask]], sizes: dict[str, int],
-    results: dict[str, dict[str, Any]], advance: Callable[[int], None],
+    results: dict[str, dict[str, Any]], advance: Callable[[int], None], failures: dict[str, str],
 ) -> None:
     def done(members: list[dict[str, Any]]) -> None:
         _record(results, members)
@@ -219,6 +242,10 @@ def _build_pending(
         screens = ctx.scratch / "screens"
         prepare_screens(pending[0].settings.fold_home, screens, ctx.cache_mac)
         prepare_error_screen(screens, ctx.cache_mac)
+        if ctx.pool is not None:
+            unit = functools.partial(build_prepared, str(screens), pending[0].settings.fold_home, ctx.cache_mac)
+            _build_on_pool(ctx.pool, unit, batches, done, failures)
+            return
     batches = list(batches)
     if ctx.workers > 1:
         # No fork while the catalogue's rules load in a thread (unsafe, and each worker
@@ -250,6 +277,47 @@ def _build_pending(
                 done(build_batch(batch))
         finally:
             gc.unfreeze()
+
+
+def _build_on_pool(pool: WorkPool, unit: Callable[[list[ShardTask]], list[dict[str, Any]]],
+                   batches: list[list[ShardTask]], done: Callable[[list[dict[str, Any]]], None],
+                   failures: dict[str, str]) -> None:
+    """Batches as the executor's tasks. A batch that fails on every attempt is split
+    into its files, each its own task: the files that parse go on, and a file that
+    still fails alone is recorded in ``failures`` (quarantined as ``task_failed``)."""
+    singles: list[list[ShardTask]] = []
+    split = 0
+    for batch, outcome in zip(batches, pool.map(unit, batches, "collect tasks"), strict=True):
+        if not isinstance(outcome, Failed):
+            done(outcome)
+        elif len(batch) == 1:
+            failures[batch[0].key] = outcome.error
+        else:
+            split += 1
+            singles += [[task] for task in batch]
+    if singles:
+        log.warning("collect: %d batch(es) failed on every attempt; their %d files run one by one",
+                    split, len(singles))
+    for single, outcome in zip(singles, pool.map(unit, singles, "collect retries"), strict=True):
+        if isinstance(outcome, Failed):
+            failures[single[0].key] = outcome.error
+        else:
+            done(outcome)
+
+
+_PREPARED: tuple[str, bool] | None = None
+
+
+def build_prepared(screens: str, fold_home: bool, mac: CacheMac, batch: list[ShardTask]) -> list[dict[str, Any]]:
+    """``build_batch`` in a process that did not fork from the stage's: the redaction
+    screens load once per process from the lake's compiled cache instead of being
+    compiled again."""
+    global _PREPARED
+    if _PREPARED != (screens, fold_home):
+        prepare_screens(fold_home, Path(screens), mac)
+        prepare_error_screen(Path(screens), mac)
+        _PREPARED = (screens, fold_home)
+    return build_batch(batch)
 
 
 # Libraries known to run native thread pools that make ``fork`` unsafe once imported.
@@ -295,7 +363,9 @@ def run(ctx: StageContext[CollectConfig]) -> StageResult:
     settings = _settings(config)
     tasks = _tasks(ctx, settings)
     started = time.time()
-    members = _build_all(ctx, tasks)
+    members, failures = _build_all(ctx, tasks)
+    failed = [task for task in tasks if task.key in failures]
+    tasks = [task for task in tasks if task.key not in failures]
     shard_lines: Counter[str] = Counter()
     repairs: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
@@ -309,7 +379,7 @@ def run(ctx: StageContext[CollectConfig]) -> StageResult:
     unique = list({m["key"]: m for m in members}.values())
     shard_dir = ctx.scratch / "shards"
     prune(shard_dir, {m["container"] for m in unique}, older_than=started)
-    unread = _set_aside(ctx)
+    unread = sorted(_set_aside(ctx) + _failed_files(failed, failures))
     merged = merge_shards(shard_dir, unique, shard_lines, ctx.scratch / "spill", unread)
     redactions.update(merged.redactions)
     redaction_rules.update(merged.redaction_rules)
@@ -321,14 +391,15 @@ def run(ctx: StageContext[CollectConfig]) -> StageResult:
         if lines.get(name):
             filtered[name] = lines[name]
     files = {
-        "total": len(tasks),
+        "total": len(tasks) + len(failed),
+        "failed": len(failed),  # on every attempt on the executor's pool: quarantined as task_failed
         "parsed": sum(1 for m in members if not m["cached"]),
         "cached": sum(1 for m in members if m["cached"]),
         "bytes": sum(int(m["stats"]["bytes"]) for m in members),
         "empty": sum(1 for m in members if not m["stats"]["lines"]),
     }
     return StageResult(
-        sources_read=_as_read(ctx, tasks, members),
+        sources_read=_as_read(ctx, tasks, members, failed),
         tables=merged.tables,
         records_in=records_in,
         records_out=lines.get("mapped", 0),

@@ -1,0 +1,42 @@
+"""Faults planted in Ray workers by the tests (a ``worker_process_setup_hook``).
+
+Nothing in tracelake reads these: the hook wraps collect's parse in each worker the
+test cluster starts, and acts on files in the folder ``TRACELAKE_TEST_FAULTS`` names:
+- ``kill-once``: the first worker to claim it is killed with SIGKILL mid-task;
+- ``jitter``: every unit sleeps a random few ms first, so units finish out of order;
+and a source file named ``poison*.jsonl`` makes every parse that includes it raise.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+FAULTS_ENV = "TRACELAKE_TEST_FAULTS"
+
+
+def install() -> None:
+    import pipeline.stages.collect as collect
+
+    original = collect.build_batch
+
+    def faulty(batch: list[Any]) -> list[dict[str, Any]]:
+        folder = Path(os.environ[FAULTS_ENV])
+        if (folder / "jitter").exists():
+            time.sleep(random.random() * 0.05)
+        if any(Path(task.display_path).name.startswith("poison") for task in batch):
+            raise RuntimeError("parser crashed on a poisoned file")
+        claim = folder / f"killed-{os.getpid()}"
+        try:
+            os.rename(folder / "kill-once", claim)  # atomic: one worker wins
+        except FileNotFoundError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(batch)
+
+    collect.build_batch = faulty

@@ -1,0 +1,179 @@
+"""The Ray executor on a local cluster: the local executor's digests, a killed worker
+survived, a poisoned file quarantined, and a clear error without the extra."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.collate import jobs
+from pipeline.core.ray_executor import RayExecutor
+from pipeline.core.runner import Runner, RunOptions
+from pipeline.core.sources import SourceSpec
+from pipeline.stages.registry import load_stages
+from pipeline.synth import synthesize
+from tests.core.ray_faults import FAULTS_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+THROUGH_EXPORTS = ["export-sft", "export-rag", "export-preference"]
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def cluster(faults: Path) -> Iterator[None]:
+    ray = pytest.importorskip("ray")  # the ray extra is in the dev lock: this never skips in CI
+    from tests.core import ray_faults
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {FAULTS_ENV: str(faults), "PYTHONPATH": str(REPO)},
+                          "worker_process_setup_hook": ray_faults.install})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> list[SourceSpec]:
+    out = tmp_path_factory.mktemp("synthetic")
+    synthesize(out / "claude-code", sessions=40, seed=11)
+    synthesize(out / "codex", sessions=12, seed=11, fmt="codex")
+    return [SourceSpec("claude-code", out / "claude-code"), SourceSpec("codex", out / "codex")]
+
+
+def _run(root: Path, sources: list[SourceSpec], targets: list[str], workers: int = 2,
+         executor: Any = None) -> Any:
+    options = RunOptions(root=root, sources=sources, workers=workers, recorded_at="2026-01-01T00:00:00Z")
+    if executor is not None:
+        options.executor = executor
+    result = Runner(load_stages(targets), options).run(targets)
+    assert result.ok, [(o.stage, o.error, o.receipt and o.receipt.validation.errors) for o in result.outcomes]
+    return result
+
+
+def _digests(result: Any) -> dict[str, str]:
+    return {name: ref.xxh3_128 for name, ref in sorted(result.summary.tables.items())}
+
+
+def _receipt(result: Any, stage: str) -> Any:
+    return next(o.receipt for o in result.outcomes if o.stage == stage)
+
+
+pytestmark = pytest.mark.ray
+
+
+def test_ray_gives_the_local_digests_for_any_workers_and_completion_order(
+        cluster: None, faults: Path, synthetic: list[SourceSpec], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # collate's units go to the pool from its first example on (the demo-sized export
+    # stays under the local threshold otherwise)
+    monkeypatch.setattr(jobs, "PARALLEL_MIN_EXAMPLES", 1)
+    targets = [*THROUGH_EXPORTS, "collate"]
+    local = _run(tmp_path / "local", synthetic, targets, workers=1)
+    (faults / "jitter").touch()
+    try:
+        on_ray = [_run(tmp_path / f"ray-{w}", synthetic, targets, workers=w, executor=RayExecutor())
+                  for w in (2, 5)]
+    finally:
+        (faults / "jitter").unlink()
+    for result in on_ray:
+        assert _digests(result) == _digests(local)
+        assert result.summary.run_hash == local.summary.run_hash
+        collect, collate = _receipt(result, "collect"), _receipt(result, "collate")
+        assert collect.execution.executor == "ray" and collect.execution.tasks > 1
+        assert collate.execution.tasks == -(-collate.records_in // jobs.POOL_CHUNK)
+        assert collect.execution.retries == collect.execution.failed == 0
+    assert _receipt(local, "collect").execution.executor == "local"
+    assert _receipt(local, "collect").execution.tasks == 0
+
+
+def test_real_sessions_give_the_local_digests(cluster: None, teich_examples: Path, tmp_path: Path) -> None:
+    source = tmp_path / "real" / "claude-code"
+    source.mkdir(parents=True)
+    for k in range(6):  # real sessions, each under its own project folder
+        (source / f"project-{k}").mkdir()
+        shutil.copy(teich_examples / "example_claude_code.jsonl", source / f"project-{k}" / f"s{k}.jsonl")
+    codex = tmp_path / "real" / "codex"
+    codex.mkdir()
+    for name in os.listdir(teich_examples):
+        if "codex" in name and name.endswith(".jsonl"):
+            shutil.copy(teich_examples / name, codex / name)
+    sources = [SourceSpec("claude-code", source), SourceSpec("codex", codex)]
+    local = _run(tmp_path / "local", sources, THROUGH_EXPORTS, workers=1)
+    on_ray = _run(tmp_path / "ray", sources, THROUGH_EXPORTS, executor=RayExecutor())
+    assert _digests(on_ray) == _digests(local)
+    assert on_ray.summary.run_hash == local.summary.run_hash
+
+
+def test_a_killed_worker_is_retried_and_the_digests_hold(
+        cluster: None, faults: Path, synthetic: list[SourceSpec], tmp_path: Path) -> None:
+    local = _run(tmp_path / "local", synthetic, ["collect"], workers=1)
+    (faults / "kill-once").touch()
+    result = _run(tmp_path / "ray", synthetic, ["collect"], executor=RayExecutor())
+    assert not (faults / "kill-once").exists()
+    killed = [p for p in faults.iterdir() if p.name.startswith("killed-")]
+    assert len(killed) == 1  # a worker really died mid-task (SIGKILL)
+    execution = _receipt(result, "collect").execution
+    assert execution.retries == 1 and execution.failed == 0
+    assert _digests(result) == _digests(local)
+
+
+def test_a_poisoned_file_is_quarantined_after_its_retries_and_the_run_goes_on(
+        cluster: None, synthetic: list[SourceSpec], tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(synthetic[0].path, corpus)
+    clean = _run(tmp_path / "clean", [SourceSpec("claude-code", corpus)], ["collect"], workers=1)
+    first = sorted(corpus.rglob("*.jsonl"))[0]
+    poison = first.parent / "poison-session.jsonl"
+    shutil.copy(first, poison)
+    result = _run(tmp_path / "ray", [SourceSpec("claude-code", corpus)], ["collect"], executor=RayExecutor(retries=2))
+    receipt = _receipt(result, "collect")
+    # its batch failed 3 times, was split, and the file alone failed 3 times more
+    assert receipt.execution.failed == 2 and receipt.execution.retries == 4
+    assert receipt.quarantined.get("task_failed") == 1
+    assert receipt.stats["files"]["failed"] == 1
+    assert receipt.records_in == receipt.records_out + sum(receipt.quarantined.values()) + sum(
+        receipt.filtered.values())
+    quarantine = pq.read_table(tmp_path / "ray" / result.summary.tables["collect_quarantine"].path).to_pylist()
+    rows = [r for r in quarantine if r["reason"] == "task_failed"]
+    assert len(rows) == 1 and rows[0]["source_file"].endswith("poison-session.jsonl")
+    # every other table is what the corpus gives without the poisoned file
+    for name in ("sessions", "messages", "tool_calls", "prompts"):
+        assert result.summary.tables[name].xxh3_128 == clean.summary.tables[name].xxh3_128
+    # recorded as set aside, not as its content: the next run parses it again (here,
+    # where nothing poisons the parse)
+    again = _receipt(_run(tmp_path / "ray", [SourceSpec("claude-code", corpus)], ["collect"], workers=1), "collect")
+    assert not again.cache_hit and "task_failed" not in again.quarantined
+
+
+def test_without_the_extra_the_ray_executor_is_one_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "site" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "run", "collect", "--root", str(tmp_path / "lake"),
+                           "--source", f"claude-code:{corpus}", "--executor", "ray", "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: the Ray executor needs Ray, which is not installed: pip install 'tracelake[ray]'"]
+    assert not (tmp_path / "lake").exists()
+
+
+def test_an_unknown_executor_names_the_known_ones(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "run", "collect", "--root", str(tmp_path),
+                           "--executor", "dask"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "unknown executor 'dask'" in done.stderr and "ray://HOST:PORT" in done.stderr
