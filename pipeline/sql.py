@@ -53,6 +53,10 @@ def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
             recorded_at=r.recorded_at,
             git_sha=r.git_sha,
             tracelake_version=r.tracelake_version,
+            executor=r.execution.executor if r.execution else None,
+            tasks=r.execution.tasks if r.execution else None,
+            retries=r.execution.retries if r.execution else None,
+            failed_tasks=r.execution.failed if r.execution else None,
         )
         for r in receipts
     ]

@@ -108,9 +108,12 @@ class Execution(_Model):
     timings: the cache key, the outputs and the run_hash are the same on every executor."""
 
     executor: str = Field(description="local, subprocess, ray, ray://HOST:PORT or ray:auto")
-    tasks: int = Field(0, ge=0, description="Units of work the executor's pool ran (0: the stage's own processes).")
-    retries: int = Field(0, ge=0, description="Attempts after a unit's first (a killed worker, an error).")
-    failed: int = Field(0, ge=0, description="Units that failed on every attempt (collect quarantines their files).")
+    tasks: int = Field(default=0, ge=0, description="Units of work the executor's pool ran (0: the stage's own processes).")
+    retries: int = Field(default=0, ge=0, description="Attempts after a unit's first (a killed worker, an error).")
+    failed: int = Field(default=0, ge=0, description="Units that failed on every attempt (collect quarantines their files).")
+    unit_s: float = Field(default=0.0, ge=0, description="The units' own run time, summed over workers.")
+    map_s: float = Field(default=0.0, ge=0, description="Wall time the stage waited on its units; the rest of its "
+                         "duration is its reduce (merge, sort, write) and set-up.")
 
 
 class StageReceipt(_Model):

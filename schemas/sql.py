@@ -37,6 +37,10 @@ class ReceiptRow(_Row):
     recorded_at: str
     git_sha: str | None
     tracelake_version: str
+    executor: str | None = Field(default=None, description="Where it ran (None: a cache hit, nothing ran).")
+    tasks: int | None = Field(default=None, description="Units of work on the executor's pool.")
+    retries: int | None = None
+    failed_tasks: int | None = Field(default=None, description="Units that failed on every attempt.")
 
 
 class ArtifactRow(_Row):

@@ -30,6 +30,7 @@ from pipeline.core.artifacts import artifact_problem
 from pipeline.core.errors import NotFound
 from pipeline.core.hashing import digest_json
 from pipeline.core.receipts import ReceiptError, cache_entry_path, load_envelope, open_receipt
+from pipeline.core.sources import TASK_FAILED
 from pipeline.core.store import LakeLayout, object_problem
 from pipeline.core.trust import TrustedKeys
 from schemas.receipt import InputRef, StageReceipt
@@ -75,6 +76,15 @@ def claims_problem(receipt: StageReceipt) -> str | None:
         return f"its counts do not conserve ({problem})"
     if (receipt.status == "ok") != receipt.validation.passed:
         return "its status and validation disagree"
+    execution = receipt.execution
+    if receipt.cache_hit and execution is not None:
+        return "it is a cache hit, yet it records an execution"
+    if execution is not None:
+        if execution.failed > execution.tasks:
+            return "it records more failed units than units"
+        # A file is quarantined as task_failed only after a unit holding it failed.
+        if receipt.quarantined.get(TASK_FAILED, 0) > execution.failed:
+            return "it quarantines more task_failed files than units failed"
     return None
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -98,7 +99,7 @@ class RayExecutor:
 
         self.connect()
         pool = RayPool(self.retries, tracker, self.name, expected_code=task.stage.full_version,
-                       stage=task.stage)
+                       stage=task.stage, dashboard=self.dashboard)
         done = execute_task(task, tracker, pool=pool)
         done.pool = pool.stats
         return done
@@ -116,14 +117,17 @@ def _code_of(stage: Any) -> str:
     return str(stage.full_version)
 
 
-def _run_unit(expected_code: str, stage: Any, fn: Callable[[T], R], item: T) -> R:
-    """A unit on a worker, after checking the worker runs the driver's code."""
+def _run_unit(expected_code: str, stage: Any, fn: Callable[[T], R], item: T) -> tuple[R, float]:
+    """A unit on a worker, after checking the worker runs the driver's code; with its
+    run time."""
     if stage is not None and _code_of(stage) != expected_code:
         raise TracelakeError(
             f"worker on {os.uname().nodename} runs other tracelake code than the driver "
             f"({_code_of(stage)} != {expected_code}): install the same version on every node"
         )
-    return fn(item)
+    started = time.perf_counter()
+    result = fn(item)
+    return result, time.perf_counter() - started
 
 
 @dataclass
@@ -133,6 +137,7 @@ class RayPool:
     name: str
     expected_code: str
     stage: Any = None
+    dashboard: str | None = None  # shown beside the progress, where the cluster has one
     stats: PoolStats = field(default_factory=PoolStats)
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], description: str) -> Iterator[R | Failed]:
@@ -153,7 +158,9 @@ class RayPool:
             ref = remote.remote(self.expected_code, stage_ref, fn_ref, items[index])
             pending[ref] = (index, attempt)
 
-        with self.tracker.tasks(len(items), description) as show:
+        started = time.perf_counter()
+        shown = f"{description} ({self.dashboard})" if self.dashboard else description
+        with self.tracker.tasks(len(items), shown) as show:
             try:
                 while yielded < len(items):
                     while len(pending) < window and submitted < len(items):
@@ -163,7 +170,8 @@ class RayPool:
                     for ref in ready:
                         index, attempt = pending.pop(ref)
                         try:
-                            results[index] = ray.get(ref)
+                            results[index], seconds = ray.get(ref)
+                            self.stats.unit_s += seconds
                         except ray.exceptions.RayError as error:
                             if attempt <= self.retries:
                                 self.stats.retries += 1
@@ -180,6 +188,7 @@ class RayPool:
             finally:
                 for ref in pending:  # a consumer that stopped early, an interrupt
                     ray.cancel(ref, force=True)
+                self.stats.map_s += time.perf_counter() - started
 
 
 def _cause(error: BaseException) -> str:

@@ -267,8 +267,10 @@ class Runner:
         run.stats = done.stats
         run.errors = list(done.validation_errors)
         pool = done.pool
-        run.execution = Execution(executor=self.options.executor.name, tasks=pool.tasks if pool else 0,
-                                  retries=pool.retries if pool else 0, failed=pool.failed if pool else 0)
+        run.execution = Execution(executor=self.options.executor.name)
+        if pool is not None:
+            run.execution = Execution(executor=self.options.executor.name, tasks=pool.tasks, retries=pool.retries,
+                                      failed=pool.failed, unit_s=round(pool.unit_s, 3), map_s=round(pool.map_s, 3))
 
     def _export(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
         """Materialise and validate a fresh execution's exports into

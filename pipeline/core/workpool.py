@@ -39,6 +39,8 @@ class PoolStats:
     tasks: int = 0  # units run, each counted once however many attempts it took
     retries: int = 0  # attempts after a unit's first
     failed: int = 0  # units handed back as ``Failed``
+    unit_s: float = 0.0  # the units' own run time, summed over workers (successful attempts)
+    map_s: float = 0.0  # wall time the stage spent waiting on the pool (the rest is its reduce)
 
 
 class WorkPool(Protocol):

@@ -448,3 +448,23 @@ def test_rotation_with_a_malformed_trust_file_keeps_the_old_key(tmp_path: Path, 
     assert key.read_bytes() != before
     [retired] = tmp_path.glob("k.pem.*.retired")
     assert retired.read_bytes() == before
+
+
+def test_execution_claims_that_cannot_be_true_are_refused(tmp_path: Path) -> None:
+    """The executor's record is a claim too: more failed units than units, a task_failed
+    file with no failed unit, or an execution recorded on a cache hit."""
+    from pipeline.core.cache import claims_problem
+    from schemas.receipt import Execution
+
+    receipt = outcome(run(tmp_path / "lake"), "make")
+    assert receipt.execution == Execution(executor="local") and claims_problem(receipt) is None
+    failed = receipt.model_copy(update={"execution": Execution(executor="ray", tasks=2, failed=3)})
+    assert claims_problem(failed) == "it records more failed units than units"
+    quarantined = receipt.model_copy(update={
+        "execution": Execution(executor="ray", tasks=4), "records_in": receipt.records_in + 1,
+        "quarantined": {**receipt.quarantined, "task_failed": 1}})
+    assert claims_problem(quarantined) == "it quarantines more task_failed files than units failed"
+    hit = receipt.model_copy(update={"cache_hit": True})
+    assert claims_problem(hit) == "it is a cache hit, yet it records an execution"
+    again = outcome(run(tmp_path / "lake"), "make")
+    assert again.cache_hit and again.execution is None

@@ -7,7 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.collate import jobs
+from pipeline.core.progress import Tracker
 from pipeline.core.ray_executor import RayExecutor
 from pipeline.core.runner import Runner, RunOptions
 from pipeline.core.sources import SourceSpec
@@ -51,9 +53,24 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> list[SourceSpec]:
     return [SourceSpec("claude-code", out / "claude-code"), SourceSpec("codex", out / "codex")]
 
 
+class Recording(Tracker):
+    """The last (done, running, failed) each task bar showed."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[int, int, int, int]] = {}
+
+    @contextmanager
+    def tasks(self, total: int, description: str) -> Iterator[Callable[[int, int, int], None]]:
+        def show(done: int, running: int, failed: int) -> None:
+            self.last[description] = (total, done, running, failed)
+
+        yield show
+
+
 def _run(root: Path, sources: list[SourceSpec], targets: list[str], workers: int = 2,
-         executor: Any = None) -> Any:
-    options = RunOptions(root=root, sources=sources, workers=workers, recorded_at="2026-01-01T00:00:00Z")
+         executor: Any = None, tracker: Tracker | None = None) -> Any:
+    options = RunOptions(root=root, sources=sources, workers=workers, recorded_at="2026-01-01T00:00:00Z",
+                         tracker=tracker or Tracker())
     if executor is not None:
         options.executor = executor
     result = Runner(load_stages(targets), options).run(targets)
@@ -136,8 +153,14 @@ def test_a_poisoned_file_is_quarantined_after_its_retries_and_the_run_goes_on(
     first = sorted(corpus.rglob("*.jsonl"))[0]
     poison = first.parent / "poison-session.jsonl"
     shutil.copy(first, poison)
-    result = _run(tmp_path / "ray", [SourceSpec("claude-code", corpus)], ["collect"], executor=RayExecutor(retries=2))
+    tracker = Recording()
+    result = _run(tmp_path / "ray", [SourceSpec("claude-code", corpus)], ["collect"], executor=RayExecutor(retries=2),
+                  tracker=tracker)
     receipt = _receipt(result, "collect")
+    # the progress showed every unit done, none left running, and the failures
+    (batches, done, running, failed), = [v for k, v in tracker.last.items() if k == "collect tasks"]
+    assert done == batches and running == 0 and failed == 1
+    assert tracker.last["collect retries"][1:] == (tracker.last["collect retries"][0], 0, 1)
     # its batch failed 3 times, was split, and the file alone failed 3 times more
     assert receipt.execution.failed == 2 and receipt.execution.retries == 4
     assert receipt.quarantined.get("task_failed") == 1
