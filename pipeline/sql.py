@@ -16,8 +16,9 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel
 
-from pipeline.core.errors import TracelakeError
-from pipeline.core.receipts import list_runs, load_run_receipts, load_run_summary, resolve_run
+from pipeline.core.hashing import CacheMac
+from pipeline.core.history import history_rows
+from pipeline.core.receipts import load_run_receipts, load_run_summary, resolve_run
 from pipeline.core.store import LakeLayout
 from pipeline.core.trust import TrustedKeys, load_trusted
 from schemas.receipt import StageReceipt
@@ -29,8 +30,8 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
-    rows = [
+def receipt_rows(receipts: list[StageReceipt]) -> list[dict[str, Any]]:
+    return [
         ReceiptRow(
             run_id=r.run_id,
             stage=r.stage,
@@ -57,34 +58,44 @@ def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
             tasks=r.execution.tasks if r.execution else None,
             retries=r.execution.retries if r.execution else None,
             failed_tasks=r.execution.failed if r.execution else None,
-        )
+        ).model_dump()
         for r in receipts
     ]
-    return _rows_table(ReceiptRow, rows)
 
 
-def artifacts_table(receipts: list[StageReceipt]) -> pa.Table:
-    rows = [
+def artifact_rows(receipts: list[StageReceipt]) -> list[dict[str, Any]]:
+    return [
         ArtifactRow(run_id=r.run_id, stage=r.stage, name=a.name, digest=a.digest, files=len(a.files),
-                    bytes=a.bytes, path=a.path)
+                    bytes=a.bytes, path=a.path).model_dump()
         for r in receipts for a in r.artifacts
     ]
-    return _rows_table(ArtifactRow, rows)
 
 
-def inputs_table(receipts: list[StageReceipt]) -> pa.Table:
+def input_rows(receipts: list[StageReceipt]) -> list[dict[str, Any]]:
     rows = []
     for r in receipts:
         for i in r.inputs:
             kind = i.name.partition(":")[0] if ":" in i.name else "table"
             digest = i.sha256 if kind in ("external", "artifact") and i.sha256 else i.xxh3_128
             rows.append(RunInputRow(run_id=r.run_id, stage=r.stage, input=i.name, kind=kind, digest=digest,
-                                    rows=i.rows, location=i.location))
-    return _rows_table(RunInputRow, rows)
+                                    rows=i.rows, location=i.location).model_dump())
+    return rows
 
 
-def _rows_table(model: type[BaseModel], rows: Sequence[BaseModel]) -> pa.Table:
-    return pa.Table.from_pylist([row.model_dump() for row in rows], schema=arrow_schema(model))
+# The history rows' columns: rows cached under other columns are built again.
+_ROWS_SHAPE = "|".join(",".join(model.model_fields) for model in (ReceiptRow, ArtifactRow, RunInputRow))
+
+
+def _run_rows(receipts: list[StageReceipt]) -> dict[str, list[dict[str, Any]]]:
+    return {"receipts": receipt_rows(receipts), "artifacts": artifact_rows(receipts), "inputs": input_rows(receipts)}
+
+
+def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
+    return _rows_table(ReceiptRow, receipt_rows(receipts))
+
+
+def _rows_table(model: type[BaseModel], rows: Sequence[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=arrow_schema(model))
 
 
 def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
@@ -95,14 +106,15 @@ def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Non
 
 def define_views(
     con: duckdb.DuckDBPyConnection, layout: LakeLayout, run_id: str, keys: TrustedKeys,
-    relative: bool = False,
+    relative: bool = False, mac: CacheMac | None = None,
 ) -> list[str]:
     """Create the run's views on ``con`` from its signed statement and receipts (each
     verified with ``keys``); returns the view names. ``receipt_history`` leaves out runs
     whose receipts do not verify. ``relative``: the views name their Parquet files by
     their path in the root (``data/objects/...``), which DuckDB resolves from the folder
     it runs in: a database file that outlives this process then works wherever the root
-    is moved or copied, opened from the root."""
+    is moved or copied, opened from the root. ``mac``: keep each run's history rows in
+    the lake's cache (``pipeline.core.history``) instead of verifying every run again."""
     summary = load_run_summary(layout, run_id, keys)
     names: list[str] = []
     if relative:  # resolve them here as they will be there
@@ -132,16 +144,11 @@ def define_views(
         con.execute(f"CREATE OR REPLACE VIEW quarantine AS {union}")
         names.append("quarantine")
     _register(con, "receipts", receipts_table(run_receipts))
-    history: list[StageReceipt] = []
-    for rid in list_runs(layout):
-        try:
-            history.extend(load_run_receipts(layout, rid, keys))
-        except TracelakeError:
-            continue
-    _register(con, "receipt_history", receipts_table(history))
+    history = history_rows(layout, keys, _run_rows, mac, _ROWS_SHAPE)
+    _register(con, "receipt_history", _rows_table(ReceiptRow, history.receipts))
     # Every run's artifacts and inputs: "which runs used this model digest".
-    _register(con, "artifacts", artifacts_table(history))
-    _register(con, "run_inputs", inputs_table(history))
+    _register(con, "artifacts", _rows_table(ArtifactRow, history.artifacts))
+    _register(con, "run_inputs", _rows_table(RunInputRow, history.inputs))
     names += ["receipts", "receipt_history", "artifacts", "run_inputs"]
     names += _define_adapters(con, run_receipts, set(summary.tables))
     names += _define_redactions(con, [n for n in names if n in summary.tables], run_receipts)
@@ -266,7 +273,7 @@ def connect(root: Path, run_id: str | None = None) -> tuple[duckdb.DuckDBPyConne
     return con, resolved
 
 
-def write_lake_db(layout: LakeLayout, run_id: str) -> Path:
+def write_lake_db(layout: LakeLayout, run_id: str, mac: CacheMac | None = None) -> Path:
     """Persist the latest run's views into data/lake.duckdb (built aside, then renamed),
     with paths relative to the root: open it from the root (``cd ROOT && duckdb
     data/lake.duckdb``), wherever the root now is."""
@@ -277,7 +284,7 @@ def write_lake_db(layout: LakeLayout, run_id: str) -> Path:
     try:
         con = duckdb.connect(tmp_name)
         try:
-            define_views(con, layout, run_id, load_trusted(layout), relative=True)
+            define_views(con, layout, run_id, load_trusted(layout), relative=True, mac=mac)
             con.execute("CHECKPOINT")
         finally:
             con.close()

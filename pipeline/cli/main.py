@@ -200,7 +200,7 @@ def _run(
         # The lake database is part of what a run writes: it is refreshed under the lock.
         with writer_lock(runner.layout, wait=not no_wait, on_wait=runner.options.on_wait):
             result = runner.run(targets)
-            write_lake_db(runner.layout, result.run_id)
+            write_lake_db(runner.layout, result.run_id, runner.mac)
             if source:
                 remember_sources(lake_root, specs)
     except (TracelakeError, ValueError, OSError) as exc:

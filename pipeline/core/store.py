@@ -83,6 +83,11 @@ class LakeLayout:
         return self.data / "lake.duckdb"
 
     @property
+    def history_cache(self) -> Path:
+        """Every kept run's verified receipt rows (``pipeline.core.history``)."""
+        return self.cache / "history.json"
+
+    @property
     def lock_file(self) -> Path:
         return self.data / ".lock"
 
