@@ -170,6 +170,9 @@ def _run(
             check_source(spec)
         check_config_keys(stage_config, stages)
         externals = parse_externals(external or [], stages)
+        connect = getattr(chosen, "connect", None)
+        if connect is not None:  # a cluster that cannot be reached fails here, before any run
+            connect()
     except (ValueError, TracelakeError) as exc:
         raise fail(str(exc)) from exc
     if include_partial:

@@ -79,12 +79,12 @@ def claims_problem(receipt: StageReceipt) -> str | None:
     execution = receipt.execution
     if receipt.cache_hit and execution is not None:
         return "it is a cache hit, yet it records an execution"
-    if execution is not None:
-        if execution.failed > execution.tasks:
-            return "it records more failed units than units"
-        # A file is quarantined as task_failed only after a unit holding it failed.
-        if receipt.quarantined.get(TASK_FAILED, 0) > execution.failed:
-            return "it quarantines more task_failed files than units failed"
+    if execution is not None and execution.failed > execution.tasks:
+        return "it records more failed units than units"
+    # A file is quarantined as task_failed only after a unit holding it failed on a pool.
+    task_failed = receipt.quarantined.get(TASK_FAILED, 0)
+    if task_failed and not receipt.cache_hit and (execution is None or task_failed > execution.failed):
+        return "it quarantines more task_failed files than units failed"
     return None
 
 

@@ -21,9 +21,8 @@ executor is asked for.
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +64,9 @@ class RayExecutor:
     runtime_env: dict[str, Any] | None = None  # passed to ray.init (env vars, setup hooks)
     name: str = "ray"
     dashboard: str | None = field(default=None, init=False)
+    # The current (or last) stage's units, kept here so that a stage that fails still
+    # records what its units did.
+    stats: PoolStats | None = field(default=None, init=False)
     _started: bool = field(default=False, init=False)
 
     @classmethod
@@ -78,16 +80,21 @@ class RayExecutor:
         raise TracelakeError(f"unknown Ray executor {name!r}; use ray, ray://HOST:PORT or ray:auto")
 
     def connect(self) -> Any:
+        """Start or join the cluster (once): the CLI calls this before anything runs, so
+        an address that cannot be reached is one line and exit 2, not a failed stage."""
         ray = import_ray()
+        if self.address is not None and self.address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise TracelakeError(f"--executor {self.name} needs Ray's client: pip install 'tracelake[ray-client]'")
         if not ray.is_initialized():
             try:
                 context = ray.init(
-                    address=self.address, num_cpus=self.num_cpus if self.address is None else None,
+                    # "local": a new cluster here even when RAY_ADDRESS names another one
+                    address=self.address or "local", num_cpus=self.num_cpus if self.address is None else None,
                     include_dashboard=False if self.address is None else None,
                     log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
                     runtime_env=self.runtime_env,
                 )
-            except (ConnectionError, RuntimeError, ValueError) as error:
+            except Exception as error:  # ConnectionError, a refused address, a version mismatch
                 raise TracelakeError(f"cannot start or reach the Ray cluster {self.name}: {one_line(error)}") from None
             self._started = True
             url = getattr(context, "dashboard_url", None)
@@ -97,9 +104,11 @@ class RayExecutor:
     def run(self, task: Any, tracker: Tracker) -> Any:
         from pipeline.core.execute import execute_task
 
+        self.stats = None
         self.connect()
         pool = RayPool(self.retries, tracker, self.name, expected_code=task.stage.full_version,
                        stage=task.stage, dashboard=self.dashboard)
+        self.stats = pool.stats
         done = execute_task(task, tracker, pool=pool)
         done.pool = pool.stats
         return done
@@ -112,19 +121,21 @@ class RayExecutor:
             self._started = False
 
 
-@functools.cache
-def _code_of(stage: Any) -> str:
-    return str(stage.full_version)
+class OtherCode(TracelakeError):
+    """A worker whose installed tracelake is not the driver's: fatal to the stage."""
 
 
 def _run_unit(expected_code: str, stage: Any, fn: Callable[[T], R], item: T) -> tuple[R, float]:
-    """A unit on a worker, after checking the worker runs the driver's code; with its
-    run time."""
-    if stage is not None and _code_of(stage) != expected_code:
-        raise TracelakeError(
-            f"worker on {os.uname().nodename} runs other tracelake code than the driver "
-            f"({_code_of(stage)} != {expected_code}): install the same version on every node"
-        )
+    """A unit on a worker, after checking that the worker's installed code gives the
+    stage the version the driver keyed it by (code digests are cached per process, so
+    this costs microseconds after a worker's first unit); with its run time."""
+    if stage is not None:
+        installed = stage.installed_version()
+        if installed != expected_code:
+            raise OtherCode(
+                f"a Ray worker runs other tracelake code than the driver ({stage.name} "
+                f"{installed} != {expected_code}): install the same version on every node"
+            )
     started = time.perf_counter()
     result = fn(item)
     return result, time.perf_counter() - started
@@ -146,8 +157,9 @@ class RayPool:
         remote: Any = ray.remote(_run_unit).options(max_retries=0, num_cpus=1)
         fn_ref = ray.put(fn)
         stage_ref = ray.put(self.stage)
-        # Enough in flight to keep every CPU busy with the next unit queued; bounded so
-        # that a big stage's arguments and results do not all sit in the object store.
+        # Enough in flight to keep every CPU busy with the next unit queued; bounded,
+        # results waiting on a slow head unit included, so that a big stage's arguments
+        # and results never all sit here or in the object store.
         resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         window = max(2, 2 * int(resources.get("CPU", 1)))
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (index, attempt)
@@ -158,12 +170,12 @@ class RayPool:
             ref = remote.remote(self.expected_code, stage_ref, fn_ref, items[index])
             pending[ref] = (index, attempt)
 
-        started = time.perf_counter()
         shown = f"{description} ({self.dashboard})" if self.dashboard else description
+        clock: float | None = time.perf_counter()  # None while the consumer has a result
         with self.tracker.tasks(len(items), shown) as show:
             try:
                 while yielded < len(items):
-                    while len(pending) < window and submitted < len(items):
+                    while submitted < len(items) and submitted - yielded < window:
                         submit(submitted, 1)
                         submitted += 1
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_S)
@@ -173,6 +185,9 @@ class RayPool:
                             results[index], seconds = ray.get(ref)
                             self.stats.unit_s += seconds
                         except ray.exceptions.RayError as error:
+                            cause = getattr(error, "cause", None)
+                            if isinstance(cause, OtherCode):
+                                raise cause from None
                             if attempt <= self.retries:
                                 self.stats.retries += 1
                                 submit(index, attempt + 1)
@@ -183,12 +198,32 @@ class RayPool:
                         self.stats.tasks += 1
                     show(len(results) + yielded, len(pending), failed)
                     while yielded in results:
-                        yield results.pop(yielded)
+                        outcome = results.pop(yielded)
                         yielded += 1
+                        if clock is not None:
+                            self.stats.map_s += time.perf_counter() - clock
+                        clock = None
+                        yield outcome  # the consumer's time is its own, not the pool's
+                        clock = time.perf_counter()
             finally:
+                if clock is not None:
+                    self.stats.map_s += time.perf_counter() - clock
                 for ref in pending:  # a consumer that stopped early, an interrupt
-                    ray.cancel(ref, force=True)
-                self.stats.map_s += time.perf_counter() - started
+                    try:
+                        ray.cancel(ref, force=True)
+                    except Exception:  # the cluster is already gone: nothing left to stop
+                        pass
+
+
+# A failure with no exception of the unit's own: said the same way every time (Ray's
+# own message holds object ids and addresses, which would make the quarantine differ
+# from run to run).
+_SYSTEM_FAILURES = {
+    "WorkerCrashedError": "the worker died (killed, out of memory, or a crash in native code)",
+    "OutOfMemoryError": "the worker was killed for running out of memory",
+    "NodeDiedError": "the node running the unit died",
+    "TaskCancelledError": "the unit was cancelled",
+}
 
 
 def _cause(error: BaseException) -> str:
@@ -196,4 +231,5 @@ def _cause(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
         return one_line(cause)
-    return one_line(error)
+    name = type(error).__name__
+    return f"{name}: {_SYSTEM_FAILURES.get(name, 'Ray could not run the unit')}"

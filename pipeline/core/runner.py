@@ -58,6 +58,7 @@ from pipeline.core.sources import (
 from pipeline.core.stage import ExportContext, Stage
 from pipeline.core.store import LakeLayout
 from pipeline.core.trust import TrustedKeys, ensure_trusted_signer
+from pipeline.core.workpool import PoolStats
 from schemas.datasets import DATASET_TABLES
 from schemas.receipt import (
     ArtifactRef,
@@ -266,11 +267,15 @@ class Runner:
         run.records = (done.records_in, done.records_out, done.quarantined, done.filtered)
         run.stats = done.stats
         run.errors = list(done.validation_errors)
-        pool = done.pool
-        run.execution = Execution(executor=self.options.executor.name)
-        if pool is not None:
-            run.execution = Execution(executor=self.options.executor.name, tasks=pool.tasks, retries=pool.retries,
-                                      failed=pool.failed, unit_s=round(pool.unit_s, 3), map_s=round(pool.map_s, 3))
+        run.execution = self._execution(done.pool)
+
+    def _execution(self, pool: PoolStats | None) -> Execution:
+        executor = self.options.executor
+        name = str(getattr(executor, "name", type(executor).__name__))
+        if pool is None:
+            return Execution(executor=name)
+        return Execution(executor=name, tasks=pool.tasks, retries=pool.retries, failed=pool.failed,
+                         unit_s=round(pool.unit_s, 3), map_s=round(pool.map_s, 3))
 
     def _export(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
         """Materialise and validate a fresh execution's exports into
@@ -355,6 +360,8 @@ class Runner:
             if not isinstance(exc, TracelakeError):
                 run.error += "\n" + traceback.format_exc(limit=8)
             run.outputs, run.artifacts, run.exports, run.records, run.stats = [], [], [], (0, 0, {}, {}), {}
+            if run.reused is None:  # what its units did, where the executor kept it
+                run.execution = self._execution(getattr(self.options.executor, "stats", None))
         passed = run.error is None and not run.errors
         reused = run.reused
         receipt = StageReceipt(

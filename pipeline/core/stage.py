@@ -282,6 +282,12 @@ class Stage(Generic[C]):
         versions (upgrading an engine re-runs the stage instead of reusing old output),
         and the digest of the stage's code (``pipeline.core.code``: editing its logic
         re-runs it, version bump or not)."""
+        return self.installed_version()
+
+    def installed_version(self) -> str:
+        """``full_version`` as this process's installed code and engines give it, never
+        a value cached on the object (a stage pickled to another machine carries its
+        cached ``full_version`` with it)."""
         from pipeline.core.code import code_digest
 
         version = self.version if self.engines is None else f"{self.version}+{self.engines()}"

@@ -31,6 +31,7 @@ from pipeline.collect.merge import merge_shards
 from pipeline.collect.redact import Redactor, prepare_screens
 from pipeline.collect.shard import build_batch, load_index, prune, shard_key
 from pipeline.collect.tasks import CollectSettings, ShardTask
+from pipeline.core.errors import TracelakeError
 from pipeline.core.hashing import CacheMac
 from pipeline.core.imports import block_pandas
 from pipeline.core.sources import SET_ASIDE, TASK_FAILED, SourceFile
@@ -122,15 +123,15 @@ def _set_aside(ctx: StageContext[Any]) -> list[tuple[str, str, str]]:
     return redacted
 
 
-def _failed_files(failed: list[ShardTask], failures: dict[str, str]) -> list[tuple[str, str, str]]:
+def _failed_files(failed: list[ShardTask], failures: dict[str, str], fold_home: bool) -> list[tuple[str, str, str]]:
     """(redacted path, reason, detail) of the files whose parse failed on every attempt:
-    each one quarantine row naming the last error (redacted), and a warning, while the
-    run goes on."""
+    each one quarantine row naming the last error (redacted as the tables are, the
+    file's absolute path shown as it is recorded), and a warning, while the run goes on."""
     if not failed:
         return []
-    redactor = Redactor(fold_home=False)
+    redactor = Redactor(fold_home=fold_home)
     shown = redactor.redact_many([task.display_path for task in failed])
-    errors = redactor.redact_many([failures[task.key] for task in failed])
+    errors = redactor.redact_many([failures[task.key].replace(task.path, task.display_path) for task in failed])
     out = []
     for path, error in zip(shown, errors, strict=True):
         log.warning("collect: %s quarantined, its parse failed on every attempt (%s)", path, error)
@@ -284,12 +285,16 @@ def _build_on_pool(pool: WorkPool, unit: Callable[[list[ShardTask]], list[dict[s
                    failures: dict[str, str]) -> None:
     """Batches as the executor's tasks. A batch that fails on every attempt is split
     into its files, each its own task: the files that parse go on, and a file that
-    still fails alone is recorded in ``failures`` (quarantined as ``task_failed``)."""
+    still fails alone is recorded in ``failures`` (quarantined as ``task_failed``).
+    When no unit succeeds at all, the failure is the cluster's (a node without the
+    root, a broken install), not the files': the stage fails instead of quarantining
+    every file."""
     singles: list[list[ShardTask]] = []
-    split = 0
+    succeeded = split = 0
     for batch, outcome in zip(batches, pool.map(unit, batches, "collect tasks"), strict=True):
         if not isinstance(outcome, Failed):
             done(outcome)
+            succeeded += 1
         elif len(batch) == 1:
             failures[batch[0].key] = outcome.error
         else:
@@ -303,6 +308,11 @@ def _build_on_pool(pool: WorkPool, unit: Callable[[list[ShardTask]], list[dict[s
             failures[single[0].key] = outcome.error
         else:
             done(outcome)
+            succeeded += 1
+    if failures and not succeeded:
+        first = sorted(failures.values())[0]
+        raise TracelakeError(f"collect: every unit of work failed on every attempt on the executor's pool, "
+                             f"so the cause is not one file (e.g. {first})")
 
 
 _PREPARED: tuple[str, bool] | None = None
@@ -379,7 +389,7 @@ def run(ctx: StageContext[CollectConfig]) -> StageResult:
     unique = list({m["key"]: m for m in members}.values())
     shard_dir = ctx.scratch / "shards"
     prune(shard_dir, {m["container"] for m in unique}, older_than=started)
-    unread = sorted(_set_aside(ctx) + _failed_files(failed, failures))
+    unread = sorted(_set_aside(ctx) + _failed_files(failed, failures, settings.fold_home))
     merged = merge_shards(shard_dir, unique, shard_lines, ctx.scratch / "spill", unread)
     redactions.update(merged.redactions)
     redaction_rules.update(merged.redaction_rules)

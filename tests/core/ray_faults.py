@@ -4,6 +4,8 @@ Nothing in tracelake reads these: the hook wraps collect's parse in each worker 
 test cluster starts, and acts on files in the folder ``TRACELAKE_TEST_FAULTS`` names:
 - ``kill-once``: the first worker to claim it is killed with SIGKILL mid-task;
 - ``jitter``: every unit sleeps a random few ms first, so units finish out of order;
+- ``break-all``: every parse raises (a node that cannot read the root, say);
+- ``other-code``: the worker's installed collect code reads as another version;
 and a source file named ``poison*.jsonl`` makes every parse that includes it raise.
 """
 
@@ -20,12 +22,21 @@ FAULTS_ENV = "TRACELAKE_TEST_FAULTS"
 
 
 def install() -> None:
+    import pipeline.core.code as code
     import pipeline.stages.collect as collect
 
     original = collect.build_batch
+    digest = code.code_digest
+
+    def other_digest(module: str) -> str:
+        if (Path(os.environ[FAULTS_ENV]) / "other-code").exists():
+            return "0" * 32
+        return digest(module)
 
     def faulty(batch: list[Any]) -> list[dict[str, Any]]:
         folder = Path(os.environ[FAULTS_ENV])
+        if (folder / "break-all").exists():
+            raise OSError(f"cannot read {batch[0].path}")
         if (folder / "jitter").exists():
             time.sleep(random.random() * 0.05)
         if any(Path(task.display_path).name.startswith("poison") for task in batch):
@@ -40,3 +51,4 @@ def install() -> None:
         return original(batch)
 
     collect.build_batch = faulty
+    code.code_digest = other_digest

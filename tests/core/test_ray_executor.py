@@ -179,6 +179,49 @@ def test_a_poisoned_file_is_quarantined_after_its_retries_and_the_run_goes_on(
     assert not again.cache_hit and "task_failed" not in again.quarantined
 
 
+def test_a_cluster_that_fails_every_unit_fails_the_stage_instead_of_quarantining_everything(
+        cluster: None, faults: Path, synthetic: list[SourceSpec], tmp_path: Path) -> None:
+    (faults / "break-all").touch()
+    try:
+        result = Runner(load_stages(["collect"]), RunOptions(
+            root=tmp_path / "ray", sources=synthetic, executor=RayExecutor(retries=1))).run(["collect"])
+    finally:
+        (faults / "break-all").unlink()
+    receipt = _receipt(result, "collect")
+    assert not result.ok and receipt.status == "failed"
+    assert "every unit of work failed on every attempt" in (receipt.error or "")
+    # what its units did is still recorded
+    assert receipt.execution.executor == "ray" and receipt.execution.failed > 0
+    assert receipt.execution.failed <= receipt.execution.tasks
+
+
+def test_a_worker_with_other_code_fails_the_stage_at_once(
+        cluster: None, faults: Path, synthetic: list[SourceSpec], tmp_path: Path) -> None:
+    (faults / "other-code").touch()
+    try:
+        result = Runner(load_stages(["collect"]), RunOptions(
+            root=tmp_path / "ray", sources=synthetic, executor=RayExecutor())).run(["collect"])
+    finally:
+        (faults / "other-code").unlink()
+    receipt = _receipt(result, "collect")
+    assert receipt.status == "failed" and "runs other tracelake code than the driver" in (receipt.error or "")
+    assert receipt.execution.retries == 0  # not retried: the same code fails everywhere
+    assert not list((tmp_path / "ray" / "data" / "objects").rglob("*.parquet"))
+
+
+def test_a_ray_client_address_without_the_client_is_one_clear_error(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "s.jsonl").write_text("{}\n")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "run", "collect", "--root", str(tmp_path / "lake"),
+                           "--source", f"claude-code:{corpus}", "--executor", "ray://127.0.0.1:1", "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --executor ray://127.0.0.1:1 needs Ray's client: pip install 'tracelake[ray-client]'"]
+    assert not (tmp_path / "lake" / "receipts").exists()
+
+
 def test_without_the_extra_the_ray_executor_is_one_clear_error(tmp_path: Path) -> None:
     fake = tmp_path / "site" / "ray"
     fake.mkdir(parents=True)
