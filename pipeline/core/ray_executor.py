@@ -10,10 +10,10 @@ the local executor's whatever the number of workers or the order tasks finish in
 Plain tasks, not Ray Data: each unit is one function call on one picklable argument,
 results come back in input order, and every unit's failure is handled here: a unit
 is tried up to ``1 + retries`` times (a killed worker, an out-of-memory kill, an
-exception), then handed back as ``Failed`` for the stage to decide on. Workers check,
-once per process, that their code is the driver's (the stage's code digest, which the
-cache key holds): a node running other code fails its units instead of writing what
-the receipt does not describe.
+exception), then handed back as ``Failed`` for the stage to decide on. Before each
+unit, the worker checks that its installed code gives the stage the version the
+driver keyed it by: a node running other code fails the stage at once instead of
+writing what the receipt does not describe.
 
 Ray is the optional extra ``tracelake[ray]``; nothing here imports it until a Ray
 executor is asked for.
