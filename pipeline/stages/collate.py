@@ -11,7 +11,10 @@ were refused and why.
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -27,6 +30,7 @@ from pipeline.collate.tokenizer import (
 )
 from pipeline.core.externals import recheck
 from pipeline.core.stage import ExportContext, ExternalInput, Stage, StageContext, StageResult
+from pipeline.core.store import TableStream
 from pipeline.export.common import Quarantine
 from schemas.datasets import (
     COLLATED_PREFERENCE,
@@ -80,15 +84,19 @@ class _Tally:
 
 
 class _Rows:
-    """Collated rows by kind, turned into Arrow every ``CHUNK`` rows: a token id is 4 or
-    8 bytes there against ~36 as a Python int in a list, so a big run's rows fit."""
+    """Collated rows by kind, turned into Arrow every ``CHUNK`` rows and spilled to an
+    Arrow stream file in the stage's scratch area, then streamed back to the store batch
+    by batch: a big run's token lists never sit in memory whole (a token id is 8 bytes
+    in Arrow, ~36 as a Python int in a list). Jobs are submitted in each table's
+    canonical order, so the rows come out in it (the store checks)."""
 
     CHUNK = 512
     SPECS = {"sft": COLLATED_SFT, "preference": COLLATED_PREFERENCE, "sdpo": COLLATED_SDPO}
 
-    def __init__(self) -> None:
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
         self.pending: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.SPECS}
-        self.chunks: dict[str, list[pa.Table]] = {kind: [] for kind in self.SPECS}
+        self.writers: dict[str, tuple[Any, Any]] = {}  # kind -> (file, writer)
         self.counts: Counter[str] = Counter()
 
     @property
@@ -102,14 +110,36 @@ class _Rows:
             self._flush(kind)
 
     def _flush(self, kind: str) -> None:
-        if self.pending[kind]:
-            self.chunks[kind].append(from_rows(self.SPECS[kind], self.pending[kind]))
-            self.pending[kind] = []
+        if not self.pending[kind]:
+            return
+        chunk = from_rows(self.SPECS[kind], self.pending[kind])
+        self.pending[kind] = []
+        if kind not in self.writers:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            handle = tempfile.TemporaryFile(prefix=".tmp-collated-", dir=self.scratch)  # gone when closed
+            self.writers[kind] = (handle, pa.ipc.new_stream(handle, chunk.schema))
+        self.writers[kind][1].write_table(chunk)
 
-    def table(self, kind: str) -> pa.Table:
+    def stream(self, kind: str) -> TableStream:
         self._flush(kind)
-        chunks = self.chunks[kind]
-        return pa.concat_tables(chunks) if chunks else from_rows(self.SPECS[kind], [])
+        schema = self.SPECS[kind].schema
+        if kind not in self.writers:
+            return TableStream(schema, [], 0)
+        handle, writer = self.writers.pop(kind)
+        writer.close()
+        handle.seek(0)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with handle:
+                yield from pa.ipc.open_stream(handle)
+
+        return TableStream(schema, batches(), self.counts[kind])
+
+
+def _in_canonical_order(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows sorted as the store sorts a table on ``keys`` (code-point order is UTF-8 byte
+    order; nulls last)."""
+    return sorted(rows, key=lambda row: tuple((row[k] is None, row[k] if row[k] is not None else "") for k in keys))
 
 
 def run(ctx: StageContext[CollateConfig]) -> StageResult:
@@ -117,11 +147,15 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     folder = ctx.external("model")
     renderer = stage_renderer(STAGE_NAME, folder, config.template, config.template_kwargs)
     template = renderer.template
-    sft = ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]).to_pylist()
-    pairs = ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"]).to_pylist()
+    # In the order of the tables they make (_Rows streams them out in it).
+    sft = _in_canonical_order(ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"])
+                              .to_pylist(), COLLATED_SFT.sort_keys)
+    pairs = _in_canonical_order(ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"])
+                                .to_pylist(), COLLATED_PREFERENCE.sort_keys)
     jobs = [Job("sft", row) for row in sft] + [Job("preference", row) for row in pairs]
     sdpo_jobs, sdpo_yield, filtered = _sdpo_jobs(ctx, sft) if config.sdpo else ([], {}, {})
-    jobs += sdpo_jobs
+    jobs += sorted(sdpo_jobs, key=lambda job: (job.row["split"], job.row["session_id"], job.row["task_id"],
+                                               job.row["site"].failing))
     setup = WorkerSetup(
         folder=str(folder), template=template, kwargs=dict(config.template_kwargs),
         recheck=functools.partial(recheck, ctx.layout, ctx.cache_mac, ctx.externals["model"]),
@@ -131,7 +165,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
                           lambda done, total: ctx.tracker.track(done, total, "collate"), ctx.pool)
     quarantine = Quarantine(STAGE_NAME)
     tally = _Tally()
-    rows = _Rows()
+    rows = _Rows(ctx.scratch)
     sdpo_refused: Counter[str] = Counter()
     renders: Counter[str] = Counter()
     for job, done in zip(jobs, results, strict=True):
@@ -173,9 +207,9 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     }
     return StageResult(
         tables={
-            "collated_sft": rows.table("sft"),
-            "collated_preference": rows.table("preference"),
-            "collated_sdpo": rows.table("sdpo"),
+            "collated_sft": rows.stream("sft"),
+            "collated_preference": rows.stream("preference"),
+            "collated_sdpo": rows.stream("sdpo"),
             "quarantine": quarantine.table(),
         },
         records_in=len(jobs) + sum(filtered.values()),
@@ -245,11 +279,24 @@ def materialize(ctx: ExportContext[CollateConfig]) -> None:
     beside it."""
     out = ctx.export_dir / "collated"
     out.mkdir(parents=True, exist_ok=True)
-    sft = ctx.table("collated_sft").select(list(EXPORT_COLUMNS))
-    pq.write_table(sft, out / "sft.parquet", compression="zstd")
-    preference = ctx.table("collated_preference").drop_columns(["template"])
-    pq.write_table(preference, out / "preference.parquet", compression="zstd")
-    pq.write_table(ctx.table("collated_sdpo"), out / "sdpo.parquet", compression="zstd")
+    _copy(ctx.path("collated_sft"), out / "sft.parquet", list(EXPORT_COLUMNS))
+    _copy(ctx.path("collated_preference"), out / "preference.parquet",
+          [c for c in COLLATED_PREFERENCE.schema.names if c != "template"])
+    _copy(ctx.path("collated_sdpo"), out / "sdpo.parquet", COLLATED_SDPO.schema.names)
+
+
+_COPY_ROWS = 1024
+
+
+def _copy(source: Path, target: Path, columns: list[str]) -> None:
+    """``columns`` of a stored table into an export file, a row group per batch read:
+    a big run's token lists are never all in memory."""
+    with pq.ParquetFile(source) as parquet:
+        schema = parquet.schema_arrow
+        schema = pa.schema([schema.field(c) for c in columns])
+        with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+            for batch in parquet.iter_batches(batch_size=_COPY_ROWS, columns=columns):
+                writer.write_batch(batch)
 
 
 _CHECK_ROWS = 512

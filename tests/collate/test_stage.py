@@ -151,8 +151,9 @@ def test_worker_processes_give_the_same_rows(tmp_path: Path, monkeypatch: pytest
 
 def test_rows_turned_into_arrow_in_chunks_give_the_same_tables(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Collate hands its rows to Arrow a chunk at a time (bounded memory on big runs):
-    chunks of one row give the very tables one chunk does."""
+    """Collate hands its rows to Arrow a chunk at a time and spills each chunk to disk,
+    streaming the tables back to the store (bounded memory on big runs): chunks of one
+    row give the very tables one chunk does, in the order the store checks."""
     from pipeline.stages import collate
 
     whole = _run(tmp_path / "whole")
