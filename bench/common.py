@@ -22,7 +22,7 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -254,3 +254,15 @@ def fresh_ids(data: bytes, namespace: uuid.UUID, keep: frozenset[bytes] = frozen
         return seen[old]
 
     return UUID_BYTES.sub(fresh, data)
+
+
+def write_copies(corpus: Path, files: int, session_for: Callable[[int], bytes]) -> None:
+    """``files`` copies of real sessions (copy ``i`` of ``session_for(i)``), each with
+    fresh uuids (``fresh_ids``), named by its first uuid, in 30 project folders."""
+    for i in range(files):
+        copy = fresh_ids(session_for(i), uuid.UUID(int=i + 1))
+        first = UUID_BYTES.search(copy)
+        name = first.group(0).decode() if first else f"s{i}"
+        target = corpus / f"-home-user-project{i % 30}" / f"{name}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(copy)

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +93,8 @@ def receipts_table(receipts: list[StageReceipt]) -> pa.Table:
     return _rows_table(ReceiptRow, receipt_rows(receipts))
 
 
-def _rows_table(model: type[BaseModel], rows: Sequence[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(list(rows), schema=arrow_schema(model))
+def _rows_table(model: type[BaseModel], rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=arrow_schema(model))
 
 
 def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:

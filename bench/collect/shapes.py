@@ -59,6 +59,7 @@ from bench.common import (
     sdist_sessions,
     today,
     update_doc_section,
+    write_copies,
 )
 
 console = Console(width=80)
@@ -87,13 +88,7 @@ def real_shaped(work: Path, files: int) -> Path:
     shutil.rmtree(corpus, ignore_errors=True)
     teich, logged = _real_sessions(work)
     with console.status(f"writing {files} real-shaped session files"):
-        for i in range(files):
-            copy = fresh_ids(logged if i % 4 == 3 else teich, uuid.UUID(int=i + 1))
-            first = UUID_BYTES.search(copy)
-            name = first.group(0).decode() if first else f"s{i}"
-            target = corpus / f"-home-user-project{i % 30}" / f"{name}.jsonl"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(copy)
+        write_copies(corpus, files, lambda i: logged if i % 4 == 3 else teich)
     return corpus
 
 

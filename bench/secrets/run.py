@@ -24,7 +24,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 from rich.console import Console
@@ -35,15 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.collect.run import build_corpus
 from bench.common import (
     REPO,
-    UUID_BYTES,
     Measurement,
     corpus_files,
     corpus_size,
     drop_into_page_cache,
-    fresh_ids,
     machine,
     run_measured,
     sdist_sessions,
+    write_copies,
 )
 
 BASELINE = "f41826069711a9e79e3beb1d0a065a8c9d16afcc"  # before e8a7169 (catalogue redaction)
@@ -78,13 +76,7 @@ def real_shaped(work: Path, files: int) -> Path:
     shutil.rmtree(corpus, ignore_errors=True)
     data = teich_session(work).read_bytes()
     with console.status(f"writing {files} real-shaped session files"):
-        for i in range(files):
-            copy = fresh_ids(data, uuid.UUID(int=i + 1))
-            session = UUID_BYTES.search(copy)
-            name = session.group(0).decode() if session else f"s{i}"
-            target = corpus / f"-home-user-project{i % 30}" / f"{name}.jsonl"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(copy)
+        write_copies(corpus, files, lambda _: data)
     return corpus
 
 

@@ -136,10 +136,11 @@ class _Rows:
         return TableStream(schema, batches(), self.counts[kind])
 
 
-def _in_canonical_order(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Rows sorted as the store sorts a table on ``keys`` (code-point order is UTF-8 byte
-    order; nulls last)."""
-    return sorted(rows, key=lambda row: tuple((row[k] is None, row[k] if row[k] is not None else "") for k in keys))
+def _in_canonical_order(table: pa.Table, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows in the order the store gives a table sorted on ``keys`` (the same stable
+    Arrow sort)."""
+    rows: list[dict[str, Any]] = table.sort_by([(key, "ascending") for key in keys]).to_pylist()
+    return rows
 
 
 def run(ctx: StageContext[CollateConfig]) -> StageResult:
@@ -148,10 +149,10 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     renderer = stage_renderer(STAGE_NAME, folder, config.template, config.template_kwargs)
     template = renderer.template
     # In the order of the tables they make (_Rows streams them out in it).
-    sft = _in_canonical_order(ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"])
-                              .to_pylist(), COLLATED_SFT.sort_keys)
-    pairs = _in_canonical_order(ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"])
-                                .to_pylist(), COLLATED_PREFERENCE.sort_keys)
+    sft = _in_canonical_order(ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]),
+                              COLLATED_SFT.sort_keys)
+    pairs = _in_canonical_order(ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"]),
+                                COLLATED_PREFERENCE.sort_keys)
     jobs = [Job("sft", row) for row in sft] + [Job("preference", row) for row in pairs]
     sdpo_jobs, sdpo_yield, filtered = _sdpo_jobs(ctx, sft) if config.sdpo else ([], {}, {})
     jobs += sorted(sdpo_jobs, key=lambda job: (job.row["split"], job.row["session_id"], job.row["task_id"],
