@@ -530,6 +530,9 @@ def _gather(
     zero-copy slices before the one copy."""
     names = list(PASSTHROUGH_COLUMNS[passthrough.name])
     container = container or _Open(passthrough)
+    # Canonical order interleaves sessions from many containers (session ids are random),
+    # so each container this gather needs is mapped once here, not once per run.
+    held: dict[str, pa.Table] = {}
     chunks: list[pa.Table] = []
     for first, length in _runs(order):
         while length:
@@ -537,7 +540,10 @@ def _gather(
             name, start, rows = passthrough.spans[span]
             within = first - int(starts[span])
             count = min(length, rows - within)
-            chunks.append(container(name).slice(start + within, count))
+            table = held.get(name)
+            if table is None:
+                table = held[name] = container(name)
+            chunks.append(table.slice(start + within, count))
             first += count
             length -= count
     merged = pa.concat_tables(chunks).combine_chunks()
