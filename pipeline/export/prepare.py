@@ -8,6 +8,7 @@ into ``tool_specs``. Exports read both and recompute only for rows they transfor
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from pipeline.core.errors import TracelakeError
 from pipeline.core.imports import LazyModule
+from pipeline.core.workpool import Failed, WorkPool
 from pipeline.export.common import dumps
 from pipeline.export.conversation import CallFacts
 from pipeline.export.dedupe import DEFAULT_SIGNATURE
@@ -115,6 +118,39 @@ def conversations_table(
     later = [pool.submit(_conversations, piece, branches) for piece in pieces[1:]] if pool is not None else []
     tables = [_conversations(pieces[0], branches), *(f.result() for f in later)]
     return pa.concat_tables(tables)
+
+
+# Tasks per unit on an executor's pool: a few hundred sessions' worth, so that a unit's
+# overhead (its part pickled to a worker, the secret screens loaded once per worker)
+# vanishes while a big lake still spreads across the cluster.
+POOL_TASKS = 1024
+
+
+def conversations_on_pool(
+    pool: WorkPool,
+    tasks: pl.DataFrame,
+    messages: pl.DataFrame,
+    calls: pl.DataFrame,
+    parsed_args: list[dict[str, Any]],
+    branches: pl.DataFrame | None,
+    facts: CallFacts,
+) -> pa.Table:
+    """``conversations_table`` with a part of whole sessions per unit on ``pool``: parts
+    are consecutive in output order and each builds on its own, so the table is the same
+    for any number of parts and any completion order. A part that fails on every
+    attempt fails the stage (there is no file to quarantine in its place)."""
+    pieces = parts(tasks, messages, call_columns(calls, parsed_args, facts), max(1, -(-tasks.height // POOL_TASKS)))
+    unit = functools.partial(_conversations_unit, branches)
+    tables = []
+    for outcome in pool.map(unit, pieces, "score partitions"):
+        if isinstance(outcome, Failed):
+            raise TracelakeError(f"score: a partition of sessions failed on every attempt: {outcome.error}")
+        tables.append(outcome)
+    return pa.concat_tables(tables)
+
+
+def _conversations_unit(branches: pl.DataFrame | None, piece: Part) -> pa.Table:
+    return _conversations(piece, branches)
 
 
 def _conversations(piece: Part, branches: pl.DataFrame | None) -> pa.Table:

@@ -26,7 +26,12 @@ from pipeline.export.markers import (
     compile_patterns,
     test_summary,
 )
-from pipeline.export.prepare import conversations_table, required_of, tool_specs_table
+from pipeline.export.prepare import (
+    conversations_on_pool,
+    conversations_table,
+    required_of,
+    tool_specs_table,
+)
 from pipeline.export.tasks import assemble
 from pipeline.export.tools import (
     SHELL_TOOLS,
@@ -380,7 +385,10 @@ def run(ctx: StageContext[ScoreConfig]) -> StageResult:
     # releases the GIL: with a second worker they run side by side.
     with ThreadPoolExecutor(max_workers=2) if ctx.workers > 1 else nullcontext() as pool:
         later = pool.submit(markers_of) if pool else None
-        conversations = conversations_table(tasks, assembled.messages, calls, parsed, branches, facts, pool)
+        if ctx.pool is not None:  # an executor's pool: partitions of sessions as its units
+            conversations = conversations_on_pool(ctx.pool, tasks, assembled.messages, calls, parsed, branches, facts)
+        else:
+            conversations = conversations_table(tasks, assembled.messages, calls, parsed, branches, facts, pool)
         markers = later.result() if later else markers_of()
     outcome_files = sorted(ctx.sources.get("outcomes", []), key=lambda f: f.display_path)
     outcomes_read: list[SourceFile] = []

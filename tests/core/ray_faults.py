@@ -3,7 +3,8 @@
 Nothing in tracelake reads these: the hook wraps collect's parse in each worker the
 test cluster starts, and acts on files in the folder ``TRACELAKE_TEST_FAULTS`` names:
 - ``kill-once``: the first worker to claim it is killed with SIGKILL mid-task;
-- ``jitter``: every unit sleeps a random few ms first, so units finish out of order;
+- ``jitter``: every unit (collect's parse, score's partitions) sleeps a random few ms
+  first, so units finish out of order;
 - ``break-all``: every parse raises (a node that cannot read the root, say);
 - ``other-code``: the worker's installed collect code reads as another version;
 and a source file named ``poison*.jsonl`` makes every parse that includes it raise.
@@ -23,9 +24,11 @@ FAULTS_ENV = "TRACELAKE_TEST_FAULTS"
 
 def install() -> None:
     import pipeline.core.code as code
+    import pipeline.export.prepare as prepare
     import pipeline.stages.collect as collect
 
     original = collect.build_batch
+    conversations = prepare._conversations_unit
     digest = code.code_digest
 
     def other_digest(module: str) -> str:
@@ -50,5 +53,11 @@ def install() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(batch)
 
+    def jittered(branches: Any, piece: Any) -> Any:
+        if (Path(os.environ[FAULTS_ENV]) / "jitter").exists():
+            time.sleep(random.random() * 0.05)
+        return conversations(branches, piece)
+
     collect.build_batch = faulty
+    prepare._conversations_unit = jittered
     code.code_digest = other_digest

@@ -20,6 +20,7 @@ from pipeline.core.progress import Tracker
 from pipeline.core.ray_executor import RayExecutor
 from pipeline.core.runner import Runner, RunOptions
 from pipeline.core.sources import SourceSpec
+from pipeline.export import prepare
 from pipeline.stages.registry import load_stages
 from pipeline.synth import synthesize
 from tests.core.ray_faults import FAULTS_ENV
@@ -95,6 +96,7 @@ def test_ray_gives_the_local_digests_for_any_workers_and_completion_order(
     # collate's units go to the pool from its first example on (the demo-sized export
     # stays under the local threshold otherwise)
     monkeypatch.setattr(jobs, "PARALLEL_MIN_EXAMPLES", 1)
+    monkeypatch.setattr(prepare, "POOL_TASKS", 7)  # score's partitions: several, uneven
     targets = [*THROUGH_EXPORTS, "collate"]
     local = _run(tmp_path / "local", synthetic, targets, workers=1)
     (faults / "jitter").touch()
@@ -109,6 +111,7 @@ def test_ray_gives_the_local_digests_for_any_workers_and_completion_order(
         collect, collate = _receipt(result, "collect"), _receipt(result, "collate")
         assert collect.execution.executor == "ray" and collect.execution.tasks > 1
         assert collate.execution.tasks == -(-collate.records_in // jobs.POOL_CHUNK)
+        assert _receipt(result, "score").execution.tasks > 1
         assert collect.execution.retries == collect.execution.failed == 0
     assert _receipt(local, "collect").execution.executor == "local"
     assert _receipt(local, "collect").execution.tasks == 0
