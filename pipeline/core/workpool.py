@@ -1,7 +1,7 @@
 """Units of work inside a stage, run wherever the executor puts them.
 
-A stage that splits its work into pure units (collect's batches of files, collate's
-chunks of examples) runs them on ``ctx.pool`` when its executor gives one (Ray: tasks
+A stage that splits its work into pure units (collect's batches of files, score's
+partitions of sessions, collate's chunks of examples) runs them on ``ctx.pool`` when its executor gives one (Ray: tasks
 across a cluster) and on its own local processes otherwise. A unit is a module-level
 function and a picklable argument; it reads and writes only through the root, so any
 machine that sees the root can run it, and its result does not depend on where or when
