@@ -110,6 +110,10 @@ MYSQL_PW = _rand(14, _ALNUM + "/+=_")
 ENV_KEY = _rand(40, HEX)
 NETRC_PW = _rand(18, _ALNUM + "*.")
 KUBE_OUT = _rand(22, _ALNUM + "_")
+RENDER = "rnd_" + _rand(32)
+CLI_PW = _rand(8) + "7" + _rand(7)  # a password where a tool's short flag or a config file puts it
+AWS_PAIR_SECRET = _rand(19) + "1aZ/" + _rand(17, _ALNUM + "/+")
+BASIC = base64.b64encode(f"deploy:{CLI_PW}".encode()).decode()
 
 # (kind, text, the secret that must disappear, text that must survive)
 POSITIVES: list[tuple[str, str, str, str]] = [
@@ -226,6 +230,30 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("launchdarkly_key", f"ld {LAUNCHDARKLY} ok", LAUNCHDARKLY, " ok"),
     ("cli_secret", f"vercel deploy --prod --token {CLI_TOKEN}", CLI_TOKEN, "vercel deploy --prod --token "),
     ("cli_secret", f"mysql -h db -u admin -p{MYSQL_PW} shop", MYSQL_PW, " shop"),
+    ("render_key", f"render {RENDER} ok", RENDER, " ok"),
+    ("cli_secret", f"docker login -u me -p {CLI_PW} ghcr.io", CLI_PW, " ghcr.io"),
+    ("cli_secret", f"az login -u me@acme.io -p {CLI_PW}", CLI_PW, "az login -u me@acme.io -p "),
+    ("cli_secret", f'echo "{CLI_PW}" | podman login quay.io -u me --password-stdin', CLI_PW, "--password-stdin"),
+    ("cli_secret", f"redis-cli -h cache -a {CLI_PW} ping", CLI_PW, " ping"),
+    ("cli_secret", f'ldapsearch -x -D "cn=admin" -w {CLI_PW} -b dc=acme', CLI_PW, " -b dc=acme"),
+    ("cli_secret", f"mongosh mongodb://db:27017 -u admin -p {CLI_PW}", CLI_PW, "mongosh mongodb://db:27017"),
+    ("cli_secret", f'sqlcmd -S db -U sa -P {CLI_PW} -Q "select 1"', CLI_PW, ' -Q "select 1"'),
+    ("cli_secret", f"keytool -importkeystore -storepass {CLI_PW} -v", CLI_PW, " -v"),
+    ("cli_secret", f"smbclient //fs/share -U alice%{CLI_PW}", CLI_PW, "-U alice%"),
+    ("cli_secret", f"htpasswd -bc /etc/nginx/.htpasswd admin {CLI_PW}", CLI_PW, ".htpasswd admin "),
+    ("cli_secret", f"unzip -P {CLI_PW} backup.zip", CLI_PW, " backup.zip"),
+    ("cli_secret", f"7z x -p{CLI_PW} backup.7z", CLI_PW, " backup.7z"),
+    ("cli_secret", f'ssh-keygen -t ed25519 -N "{CLI_PW}" -f key', CLI_PW, " -f key"),
+    ("cli_secret", f"gpg --batch --passphrase {CLI_PW} -d s.gpg", CLI_PW, " -d s.gpg"),
+    ("config_secret", f"<server><id>nexus</id><password>{CLI_PW}</password></server>", CLI_PW, "</password>"),
+    ("config_secret", f'<add key="SmtpPassword" value="{CLI_PW}" />', CLI_PW, '<add key="SmtpPassword"'),
+    ("config_secret", f"define( 'DB_PASSWORD', '{CLI_PW}' );", CLI_PW, "define( 'DB_PASSWORD', '"),
+    ("config_secret", f"db.internal:5432:shop:app:{CLI_PW}\n", CLI_PW, "db.internal:5432:shop:app:"),
+    ("aws_secret_key", f"ci-bot,,{AWS_ID},{AWS_PAIR_SECRET},https://acme.signin.aws.amazon.com",
+     AWS_PAIR_SECRET, ",https://acme.signin"),
+    ("aws_secret_key", f"AWS Secret Access Key [None]: {AWS_PAIR_SECRET}\nDefault region name",
+     AWS_PAIR_SECRET, "Default region name"),
+    ("bearer_token", f'AUTH="Basic {BASIC}"', BASIC, 'AUTH="Basic '),
     ("env_secret_value", f"- name: WANDB_API_KEY\n  value: \"{ENV_KEY}\"", ENV_KEY, "- name: WANDB_API_KEY"),
     ("password_value", f"machine api.x.io login bot password {NETRC_PW}", NETRC_PW, "login bot password "),
     ("kubernetes_secret_output", f"$ kubectl get secret db -o jsonpath='{{.data.pw}}' | base64 -d\n{KUBE_OUT}",
@@ -315,6 +343,15 @@ NEGATIVES = [
     "AKIA alone, or AKIA1234 (too short), or akiaiosfodnn7example (lowercase)",
     "the file src/pipeline/collect/redact.py line 42",
     "hf_hub_download(repo_id='org/model', filename='config.json')",
+    # near misses of the tool-flag, config-file and Basic detectors
+    "docker login -u me -p $REGISTRY_PASSWORD ghcr.io && echo $TOKEN | docker login --password-stdin",
+    "redis-cli -a \"$REDIS_PASSWORD\" ping; ssh-keygen -t ed25519 -N '' -f key; 7z x -p archive.7z",
+    "zip -r backup.zip data; gzip -P x; htpasswd -B -c /etc/nginx/.htpasswd admin",
+    "<password>${env.NEXUS_PASSWORD}</password> <token></token> <add key=\"Mode\" value=\"production\" />",
+    "define('WP_DEBUG', true); define( 'DB_PASSWORD', getenv('DB_PASSWORD') );",
+    "src/app.py:42:def:handler:run\nREADME.md:12:intro:text:More",
+    "Basic usage: the basic idea is simple. Basic ZXhhbXBsZQ== decodes to a word",
+    "AKIAIOSFODNN7EXAMPLE,us-east-1,production-deployment-bucket-name-here",
 ]
 
 

@@ -118,7 +118,9 @@ KINDS: tuple[str, ...] = (
     "tailscale_key",
     "resend_key",
     "launchdarkly_key",
+    "render_key",
     "cli_secret",
+    "config_secret",
     "env_secret_value",
     "password_value",
     "kubernetes_secret_output",
@@ -311,6 +313,28 @@ def _secret_value(text: str, m: re.Match[str]) -> bool:
     return _assignment(text, m)
 
 
+_REGISTRY_LOGIN = re.compile(
+    r"(?:^|[^A-Za-z0-9_.-])(?:docker|podman|nerdctl|buildah|skopeo|oras|crane|helm[ \t]+registry|az)[ \t]+\Z",
+    re.ASCII | re.IGNORECASE,
+)
+_PGPASS_HOST = re.compile(r"(?:^|[^A-Za-z0-9.*_:-])[A-Za-z0-9.*-]{1,253}\Z", re.ASCII)
+
+
+def _registry_login(text: str, m: re.Match[str]) -> bool:
+    """`docker login ... -p PASSWORD` (podman, helm registry, az, ...): a password."""
+    return _REGISTRY_LOGIN.search(text, max(0, m.start() - 40), m.start()) is not None and _password(text, m)
+
+
+def _pgpass(text: str, m: re.Match[str]) -> bool:
+    """`host:port:database:user:password` to the end of a line (~/.pgpass): the password."""
+    return _PGPASS_HOST.search(text, max(0, m.start() - 254), m.start()) is not None and _password(text, m)
+
+
+def _aws_secret(text: str, m: re.Match[str]) -> bool:
+    """40 characters of base64 where AWS puts its secret key: random, so every class."""
+    return all(_classes(m.group(1)))
+
+
 _KUBECTL_VALUE = re.compile(r"jsonpath|go-template|base64|template=", re.ASCII)
 
 
@@ -387,6 +411,20 @@ def _bearer(text: str, m: re.Match[str]) -> bool:
 
 def _authorization(text: str, m: re.Match[str]) -> bool:
     return _credential(text, m, 8)
+
+
+def _basic_credentials(text: str, m: re.Match[str]) -> bool:
+    """`Basic <base64>` outside an Authorization header (`AUTH="Basic ..."`), as a value
+    (after a quote, `=` or `:`): a credential when the base64 decodes to printable
+    `user:password`."""
+    if text[max(0, m.start() - 4) : m.start()].rstrip(" \t")[-1:] not in ("\"", "'", "=", ":"):
+        return False
+    try:
+        decoded = base64.b64decode(m.group(1), validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    user, colon, password = decoded.partition(":")
+    return bool(colon and user and password) and decoded.isprintable()
 
 
 _URL_PLACEHOLDERS = frozenset({"password", "pass", "passwd", "pwd", "secret", "pw", "token"})
@@ -615,10 +653,24 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"(?:sdk|api|mob)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
         boundary=True,
     ),
+    _Detector("render_key", r"nd_[A-Za-z0-9]{32}(?![A-Za-z0-9_-])", lead="r", boundary=True, check=_mixed_token),
+    # AWS's secret key has no prefix; where its key id sits right before it (a
+    # credentials.csv row, a table) or `aws configure` asks for it, the place says what it is.
+    _Detector(
+        "aws_secret_key",
+        r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}[\"']?[ \t,;|:]{1,6}[\"']?"
+        r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
+        group=1, check=_aws_secret,
+    ),
+    _Detector(
+        "aws_secret_key",
+        r"ecret access key(?:[ \t]*\[[^\]\n]{0,40}\])?[ \t]*:[ \t]*([a-z0-9/+]{40})(?![a-z0-9/+=])",
+        lead="s", low=True, group=1, check=_aws_secret,
+    ),
     # Structure: where a command line, a manifest or a netrc says what a value is.
     _Detector(
         "cli_secret",
-        r"--[a-z0-9-]{0,30}(?:token|key|secret|password|passwd|auth)(?:=|[ \t]+)[\"']?"
+        r"--[a-z0-9-]{0,30}(?:token|key|secret|password|passwd|passphrase|auth)(?:=|[ \t]+)[\"']?"
         r"([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})",
         low=True, group=1, check=_secret_value,
     ),
@@ -651,6 +703,69 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(
         "cli_secret", r"andb[ \t]+login[ \t]+(?:--[a-z-]+[ \t]+)*([0-9a-f]{40})", lead="w", low=True,
         group=1,
+    ),
+    # Tools whose short flag takes a password: registry logins, database and directory
+    # clients, keystores, archivers, key generators.
+    # Each starts with a literal, so `re` skips ahead to it (an alternation first would be
+    # tried at every position of every screened string); `login` checks its tool after.
+    *(
+        _Detector("cli_secret",
+                  rf"{tool}[ \t](?:[^\n|;&]{{0,200}}?[ \t])??{flag}[\"']?([^ \t\r\n\f\v\"'`;]{{6,}})",
+                  low=low, group=1, check=check)
+        for tool, flag, low, check in (
+            (r"login", r"-p[ \t]+", True, _registry_login),
+            (r"redis-cli", r"-a[ \t]+", True, _password),
+            (r"ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn|exop)", r"-w[ \t]+", True, _password),
+            (r"mongo(?:sh|dump|restore|import|export|stat|top)?", r"-p[ \t]+", True, _password),
+            (r"sqlcmd", r"-P[ \t]*", False, _password),
+            (r"bcp", r"-P[ \t]*", False, _password),
+            (r"zip", r"-P[ \t]+", False, _password),  # zip and unzip
+            (r"7za?[ \t]+[a-z]", r"-p", False, _password),
+            (r"ssh-keygen", r"-[NP][ \t]+", False, _password),
+        )
+    ),
+    _Detector(
+        "cli_secret", r"-(?:src|dest|new)?(?:store|key)pass[ \t]+[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # smbclient / rpcclient -U user%password
+        "cli_secret", r"-U[ \t]+[\"']?[^ \t\r\n%\"']{1,64}%([^ \t\r\n\f\v\"'`;]{6,})",
+        group=1, check=_password,
+    ),
+    _Detector(  # htpasswd -b FILE USER PASSWORD (-b: the password is on the command line)
+        "cli_secret",
+        r"tpasswd(?:[ \t]+-[A-Za-z]+)*[ \t]+-[A-Za-z]*b[A-Za-z]*(?:[ \t]+-[A-Za-z]+)*"
+        r"[ \t]+[^ \t\r\n\"']+[ \t]+[^ \t\r\n\"']+[ \t]+[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
+        lead="h", group=1, check=_password,
+    ),
+    _Detector(  # echo PASSWORD | docker login --password-stdin
+        "cli_secret",
+        r"cho[ \t]+(?:-[ne]+[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})[\"']?[ \t]*\|[^\n]{0,200}?password-stdin",
+        lead="e", low=True, group=1, check=_password,
+    ),
+    # Config formats that name a value as a secret without `=` or `:`.
+    _Detector(  # <password>...</password>, <apiToken>...</apiToken> (Maven settings.xml, ...)
+        "config_secret",
+        r"<[a-z0-9_.:-]{0,40}(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey"
+        r"|access_key|privatekey|private_key)>[ \t]*([^<>\r\n \t]{8,})[ \t]*</",
+        low=True, group=1, check=_secret_value,
+    ),
+    _Detector(  # .NET appSettings: <add key="SmtpPassword" value="..."/>
+        "config_secret",
+        r"<add[ \t]+key=\"[a-z0-9_.:-]{0,40}(?:password|passwd|secret|token|apikey|api_key|key)[a-z0-9_.:-]{0,40}\""
+        r"[ \t]+value=\"([^\"\r\n]{8,})\"",
+        low=True, group=1, check=_secret_value,
+    ),
+    _Detector(  # PHP: define('DB_PASSWORD', '...'); (wp-config.php)
+        "config_secret",
+        r"define\([ \t]*['\"][a-z0-9_]{0,40}(?:password|passwd|secret|token|key|salt)[a-z0-9_]{0,40}['\"]"
+        r"[ \t]*,[ \t]*['\"]([^'\"\r\n]{8,})['\"]",
+        low=True, group=1, check=_secret_value,
+    ),
+    _Detector(  # ~/.pgpass: host:port:database:user:password (the host checked after)
+        "config_secret",
+        r":(?:[0-9]{2,5}|\*):[a-z0-9_*$.-]{1,63}:[a-z0-9_.@*$-]{1,63}:([^ \t\r\n:]{8,})(?![^\r\n])",
+        low=True, group=1, check=_pgpass,
     ),
     _Detector(
         "env_secret_value",
@@ -687,6 +802,11 @@ _DETECTORS: tuple[_Detector, ...] = (
         low=True,
         group=1,
         check=_authorization,
+    ),
+    _Detector(  # a quoted or assigned `Basic <base64>`; the screen looks for that much
+        "bearer_token",
+        r"Basic[ \t]+((?:[A-Za-z0-9+/]{4}){2,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)(?![A-Za-z0-9+/=])",
+        re2=r"[\"'=:][ \t]{0,3}Basic[ \t]+[A-Za-z0-9+/]{8,}", group=1, check=_basic_credentials,
     ),
     _Detector(
         "bearer_token",
@@ -908,7 +1028,7 @@ def _own_hits(text: str) -> list[_Hit]:
 # Google key, not an opaque assignment, and the `&q=1` after it is kept.
 _GENERIC = frozenset({
     "high_entropy_assignment", "bearer_token", "url_password", "kubernetes_secret_data", "cli_secret",
-    "env_secret_value", "password_value", "kubernetes_secret_output",
+    "env_secret_value", "password_value", "kubernetes_secret_output", "config_secret",
 })
 
 
