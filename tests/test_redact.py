@@ -114,6 +114,11 @@ RENDER = "rnd_" + _rand(32)
 CLI_PW = _rand(8) + "7" + _rand(7)  # a password where a tool's short flag or a config file puts it
 AWS_PAIR_SECRET = _rand(19) + "1aZ/" + _rand(17, _ALNUM + "/+")
 BASIC = base64.b64encode(f"deploy:{CLI_PW}".encode()).decode()
+SIGNATURE = _rand(64, HEX)
+SESSION_COOKIE = _rand(32, LOWER + DIGITS)
+PPK_LINE = "AAAAI" + _rand(39, _ALNUM + "+/")
+OVPN_LINE = _rand(32, HEX)
+DJANGO_KEY = "django-insecure-" + _rand(30, LOWER + DIGITS + "!@#$%^&*") + "(-_=+)" + _rand(14, LOWER + DIGITS)
 
 # (kind, text, the secret that must disappear, text that must survive)
 POSITIVES: list[tuple[str, str, str, str]] = [
@@ -254,6 +259,17 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("aws_secret_key", f"AWS Secret Access Key [None]: {AWS_PAIR_SECRET}\nDefault region name",
      AWS_PAIR_SECRET, "Default region name"),
     ("bearer_token", f'AUTH="Basic {BASIC}"', BASIC, 'AUTH="Basic '),
+    ("url_signature", f"https://b.s3.amazonaws.com/k?X-Amz-Expires=3600&X-Amz-Signature={SIGNATURE}",
+     SIGNATURE, "X-Amz-Expires=3600&X-Amz-Signature="),
+    ("cookie", f'curl -H "Cookie: sessionid={SESSION_COOKIE}; theme=dark" https://app.acme.io', SESSION_COOKIE,
+     "https://app.acme.io"),
+    ("cookie", f"curl -b 'session={SESSION_COOKIE}' https://app.acme.io", SESSION_COOKIE, "https://app.acme.io"),
+    ("private_key", f"PuTTY-User-Key-File-3: ssh-ed25519\nPrivate-Lines: 1\n{PPK_LINE}\nPrivate-MAC: x",
+     PPK_LINE, "Private-MAC: x"),
+    ("private_key", f"-----BEGIN OpenVPN Static key V1-----\n{OVPN_LINE}\n-----END OpenVPN Static key V1-----",
+     OVPN_LINE, ""),
+    ("high_entropy_assignment", f'export BW_SESSION="{ASSIGNED}"', ASSIGNED, "export BW_SESSION="),
+    ("high_entropy_assignment", f"SECRET_KEY = '{DJANGO_KEY}'", DJANGO_KEY[-14:], "SECRET_KEY = '"),
     ("env_secret_value", f"- name: WANDB_API_KEY\n  value: \"{ENV_KEY}\"", ENV_KEY, "- name: WANDB_API_KEY"),
     ("password_value", f"machine api.x.io login bot password {NETRC_PW}", NETRC_PW, "login bot password "),
     ("kubernetes_secret_output", f"$ kubectl get secret db -o jsonpath='{{.data.pw}}' | base64 -d\n{KUBE_OUT}",
@@ -352,6 +368,9 @@ NEGATIVES = [
     "src/app.py:42:def:handler:run\nREADME.md:12:intro:text:More",
     "Basic usage: the basic idea is simple. Basic ZXhhbXBsZQ== decodes to a word",
     "AKIAIOSFODNN7EXAMPLE,us-east-1,production-deployment-bucket-name-here",
+    "Cookie: theme=dark; lang=en-US\nSet-Cookie: consent=accepted-all-categories; Path=/",
+    "sig = hmac.new(key, msg, sha256); headers['signature=']; signature=compute_signature(body)",
+    'session_id = "a3f1c9e2-8b4d-4e6f-9a1b-2c3d4e5f6a7b"',
 ]
 
 

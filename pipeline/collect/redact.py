@@ -119,8 +119,10 @@ KINDS: tuple[str, ...] = (
     "resend_key",
     "launchdarkly_key",
     "render_key",
+    "url_signature",
     "cli_secret",
     "config_secret",
+    "cookie",
     "env_secret_value",
     "password_value",
     "kubernetes_secret_output",
@@ -328,6 +330,26 @@ def _registry_login(text: str, m: re.Match[str]) -> bool:
 def _pgpass(text: str, m: re.Match[str]) -> bool:
     """`host:port:database:user:password` to the end of a line (~/.pgpass): the password."""
     return _PGPASS_HOST.search(text, max(0, m.start() - 254), m.start()) is not None and _password(text, m)
+
+
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.%-]+=([^;, \t\r\n\"'`]{16,})", re.ASCII)
+
+
+def _cookie(text: str, m: re.Match[str]) -> bool:
+    """A cookie header or curl's cookie argument holding a machine-made value (a session
+    id, a signed token), not `theme=dark`."""
+    for pair in _COOKIE_VALUE.finditer(m.group(1)):
+        value = pair.group(1)
+        lower, upper, digit = _classes(value)
+        if digit and (lower or upper) and _entropy(value) >= 3.0 and not value.startswith(_NOT_SECRET_PREFIXES):
+            return True
+    return False
+
+
+def _signature(text: str, m: re.Match[str]) -> bool:
+    value = m.group(1)
+    lower, upper, digit = _classes(value)
+    return digit and (lower or upper) and _entropy(value) >= 3.0
 
 
 def _aws_secret(text: str, m: re.Match[str]) -> bool:
@@ -546,6 +568,14 @@ _DETECTORS: tuple[_Detector, ...] = (
         re2=r"BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY",
         check=_pem_body,
     ),
+    _Detector(  # a PuTTY .ppk file: the base64 lines after `Private-Lines: N`
+        "private_key", r"rivate-Lines:[ \t]*[0-9]{1,3}\r?\n((?:[A-Za-z0-9+/=]{16,}\r?\n)*[A-Za-z0-9+/=]{16,})",
+        lead="P", group=1,
+    ),
+    _Detector(
+        "private_key", r"BEGIN OpenVPN Static key V1-----[0-9a-fA-F\r\n#-]{32,}?-----END OpenVPN Static key V1-----",
+        lead="-----",
+    ),
     _Detector(
         "jwt", rf"J[{_B64URL}]{{6,}}\.ey[{_B64URL}]{{6,}}\.[{_B64URL}]*", lead="ey", boundary=True
     ),
@@ -632,6 +662,10 @@ _DETECTORS: tuple[_Detector, ...] = (
         "azure_client_secret", r"[A-Za-z0-9_~.-]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}", boundary=True,
     ),
     _Detector("azure_sas_signature", r"ig=([A-Za-z0-9%+/=]{20,})", lead="s", before="?&", group=1),
+    # A presigned URL's signature (S3's X-Amz-Signature, CloudFront's Signature): access
+    # to the object until it expires.
+    _Detector("url_signature", r"ignature=([a-z0-9%~_.+/=-]{32,})", lead="s", before="?&-", low=True, group=1,
+              check=_signature),
     _Detector("bitbucket_app_password", r"TBB[A-Za-z0-9]{32,}", lead="A", boundary=True),
     _Detector("fly_token", r"o1_[A-Za-z0-9_-]{40,}", lead="f", boundary=True),
     _Detector("fcm_server_key", r"AAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{100,}", lead="A", boundary=True),
@@ -767,6 +801,13 @@ _DETECTORS: tuple[_Detector, ...] = (
         r":(?:[0-9]{2,5}|\*):[a-z0-9_*$.-]{1,63}:[a-z0-9_.@*$-]{1,63}:([^ \t\r\n:]{8,})(?![^\r\n])",
         low=True, group=1, check=_pgpass,
     ),
+    _Detector(  # Cookie: / Set-Cookie: headers: session cookies are credentials
+        "cookie", r"ookie:[ \t]*([^\r\n\"'`]{8,})", lead="c", low=True, group=1, check=_cookie,
+    ),
+    _Detector(  # curl -b / --cookie 'name=value; ...'
+        "cookie", r"curl[ \t](?:[^\n|;&]{0,300}?[ \t])??(?:-b|--cookie)[ \t=]+[\"']?([^\r\n\"'`]{8,})",
+        low=True, group=1, check=_cookie,
+    ),
     _Detector(
         "env_secret_value",
         r"name:[ \t]*[\"']?[a-z0-9_.-]*(?:key|token|secret|pass|pwd|auth|credential|_pat)[a-z0-9_]*[\"']?"
@@ -841,6 +882,8 @@ _DETECTORS: tuple[_Detector, ...] = (
             ("to", "ken", _VALUE, _assignment),
             ("", "key", _VALUE, _assignment),
             ("", "credential", _VALUE, _assignment),
+            ("bw", "_session", _VALUE, _assignment),  # Bitwarden's BW_SESSION unlocks the vault
+            ("op", "_session", _VALUE, _assignment),  # 1Password's OP_SESSION_<account>
             ("", "auth", _VALUE, _assignment),
             ("", r"_pat\b", _VALUE, _assignment),  # `GITHUB_PAT=`, not `file_path":`
         )
@@ -931,8 +974,22 @@ def _accept(comp: _Compiled, text: str, m: re.Match[str]) -> _Hit | None:
         return None
     kind = det.kind_of(text, m)
     if det.group:
-        return (m.start(det.group), m.end(det.group), comp.rank, kind, OWN_RULES + kind)
+        return (m.start(det.group), _quoted_end(text, m.start(det.group), m.end(det.group)),
+                comp.rank, kind, OWN_RULES + kind)
     return (start, m.end(), comp.rank, kind, OWN_RULES + kind)
+
+
+def _quoted_end(text: str, start: int, end: int) -> int:
+    """Where a quoted value really ends: a value class stops at `(` or `,`, but a quoted
+    secret may hold them (Django's `SECRET_KEY = '...(-_=+)...'`), and its tail would be
+    left. So a value found right after a quote runs to the closing quote on its line."""
+    quote = text[start - 1 : start]
+    if quote not in ("\"", "'", "`") or text[end : end + 1] in (quote, ""):
+        return end
+    close = text.find(quote, end, end + 256)
+    if close == -1 or "\n" in text[end:close]:
+        return end
+    return close
 
 
 # (start, end, rank, kind, rule id)
@@ -1028,7 +1085,7 @@ def _own_hits(text: str) -> list[_Hit]:
 # Google key, not an opaque assignment, and the `&q=1` after it is kept.
 _GENERIC = frozenset({
     "high_entropy_assignment", "bearer_token", "url_password", "kubernetes_secret_data", "cli_secret",
-    "env_secret_value", "password_value", "kubernetes_secret_output", "config_secret",
+    "env_secret_value", "password_value", "kubernetes_secret_output", "config_secret", "cookie",
 })
 
 
