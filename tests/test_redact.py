@@ -777,3 +777,24 @@ def test_the_output_of_a_command_that_reveals_a_secret_goes_whole() -> None:
     assert out["type"] == "tool_result"  # the structure stays; only values go
     assert redactor.counts["kubernetes_secret_output"] == 1
     assert redactor.redact_revealed(out) == out  # idempotent
+
+
+def test_a_value_only_its_dict_key_names_is_redacted() -> None:
+    """An MCP tool call's input: `{"password": "..."}` holds a secret that neither the key
+    nor the value says alone; keys that merely contain a secret word keep their values."""
+    redactor = Redactor(fold_home=False)
+    tool_input = {
+        "host": "db.internal", "password": CLI_PW, "env": {"DB_PASSWORD": CLI_PW}, "apiKey": ASSIGNED,
+        "headers": {"Cookie": f"sessionid={SESSION_COOKIE}; theme=dark"},
+        "tokenizer": "Qwen/Qwen2.5-0.5B-Instruct", "secret_name": "prod-db-password",
+        "sessionId": "78db080f-8e8a-49ee-91dd-45d870c79574", "auth_mode": "oauth", "key": "src/app.py",
+        "token": "abc",
+    }
+    out = redactor.redact_obj(tool_input)
+    text = json.dumps(out)
+    assert CLI_PW not in text and ASSIGNED not in text and SESSION_COOKIE not in text
+    assert out["password"] == out["env"]["DB_PASSWORD"] == placeholder("high_entropy_assignment")
+    assert out["headers"]["Cookie"] == placeholder("cookie")
+    for kept in ("host", "tokenizer", "secret_name", "sessionId", "auth_mode", "key", "token"):
+        assert out[kept] == tool_input[kept], kept
+    assert redactor.redact_obj(out) == out  # idempotent

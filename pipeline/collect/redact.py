@@ -332,6 +332,13 @@ def _pgpass(text: str, m: re.Match[str]) -> bool:
     return _PGPASS_HOST.search(text, max(0, m.start() - 254), m.start()) is not None and _password(text, m)
 
 
+# Dict keys under which a string may be a secret that only the key names: the name ends
+# with what it holds (`password`, `apiKey`, `client_secret`, `Cookie`), so `tokenizer`,
+# `secret_name` or `sessionId` are left to the value's own shape.
+_SECRET_NAME = re.compile(
+    r"(?:pass|password|passwd|passphrase|pwd|secret|token|key|credentials?|auth|authorization|cookie|_pat|session)\Z",
+    re.ASCII | re.IGNORECASE,
+)
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.%-]+=([^;, \t\r\n\"'`]{16,})", re.ASCII)
 
 
@@ -802,7 +809,8 @@ _DETECTORS: tuple[_Detector, ...] = (
         low=True, group=1, check=_pgpass,
     ),
     _Detector(  # Cookie: / Set-Cookie: headers: session cookies are credentials
-        "cookie", r"ookie:[ \t]*([^\r\n\"'`]{8,})", lead="c", low=True, group=1, check=_cookie,
+        "cookie", rf"ookie{_CLOSE_Q}{_WS}:{_WS}{_OPEN_Q}([^\r\n\"'`]{{8,}})", lead="c", low=True, group=1,
+        check=_cookie,
     ),
     _Detector(  # curl -b / --cookie 'name=value; ...'
         "cookie", r"curl[ \t](?:[^\n|;&]{0,300}?[ \t])??(?:-b|--cookie)[ \t=]+[\"']?([^\r\n\"'`]{8,})",
@@ -1833,6 +1841,8 @@ class Redactor:
             new_value: Any
             if isinstance(value, str):
                 new_value = redact(value)
+                if new_value is value and isinstance(key, str) and _SECRET_NAME.search(key) is not None:
+                    new_value = self._named_value(key, value)
             elif value is None or isinstance(value, bool | int | float):
                 new_value = value
             else:
@@ -1840,6 +1850,21 @@ class Redactor:
             changed = changed or new_key is not key or new_value is not value
             items.append((new_key, new_value))
         return dict(items) if changed else obj
+
+    def _named_value(self, key: str, value: str) -> str:
+        """A string under a key that names a secret (`{"password": "..."}` in an MCP
+        tool call's input): the key and the value are separate strings, so neither alone
+        says what the value is. Redacted as the text `key: "value"` would be."""
+        if len(value) < 6:
+            return value
+        text = f'{key}: "{value}"'
+        out = self.redact(text)
+        if out == text:
+            return value
+        head = self.redact(key) + ': "'
+        if out.startswith(head) and out.endswith('"'):
+            return out[len(head) : -1]
+        return placeholder("high_entropy_assignment")  # the shape broke: the whole value goes
 
     def _redact_list(self, obj: list[Any]) -> list[Any]:
         out = [self._walk(v) for v in obj]

@@ -316,6 +316,11 @@ def write_claude_session(folder: Path, creds: list[Credential], seed: int) -> Pa
         if i % 9 == 8:
             w.message(text="Done with that part; continuing with the next service.")
             w.prompt(rng.choice(["continue", "ok, next one", "go on"]))
+    for cred in [c for c in creds if "\n" not in c.secret][::3]:
+        # A structured tool input (an MCP call): only the key says what the value is.
+        key = "password" if "password" in cred.kind else rng.choice(["api_key", "token", "apiKey", "clientSecret", "secret"])
+        call = Call("mcp__vault__put", {"path": f"kv/{cred.provider}", key: cred.secret}, "stored", {"ok": True})
+        w.message(text="Storing it in the vault.", calls=(call,))
     for cred in [c for c in creds if path_safe(c.secret)][:4]:
         # A token used as a file name: the path itself leaks it.
         path = f"/home/alice/app/{cred.secret}.txt"
