@@ -112,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     first, last = (int(x) for x in args.seeds.split(":"))
     console = Console(width=80)
-    catalogue.prepare()
+    catalogue.prefetch()  # the rules load in a thread; the first scan waits for them
     independent.prepare()
 
     rec = recall(range(first, last))
