@@ -371,6 +371,7 @@ NEGATIVES = [
     "Cookie: theme=dark; lang=en-US\nSet-Cookie: consent=accepted-all-categories; Path=/",
     "sig = hmac.new(key, msg, sha256); headers['signature=']; signature=compute_signature(body)",
     'session_id = "a3f1c9e2-8b4d-4e6f-9a1b-2c3d4e5f6a7b"',
+    "base_model: Qwen/Qwen2.5-0.5B-Instruct\ntokenizer_type: AutoTokenizer\ntokenizer: Qwen/Qwen2.5-0.5B-Instruct",
 ]
 
 

@@ -501,9 +501,12 @@ _ENTROPY_MIN = 3.0
 
 
 def _assignment(text: str, m: re.Match[str]) -> bool:
-    """Keep code and config names; redact values that look machine-generated."""
+    """Keep code and config names; redact values that look machine-generated. A
+    tokenizer is named, not a token (`tokenizer: Qwen/Qwen2.5-0.5B` in a training config)."""
     value = m.group(1)
     if len(value) < 16 or value.startswith(_NOT_SECRET_PREFIXES):
+        return False
+    if "tokeniz" in text[max(0, m.start() - 2) : m.start(1)].lower():
         return False
     if _assignment_kind(text, m) == "aws_secret_key":
         return True  # AWS's own name and a 40-char base64 value, `/` first or not
