@@ -371,6 +371,8 @@ NEGATIVES = [
     "Cookie: theme=dark; lang=en-US\nSet-Cookie: consent=accepted-all-categories; Path=/",
     "sig = hmac.new(key, msg, sha256); headers['signature=']; signature=compute_signature(body)",
     'session_id = "a3f1c9e2-8b4d-4e6f-9a1b-2c3d4e5f6a7b"',
+    "pip install -U https://download.pytorch.org/whl/cu121/torch-2.3.0%2Bcu121-cp311-cp311-linux_x86_64.whl",
+    "redis-cli KEYS 'cache:*'\ncache:3600:views:home:a8f3c9e2b7d1\nsess:86400:user:42:Xk9mP2qLz7AbC",
     "base_model: Qwen/Qwen2.5-0.5B-Instruct\ntokenizer_type: AutoTokenizer\ntokenizer: Qwen/Qwen2.5-0.5B-Instruct",
 ]
 
@@ -799,3 +801,35 @@ def test_a_value_only_its_dict_key_names_is_redacted() -> None:
     for kept in ("host", "tokenizer", "secret_name", "sessionId", "auth_mode", "key", "token"):
         assert out[kept] == tool_input[kept], kept
     assert redactor.redact_obj(out) == out  # idempotent
+
+
+@pytest.mark.parametrize("text", [
+    f"echo 'db.example.com:5432:mydb:alice:{CLI_PW}' >> ~/.pgpass",
+    f"docker login -u bob -p{CLI_PW} registry.example.com",
+    f"ldapsearch -x -D cn=admin -w{CLI_PW} -b dc=x",
+    f"az acr login --name myreg -u bob -p {CLI_PW}",
+    f"oc login https://api:6443 -u kubeadmin -p {CLI_PW}",
+    f"bw list items --session {ASSIGNED}",
+    f"docker login -u bob -p 'rL{CLI_PW}<.f|' reg.io",
+])
+def test_review_found_shapes_are_redacted(text: str) -> None:
+    """Shapes an independent review found going through: attached short flags, tools
+    between `az|oc` and `login`, .pgpass lines written with echo, Bitwarden's --session."""
+    out = Redactor(fold_home=False).redact(text)
+    assert CLI_PW not in out and ASSIGNED not in out, out
+
+
+def test_a_long_quoted_value_never_hides_another_secret_nor_eats_an_escape() -> None:
+    redactor = Redactor(fold_home=False)
+    out = redactor.redact(f"API_KEYS='{_rand(32, HEX)},{GITHUB}'")
+    assert GITHUB not in out and placeholder("github_token") in out and out.count("[REDACTED:") == 2
+    escaped = json.dumps({"content": json.dumps({"user": "bob", "password": CLI_PW})})
+    redacted = redactor.redact(escaped)
+    assert CLI_PW not in redacted
+    assert json.loads(json.loads(redacted)["content"])["password"].startswith("[REDACTED:")
+
+
+def test_a_password_with_symbols_under_its_key_goes_whole() -> None:
+    out = Redactor(fold_home=False).redact_obj({"password": "9k;Xm2P@qL7z(a", "auth": ["bob", CLI_PW]})
+    assert out == {"password": placeholder("high_entropy_assignment"),
+                   "auth": ["bob", placeholder("high_entropy_assignment")]}

@@ -267,7 +267,7 @@ def _machine_made(value: str) -> bool:
     return digits >= 4 and len(value) - digits >= 4 and _entropy(value) >= 3.5
 
 
-_PLACEHOLDER_WORDS = ("change", "example", "your", "xxxx", "****", "<", "redacted", "secret", "password")
+_PLACEHOLDER_WORDS = ("change", "example", "your", "xxxx", "****", "redacted", "secret", "password")
 
 
 def _password(text: str, m: re.Match[str]) -> bool:
@@ -275,6 +275,8 @@ def _password(text: str, m: re.Match[str]) -> bool:
     8 characters, letters with digits or symbols, and not a placeholder or a path."""
     value = m.group(1).strip("'\"")
     if len(value) < 8 or value.startswith(_NOT_SECRET_PREFIXES) or _path(value):
+        return False
+    if value.startswith("<") and value.endswith(">"):  # a template: `<password>`
         return False
     low = value.lower()
     if any(word in low for word in _PLACEHOLDER_WORDS):
@@ -316,15 +318,19 @@ def _secret_value(text: str, m: re.Match[str]) -> bool:
 
 
 _REGISTRY_LOGIN = re.compile(
-    r"(?:^|[^A-Za-z0-9_.-])(?:docker|podman|nerdctl|buildah|skopeo|oras|crane|helm[ \t]+registry|az)[ \t]+\Z",
+    r"(?:^|[^A-Za-z0-9_.-])(?:docker|podman|nerdctl|buildah|skopeo|oras|crane|helm|az|oc|cf)"
+    r"(?:[ \t]+[^ \t\r\n|;&]{1,80}){0,4}[ \t]+\Z",
     re.ASCII | re.IGNORECASE,
 )
-_PGPASS_HOST = re.compile(r"(?:^|[^A-Za-z0-9.*_:-])[A-Za-z0-9.*-]{1,253}\Z", re.ASCII)
+# A host as .pgpass names one: a dotted name or address, localhost or `*` (not
+# `cache:3600:views:...`, a colon-separated cache key).
+_PGPASS_HOST = re.compile(
+    r"(?:^|[^A-Za-z0-9.*_:-])(?:[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+|localhost|\*)\Z", re.ASCII)
 
 
 def _registry_login(text: str, m: re.Match[str]) -> bool:
     """`docker login ... -p PASSWORD` (podman, helm registry, az, ...): a password."""
-    return _REGISTRY_LOGIN.search(text, max(0, m.start() - 40), m.start()) is not None and _password(text, m)
+    return _REGISTRY_LOGIN.search(text, max(0, m.start() - 300), m.start()) is not None and _password(text, m)
 
 
 def _pgpass(text: str, m: re.Match[str]) -> bool:
@@ -332,14 +338,38 @@ def _pgpass(text: str, m: re.Match[str]) -> bool:
     return _PGPASS_HOST.search(text, max(0, m.start() - 254), m.start()) is not None and _password(text, m)
 
 
-# Dict keys under which a string may be a secret that only the key names: the name ends
-# with what it holds (`password`, `apiKey`, `client_secret`, `Cookie`), so `tokenizer`,
-# `secret_name` or `sessionId` are left to the value's own shape.
+# Dict keys under which a string may be a secret that only the key names: the name's
+# last word is what it holds (`password`, `apiKey`, `client_secret`, `Cookie`), so
+# `tokenizer`, `secret_name`, `sessionId`, `bypass` and a bare `key` (an S3 object key,
+# a React key) are left to the value's own shape. Matched on the snake_case form.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])", re.ASCII)
 _SECRET_NAME = re.compile(
-    r"(?:pass|password|passwd|passphrase|pwd|secret|token|key|credentials?|auth|authorization|cookie|_pat|session)\Z",
-    re.ASCII | re.IGNORECASE,
+    r"(?:^|[_\-. ])(?:pass|password|passwd|passphrase|pwd|pw|secret|token|credentials?|auth|authorization|pat"
+    r"|(?:api|secret|access|private|client|auth|signing|encryption|master|license|app|service|account|admin"
+    r"|webhook|subscription|session)[_\-]?key)\Z",
+    re.ASCII,
 )
-_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.%-]+=([^;, \t\r\n\"'`]{16,})", re.ASCII)
+_NOT_SECRET_NAME = re.compile(r"(?:^|[_\-. ])(?:page|next|continuation|cursor|sync|csrf_?)[_\-]?token\Z", re.ASCII)
+_PASSWORD_NAME = re.compile(r"(?:pass|password|passwd|passphrase|pwd|pw|auth)\Z", re.ASCII)
+_WHOLE = re.compile(r"(.*)", re.ASCII | re.DOTALL)
+def _relative_path(value: str) -> bool:
+    """`uploads/2024/a8f3.png`, `src/tokenizer/vocab.json`: segments a person named. A
+    base64 key holds `/` too, but in long runs of every character class."""
+    parts = value.strip("/").split("/")
+    return len(parts) > 1 and "+" not in value and not any(len(p) >= 12 and all(_classes(p)) for p in parts)
+
+
+def _named_kind(key: str) -> str | None:
+    """What a dict key says its string value is: "password", "cookie", "secret" or None."""
+    name = _CAMEL.sub("_", key).lower()
+    if name.endswith("cookie"):
+        return "cookie"
+    if _SECRET_NAME.search(name) is None or _NOT_SECRET_NAME.search(name) is not None:
+        return None
+    return "password" if _PASSWORD_NAME.search(name) else "secret"
+
+
+_COOKIE_VALUE = re.compile(r"(?:^|;)[ \t]*[A-Za-z0-9_.%-]{1,128}=([^;, \t\r\n\"'`]{16,})", re.ASCII)
 
 
 def _cookie(text: str, m: re.Match[str]) -> bool:
@@ -522,6 +552,11 @@ def _assignment(text: str, m: re.Match[str]) -> bool:
     return any(_entropy(value[i : i + 16]) >= bar for i in range(0, len(value) - 8, 8))
 
 
+# `name=value; name=value`: a cookie list, bounded, each pair delimited (no backtracking
+# across a long line).
+_COOKIE_PAIRS = (r"[a-z0-9_.%-]{1,128}=[^; \t\r\n\"'`]{0,4096}"
+                 r"(?:;[ \t]{0,4}[a-z0-9_.%-]{1,128}=[^; \t\r\n\"'`]{0,4096}){0,63}")
+
 # Character classes spelled out so Python re and RE2 agree exactly.
 _WS = r"[ \t]{0,4}"
 _SEP = r"(?::=|=>|[:=])"
@@ -702,7 +737,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     # credentials.csv row, a table) or `aws configure` asks for it, the place says what it is.
     _Detector(
         "aws_secret_key",
-        r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}[\"']?[ \t,;|:]{1,6}[\"']?"
+        r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}[\"']?[ \t,;|:\r\n]{1,6}[\"']?"
         r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
         group=1, check=_aws_secret,
     ),
@@ -714,7 +749,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     # Structure: where a command line, a manifest or a netrc says what a value is.
     _Detector(
         "cli_secret",
-        r"--[a-z0-9-]{0,30}(?:token|key|secret|password|passwd|passphrase|auth)(?:=|[ \t]+)[\"']?"
+        r"--[a-z0-9-]{0,30}(?:token|key|secret|password|passwd|passphrase|auth|session)(?:=|[ \t]+)[\"']?"
         r"([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})",
         low=True, group=1, check=_secret_value,
     ),
@@ -757,10 +792,10 @@ _DETECTORS: tuple[_Detector, ...] = (
                   rf"{tool}[ \t](?:[^\n|;&]{{0,200}}?[ \t])??{flag}[\"']?([^ \t\r\n\f\v\"'`;]{{6,}})",
                   low=low, group=1, check=check)
         for tool, flag, low, check in (
-            (r"login", r"-p[ \t]+", True, _registry_login),
-            (r"redis-cli", r"-a[ \t]+", True, _password),
-            (r"ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn|exop)", r"-w[ \t]+", True, _password),
-            (r"mongo(?:sh|dump|restore|import|export|stat|top)?", r"-p[ \t]+", True, _password),
+            (r"login", r"-p[ \t]*", True, _registry_login),
+            (r"redis-cli", r"-a[ \t]*", True, _password),
+            (r"ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn|exop)", r"-w[ \t]*", True, _password),
+            (r"mongo(?:sh|dump|restore|import|export|stat|top)?", r"-p[ \t]*", True, _password),
             (r"sqlcmd", r"-P[ \t]*", False, _password),
             (r"bcp", r"-P[ \t]*", False, _password),
             (r"zip", r"-P[ \t]+", False, _password),  # zip and unzip
@@ -773,7 +808,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         low=True, group=1, check=_password,
     ),
     _Detector(  # smbclient / rpcclient -U user%password
-        "cli_secret", r"-U[ \t]+[\"']?[^ \t\r\n%\"']{1,64}%([^ \t\r\n\f\v\"'`;]{6,})",
+        "cli_secret", r"-U[ \t]+[\"']?[^ \t\r\n%\"'/:]{1,64}%([^ \t\r\n\f\v\"'`;]{6,})",
         group=1, check=_password,
     ),
     _Detector(  # htpasswd -b FILE USER PASSWORD (-b: the password is on the command line)
@@ -808,15 +843,15 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(  # ~/.pgpass: host:port:database:user:password (the host checked after)
         "config_secret",
-        r":(?:[0-9]{2,5}|\*):[a-z0-9_*$.-]{1,63}:[a-z0-9_.@*$-]{1,63}:([^ \t\r\n:]{8,})(?![^\r\n])",
+        r":(?:[0-9]{2,5}|\*):[a-z0-9_*$.-]{1,63}:[a-z0-9_.@*$-]{1,63}:([^ \t\r\n:\"']{8,})(?![^\r\n\"' \t])",
         low=True, group=1, check=_pgpass,
     ),
     _Detector(  # Cookie: / Set-Cookie: headers: session cookies are credentials
-        "cookie", rf"ookie{_CLOSE_Q}{_WS}:{_WS}{_OPEN_Q}([^\r\n\"'`]{{8,}})", lead="c", low=True, group=1,
+        "cookie", rf"ookie{_CLOSE_Q}{_WS}:{_WS}{_OPEN_Q}({_COOKIE_PAIRS})", lead="c", low=True, group=1,
         check=_cookie,
     ),
     _Detector(  # curl -b / --cookie 'name=value; ...'
-        "cookie", r"curl[ \t](?:[^\n|;&]{0,300}?[ \t])??(?:-b|--cookie)[ \t=]+[\"']?([^\r\n\"'`]{8,})",
+        "cookie", rf"curl[ \t](?:[^\n|;&]{{0,300}}?[ \t])??(?:-b|--cookie)[ \t=]*[\"']?({_COOKIE_PAIRS})",
         low=True, group=1, check=_cookie,
     ),
     _Detector(
@@ -837,6 +872,15 @@ _DETECTORS: tuple[_Detector, ...] = (
     # Not a secret: makes the screen pass strings that decode base64, so their runs are
     # decoded and scanned (``_encoded_hits``).
     _Detector("base64_cue", r"(?:base64[ \t]+(?:-d|--decode|-D)|b64decode|atob\()", low=True, check=_never),
+    # Not a secret either, and only for the screens (its own pattern is a NUL that never
+    # passes its check): a JSON key that names a secret, before a string or a list, so
+    # that a record like `{"password": "9k;Xm2P@qL"}` is walked and its value judged
+    # under its key (`Redactor._named_value`), whatever the value looks like.
+    _Detector(
+        "named_value_cue", r"\x00", check=_never,
+        re2=r"(?i:(?:pass(?:word|wd|phrase)?|pwd|pw|secret|token|credentials?|auth(?:orization)?|cookie|pat|key)"
+            r"\\?\"[ \t]*:[ \t]*\\?[\"\[])",
+    ),
     _Detector(
         "kubernetes_secret_data",
         r"\n[ \t]+[A-Za-z0-9._-]{1,253}:[ \t]+([A-Za-z0-9+/]{4,}={0,2})",
@@ -985,22 +1029,36 @@ def _accept(comp: _Compiled, text: str, m: re.Match[str]) -> _Hit | None:
         return None
     kind = det.kind_of(text, m)
     if det.group:
-        return (m.start(det.group), _quoted_end(text, m.start(det.group), m.end(det.group)),
-                comp.rank, kind, OWN_RULES + kind)
+        return (m.start(det.group), m.end(det.group), comp.rank, kind, OWN_RULES + kind)
     return (start, m.end(), comp.rank, kind, OWN_RULES + kind)
 
 
 def _quoted_end(text: str, start: int, end: int) -> int:
     """Where a quoted value really ends: a value class stops at `(` or `,`, but a quoted
     secret may hold them (Django's `SECRET_KEY = '...(-_=+)...'`), and its tail would be
-    left. So a value found right after a quote runs to the closing quote on its line."""
+    left. So a value found right after a quote runs to the closing quote on its line (an
+    escaped opening quote, `\\"`, closes at the escaped one, before its backslash). The
+    caller keeps the short span as well: where the long one overlaps another secret,
+    that secret and the short span win."""
     quote = text[start - 1 : start]
     if quote not in ("\"", "'", "`") or text[end : end + 1] in (quote, ""):
         return end
-    close = text.find(quote, end, end + 256)
-    if close == -1 or "\n" in text[end:close]:
+    escaped = text[start - 2 : start - 1] == "\\"
+    close = text.find("\\" + quote if escaped else quote, end, end + 256)
+    if close == -1 or "\n" in text[end:close] or (not escaped and text[close - 1] == "\\"):
         return end
     return close
+
+
+def _with_quoted_end(hits: list[_Hit], hit: _Hit, text: str, grouped: bool) -> None:
+    """The hit, and for a value a detector took from after a name (its group) the same
+    value to its closing quote."""
+    hits.append(hit)
+    if not grouped:
+        return
+    end = _quoted_end(text, hit[0], hit[1])
+    if end != hit[1]:
+        hits.append((hit[0], end, hit[2], hit[3], hit[4]))
 
 
 # (start, end, rank, kind, rule id)
@@ -1076,7 +1134,7 @@ def _own_hits(text: str) -> list[_Hit]:
         for m in _scan(comp.scan, text):
             hit = _accept(comp, text, m)
             if hit is not None:
-                hits.append(hit)
+                _with_quoted_end(hits, hit, text, comp.det.group > 0)
     low = text.lower()
     aligned = len(low) == len(text)  # lowercasing U+0130 adds a char; then scan directly
     for comp in _LOW:
@@ -1088,7 +1146,7 @@ def _own_hits(text: str) -> list[_Hit]:
             if match is not None:
                 hit = _accept(comp, text, match)
                 if hit is not None:
-                    hits.append(hit)
+                    _with_quoted_end(hits, hit, text, comp.det.group > 0)
     return hits
 
 
@@ -1844,8 +1902,14 @@ class Redactor:
             new_value: Any
             if isinstance(value, str):
                 new_value = redact(value)
-                if new_value is value and isinstance(key, str) and _SECRET_NAME.search(key) is not None:
+                if new_value is value and isinstance(key, str) and _named_kind(key) is not None:
                     new_value = self._named_value(key, value)
+            elif isinstance(value, list) and isinstance(key, str) and _named_kind(key) is not None:
+                new_value = walk(value)  # `{"auth": ["bob", "<password>"]}`: each string as named
+                new_value = [self._named_value(key, v) if isinstance(v, str) and v == o else v
+                             for v, o in zip(new_value, value, strict=True)]
+                if all(a is b for a, b in zip(new_value, value, strict=True)):
+                    new_value = value
             elif value is None or isinstance(value, bool | int | float):
                 new_value = value
             else:
@@ -1857,17 +1921,24 @@ class Redactor:
     def _named_value(self, key: str, value: str) -> str:
         """A string under a key that names a secret (`{"password": "..."}` in an MCP
         tool call's input): the key and the value are separate strings, so neither alone
-        says what the value is. Redacted as the text `key: "value"` would be."""
-        if len(value) < 6:
+        says what the value is. The whole value is judged as what the key names (a
+        password may hold `;` or `(` anywhere), and goes whole."""
+        kind = _named_kind(key)
+        m = _WHOLE.match(value)
+        if kind is None or m is None or len(value) < 8 or "\n" in value:
             return value
-        text = f'{key}: "{value}"'
-        out = self.redact(text)
-        if out == text:
+        if kind == "password":
+            secret = _password(value, m)
+        elif kind == "cookie":
+            secret = _cookie(value, m)
+        else:
+            secret = _assignment(value, m) and not _relative_path(value)  # a UUID under `apiKey` is one
+        if not secret:
             return value
-        head = self.redact(key) + ': "'
-        if out.startswith(head) and out.endswith('"'):
-            return out[len(head) : -1]
-        return placeholder("high_entropy_assignment")  # the shape broke: the whole value goes
+        label = "cookie" if kind == "cookie" else "high_entropy_assignment"
+        self.counts[label] += 1
+        self.rules[OWN_RULES + label] += 1
+        return placeholder(label)
 
     def _redact_list(self, obj: list[Any]) -> list[Any]:
         out = [self._walk(v) for v in obj]
