@@ -359,6 +359,7 @@ def _relative_path(value: str) -> bool:
     return len(parts) > 1 and "+" not in value and not any(len(p) >= 12 and all(_classes(p)) for p in parts)
 
 
+@lru_cache(maxsize=4096)  # the same few keys in every record
 def _named_kind(key: str) -> str | None:
     """What a dict key says its string value is: "password", "cookie", "secret" or None."""
     name = _CAMEL.sub("_", key).lower()
@@ -1899,17 +1900,18 @@ class Redactor:
         items = []
         for key, value in obj.items():
             new_key = redact(key) if isinstance(key, str) else key
+            named = _named_kind(key) if isinstance(key, str) else None
             new_value: Any
             if isinstance(value, str):
                 new_value = redact(value)
-                if new_value is value and isinstance(key, str) and _named_kind(key) is not None:
-                    new_value = self._named_value(key, value)
-            elif isinstance(value, list) and isinstance(key, str) and _named_kind(key) is not None:
-                new_value = walk(value)  # `{"auth": ["bob", "<password>"]}`: each string as named
-                new_value = [self._named_value(key, v) if isinstance(v, str) and v == o else v
-                             for v, o in zip(new_value, value, strict=True)]
-                if all(a is b for a, b in zip(new_value, value, strict=True)):
-                    new_value = value
+                if new_value is value and named is not None:
+                    new_value = self._named_value(named, value)
+            elif isinstance(value, list) and named is not None:
+                walked = walk(value)  # `{"auth": ["bob", "<password>"]}`: each string as named
+                named_list = [self._named_value(named, v) if isinstance(v, str) and v is o else v
+                              for v, o in zip(walked, value, strict=True)]
+                same = all(a is b for a, b in zip(named_list, value, strict=True))
+                new_value = value if same else named_list
             elif value is None or isinstance(value, bool | int | float):
                 new_value = value
             else:
@@ -1918,14 +1920,14 @@ class Redactor:
             items.append((new_key, new_value))
         return dict(items) if changed else obj
 
-    def _named_value(self, key: str, value: str) -> str:
+    def _named_value(self, kind: str, value: str) -> str:
         """A string under a key that names a secret (`{"password": "..."}` in an MCP
-        tool call's input): the key and the value are separate strings, so neither alone
-        says what the value is. The whole value is judged as what the key names (a
-        password may hold `;` or `(` anywhere), and goes whole."""
-        kind = _named_kind(key)
+        tool call's input; ``kind`` is ``_named_kind`` of the key): the key and the value
+        are separate strings, so neither alone says what the value is. The whole value is
+        judged as what the key names (a password may hold `;` or `(` anywhere), and goes
+        whole."""
         m = _WHOLE.match(value)
-        if kind is None or m is None or len(value) < 8 or "\n" in value:
+        if m is None or len(value) < 8 or "\n" in value:
             return value
         if kind == "password":
             secret = _password(value, m)

@@ -115,8 +115,8 @@ def conversations_table(
     releases the GIL, so the halves share the two cores.
     """
     pieces = parts(tasks, messages, call_columns(calls, parsed_args, facts), 2 if pool is not None else 1)
-    later = [pool.submit(_conversations, piece, branches) for piece in pieces[1:]] if pool is not None else []
-    tables = [_conversations(pieces[0], branches), *(f.result() for f in later)]
+    later = [pool.submit(_conversations, branches, piece) for piece in pieces[1:]] if pool is not None else []
+    tables = [_conversations(branches, pieces[0]), *(f.result() for f in later)]
     return pa.concat_tables(tables)
 
 
@@ -140,7 +140,7 @@ def conversations_on_pool(
     for any number of parts and any completion order. A part that fails on every
     attempt fails the stage (there is no file to quarantine in its place)."""
     pieces = parts(tasks, messages, call_columns(calls, parsed_args, facts), max(1, -(-tasks.height // POOL_TASKS)))
-    unit = functools.partial(_conversations_unit, branches)
+    unit = functools.partial(_conversations, branches)
     tables = []
     for outcome in pool.map(unit, pieces, "score partitions"):
         if isinstance(outcome, Failed):
@@ -149,11 +149,7 @@ def conversations_on_pool(
     return pa.concat_tables(tables)
 
 
-def _conversations_unit(branches: pl.DataFrame | None, piece: Part) -> pa.Table:
-    return _conversations(piece, branches)
-
-
-def _conversations(piece: Part, branches: pl.DataFrame | None) -> pa.Table:
+def _conversations(branches: pl.DataFrame | None, piece: Part) -> pa.Table:
     built = build_part(*piece, branches)
     spec = SCORING_TABLES["conversations"]
     frame = built.tasks.drop("_t")

@@ -28,7 +28,7 @@ def install() -> None:
     import pipeline.stages.collect as collect
 
     original = collect.build_batch
-    conversations = prepare._conversations_unit
+    conversations = prepare._conversations
     digest = code.code_digest
 
     def other_digest(module: str) -> str:
@@ -59,5 +59,5 @@ def install() -> None:
         return conversations(branches, piece)
 
     collect.build_batch = faulty
-    prepare._conversations_unit = jittered
+    prepare._conversations = jittered
     code.code_digest = other_digest
