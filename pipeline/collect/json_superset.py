@@ -12,9 +12,12 @@ match"). A string's JSON text writes each character either as itself or, for ``"
 ``\\``, ``/`` and control characters (the *escapable* ones), as an escape of one or more
 backslashes and ``"\\/bfnrt`` or ``u`` and four hex digits. So:
 
-- an atom that admits an escapable character also admits every character an escape is
-  written with, and any number of them (``[\\s'"]`` becomes ``[\\s'"\\\\/bfnrtu0-9a-fA-F]+``);
-- a repeat whose body may grow so loses its upper bound;
+- an atom that admits an escapable character also admits the escapes of exactly those
+  characters, behind any number of backslashes (``[ \\t]`` becomes
+  ``(?:[\\x09\\x20]|\\x5c+(?:[t]|u00(?:09)))``). Not every character an escape is written
+  with: that class (hex digits, ``/``, ``n``...) runs through hashes and paths, and
+  Hyperscan then follows a prefix like ``1//0`` or ``://`` from almost every byte;
+- a repeat whose body may match an escapable character loses its upper bound;
 - a word boundary stays where the character before it cannot be escapable (then it
   reads the same in JSON text); at the start of the pattern it also accepts an escape
   just before (``\\nghp_``: the ``n`` of ``\\n`` is a word character); elsewhere it goes;
@@ -39,9 +42,7 @@ from typing import Any
 
 # Characters a JSON serialiser may write as an escape, and what escapes are written with.
 ESCAPABLE = frozenset([*map(chr, range(0x20)), '"', "\\", "/"])
-ESCAPE_CHARS = frozenset('\\"/bfnrtu0123456789abcdefABCDEF')
 _ESCAPABLE_CODES = frozenset(map(ord, ESCAPABLE))
-_ESCAPE_CODES = frozenset(map(ord, ESCAPE_CHARS))
 # A word boundary at the start of a pattern: or an escape that ends in a word character.
 _START_BOUNDARY = r"(?:\x5c+(?:[bfnrt]|u[0-9a-fA-F]{4})|\b)"
 _REPEATS = tuple(r for r in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)) if r is not None)
@@ -132,8 +133,7 @@ def _item(op: Any, av: Any, state: _State, before: int) -> _Part:
     atom = _atom(op, av)
     if atom is not None:
         cls, escapable = atom
-        text = cls + "+" if escapable else cls
-        return _Part(text, escapable, False, _after(before, escapable, False))
+        return _Part(cls, escapable, False, _after(before, escapable, False))
     if op is C.BRANCH:
         branches = [_sequence(list(b), state, before) for b in av[1]]
         escapable = any(b.escapable for b in branches)
@@ -184,7 +184,7 @@ def _bound(low: int, high: int) -> str:
 
 def _atom(op: Any, av: Any) -> tuple[str, bool] | None:
     """A one-character atom as a class, and whether it admits an escapable character
-    (then widened by every character escapes are written with)."""
+    (then as an alternation: the character itself, or its escapes)."""
     codes = _atom_codes(op, av)
     if codes is None:
         return None
@@ -192,7 +192,34 @@ def _atom(op: Any, av: Any) -> tuple[str, bool] | None:
         return _char(av), False
     if not codes & _ESCAPABLE_CODES:
         return _listed(codes), False
-    return _listed(codes | _ESCAPE_CODES), True
+    return _escaped(codes), True
+
+
+# The one-letter escape of a character, where JSON has one.
+_SHORT_ESCAPES = {ord('"'): ord('"'), ord("\\"): ord("\\"), ord("/"): ord("/"), 0x08: ord("b"),
+                  0x0C: ord("f"), 0x0A: ord("n"), 0x0D: ord("r"), 0x09: ord("t")}
+_ANY_U_ESCAPE = "u00[0-9A-Fa-f]{2}"
+
+
+def _escaped(codes: frozenset[int]) -> str:
+    """One character of ``codes`` as JSON text may write it: as itself, or (an
+    escapable one) one or more backslashes and its one-letter escape or ``u00HH``
+    (a backslash written at every depth before it: ``\\\\\\"`` is a quote two deep)."""
+    escapable = sorted(codes & _ESCAPABLE_CODES)
+    escapes: list[str] = []
+    shorts = frozenset(_SHORT_ESCAPES[c] for c in escapable if c in _SHORT_ESCAPES)
+    if shorts:
+        escapes.append(_listed(shorts))
+    if len(escapable) > 4:
+        escapes.append(_ANY_U_ESCAPE)
+    else:
+        escapes.append("u00(?:" + "|".join(_hex_pair(c) for c in escapable) + ")")
+    return f"(?:{_listed(codes)}|\\x5c+(?:{'|'.join(escapes)}))"
+
+
+def _hex_pair(code: int) -> str:
+    """The two hex digits of ``code`` in either case (``2[Ff]``)."""
+    return "".join(ch if ch.isdigit() else f"[{ch.upper()}{ch}]" for ch in f"{code:02x}")
 
 
 def _atom_codes(op: Any, av: Any) -> frozenset[int] | None:

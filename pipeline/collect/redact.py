@@ -980,8 +980,20 @@ def _re2_alternative(det: _Detector) -> str:
     lowering a lower bound and dropping an upper one only admits more, and counts above
     ~16 blow RE2's DFA budget (measured: the union fell from ~500 MB/s to ~12 MB/s).
     """
+    return _alternative(det, relax_counts=True)
+
+
+def _hyperscan_alternative(det: _Detector) -> str:
+    """``_re2_alternative`` with the counts as written: Hyperscan takes them, and a
+    screen that needs 32 hex digits fires less, and scans faster, than one that needs 16."""
+    return _alternative(det, relax_counts=_hyperscan is None)
+
+
+def _alternative(det: _Detector, relax_counts: bool) -> str:
     body = det.re2 if det.re2 is not None else det.core
-    body = _COUNTED.sub(_relax_count, _LOOKAHEAD.sub("", body))
+    body = _LOOKAHEAD.sub("", body)
+    if relax_counts:
+        body = _COUNTED.sub(_relax_count, body)
     body = re.escape(det.lead) + body
     if det.before:
         body = f"[{det.before}]{body}"
@@ -1072,7 +1084,8 @@ def _detect(text: str, depth: int = 0) -> list[_Hit]:
     """Candidate spans from this module's detectors (where their screen fires), from
     the catalogue (where its screen fires) and from base64 runs that decode to text
     holding either (two layers deep); none inside a placeholder."""
-    hits = _own_hits(text) if _SECRET_SCREEN.hit(text) else []
+    fired = _SECRET_SCREEN.which(text)
+    hits = _own_hits(text, fired) if fired is None or fired else []
     if _catalogue_screen().hit(text):
         rank = len(_COMPILED)
         hits.extend((f.start, f.end, rank, f.kind, f.rule) for f in catalogue.find(text))
@@ -1128,17 +1141,24 @@ def _encoded_hits(text: str, depth: int) -> list[_Hit]:
     return hits
 
 
-def _own_hits(text: str) -> list[_Hit]:
-    """Candidate spans (start, end, rank, kind, rule); one `re` pass per detector family."""
+def _own_hits(text: str, fired: frozenset[int] | None = None) -> list[_Hit]:
+    """Candidate spans (start, end, rank, kind, rule); one `re` pass per detector family,
+    for the families ``fired`` names (their ranks; None: all). A long tool output that
+    one family's screen flags costs that family's pass, not a hundred."""
     hits: list[_Hit] = []
     for comp in _RAW:
+        if fired is not None and comp.rank not in fired:
+            continue
         for m in _scan(comp.scan, text):
             hit = _accept(comp, text, m)
             if hit is not None:
                 _with_quoted_end(hits, hit, text, comp.det.group > 0)
+    low_fired = [c for c in _LOW if fired is None or c.rank in fired]
+    if not low_fired:
+        return hits
     low = text.lower()
     aligned = len(low) == len(text)  # lowercasing U+0130 adds a char; then scan directly
-    for comp in _LOW:
+    for comp in low_fired:
         if aligned:
             found = [comp.exact.match(text, m.start()) for m in _scan(comp.scan, low)]
         else:
@@ -1327,6 +1347,37 @@ class _Screen:
             return EXTRA
         return seen[0]
 
+    def which(self, text: str) -> frozenset[int] | None:
+        """The indices of the ``extra`` expressions that may match ``text``, all of them
+        in one scan (for a screen without ``pattern``); None where that cannot be told
+        apart, so every one may: on RE2, for a lone surrogate (UTF-8 cannot hold it) and
+        where a character folding to ASCII is present."""
+        if self.pattern != NEVER:
+            raise ValueError("which() is for a screen of extra expressions only")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        if not self._ready:
+            self.prepare()
+        if self._database is None:
+            return None if self.hit_bytes(data) else frozenset()
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = _hyperscan.Scratch(self._database)
+        found: set[int] = set()
+        folding = len(self.extra)
+
+        def on_match(expression: int, *_args: Any) -> bool:
+            found.add(expression)
+            return expression == folding  # stop: every family runs anyway
+
+        try:
+            self._database.scan(data, match_event_handler=on_match, scratch=scratch)
+        except _hyperscan.ScanTerminated:
+            return None
+        return frozenset(found)
+
     def reference(self) -> _Screen:
         """The same screen on RE2 alone (what the Hyperscan screen must cover)."""
         twin = _Screen(self.pattern, self.extra)
@@ -1405,7 +1456,8 @@ def _stop(*_args: Any) -> bool:
     return True
 
 
-_SECRET_SCREEN = _Screen(_SECRET_RE2)
+# One expression per detector (its rank is its id): ``which`` tells the families to run.
+_SECRET_SCREEN = _Screen(NEVER, tuple(_hyperscan_alternative(d) for d in _DETECTORS))
 _CLEAN_MAX_LEN = 64
 _CLEAN_MAX_SIZE = 1 << 16
 
@@ -1484,7 +1536,7 @@ def _rewrites_name(patterns: Sequence[str]) -> str:
 
 
 def _json_secret_patterns() -> list[str]:
-    return [*(_re2_alternative(d) for d in _DETECTORS), *_catalogue_patterns()]
+    return [*(_hyperscan_alternative(d) for d in _DETECTORS), *_catalogue_patterns()]
 
 
 @lru_cache(maxsize=1)
