@@ -710,6 +710,32 @@ def test_the_hyperscan_screen_fires_wherever_re2_does(text: str) -> None:
             assert screen.hit_bytes(encoded), (screen.pattern[:40], repr(text))
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.lists(st.one_of(_noise, st.sampled_from(_SECRETS), st.sampled_from(NEGATIVES)), max_size=5).map("".join),
+    _FOLDED_KEYS, _JSON_PIECES,
+))
+def test_the_detector_screen_names_every_family_that_matches(text: str) -> None:
+    """Only the families ``which`` names are run: any family that finds a candidate in
+    the text (accepted or not) must be among them."""
+    from pipeline.collect import redact
+
+    fired = redact._SECRET_SCREEN.which(text)
+    if fired is None:
+        return
+    found = {hit[2] for hit in redact._own_hits(text)}
+    assert found <= fired, (sorted(found - fired), text)
+    assert redact._own_hits(text, fired) == redact._own_hits(text)
+
+
+def test_the_detector_screen_runs_every_family_where_it_cannot_tell() -> None:
+    from pipeline.collect import redact
+
+    assert redact._SECRET_SCREEN.which("plain words, nothing here") == frozenset()
+    assert redact._SECRET_SCREEN.which("ghp_" + "A1b2" * 9 + " \u212a") is None  # folds to K
+    assert redact._SECRET_SCREEN.which("a lone \ud800 surrogate") is None
+
+
 def test_the_ascii_folding_list_is_complete() -> None:
     """Every character whose lowercase, uppercase or case fold holds an ASCII letter."""
     from pipeline.collect.redact import ASCII_FOLDING
