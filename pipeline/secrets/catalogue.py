@@ -15,7 +15,8 @@ Rules load from Kingfisher's compiled-rule cache in the user's cache folder (nev
 lake, which others may write), ~0.4 s warm, ~4.5 s the first time on a machine: in the
 background (``prefetch``) from the CLI's start on a root's first run, else once collect
 finds files to parse (a run whose files all come from collect's caches never loads
-them), or else when a screen first flags a string.
+them), or else when a screen first flags a string that holds more than this package's
+detectors found there (``redact._masked``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,15 @@ class _Engine:
         self.rules = Rules(confidence=CONFIDENCE)
         self.scanner = Scanner(self.rules, base64=True)
         self.version = _version()
-        self.scanner.scan(warm_text(_rule_patterns(self.rules)))  # see pipeline.secrets.warm
+        self.warmed = False
+
+    def warm(self) -> None:
+        """Scan a text that fires every rule (see pipeline.secrets.warm), in the thread
+        that will scan: the engine's regexes keep a fast path for the first thread that
+        uses them (Rust's regex pools), and every other thread takes a shared one, about
+        twice the cost a call. So ``prefetch``'s thread only loads."""
+        self.scanner.scan(warm_text(_rule_patterns(self.rules)))
+        self.warmed = True
 
 
 _ENGINE: _Engine | None = None
@@ -70,15 +79,17 @@ _LOADING: threading.Thread | None = None
 
 def _engine() -> _Engine:
     """Loaded by the first caller that needs it (or by ``prefetch``'s thread, which a
-    caller then waits for)."""
+    caller then waits for), and warmed by that caller."""
     global _ENGINE
     loading = _LOADING
     if loading is not None and loading is not threading.current_thread():
         loading.join()
-    if _ENGINE is None:
+    if _ENGINE is None or not _ENGINE.warmed:
         with _LOCK:
             if _ENGINE is None:
                 _ENGINE = _Engine()
+            if not _ENGINE.warmed and threading.current_thread() is not loading:
+                _ENGINE.warm()
     return _ENGINE
 
 
