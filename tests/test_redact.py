@@ -252,6 +252,14 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("cli_secret", f"gpg --batch --passphrase {CLI_PW} -d s.gpg", CLI_PW, " -d s.gpg"),
     ("config_secret", f"<server><id>nexus</id><password>{CLI_PW}</password></server>", CLI_PW, "</password>"),
     ("config_secret", f'<add key="SmtpPassword" value="{CLI_PW}" />', CLI_PW, '<add key="SmtpPassword"'),
+    ("config_secret", f"<add key='SmtpPassword' value='{CLI_PW}' />", CLI_PW, "<add key='SmtpPassword'"),
+    ("config_secret", f'<add value="{CLI_PW}" key="ApiToken" />', CLI_PW, 'key="ApiToken"'),
+    ("config_secret", f"<password><![CDATA[{CLI_PW}]]></password>", CLI_PW, "]]></password>"),
+    ("cli_secret", f"printf '%s' '{CLI_PW}' | docker login -u me --password-stdin", CLI_PW, "--password-stdin"),
+    ("cli_secret", f'docker login -u me --password-stdin <<< "{CLI_PW}"', CLI_PW, "--password-stdin <<< "),
+    ("password_value", f'await page.fill("#password", "{CLI_PW}")', CLI_PW, 'page.fill("#password", '),
+    ("password_value", f'driver.find_element(By.ID, "password").send_keys("{CLI_PW}")', CLI_PW, ".send_keys("),
+    ("password_value", f'[{{"name": "DB_PASSWORD", "value": "{CLI_PW}"}}]', CLI_PW, '"value": "'),
     ("config_secret", f"define( 'DB_PASSWORD', '{CLI_PW}' );", CLI_PW, "define( 'DB_PASSWORD', '"),
     ("config_secret", f"db.internal:5432:shop:app:{CLI_PW}\n", CLI_PW, "db.internal:5432:shop:app:"),
     ("aws_secret_key", f"ci-bot,,{AWS_ID},{AWS_PAIR_SECRET},https://acme.signin.aws.amazon.com",
@@ -374,6 +382,11 @@ NEGATIVES = [
     "pip install -U https://download.pytorch.org/whl/cu121/torch-2.3.0%2Bcu121-cp311-cp311-linux_x86_64.whl",
     "redis-cli KEYS 'cache:*'\ncache:3600:views:home:a8f3c9e2b7d1\nsess:86400:user:42:Xk9mP2qLz7AbC",
     "base_model: Qwen/Qwen2.5-0.5B-Instruct\ntokenizer_type: AutoTokenizer\ntokenizer: Qwen/Qwen2.5-0.5B-Instruct",
+    # a flag after `password` is not one; variables and other fields are not secrets
+    "aws ecr get-login-password --region us-east-1 | docker login --username AWS --password-stdin 12.dkr.ecr.aws",
+    "printf '%s' \"$PW\" | docker login --password-stdin; docker login --password-stdin <<< \"$TOKEN\"",
+    'await page.fill("#username", "alice.smith@example.com"); page.fill("#password", process.env.PW)',
+    '{"name": "theme", "value": "solarized-dark-2024"}, {"name": "password", "value": "${DB_PASSWORD}"}',
 ]
 
 
@@ -853,6 +866,40 @@ def test_a_long_quoted_value_never_hides_another_secret_nor_eats_an_escape() -> 
     redacted = redactor.redact(escaped)
     assert CLI_PW not in redacted
     assert json.loads(json.loads(redacted)["content"])["password"].startswith("[REDACTED:")
+
+
+def test_a_name_value_pair_is_judged_by_its_name() -> None:
+    """`{"name": "DB_PASSWORD", "value": "..."}`: the key of the value says nothing, its
+    sibling does (form fields, Kubernetes env lists, settings arrays)."""
+    record = {"env": [{"name": "DB_PASSWORD", "value": "9k;Xm2P@qL7z(a"}, {"name": "THEME", "value": "dark-2024-x"},
+                      {"key": "apiToken", "value": CLI_PW}]}
+    walked = Redactor(fold_home=False).redact_obj(record)
+    assert walked == {"env": [{"name": "DB_PASSWORD", "value": placeholder("high_entropy_assignment")},
+                              {"name": "THEME", "value": "dark-2024-x"},
+                              {"key": "apiToken", "value": placeholder("high_entropy_assignment")}]}
+    screened, data = Redactor(fold_home=False).redact_json(record)  # the record screen lets it through to the walk
+    assert screened == walked and data is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 12), st.integers(0, 3),
+                          st.sampled_from(["github_token", "cli_secret", "password_value"])), max_size=30))
+def test_overlapping_candidates_resolve_as_by_pairwise_checks(raw: list[tuple[int, int, int, str]]) -> None:
+    """``_resolve`` keeps the first candidate (in its priority order) that overlaps none
+    kept before: the same as checking against every kept span."""
+    from pipeline.collect import redact
+
+    hits = [(start, start + length, rank, kind, redact.OWN_RULES + kind) for start, length, rank, kind in raw]
+    deduped = redact._keep_url_parts(hits)
+    first: dict[tuple[int, int], Any] = {}
+    for hit in sorted(set(deduped), key=lambda h: (h[2], h[4])):
+        first.setdefault((hit[0], hit[1]), hit)
+    ordered = sorted(first.values(), key=lambda h: (redact._generic(h[3]), h[0], h[0] - h[1], h[2], h[4]))
+    taken: list[tuple[str, int, int, str]] = []
+    for start, stop, _rank, kind, rule in ordered:
+        if stop > start and all(stop <= s or start >= e for _, s, e, _r in taken):
+            taken.append((kind, start, stop, rule))
+    assert redact._resolve(hits) == sorted(taken, key=lambda t: t[1])
 
 
 def test_a_password_with_symbols_under_its_key_goes_whole() -> None:

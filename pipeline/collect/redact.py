@@ -31,6 +31,7 @@ Design (why it is shaped like this):
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import hashlib
 import math
@@ -267,6 +268,7 @@ def _machine_made(value: str) -> bool:
     return digits >= 4 and len(value) - digits >= 4 and _entropy(value) >= 3.5
 
 
+_FLAG = re.compile(r"--?[a-z][a-z0-9]*(?:-[a-z0-9]+)*", re.ASCII)
 _PLACEHOLDER_WORDS = ("change", "example", "your", "xxxx", "****", "redacted", "secret", "password")
 
 
@@ -275,6 +277,8 @@ def _password(text: str, m: re.Match[str]) -> bool:
     8 characters, letters with digits or symbols, and not a placeholder or a path."""
     value = m.group(1).strip("'\"")
     if len(value) < 8 or value.startswith(_NOT_SECRET_PREFIXES) or _path(value):
+        return False
+    if _FLAG.fullmatch(value):  # `aws ecr get-login-password --region ...`
         return False
     if value.startswith("<") and value.endswith(">"):  # a template: `<password>`
         return False
@@ -357,6 +361,15 @@ def _relative_path(value: str) -> bool:
     base64 key holds `/` too, but in long runs of every character class."""
     parts = value.strip("/").split("/")
     return len(parts) > 1 and "+" not in value and not any(len(p) >= 12 and all(_classes(p)) for p in parts)
+
+
+def _pair_kind(obj: dict[Any, Any]) -> str | None:
+    """A name/value pair (`{"name": "DB_PASSWORD", "value": "..."}`: a form field, a
+    Kubernetes env entry, a settings list): its value is named by its name."""
+    if "value" not in obj:
+        return None
+    name = obj.get("name", obj.get("key"))
+    return _named_kind(name) if isinstance(name, str) else None
 
 
 @lru_cache(maxsize=4096)  # the same few keys in every record
@@ -604,6 +617,8 @@ class _Detector:
         return self.kind if isinstance(self.kind, str) else self.kind(text, m)
 
 
+_NET_KEY = r"key=[\"'][a-z0-9_.:-]{0,40}(?:password|passwd|secret|token|apikey|api_key|key)[a-z0-9_.:-]{0,40}[\"']"
+
 _DETECTORS: tuple[_Detector, ...] = (
     _Detector(
         "private_key",
@@ -823,6 +838,16 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"cho[ \t]+(?:-[ne]+[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})[\"']?[ \t]*\|[^\n]{0,200}?password-stdin",
         lead="e", low=True, group=1, check=_password,
     ),
+    _Detector(  # printf '%s' PASSWORD | docker login --password-stdin
+        "cli_secret",
+        r"rintf[ \t]+(?:(?:'%s(?:\\n)?'|\"%s(?:\\n)?\"|%s)[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})[\"']?[ \t]*\|"
+        r"[^\n]{0,200}?password-stdin",
+        lead="p", low=True, group=1, check=_password,
+    ),
+    _Detector(  # docker login --password-stdin <<< PASSWORD (a here-string)
+        "cli_secret", r"password-stdin[^\n|;&]{0,200}?<<<[ \t]*[\"']?([^ \t\r\n\f\v\"'`;|]{6,})",
+        low=True, group=1, check=_password,
+    ),
     # Config formats that name a value as a secret without `=` or `:`.
     _Detector(  # <password>...</password>, <apiToken>...</apiToken> (Maven settings.xml, ...)
         "config_secret",
@@ -830,11 +855,36 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"|access_key|privatekey|private_key)>[ \t]*([^<>\r\n \t]{8,})[ \t]*</",
         low=True, group=1, check=_secret_value,
     ),
-    _Detector(  # .NET appSettings: <add key="SmtpPassword" value="..."/>
+    # .NET appSettings: <add key="SmtpPassword" value="..."/>, either quote, either order.
+    *(
+        _Detector("config_secret", core, low=True, group=1, check=_secret_value)
+        for value in (r"value=\"([^\"\r\n]{8,})\"", r"value='([^'\r\n]{8,})'")
+        for core in (rf"<add[ \t]+{_NET_KEY}[ \t]+{value}", rf"<add[ \t]+{value}[ \t]+{_NET_KEY}")
+    ),
+    _Detector(  # <password><![CDATA[...]]></password>
         "config_secret",
-        r"<add[ \t]+key=\"[a-z0-9_.:-]{0,40}(?:password|passwd|secret|token|apikey|api_key|key)[a-z0-9_.:-]{0,40}\""
-        r"[ \t]+value=\"([^\"\r\n]{8,})\"",
+        r"<[a-z0-9_.:-]{0,40}(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey"
+        r"|access_key|privatekey|private_key)>[ \t]*<!\[cdata\[([^\r\n]{8,256}?)\]\]>",
         low=True, group=1, check=_secret_value,
+    ),
+    # A browser automation typing into a password field: Playwright's fill/type, Selenium's send_keys.
+    _Detector(
+        "password_value",
+        r"\.(?:fill|type|presssequentially)\([ \t]*[\"'`][^\"'`\r\n]{0,80}(?:password|passwd|pwd|passphrase)"
+        r"[^\"'`\r\n]{0,80}[\"'`][ \t]*,[ \t]*[\"'`]([^\"'`\r\n]{6,})[\"'`]",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(
+        "password_value",
+        r"(?:password|passwd|pwd|passphrase)[^\"'`\r\n]{0,40}[\"'`][ \t]*\)[ \t]*"
+        r"\.(?:send_keys|fill|type|presssequentially)\([ \t]*[\"'`]([^\"'`\r\n]{6,})[\"'`]",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # {"name": "password", "value": "..."} (form fields, env lists) as text
+        "password_value",
+        r"\"name\\?\"[ \t]*:[ \t]*\\?\"[a-z0-9_.-]{0,40}(?:password|passwd|pwd|passphrase|secret|token)\\?\"[ \t]*,"
+        r"[ \t]*\\?\"value\\?\"[ \t]*:[ \t]*\\?\"([^\"\\\r\n]{6,})",
+        low=True, group=1, check=_password,
     ),
     _Detector(  # PHP: define('DB_PASSWORD', '...'); (wp-config.php)
         "config_secret",
@@ -880,7 +930,10 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(
         "named_value_cue", r"\x00", check=_never,
         re2=r"(?i:(?:pass(?:word|wd|phrase)?|pwd|pw|secret|token|credentials?|auth(?:orization)?|cookie|pat|key)"
-            r"\\?\"[ \t]*:[ \t]*\\?[\"\[])",
+            r"\\?\"[ \t]*:[ \t]*\\?[\"\[]"
+            # ...or a name/value pair's name: `{"name": "DB_PASSWORD", "value": "..."}`
+            r"|(?:name|key)\\?\"[ \t]*:[ \t]*\\?\"[a-z0-9_. -]{0,60}(?:pass(?:word|wd|phrase)?|pwd|pw|secret|token"
+            r"|credentials?|auth(?:orization)?|cookie|pat|key)\\?\")",
     ),
     _Detector(
         "kubernetes_secret_data",
@@ -1237,9 +1290,17 @@ def _resolve(hits: list[_Hit]) -> list[tuple[str, int, int, str]]:
         first.setdefault((hit[0], hit[1]), hit)
     ordered = sorted(first.values(), key=lambda h: (_generic(h[3]), h[0], h[0] - h[1], h[2], h[4]))
     taken: list[tuple[str, int, int, str]] = []
+    starts: list[int] = []  # the taken spans' starts and ends, in text order (they are disjoint)
+    ends: list[int] = []
     for start, stop, _rank, kind, rule in ordered:
-        if stop > start and all(stop <= s or start >= e for _, s, e, _r in taken):
-            taken.append((kind, start, stop, rule))
+        if stop <= start:
+            continue
+        at = bisect.bisect_right(starts, start)
+        if (at > 0 and ends[at - 1] > start) or (at < len(starts) and starts[at] < stop):
+            continue  # overlaps the span before it or the one after
+        starts.insert(at, start)
+        ends.insert(at, stop)
+        taken.append((kind, start, stop, rule))
     return sorted(taken, key=lambda t: t[1])
 
 
@@ -1975,9 +2036,12 @@ class Redactor:
         redact, walk = self.redact, self._walk
         changed = False
         items = []
+        pair = _pair_kind(obj)
         for key, value in obj.items():
             new_key = redact(key) if isinstance(key, str) else key
             named = _named_kind(key) if isinstance(key, str) else None
+            if named is None and key == "value":
+                named = pair
             new_value: Any
             if isinstance(value, str):
                 new_value = redact(value)

@@ -591,11 +591,18 @@ SPECS: tuple[Spec, ...] = (
           "keytool -importkeystore -srckeystore a.p12 -storepass <S>", "smbclient //fs/share -U alice%<S>",
           "htpasswd -bc /etc/nginx/.htpasswd admin <S>", "zip -r -P <S> backup.zip data/",
           "7z a -p<S> backup.7z data/", 'ssh-keygen -t ed25519 -N "<S>" -f deploy_key',
-          "gpg --batch --passphrase <S> -d secrets.gpg"), prefixed=False, generic=0),
+          "gpg --batch --passphrase <S> -d secrets.gpg", "printf '%s' '<S>' | docker login -u ci --password-stdin",
+          'docker login -u ci --password-stdin <<< "<S>"'), prefixed=False, generic=0),
     Spec("password", "config_file_password", lambda r: password(r, r.randint(14, 20)), "DB_PASSWORD",
          ("<server>\n  <id>nexus</id>\n  <username>deploy</username>\n  <password><S></password>\n</server>",
           '<add key="SmtpPassword" value="<S>" />', "define( 'DB_PASSWORD', '<S>' );",
-          "db.internal:5432:shop:app:<S>\n*:*:*:replicator:<S>"), prefixed=False, generic=0),
+          "db.internal:5432:shop:app:<S>\n*:*:*:replicator:<S>", "<add key='SmtpPassword' value='<S>' />",
+          '<add value="<S>" key="ApiToken" />', "<password><![CDATA[<S>]]></password>"), prefixed=False, generic=0),
+    # Passwords typed into a form by browser automation, or named by a sibling field.
+    Spec("password", "form_field_password", lambda r: password(r, r.randint(14, 20)), "LOGIN_PASSWORD",
+         ('await page.fill("#password", "<S>")', "await page.getByLabel('Password').fill('<S>')",
+          'driver.find_element(By.NAME, "password").send_keys("<S>")',
+          '{"name": "DB_PASSWORD", "value": "<S>"}'), prefixed=False, generic=0),
     Spec("render", "render_api_key", _r("rnd_", ALNUM, 32), "RENDER_API_KEY", ()),
     Spec("aws", "aws_secret_beside_key_id", lambda r: rand(r, B64, 40), "AWS_SECRET_ACCESS_KEY",
          ("User name,Password,Access key ID,Secret access key\nci-bot,,AKIAQ7ZX2MW4NPL3TJ5R,<S>",
@@ -768,8 +775,8 @@ def positive(seed: int = 0) -> list[Credential]:
     """The positive corpus for ``seed``: same seed, same list."""
     rng = random.Random(seed)
     creds: list[Credential] = []
-    for spec in SPECS:
-        creds += from_spec(rng, spec)
+    for spec in SPECS:  # each spec its own stream: a spec added or extended changes no other
+        creds += from_spec(random.Random(f"{seed}/{spec.provider}/{spec.kind}"), spec)
     creds += aws(rng) + gcp(rng) + kubernetes(rng)
     return creds
 
