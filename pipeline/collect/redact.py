@@ -321,6 +321,12 @@ def _secret_value(text: str, m: re.Match[str]) -> bool:
     return _assignment(text, m)
 
 
+def _named_setting(text: str, m: re.Match[str]) -> bool:
+    """A value whose setting's name says secret (`<add key="ApiToken" value="..."/>`; the
+    name may come after the value): where a password goes, a password is what it holds."""
+    return _password(text, m) or _assignment(text, m)
+
+
 _REGISTRY_LOGIN = re.compile(
     r"(?:^|[^A-Za-z0-9_.-])(?:docker|podman|nerdctl|buildah|skopeo|oras|crane|helm|az|oc|cf)"
     r"(?:[ \t]+[^ \t\r\n|;&]{1,80}){0,4}[ \t]+\Z",
@@ -857,7 +863,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     # .NET appSettings: <add key="SmtpPassword" value="..."/>, either quote, either order.
     *(
-        _Detector("config_secret", core, low=True, group=1, check=_secret_value)
+        _Detector("config_secret", core, low=True, group=1, check=_named_setting)
         for value in (r"value=\"([^\"\r\n]{8,})\"", r"value='([^'\r\n]{8,})'")
         for core in (rf"<add[ \t]+{_NET_KEY}[ \t]+{value}", rf"<add[ \t]+{value}[ \t]+{_NET_KEY}")
     ),
