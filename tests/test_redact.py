@@ -260,6 +260,17 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("password_value", f'await page.fill("#password", "{CLI_PW}")', CLI_PW, 'page.fill("#password", '),
     ("password_value", f'driver.find_element(By.ID, "password").send_keys("{CLI_PW}")', CLI_PW, ".send_keys("),
     ("password_value", f'[{{"name": "DB_PASSWORD", "value": "{CLI_PW}"}}]', CLI_PW, '"value": "'),
+    ("cli_secret", f"az ad sp create-for-rbac -n ci --client-secret {CLI_PW} -o json", CLI_PW, " -o json"),
+    ("cli_secret", f"ncat --ssl-pass {CLI_PW} host 443", CLI_PW, " host 443"),
+    ("cli_secret", f"gh auth login --with-token <<< {CLI_PW}", CLI_PW, "--with-token <<< "),
+    ("cli_secret", f"echo '{CLI_PW}' | sudo -S apt-get install -y x", CLI_PW, "| sudo -S"),
+    ("cli_secret", f"sudo -S <<< '{CLI_PW}' apt update", CLI_PW, " apt update"),
+    ("cli_secret", f"vault login -no-print {CLI_PW}{CLI_PW}", CLI_PW + CLI_PW, "-no-print "),
+    ("cli_secret", f"net use Z: \\\\srv\\share /user:acme\\bob {CLI_PW}", CLI_PW, "/user:acme"),
+    ("cli_secret", f"$c = ConvertTo-SecureString '{CLI_PW}' -AsPlainText -Force", CLI_PW, "-AsPlainText"),
+    ("cli_secret", f"rabbitmqctl add_user admin {CLI_PW}", CLI_PW, "add_user admin "),
+    ("password_value", f"psql -c \"ALTER USER bob WITH PASSWORD '{CLI_PW}';\"", CLI_PW, "WITH PASSWORD '"),
+    ("password_value", f"CREATE USER 'app'@'%' IDENTIFIED BY '{CLI_PW}';", CLI_PW, "IDENTIFIED BY '"),
     ("config_secret", f"define( 'DB_PASSWORD', '{CLI_PW}' );", CLI_PW, "define( 'DB_PASSWORD', '"),
     ("config_secret", f"db.internal:5432:shop:app:{CLI_PW}\n", CLI_PW, "db.internal:5432:shop:app:"),
     ("aws_secret_key", f"ci-bot,,{AWS_ID},{AWS_PAIR_SECRET},https://acme.signin.aws.amazon.com",
@@ -387,6 +398,8 @@ NEGATIVES = [
     "printf '%s' \"$PW\" | docker login --password-stdin; docker login --password-stdin <<< \"$TOKEN\"",
     'await page.fill("#username", "alice.smith@example.com"); page.fill("#password", process.env.PW)',
     '{"name": "theme", "value": "solarized-dark-2024"}, {"name": "password", "value": "${DB_PASSWORD}"}',
+    "vault login -method=userpass username=bob; echo hello | sudo -S true; net use Z: \\\\srv\\share /user:bob *",
+    "ALTER USER bob WITH PASSWORD 'changeme'; kubectl get secret --secret-name my-db-secret-02",
 ]
 
 

@@ -318,6 +318,8 @@ def _secret_value(text: str, m: re.Match[str]) -> bool:
     named = text[max(0, m.start() - 2) : m.start(1)].lower()
     if "pass" in named or "pwd" in named:
         return _password(text, m)
+    if named.rstrip(" \t=\"'").endswith("secret"):  # `--client-secret`: may be a password too
+        return _password(text, m) or _assignment(text, m)
     return _assignment(text, m)
 
 
@@ -771,7 +773,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     # Structure: where a command line, a manifest or a netrc says what a value is.
     _Detector(
         "cli_secret",
-        r"--[a-z0-9-]{0,30}(?:token|key|secret|password|passwd|passphrase|auth|session)(?:=|[ \t]+)[\"']?"
+        r"--[a-z0-9-]{0,30}(?:token|key|secret|password|passwd|passphrase|pass|auth|session)(?:=|[ \t]+)[\"']?"
         r"([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{8,})",
         low=True, group=1, check=_secret_value,
     ),
@@ -850,8 +852,46 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"[^\n]{0,200}?password-stdin",
         lead="p", low=True, group=1, check=_password,
     ),
-    _Detector(  # docker login --password-stdin <<< PASSWORD (a here-string)
-        "cli_secret", r"password-stdin[^\n|;&]{0,200}?<<<[ \t]*[\"']?([^ \t\r\n\f\v\"'`;|]{6,})",
+    _Detector(  # docker login --password-stdin <<< PASSWORD, gh auth login --with-token <<< TOKEN
+        "cli_secret", r"(?:password-stdin|with-token)[^\n|;&]{0,200}?<<<[ \t]*[\"']?([^ \t\r\n\f\v\"'`;|]{6,})",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # sudo -S <<< PASSWORD (-S: the password comes from stdin)
+        "cli_secret", r"udo[ \t]+(?:-[a-z]+[ \t]+)*-[a-z]*s[a-z]*[ \t]+<<<[ \t]*[\"']?([^ \t\r\n\f\v\"'`;|]{6,})",
+        lead="s", low=True, group=1, check=_password,
+    ),
+    _Detector(  # echo PASSWORD | sudo -S ...
+        "cli_secret",
+        r"(?:echo|printf)[ \t]+(?:-[ne]+[ \t]+|'%s(?:\\n)?'[ \t]+|\"%s(?:\\n)?\"[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})[\"']?"
+        r"[ \t]*\|[ \t]*sudo[ \t]+(?:-[a-z]+[ \t]+)*-[a-z]*s[a-z]*(?:[ \t]|$)",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # vault login TOKEN
+        "cli_secret", r"ault[ \t]+login[ \t]+(?:-[a-z-]+(?:=[^ \t\r\n]+)?[ \t]+)*([a-z0-9._-]{20,})",
+        lead="v", low=True, group=1, check=_assignment,
+    ),
+    _Detector(  # net use \\srv\share /user:DOMAIN\bob PASSWORD
+        "cli_secret", r"et[ \t]+use[ \t][^\n]{0,200}?/user:[^ \t\r\n]{1,100}[ \t]+[\"']?([^ \t\r\n/\"']{6,})",
+        lead="n", low=True, group=1, check=_password,
+    ),
+    _Detector(  # net use Z: \\srv\share PASSWORD /user:bob
+        "cli_secret",
+        r"et[ \t]+use[ \t]+(?:[a-z]:[ \t]+)?\\\\[^ \t\r\n]+[ \t]+[\"']?([^ \t\r\n/\"']{6,})[\"']?[ \t]+/user:",
+        lead="n", low=True, group=1, check=_password,
+    ),
+    _Detector(  # PowerShell: ConvertTo-SecureString 'PASSWORD' -AsPlainText
+        "cli_secret",
+        r"onvertto-securestring[ \t]+(?:-string[ \t]+)?[\"']([^\"'\r\n]{6,})[\"'][^\n]{0,80}-asplaintext",
+        lead="c", low=True, group=1, check=_password,
+    ),
+    _Detector(  # rabbitmqctl add_user NAME PASSWORD
+        "cli_secret", r"abbitmqctl[ \t]+(?:add_user|change_password)[ \t]+[^ \t\r\n]+[ \t]+[\"']?([^ \t\r\n\"']{6,})",
+        lead="r", low=True, group=1, check=_password,
+    ),
+    _Detector(  # SQL: ALTER USER ... WITH PASSWORD '...', IDENTIFIED BY '...', CREATE LOGIN ... PASSWORD = '...'
+        "password_value",
+        r"(?:with[ \t]+(?:encrypted[ \t]+)?password|identified[ \t]+(?:with[ \t]+[a-z0-9_]+[ \t]+)?by)[ \t]*=?[ \t]*"
+        r"'([^'\r\n]{6,})'",
         low=True, group=1, check=_password,
     ),
     # Config formats that name a value as a secret without `=` or `:`.
