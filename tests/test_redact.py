@@ -271,6 +271,12 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("cli_secret", f"rabbitmqctl add_user admin {CLI_PW}", CLI_PW, "add_user admin "),
     ("password_value", f"psql -c \"ALTER USER bob WITH PASSWORD '{CLI_PW}';\"", CLI_PW, "WITH PASSWORD '"),
     ("password_value", f"CREATE USER 'app'@'%' IDENTIFIED BY '{CLI_PW}';", CLI_PW, "IDENTIFIED BY '"),
+    ("cli_secret", f"openssl enc -aes-256-cbc -k {CLI_PW} -in a -out b", CLI_PW, " -in a -out b"),
+    ("cli_secret", f"127.0.0.1:6379> AUTH default {CLI_PW}", CLI_PW, "AUTH default "),
+    ("cli_secret", f"sshpass -p{CLI_PW} ssh deploy@10.0.3.4", CLI_PW, " ssh deploy@"),
+    ("cli_secret", f"setx API_TOKEN {CLI_PW}{CLI_PW}", CLI_PW, "setx API_TOKEN "),
+    ("cli_secret", f"[Environment]::SetEnvironmentVariable('DB_PASSWORD', '{CLI_PW}', 'User')", CLI_PW, ", 'User')"),
+    ("password_value", f"db:\n  password: !!str {CLI_PW}\n", CLI_PW, "password: !!str "),
     ("config_secret", f"define( 'DB_PASSWORD', '{CLI_PW}' );", CLI_PW, "define( 'DB_PASSWORD', '"),
     ("config_secret", f"db.internal:5432:shop:app:{CLI_PW}\n", CLI_PW, "db.internal:5432:shop:app:"),
     ("aws_secret_key", f"ci-bot,,{AWS_ID},{AWS_PAIR_SECRET},https://acme.signin.aws.amazon.com",
@@ -400,6 +406,8 @@ NEGATIVES = [
     '{"name": "theme", "value": "solarized-dark-2024"}, {"name": "password", "value": "${DB_PASSWORD}"}',
     "vault login -method=userpass username=bob; echo hello | sudo -S true; net use Z: \\\\srv\\share /user:bob *",
     "ALTER USER bob WITH PASSWORD 'changeme'; kubectl get secret --secret-name my-db-secret-02",
+    "AUTHORS file: AUTH required here; the AUTH command takes a password; setx PATH C:\\tools\\bin",
+    "key: !!binary R0lGODlhDAAMAIQAAP; openssl req -new -key server.key -out server.csr",
 ]
 
 

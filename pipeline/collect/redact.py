@@ -783,7 +783,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         low=True, group=1, check=_password,
     ),
     _Detector(
-        "cli_secret", r"shpass[ \t]+-p[ \t]+[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
+        "cli_secret", r"shpass[ \t]+-p[ \t]*[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
         lead="s", low=True, group=1, check=_password,
     ),
     _Detector(
@@ -884,6 +884,32 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"onvertto-securestring[ \t]+(?:-string[ \t]+)?[\"']([^\"'\r\n]{6,})[\"'][^\n]{0,80}-asplaintext",
         lead="c", low=True, group=1, check=_password,
     ),
+    _Detector(  # openssl enc -k PASSWORD
+        "cli_secret", r"penssl[ \t][^\n|;&]{0,200}?[ \t]-k[ \t]+[\"']?([^ \t\r\n\f\v\"'`;]{6,})",
+        lead="o", low=True, group=1, check=_password,
+    ),
+    _Detector(  # Redis: AUTH [user] PASSWORD
+        "cli_secret", r"AUTH[ \t]+(?:[A-Za-z0-9_.-]{1,64}[ \t]+)?([^ \t\r\n\"'`]{6,})", boundary=True, group=1,
+        check=_password,
+    ),
+    _Detector(  # Windows: setx NAME VALUE, [Environment]::SetEnvironmentVariable('NAME', 'VALUE')
+        "cli_secret",
+        r"etx[ \t]+[\"']?[a-z0-9_]*(?:token|key|secret|password|passwd|pass|pwd)[a-z0-9_]*[\"']?[ \t]+[\"']?"
+        r"([^ \t\r\n\f\v\"'`;]{6,})",
+        lead="s", low=True, group=1, check=_secret_value,
+    ),
+    _Detector(
+        "cli_secret",
+        r"etenvironmentvariable\([ \t]*[\"'][a-z0-9_]*(?:token|key|secret|password|passwd|pass|pwd)[a-z0-9_]*[\"']"
+        r"[ \t]*,[ \t]*[\"']([^\"'\r\n]{6,})",
+        lead="s", low=True, group=1, check=_secret_value,
+    ),
+    _Detector(  # YAML with a tag: `password: !!str ...`
+        "password_value",
+        r"(?:password|passwd|secret|token|key)[a-z0-9_]*[\"']?[ \t]*:[ \t]*!!str[ \t]+[\"']?"
+        r"([^ \t\r\n\f\v\"'`,;(){}\[\]<>\\]{6,})",
+        low=True, group=1, check=_secret_value,
+    ),
     _Detector(  # rabbitmqctl add_user NAME PASSWORD
         "cli_secret", r"abbitmqctl[ \t]+(?:add_user|change_password)[ \t]+[^ \t\r\n]+[ \t]+[\"']?([^ \t\r\n\"']{6,})",
         lead="r", low=True, group=1, check=_password,
@@ -891,7 +917,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(  # SQL: ALTER USER ... WITH PASSWORD '...', IDENTIFIED BY '...', CREATE LOGIN ... PASSWORD = '...'
         "password_value",
         r"(?:with[ \t]+(?:encrypted[ \t]+)?password|identified[ \t]+(?:with[ \t]+[a-z0-9_]+[ \t]+)?by)[ \t]*=?[ \t]*"
-        r"'([^'\r\n]{6,})'",
+        r"'([^'\r\n]{6,})",
         low=True, group=1, check=_password,
     ),
     # Config formats that name a value as a secret without `=` or `:`.
@@ -904,8 +930,8 @@ _DETECTORS: tuple[_Detector, ...] = (
     # .NET appSettings: <add key="SmtpPassword" value="..."/>, either quote, either order.
     *(
         _Detector("config_secret", core, low=True, group=1, check=_named_setting)
-        for value in (r"value=\"([^\"\r\n]{8,})\"", r"value='([^'\r\n]{8,})'")
-        for core in (rf"<add[ \t]+{_NET_KEY}[ \t]+{value}", rf"<add[ \t]+{value}[ \t]+{_NET_KEY}")
+        for value, close in ((r"value=\"([^\"\r\n]{8,})", "\""), (r"value='([^'\r\n]{8,})", "'"))
+        for core in (rf"<add[ \t]+{_NET_KEY}[ \t]+{value}", rf"<add[ \t]+{value}{close}[ \t]+{_NET_KEY}")
     ),
     _Detector(  # <password><![CDATA[...]]></password>
         "config_secret",
@@ -917,13 +943,13 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(
         "password_value",
         r"\.(?:fill|type|presssequentially)\([ \t]*[\"'`][^\"'`\r\n]{0,80}(?:password|passwd|pwd|passphrase)"
-        r"[^\"'`\r\n]{0,80}[\"'`][ \t]*,[ \t]*[\"'`]([^\"'`\r\n]{6,})[\"'`]",
+        r"[^\"'`\r\n]{0,80}[\"'`][ \t]*,[ \t]*[\"'`]([^\"'`\r\n]{6,})",
         low=True, group=1, check=_password,
     ),
     _Detector(
         "password_value",
         r"(?:password|passwd|pwd|passphrase)[^\"'`\r\n]{0,40}[\"'`][ \t]*\)[ \t]*"
-        r"\.(?:send_keys|fill|type|presssequentially)\([ \t]*[\"'`]([^\"'`\r\n]{6,})[\"'`]",
+        r"\.(?:send_keys|fill|type|presssequentially)\([ \t]*[\"'`]([^\"'`\r\n]{6,})",
         low=True, group=1, check=_password,
     ),
     _Detector(  # {"name": "password", "value": "..."} (form fields, env lists) as text
