@@ -319,7 +319,7 @@ def _secret_value(text: str, m: re.Match[str]) -> bool:
     if "pass" in named or "pwd" in named:
         return _password(text, m)
     if named.rstrip(" \t=\"'").endswith("secret"):  # `--client-secret`: may be a password too
-        return _password(text, m) or _assignment(text, m)
+        return _named_setting(text, m)
     return _assignment(text, m)
 
 
@@ -364,6 +364,8 @@ _SECRET_NAME = re.compile(
 _NOT_SECRET_NAME = re.compile(r"(?:^|[_\-. ])(?:page|next|continuation|cursor|sync|csrf_?)[_\-]?token\Z", re.ASCII)
 _PASSWORD_NAME = re.compile(r"(?:pass|password|passwd|passphrase|pwd|pw|auth)\Z", re.ASCII)
 _WHOLE = re.compile(r"(.*)", re.ASCII | re.DOTALL)
+
+
 def _relative_path(value: str) -> bool:
     """`uploads/2024/a8f3.png`, `src/tokenizer/vocab.json`: segments a person named. A
     base64 key holds `/` too, but in long runs of every character class."""
@@ -625,6 +627,10 @@ class _Detector:
         return self.kind if isinstance(self.kind, str) else self.kind(text, m)
 
 
+# Names that say secret, shared by the detectors of one format.
+_XML_SECRET_TAG = (r"<[a-z0-9_.:-]{0,40}(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey"
+                   r"|access_key|privatekey|private_key)>")
+_ENV_SECRET_NAME = r"[a-z0-9_]*(?:token|key|secret|password|passwd|pass|pwd)[a-z0-9_]*"
 _NET_KEY = r"key=[\"'][a-z0-9_.:-]{0,40}(?:password|passwd|secret|token|apikey|api_key|key)[a-z0-9_.:-]{0,40}[\"']"
 
 _DETECTORS: tuple[_Detector, ...] = (
@@ -894,14 +900,12 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(  # Windows: setx NAME VALUE, [Environment]::SetEnvironmentVariable('NAME', 'VALUE')
         "cli_secret",
-        r"etx[ \t]+[\"']?[a-z0-9_]*(?:token|key|secret|password|passwd|pass|pwd)[a-z0-9_]*[\"']?[ \t]+[\"']?"
-        r"([^ \t\r\n\f\v\"'`;]{6,})",
+        rf"etx[ \t]+[\"']?{_ENV_SECRET_NAME}[\"']?[ \t]+[\"']?([^ \t\r\n\f\v\"'`;]{{6,}})",
         lead="s", low=True, group=1, check=_secret_value,
     ),
     _Detector(
         "cli_secret",
-        r"etenvironmentvariable\([ \t]*[\"'][a-z0-9_]*(?:token|key|secret|password|passwd|pass|pwd)[a-z0-9_]*[\"']"
-        r"[ \t]*,[ \t]*[\"']([^\"'\r\n]{6,})",
+        rf"etenvironmentvariable\([ \t]*[\"']{_ENV_SECRET_NAME}[\"'][ \t]*,[ \t]*[\"']([^\"'\r\n]{{6,}})",
         lead="s", low=True, group=1, check=_secret_value,
     ),
     _Detector(  # YAML with a tag: `password: !!str ...`
@@ -923,8 +927,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     # Config formats that name a value as a secret without `=` or `:`.
     _Detector(  # <password>...</password>, <apiToken>...</apiToken> (Maven settings.xml, ...)
         "config_secret",
-        r"<[a-z0-9_.:-]{0,40}(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey"
-        r"|access_key|privatekey|private_key)>[ \t]*([^<>\r\n \t]{8,})[ \t]*</",
+        rf"{_XML_SECRET_TAG}[ \t]*([^<>\r\n \t]{{8,}})[ \t]*</",
         low=True, group=1, check=_secret_value,
     ),
     # .NET appSettings: <add key="SmtpPassword" value="..."/>, either quote, either order.
@@ -935,8 +938,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(  # <password><![CDATA[...]]></password>
         "config_secret",
-        r"<[a-z0-9_.:-]{0,40}(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey"
-        r"|access_key|privatekey|private_key)>[ \t]*<!\[cdata\[([^\r\n]{8,256}?)\]\]>",
+        rf"{_XML_SECRET_TAG}[ \t]*<!\[cdata\[([^\r\n]{{8,256}}?)\]\]>",
         low=True, group=1, check=_secret_value,
     ),
     # A browser automation typing into a password field: Playwright's fill/type, Selenium's send_keys.
@@ -1461,15 +1463,19 @@ class _Screen:
             return True
         return self.hit_bytes(data)
 
+    def _scratch(self) -> Any:
+        """This thread's Hyperscan scratch space (one per thread), made on first use."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = _hyperscan.Scratch(self._database)
+        return scratch
+
     def hit_bytes(self, data: bytes) -> bool:
         if not self._ready:
             self.prepare()
         if self._database is not None:
-            scratch = getattr(self._local, "scratch", None)
-            if scratch is None:  # Hyperscan scratch space is per thread
-                scratch = self._local.scratch = _hyperscan.Scratch(self._database)
             try:
-                self._database.scan(data, match_event_handler=_stop, scratch=scratch)
+                self._database.scan(data, match_event_handler=_stop, scratch=self._scratch())
             except _hyperscan.ScanTerminated:
                 return True
             return False
@@ -1486,9 +1492,6 @@ class _Screen:
             self.prepare()
         if self._database is None:
             return EXTRA if self.hit_bytes(data) else CLEAN
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = _hyperscan.Scratch(self._database)
         seen = [CLEAN]
         pattern_id = 0 if self.pattern != NEVER else -1
 
@@ -1500,7 +1503,7 @@ class _Screen:
             return True
 
         try:
-            self._database.scan(data, match_event_handler=on_match, scratch=scratch)
+            self._database.scan(data, match_event_handler=on_match, scratch=self._scratch())
         except _hyperscan.ScanTerminated:
             return EXTRA
         return seen[0]
@@ -1520,9 +1523,6 @@ class _Screen:
             self.prepare()
         if self._database is None:
             return None if self.hit_bytes(data) else frozenset()
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = _hyperscan.Scratch(self._database)
         found: set[int] = set()
         folding = len(self.extra)
 
@@ -1531,7 +1531,7 @@ class _Screen:
             return expression == folding  # stop: every family runs anyway
 
         try:
-            self._database.scan(data, match_event_handler=on_match, scratch=scratch)
+            self._database.scan(data, match_event_handler=on_match, scratch=self._scratch())
         except _hyperscan.ScanTerminated:
             return None
         return frozenset(found)
