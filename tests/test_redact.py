@@ -923,6 +923,16 @@ def test_overlapping_candidates_resolve_as_by_pairwise_checks(raw: list[tuple[in
     assert redact._resolve(hits) == sorted(taken, key=lambda t: t[1])
 
 
+def test_a_quoted_secret_cut_before_its_closing_quote_loses_its_tail_too() -> None:
+    """A string capped or split inside a quoted value: the value runs to the string's end."""
+    django = "django-insecure-$e0u0u5*xc$6p6oll28p*isk1hr11#(-_=+)od37ve5ow3ne8h"
+    for text in (f"SECRET_KEY = '{django}", f"SECRET_KEY = '{django}'"):
+        out = Redactor(fold_home=False).redact(text)
+        assert out == "SECRET_KEY = '" + placeholder("high_entropy_assignment") + text[14 + len(django):], out
+    # ...but not across a line, nor past 256 characters
+    assert "od37ve5ow3ne8h" in Redactor(fold_home=False).redact(f"SECRET_KEY = '{django[:47]}\nx(-_=+)od37ve5ow3ne8h")
+
+
 def test_a_password_with_symbols_under_its_key_goes_whole() -> None:
     out = Redactor(fold_home=False).redact_obj({"password": "9k;Xm2P@qL7z(a", "auth": ["bob", CLI_PW]})
     assert out == {"password": placeholder("high_entropy_assignment"),

@@ -1176,16 +1176,22 @@ def _accept(comp: _Compiled, text: str, m: re.Match[str]) -> _Hit | None:
 def _quoted_end(text: str, start: int, end: int) -> int:
     """Where a quoted value really ends: a value class stops at `(` or `,`, but a quoted
     secret may hold them (Django's `SECRET_KEY = '...(-_=+)...'`), and its tail would be
-    left. So a value found right after a quote runs to the closing quote on its line (an
-    escaped opening quote, `\\"`, closes at the escaped one, before its backslash). The
-    caller keeps the short span as well: where the long one overlaps another secret,
-    that secret and the short span win."""
+    left. So a value found right after a quote runs to the closing quote on its line, or
+    to the string's end where it has none (an escaped opening quote, `\\"`, closes at the
+    escaped one, before its backslash). The caller keeps the short span as well: where
+    the long one overlaps another secret, that secret and the short span win."""
     quote = text[start - 1 : start]
     if quote not in ("\"", "'", "`") or text[end : end + 1] in (quote, ""):
         return end
     escaped = text[start - 2 : start - 1] == "\\"
     close = text.find("\\" + quote if escaped else quote, end, end + 256)
-    if close == -1 or "\n" in text[end:close] or (not escaped and text[close - 1] == "\\"):
+    if close == -1:
+        # A string cut before its closing quote (a cap, a split record) ends the value
+        # where it ends, as a closing quote right there would.
+        if escaped or len(text) - end > 255 or "\n" in text[end:] or text.endswith("\\"):
+            return end
+        return len(text)
+    if "\n" in text[end:close] or (not escaped and text[close - 1] == "\\"):
         return end
     return close
 
