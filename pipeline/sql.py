@@ -197,6 +197,7 @@ def _define_adapters(con: duckdb.DuckDBPyConnection, receipts: list[StageReceipt
 
 _PLACEHOLDER_KIND = r"\[REDACTED:([a-z0-9_]+)\]"
 _STRING_TYPES = ("VARCHAR", "JSON")
+_RID = '"__redactions_row"'  # a row number no lake column is named
 
 
 def _define_redactions(con: duckdb.DuckDBPyConnection, tables: list[str], receipts: list[StageReceipt]) -> list[str]:
@@ -218,18 +219,27 @@ def _define_redactions(con: duckdb.DuckDBPyConnection, tables: list[str], receip
     con.register("_rules_arrow", pa.Table.from_pylist(rules, schema=schema))
     con.execute("CREATE OR REPLACE TABLE redaction_rules AS SELECT * FROM _rules_arrow")
     con.unregister("_rules_arrow")
+    # One part per table, its string columns unpivoted: DuckDB binds each part (and
+    # reads its Parquet footers) once, not once per column.
+    columns: dict[str, list[str]] = {}
+    described = con.execute(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE table_name IN (SELECT unnest(?::VARCHAR[]))",
+        [tables],
+    ).fetchall() if tables else []
+    for table, column, dtype in described:
+        if dtype in _STRING_TYPES or dtype.endswith("]") or dtype.startswith(("STRUCT", "MAP")):
+            columns.setdefault(table, []).append(column)
     parts = []
-    for table in tables:
-        for column, dtype in con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {_quote(table)})").fetchall():
-            if dtype not in _STRING_TYPES and not dtype.endswith("]") and not dtype.startswith(("STRUCT", "MAP")):
-                continue
-            value = f"CAST({_quote(column)} AS VARCHAR)"
-            parts.append(
-                f"SELECT '{table}' AS table_name, '{column.replace(chr(39), chr(39) * 2)}' AS column_name, "
-                f"rid, regexp_extract_all(v, '{_PLACEHOLDER_KIND}', 1) AS kinds "
-                f"FROM (SELECT row_number() OVER () AS rid, {value} AS v FROM {_quote(table)}) "
-                f"WHERE contains(v, '[REDACTED:')"
-            )
+    for table in sorted(columns):
+        names = ", ".join(_quote(c) for c in columns[table])
+        as_text = ", ".join(f"CAST({_quote(c)} AS VARCHAR) AS {_quote(c)}" for c in columns[table])
+        parts.append(
+            f"SELECT '{table}' AS table_name, column_name, {_RID} AS rid, "
+            f"regexp_extract_all(v, '{_PLACEHOLDER_KIND}', 1) AS kinds "
+            f"FROM (SELECT row_number() OVER () AS {_RID}, {as_text} FROM {_quote(table)}) "
+            f"UNPIVOT (v FOR column_name IN ({names})) "
+            f"WHERE contains(v, '[REDACTED:')"
+        )
     if not parts:
         parts.append("SELECT NULL::VARCHAR AS table_name, NULL::VARCHAR AS column_name, NULL::BIGINT AS rid, "
                      "[]::VARCHAR[] AS kinds WHERE false")
