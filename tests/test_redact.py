@@ -112,6 +112,7 @@ NETRC_PW = _rand(18, _ALNUM + "*.")
 KUBE_OUT = _rand(22, _ALNUM + "_")
 RENDER = "rnd_" + _rand(32)
 CLI_PW = _rand(8) + "7" + _rand(7)  # a password where a tool's short flag or a config file puts it
+SYM_PW = _rand(5) + "#7!" + _rand(4) + "%&"  # a short password with symbols (12 characters)
 AWS_PAIR_SECRET = _rand(19) + "1aZ/" + _rand(17, _ALNUM + "/+")
 BASIC = base64.b64encode(f"deploy:{CLI_PW}".encode()).decode()
 SIGNATURE = _rand(64, HEX)
@@ -278,6 +279,24 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("cli_secret", f"[Environment]::SetEnvironmentVariable('DB_PASSWORD', '{CLI_PW}', 'User')", CLI_PW, ", 'User')"),
     ("password_value", f"db:\n  password: !!str {CLI_PW}\n", CLI_PW, "password: !!str "),
     ("config_secret", f"define( 'DB_PASSWORD', '{CLI_PW}' );", CLI_PW, "define( 'DB_PASSWORD', '"),
+    ("password_value", f"ALTER ROLE app PASSWORD '{CLI_PW}';", CLI_PW, "ALTER ROLE app PASSWORD '"),
+    ("password_value", f"CREATE USER app LOGIN ENCRYPTED PASSWORD '{SYM_PW}'", SYM_PW, "LOGIN ENCRYPTED PASSWORD '"),
+    ("config_secret", f'ds.setPassword("{SYM_PW}");', SYM_PW, 'ds.setPassword("'),
+    ("config_secret", f'cfg.setClientSecret("{CLI_TOKEN}")', CLI_TOKEN, 'cfg.setClientSecret("'),
+    ("config_secret", f'System.setProperty("javax.net.ssl.keyStorePassword", "{SYM_PW}");', SYM_PW, '");'),
+    ("config_secret", f'os.environ.get("DB_PASSWORD", "{SYM_PW}")', SYM_PW, 'os.environ.get("DB_PASSWORD", "'),
+    ("cli_secret", f"echo {CLI_TOKEN} | npx wrangler secret put API_TOKEN", CLI_TOKEN, " | npx wrangler secret put"),
+    ("cli_secret", f"printf '%s' '{SYM_PW}' | gh secret set DB_PASSWORD", SYM_PW, " | gh secret set"),
+    ("cli_secret", f"echo '{SYM_PW}' | docker secret create db_pw -", SYM_PW, " | docker secret create"),
+    ("cli_secret", f"echo -n {CLI_TOKEN} | vercel env add API_KEY production", CLI_TOKEN, " | vercel env add"),
+    ("cli_secret", f"read -s DB_PASSWORD <<< '{SYM_PW}'", SYM_PW, "read -s DB_PASSWORD <<< '"),
+    ("cli_secret", f"rclone config create r s3 provider AWS secret_access_key {CLI_TOKEN}", CLI_TOKEN,
+     "secret_access_key "),
+    ("cli_secret", f"mc alias set local http://localhost:9000 minio {CLI_PW}", CLI_PW, " minio "),
+    ("cli_secret", f"curl -fsS -u ci:{SYM_PW} -X POST https://api.acme.io", SYM_PW, "curl -fsS -u ci:"),
+    ("cli_secret", f"curl -s --user deploy:{SYM_PW} https://api.acme.io", SYM_PW, " https://api.acme.io"),
+    ("cli_secret", f'dotnet user-secrets set "Api:Key" "{CLI_TOKEN}"', CLI_TOKEN, 'set "Api:Key" "'),
+    ("high_entropy_assignment", f"API_SECRET={SYM_PW}", SYM_PW, "API_SECRET="),
     ("config_secret", f"db.internal:5432:shop:app:{CLI_PW}\n", CLI_PW, "db.internal:5432:shop:app:"),
     ("aws_secret_key", f"ci-bot,,{AWS_ID},{AWS_PAIR_SECRET},https://acme.signin.aws.amazon.com",
      AWS_PAIR_SECRET, ",https://acme.signin"),
@@ -408,6 +427,10 @@ NEGATIVES = [
     "ALTER USER bob WITH PASSWORD 'changeme'; kubectl get secret --secret-name my-db-secret-02",
     "AUTHORS file: AUTH required here; the AUTH command takes a password; setx PATH C:\\tools\\bin",
     "key: !!binary R0lGODlhDAAMAIQAAP; openssl req -new -key server.key -out server.csr",
+    'tok.setTokenizer("bert-base-uncased"); t("settings.password", "Enter your password"); setPasswordVisible("true")',
+    "echo hello | grep secret; echo $TOKEN | gh secret set API_TOKEN; ALTER ROLE app PASSWORD NULL;",
+    "secret_name=prod-db; API_SECRET=changeme; curl -u $USER:$PASS https://x; mc alias set local http://h:9000 minioadmin minioadmin",
+    'os.environ.get("DB_PASSWORD", ""); props.put("db.password", System.getenv("DB_PASSWORD"));',
 ]
 
 

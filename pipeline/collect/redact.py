@@ -631,6 +631,9 @@ class _Detector:
 _XML_SECRET_TAG = (r"<[a-z0-9_.:-]{0,40}(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey"
                    r"|access_key|privatekey|private_key)>")
 _ENV_SECRET_NAME = r"[a-z0-9_]*(?:token|key|secret|password|passwd|pass|pwd)[a-z0-9_]*"
+# A name that ends in a secret's word (`setPassword(`, `"db.password"`; not `setTokenizer(`).
+_SECRET_WORD = (r"(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey|access_key|secretkey"
+                r"|secret_key|private_key|privatekey|credentials?)")
 _NET_KEY = r"key=[\"'][a-z0-9_.:-]{0,40}(?:password|passwd|secret|token|apikey|api_key|key)[a-z0-9_.:-]{0,40}[\"']"
 
 _DETECTORS: tuple[_Detector, ...] = (
@@ -960,6 +963,62 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"[ \t]*\\?\"value\\?\"[ \t]*:[ \t]*\\?\"([^\"\\\r\n]{6,})",
         low=True, group=1, check=_password,
     ),
+    _Detector(  # ALTER ROLE app PASSWORD '...', CREATE USER app LOGIN PASSWORD '...' (PostgreSQL, no WITH)
+        "password_value",
+        r"(?:create|alter)[ \t]+(?:role|user)[ \t][^\n;']{1,200}?[ \t](?:encrypted[ \t]+)?password[ \t]*=?[ \t]*"
+        r"'([^'\r\n]{6,})",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # a setter named for a secret: ds.setPassword("..."), setClientSecret("...")
+        "config_secret",
+        rf"set_?[a-z0-9_]{{0,40}}?{_SECRET_WORD}\([ \t]*[\"']([^\"'\r\n]{{6,}})[\"']",
+        low=True, group=1, check=_named_setting,
+    ),
+    _Detector(  # a call given a secret's name, then its value: System.setProperty("x.keyStorePassword", "..."),
+        # props.put("db.password", "..."), os.environ.get("DB_PASSWORD", "...") (a default is a value too)
+        "config_secret",
+        rf"\([ \t]*[\"'][a-z0-9_.:-]{{0,60}}{_SECRET_WORD}[\"'][ \t]*,[ \t]*[\"']([^\"' \t\r\n]{{6,}})[\"']",
+        low=True, group=1, check=_named_setting,
+    ),
+    _Detector(  # echo TOKEN | wrangler secret put NAME, | gh secret set, | vercel env add, | docker secret create
+        "cli_secret",
+        r"(?:echo|printf)[ \t]+(?:-[ne]+[ \t]+|'%s(?:\\n)?'[ \t]+|\"%s(?:\\n)?\"[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})"
+        r"[\"']?[ \t]*\|[^\n|;&]{0,200}?(?:secrets?[ \t]+(?:set|put|add|create|import)|create[ \t]+secret"
+        r"|env[ \t]+add|env:(?:add|set))",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # read -s DB_PASSWORD <<< '...'
+        "cli_secret",
+        rf"ead[ \t]+(?:-[a-z]+[ \t]+)*{_ENV_SECRET_NAME}[ \t]*<<<[ \t]*[\"']?([^ \t\r\n\f\v\"'`;|]{{6,}})",
+        lead="r", low=True, group=1, check=_password,
+    ),
+    _Detector(  # rclone config create NAME TYPE secret_access_key VALUE (key value pairs)
+        "cli_secret",
+        r"clone[ \t]+config[ \t]+(?:create|update)[ \t][^\n|;&]{0,300}?[ \t]"
+        r"[a-z_]{0,30}(?:secret|pass|password|token|key)[ \t=]+[\"']?([^ \t\r\n\"'`;|]{8,})",
+        lead="r", low=True, group=1, check=_named_setting,
+    ),
+    _Detector(  # curl -u USER:PASSWORD, --user (the catalogue's rule stops at `&`, `%` or `!`)
+        "cli_secret",
+        r"curl[ \t](?:[^\n|;&]{0,300}?[ \t])??(?:-u|--user)(?:[ \t]+|=)[\"']?[^ \t\r\n:\"'$]{1,100}:"
+        r"([^ \t\r\n\"'`]{6,})",
+        low=True, group=1, check=_password,
+    ),
+    # dotnet user-secrets set NAME VALUE: a user secret by definition (quoted, it may hold spaces)
+    *(
+        _Detector(
+            "cli_secret",
+            r"ser-secrets[ \t]+set[ \t]+(?:\"[^\"\r\n]{1,100}\"|'[^'\r\n]{1,100}'|[^ \t\r\n\"']{1,100})[ \t]+" + value,
+            lead="u", low=True, group=1, check=_named_setting,
+        )
+        for value in (r"\"([^\"\r\n]{8,})", r"'([^'\r\n]{8,})", r"([^ \t\r\n\"'`;|&]{8,})")
+    ),
+    _Detector(  # MinIO client: mc alias set NAME URL ACCESS_KEY SECRET_KEY
+        "cli_secret",
+        r"mc[ \t]+(?:alias[ \t]+set|config[ \t]+host[ \t]+add)[ \t]+[^ \t\r\n]+[ \t]+[^ \t\r\n]+[ \t]+"
+        r"[^ \t\r\n]+[ \t]+[\"']?([^ \t\r\n\"'`;|]{8,})",
+        boundary=True, low=True, group=1, check=_password,
+    ),
     _Detector(  # PHP: define('DB_PASSWORD', '...'); (wp-config.php)
         "config_secret",
         r"define\([ \t]*['\"][a-z0-9_]{0,40}(?:password|passwd|secret|token|key|salt)[a-z0-9_]{0,40}['\"]"
@@ -1061,7 +1120,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         for lead, core, value, check in (
             ("", "pass", _VALUE8, _secret_value),
             ("", "pwd", _VALUE8, _secret_value),
-            ("se", "cret", _VALUE, _assignment),
+            ("se", "cret", _VALUE8, _secret_value),  # `API_SECRET=` may hold a password
             ("to", "ken", _VALUE, _assignment),
             ("", "key", _VALUE, _assignment),
             ("", "credential", _VALUE, _assignment),
