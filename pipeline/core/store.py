@@ -44,9 +44,10 @@ from schemas.receipt import InputRef, ObjectRef
 PARQUET_COMPRESSION = "zstd"
 PARQUET_COMPRESSION_LEVEL = 3
 PARQUET_ROW_GROUP_SIZE = 64 * 1024
-# A row group also ends once its strings pass this many bytes: a group is what a writer
-# holds in memory (three times over, while encoding), and 64K rows of transcript text
-# can be hundreds of MB. Both limits are properties of the rows, never of batching.
+# A row group also ends once its strings (and fixed-width list values: token ids) pass
+# this many bytes: a group is what a writer holds in memory (three times over, while
+# encoding), and 64K rows of transcript text can be hundreds of MB. Both limits are
+# properties of the rows, never of batching.
 PARQUET_ROW_GROUP_BYTES = 16 << 20
 
 
@@ -215,7 +216,8 @@ class TableOrderError(TracelakeError):
 
 class _GroupWriter:
     """Parquet with fixed settings, in row groups cut where the rows alone decide (at
-    ``PARQUET_ROW_GROUP_SIZE`` rows or ``PARQUET_ROW_GROUP_BYTES`` of strings), each one
+    ``PARQUET_ROW_GROUP_SIZE`` rows or ``PARQUET_ROW_GROUP_BYTES`` of strings and of
+    fixed-width list values), each one
     contiguous chunk: page and row-group boundaries then do not depend on how the table
     was chunked or streamed, so neither do the file bytes. No key-value metadata at
     all: no ``ARROW:schema`` (its bytes vary with the writer's version), and nothing of
@@ -234,6 +236,13 @@ class _GroupWriter:
             if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
             or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
         ]
+        # Lists of fixed-width values (token ids, masks) weigh by their values too: a
+        # collated table's rows are all list, and would otherwise make one group.
+        self.lists = {
+            f.name: f.type.value_type.bit_width // 8 for f in self.schema
+            if (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))
+            and pa.types.is_primitive(f.type.value_type) and f.type.value_type.bit_width >= 8
+        }
         self.writer = pq.ParquetWriter(
             path,
             self.schema,
@@ -274,6 +283,9 @@ class _GroupWriter:
         for name in self.strings:
             lengths = pc.fill_null(pc.binary_length(data.column(name)), 0)
             sizes += lengths.to_numpy().astype(np.int64)
+        for name, width in self.lists.items():
+            lengths = pc.fill_null(pc.list_value_length(data.column(name)), 0)
+            sizes += lengths.to_numpy().astype(np.int64) * width
         return sizes
 
     def _next_group(self) -> int | None:

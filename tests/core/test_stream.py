@@ -71,6 +71,25 @@ def test_row_groups_end_at_a_byte_budget_whatever_the_batching(tmp_path: Path) -
     assert digest == many.sha256
 
 
+def test_token_lists_weigh_in_the_byte_budget_whatever_the_batching(tmp_path: Path) -> None:
+    """A collated table is all lists of ids: their values cut its groups too (the writer
+    holds a group in memory), at the same rows however the stream is batched."""
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("k", pa.int64()), ("ids", pa.list_(pa.int32()))])
+    tokens = 16 * 1024  # 64 KB of ids a row
+    n = 3 * PARQUET_ROW_GROUP_BYTES // (4 * tokens)
+    table = pa.table({"k": pa.array(range(n), pa.int64()),
+                      "ids": pa.array([[i] * tokens for i in range(n)], pa.list_(pa.int32()))}, schema=schema)
+    one = put_stream(LakeLayout(tmp_path / "a"), "t", schema, ("k",), TableStream(schema, [table], n))
+    many = put_stream(
+        LakeLayout(tmp_path / "b"), "t", schema, ("k",), TableStream(schema, _batches(table, [5, 90, 170]), n)
+    )
+    assert pq.ParquetFile(tmp_path / "a" / one.path).num_row_groups >= 3
+    assert one.sha256 == many.sha256
+    assert read_object(LakeLayout(tmp_path / "b"), many).cast(schema).equals(table)
+
+
 def test_a_stream_out_of_order_fails_and_leaves_nothing(tmp_path: Path) -> None:
     table = _table(10)
     shuffled = [table.slice(5), table.slice(0, 5)]
