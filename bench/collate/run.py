@@ -101,7 +101,7 @@ def main() -> None:
         collated_tokens = refused = 0
         for _ in range(args.rounds):
             start = time.perf_counter()
-            done = list(collate_all(renderer, jobs, setup, args.workers, lambda items, total: iter(items)))
+            done = list(collate_all(renderer, jobs, len(jobs), setup, args.workers, lambda items, total: iter(items)))
             best_collate = min(best_collate, time.perf_counter() - start)
             collated_tokens = sum(d.masks[0][0] for d in done if d.row is not None)
             refused = sum(d.row is None for d in done)

@@ -11,20 +11,24 @@ order: the output is the same whatever the worker count (tested).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import multiprocessing
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pipeline.collate.masks import IGNORE, Masked, Refused, Renderer, mask_conversation
-from pipeline.collate.sdpo import sdpo_row
+from pipeline.collate.sdpo import sdpo_row, strip_thinking_from
 from pipeline.collate.tokenizer import ChatTemplate, load_tokenizer
 from pipeline.core.errors import TracelakeError
 from pipeline.core.workpool import Failed, WorkPool
+
+C = TypeVar("C")
+R = TypeVar("R")
 
 # Below this many examples one process does it all: a worker first imports transformers
 # and loads the tokenizer (3-4 s), more than it saves on a small export.
@@ -46,6 +50,8 @@ class Done:
     detail: str = ""
     masks: list[tuple[int, int, int, int]] = field(default_factory=list)  # tokens, trained, turns/tokens cut
     renders: dict[str, int] = field(default_factory=dict)  # conversations rendered per engine
+    kind: Literal["sft", "preference", "sdpo"] = "sft"  # the job's
+    site: int = -1  # an SDPO job's failing index
 
 
 def parse_json(text: str | None) -> Any:
@@ -68,6 +74,9 @@ def collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
     before = Counter(renderer.renders)
     done = _collate_job(renderer, job, max_length)
     done.renders = dict(renderer.renders - before)
+    done.kind = job.kind
+    if job.kind == "sdpo":
+        done.site = job.row["site"].failing
     return done
 
 
@@ -92,8 +101,11 @@ def _collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
     if job.kind == "sdpo":
         site = row["site"]
         done = Done(None, row["task_id"], row["session_id"])
+        messages = parse_json(row["messages"])  # parsed here, in the worker: the parent keeps only text
+        if row["strip_thinking"]:
+            messages = strip_thinking_from(messages)
         try:
-            collated = sdpo_row(renderer, row["messages"], row["tools"], site, row["hint"], row["hint_role"],
+            collated = sdpo_row(renderer, messages, tools_of(row["tools"]), site, row["hint"], row["hint_role"],
                                 max_length)
         except Refused as refused:
             done.reason, done.detail = refused.reason, refused.detail
@@ -186,31 +198,65 @@ def collate_chunk(setup: WorkerSetup, jobs: Sequence[Job]) -> list[Done]:
     return [_in_worker(job) for job in jobs]
 
 
-# Examples per unit on an executor's pool: enough that a task's overhead vanishes, few
-# enough to balance the workers.
+# Examples per unit of work (an executor's task, a worker process's chunk): enough that
+# a unit's overhead vanishes, few enough to balance the workers.
 POOL_CHUNK = 64
+# Units in flight at once: the parent holds only these jobs and their results (the rest
+# are still unread rows), so its memory does not grow with the export.
+WINDOW_PER_WORKER = 4
+# An executor's pool takes its units a window at a time (its map waits for the window).
+POOL_WINDOW = 256
 
 
-def collate_all(renderer: Renderer, jobs: Sequence[Job], setup: WorkerSetup, workers: int,
+def _chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
+    chunk: list[Job] = []
+    for job in jobs:
+        chunk.append(job)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _in_worker_chunk(jobs: Sequence[Job]) -> list[Done]:
+    return [_in_worker(job) for job in jobs]
+
+
+def collate_all(renderer: Renderer, jobs: Iterable[Job], total: int, setup: WorkerSetup, workers: int,
                 track: Callable[[Iterator[Done], int], Iterator[Done]], pool: WorkPool | None = None) -> Iterator[Done]:
-    """Each job's result, in job order, as it comes: the caller turns rows into Arrow
-    as it goes, so a run never holds every example's token lists as Python objects."""
-    if pool is not None and len(jobs) >= PARALLEL_MIN_EXAMPLES:
-        chunks = [jobs[i:i + POOL_CHUNK] for i in range(0, len(jobs), POOL_CHUNK)]
+    """Each job's result, in job order, as it comes. ``jobs`` is read as the work goes
+    (``total`` of them), a bounded window ahead: the caller turns rows into Arrow as
+    they come, so a run never holds every example, nor every result, in memory."""
+    if pool is not None and total >= PARALLEL_MIN_EXAMPLES:
         unit = functools.partial(collate_chunk, setup)
-        for outcome in pool.map(unit, chunks, "collate tasks"):
-            if isinstance(outcome, Failed):  # a unit that fails everywhere fails the stage
-                raise TracelakeError(f"collate: a chunk of examples failed on every attempt: {outcome.error}")
-            yield from outcome
+        chunks = _chunks(jobs, POOL_CHUNK)
+        while window := list(itertools.islice(chunks, POOL_WINDOW)):
+            for outcome in pool.map(unit, window, "collate tasks"):
+                if isinstance(outcome, Failed):  # a unit that fails everywhere fails the stage
+                    raise TracelakeError(f"collate: a chunk of examples failed on every attempt: {outcome.error}")
+                yield from outcome
         return
-    if workers <= 1 or len(jobs) < PARALLEL_MIN_EXAMPLES:
-        yield from track((collate_job(renderer, job, setup.max_length) for job in jobs), len(jobs))
+    if workers <= 1 or total < PARALLEL_MIN_EXAMPLES:
+        yield from track((collate_job(renderer, job, setup.max_length) for job in jobs), total)
         return
-    size = max(1, len(jobs) // (workers * 16))
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(setup,)) as processes:
         try:
-            yield from track(processes.map(_in_worker, jobs, chunksize=size), len(jobs))
+            def submit(chunk: list[Job]) -> Future[list[Done]]:
+                return processes.submit(_in_worker_chunk, chunk)
+
+            yield from track(_windowed(submit, _chunks(jobs, POOL_CHUNK), workers * WINDOW_PER_WORKER), total)
         finally:  # a consumer that stops early: the queued jobs are dropped, not computed
             processes.shutdown(wait=True, cancel_futures=True)
 
+
+def _windowed(submit: Callable[[C], Future[list[R]]], chunks: Iterator[C], window: int) -> Iterator[R]:
+    """The chunks' results in order, at most ``window`` chunks submitted ahead."""
+    pending: deque[Future[list[R]]] = deque()
+    for chunk in chunks:
+        pending.append(submit(chunk))
+        if len(pending) >= window:
+            yield from pending.popleft().result()
+    while pending:
+        yield from pending.popleft().result()

@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.collate.jobs import Job, WorkerSetup, collate_all, parse_json, tools_of
+from pipeline.collate.jobs import Job, WorkerSetup, collate_all, parse_json
 from pipeline.collate.masks import IGNORE, stage_renderer
-from pipeline.collate.sdpo import DEFAULT_HINTS, find_sites, strip_thinking_from
+from pipeline.collate.sdpo import DEFAULT_HINTS, Site, find_sites, strip_thinking_from
 from pipeline.collate.tokenizer import (
     default_tokenizer,
     engines,
 )
+from pipeline.core.errors import TracelakeError
 from pipeline.core.externals import recheck
 from pipeline.core.stage import ExportContext, ExternalInput, Stage, StageContext, StageResult
 from pipeline.core.store import TableStream
@@ -36,6 +38,8 @@ from schemas.datasets import (
     COLLATED_PREFERENCE,
     COLLATED_SDPO,
     COLLATED_SFT,
+    PREFERENCE,
+    SFT,
 )
 from schemas.tables import from_rows
 
@@ -136,11 +140,39 @@ class _Rows:
         return TableStream(schema, batches(), self.counts[kind])
 
 
-def _in_canonical_order(table: pa.Table, keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The rows in the order the store gives a table sorted on ``keys`` (the same stable
-    Arrow sort)."""
-    rows: list[dict[str, Any]] = table.sort_by([(key, "ascending") for key in keys]).to_pylist()
-    return rows
+_READ_ROWS = 256  # rows turned into Python objects at a time
+_SFT_COLUMNS = ["task_id", "session_id", "split", "messages", "tools"]
+
+
+def _stored_rows(path: Path, columns: list[str]) -> Iterator[dict[str, Any]]:
+    """A stored table's rows as they lie, a batch at a time."""
+    with pq.ParquetFile(path) as parquet:
+        for batch in parquet.iter_batches(batch_size=_READ_ROWS, columns=columns):
+            yield from batch.to_pylist()
+
+
+def _canonical_rows(path: Path, columns: list[str], keys: tuple[str, ...], stored: tuple[str, ...]
+                    ) -> Iterator[dict[str, Any]]:
+    """A stored table's rows in the order of a table sorted on ``keys`` (the same stable
+    Arrow sort), a batch at a time. A table stored sorted on ``keys`` already is read as
+    it lies; otherwise its Arrow form is sorted and taken from a batch at a time (Arrow
+    text, not Python objects, is what stays in memory)."""
+    if tuple(stored) == tuple(keys):
+        yield from _stored_rows(path, columns)
+        return
+    table = pq.read_table(path, columns=columns)
+    order = pc.sort_indices(table.select(list(keys)), sort_keys=[(key, "ascending") for key in keys])
+    for start in range(0, len(order), _READ_ROWS):
+        yield from table.take(order[start:start + _READ_ROWS]).to_pylist()
+
+
+def _task_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return row["split"], row["session_id"], row["task_id"]
+
+
+def _num_rows(path: Path) -> int:
+    with pq.ParquetFile(path) as parquet:
+        return int(parquet.metadata.num_rows)
 
 
 def run(ctx: StageContext[CollateConfig]) -> StageResult:
@@ -148,49 +180,68 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     folder = ctx.external("model")
     renderer = stage_renderer(STAGE_NAME, folder, config.template, config.template_kwargs)
     template = renderer.template
-    # In the order of the tables they make (_Rows streams them out in it).
-    sft = _in_canonical_order(ctx.table("sft", columns=["task_id", "session_id", "split", "messages", "tools"]),
-                              COLLATED_SFT.sort_keys)
-    pairs = _in_canonical_order(ctx.table("preference", columns=["pair_id", "prompt", "chosen", "rejected", "tools"]),
-                                COLLATED_PREFERENCE.sort_keys)
-    jobs = [Job("sft", row) for row in sft] + [Job("preference", row) for row in pairs]
-    sdpo_jobs, sdpo_yield, filtered = _sdpo_jobs(ctx, sft) if config.sdpo else ([], {}, {})
-    jobs += sorted(sdpo_jobs, key=lambda job: (job.row["split"], job.row["session_id"], job.row["task_id"],
-                                               job.row["site"].failing))
+    sft_path, preference_path = ctx.path("sft"), ctx.path("preference")
+    # The SDPO sites first (one pass, keeping only where they are), so that every count
+    # is known before the work starts; the rows themselves are read as the work goes.
+    sites, sdpo_yield, filtered = _sdpo_sites(ctx, sft_path) if config.sdpo else ({}, {}, {})
+    total = _num_rows(sft_path) + _num_rows(preference_path) + sum(len(found) for found in sites.values())
+
+    def jobs() -> Iterator[Job]:
+        """In the order of the tables they make (_Rows streams them out in it)."""
+        for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys):
+            yield Job("sft", row)
+        for row in _canonical_rows(preference_path, ["pair_id", "prompt", "chosen", "rejected", "tools"],
+                                   COLLATED_PREFERENCE.sort_keys, PREFERENCE.sort_keys):
+            yield Job("preference", row)
+        if not sites:
+            return
+        hints = {**DEFAULT_HINTS, **config.hints}
+        # SFT's order is (split, session_id, task_id), the SDPO table's that and the failing index.
+        for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys):
+            for site in sites.get(_task_key(row), ()):
+                yield Job("sdpo", {"task_id": row["task_id"], "session_id": row["session_id"],
+                                   "split": row["split"], "messages": row["messages"], "tools": row["tools"],
+                                   "strip_thinking": config.strip_thinking, "site": site,
+                                   "hint": hints[site.error_kind], "hint_role": config.hint_role})
+
     setup = WorkerSetup(
         folder=str(folder), template=template, kwargs=dict(config.template_kwargs),
         recheck=functools.partial(recheck, ctx.layout, ctx.cache_mac, ctx.externals["model"]),
         max_length=config.max_length,
     )
-    results = collate_all(renderer, jobs, setup, ctx.workers,
+    results = collate_all(renderer, jobs(), total, setup, ctx.workers,
                           lambda done, total: ctx.tracker.track(done, total, "collate"), ctx.pool)
     quarantine = Quarantine(STAGE_NAME)
     tally = _Tally()
     rows = _Rows(ctx.scratch)
     sdpo_refused: Counter[str] = Counter()
     renders: Counter[str] = Counter()
-    for job, done in zip(jobs, results, strict=True):
+    examples = 0
+    for done in results:
+        examples += 1
         renders.update(done.renders)
         for size in done.masks:
             tally.add(size)
         if done.row is not None:
-            rows.add(job.kind, done.row)
+            rows.add(done.kind, done.row)
             continue
         assert done.reason is not None
-        if job.kind == "sdpo":  # one task's SFT row and its sites are told apart
+        if done.kind == "sdpo":  # one task's SFT row and its sites are told apart
             sdpo_refused[done.reason] += 1
-            record = f"{done.record_id}#site{job.row['site'].failing}"
+            record = f"{done.record_id}#site{done.site}"
             quarantine.add(done.reason, record, done.session_id, f"sdpo: {done.detail}")
         else:
             quarantine.add(done.reason, done.record_id, done.session_id, done.detail)
+    if examples != total:
+        raise TracelakeError(f"collate: {examples} results for {total} examples (a table changed while read?)")
     rejected = dict(sorted(quarantine.counts.items()))
     stats = {
         "templates": {
             template.name: {
-                "examples": len(jobs),
+                "examples": total,
                 "collated": rows.count,
                 "rejected": sum(rejected.values()),
-                "rejected_share": round(sum(rejected.values()) / len(jobs), 6) if jobs else 0.0,
+                "rejected_share": round(sum(rejected.values()) / total, 6) if total else 0.0,
                 "reasons": rejected,
                 "generation_tags": template.generation_tags,
             }
@@ -213,7 +264,7 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
             "collated_sdpo": rows.stream("sdpo"),
             "quarantine": quarantine.table(),
         },
-        records_in=len(jobs) + sum(filtered.values()),
+        records_in=total + sum(filtered.values()),
         records_out=rows.count,
         quarantined=rejected,
         filtered=filtered,
@@ -221,22 +272,22 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     )
 
 
-def _sdpo_jobs(ctx: StageContext[CollateConfig], sft: list[dict[str, Any]]
-               ) -> tuple[list[Job], dict[str, int], dict[str, int]]:
-    """One job per structural tool-error site with a recovery, in the conversations
+def _sdpo_sites(ctx: StageContext[CollateConfig], sft_path: Path
+                ) -> tuple[dict[tuple[str, str, str], list[Site]], dict[str, int], dict[str, int]]:
+    """Per task, its structural tool-error sites with a recovery, in the conversations
     export-sft published: the same eligibility (accepted tasks, its caps, its secret and
     template-token firewall, no copied context) and the same train/valid split."""
     config = ctx.config
-    hints = {**DEFAULT_HINTS, **config.hints}
     calls = ctx.table("tool_calls", columns=["session_id", "tool_use_id", "is_error", "error_kind"])
     errors: dict[str, dict[str, str]] = {}
     for session, call, is_error, kind in zip(*(calls[c].to_pylist() for c in calls.column_names), strict=True):
         if is_error:
             errors.setdefault(session, {})[call] = kind or "tool_error"
-    jobs: list[Job] = []
+    del calls
+    sites: dict[tuple[str, str, str], list[Site]] = {}
     tally = {"conversations": 0, "sessions": 0, "error_sites": 0, "string_only_flags": 0, "empty_recoveries": 0}
     sessions: set[str] = set()
-    for row in sft:
+    for row in _stored_rows(sft_path, ["split", "session_id", "task_id", "messages"]):
         messages = parse_json(row["messages"])
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             continue
@@ -248,12 +299,10 @@ def _sdpo_jobs(ctx: StageContext[CollateConfig], sft: list[dict[str, Any]]
         tally["string_only_flags"] += found.string_only
         tally["error_sites"] += len(found.sites) + found.empty_recoveries
         tally["empty_recoveries"] += found.empty_recoveries
-        for site in found.sites:
-            jobs.append(Job("sdpo", {"task_id": row["task_id"], "session_id": row["session_id"],
-                                     "split": row["split"], "messages": messages, "tools": tools_of(row["tools"]),
-                                     "site": site, "hint": hints[site.error_kind], "hint_role": config.hint_role}))
+        if found.sites:
+            sites[_task_key(row)] = sorted(found.sites, key=lambda site: site.failing)
     tally["sessions"] = len(sessions)
-    return jobs, tally, {"empty_recovery": tally["empty_recoveries"]} if tally["empty_recoveries"] else {}
+    return sites, tally, {"empty_recovery": tally["empty_recoveries"]} if tally["empty_recoveries"] else {}
 
 
 def _sdpo_stats(tally: dict[str, int], aligned: int, refused: dict[str, int], config: CollateConfig

@@ -140,13 +140,47 @@ def test_worker_processes_give_the_same_rows(tmp_path: Path, monkeypatch: pytest
     """The same tables whether the examples run here or in two spawned workers (which
     load the tokenizer themselves and check its digest again)."""
     from pipeline.collate import jobs
+    from pipeline.stages import collate
 
     one = _run(tmp_path / "one")
     monkeypatch.setattr(jobs, "PARALLEL_MIN_EXAMPLES", 1)
+    # small units, one in flight per worker, rows read one at a time: the windows turn over
+    monkeypatch.setattr(jobs, "POOL_CHUNK", 1)
+    monkeypatch.setattr(jobs, "WINDOW_PER_WORKER", 1)
+    monkeypatch.setattr(collate, "_READ_ROWS", 1)
     two = _run(tmp_path / "two")
     assert receipt(two, "collate").status == "ok"
-    for name in ("collated_sft", "collated_preference", "collate_quarantine"):
-        assert one.summary.tables[name].xxh3_128 == two.summary.tables[name].xxh3_128
+    assert receipt(two, "collate").records_in > 2  # more examples than one window (2 workers x 1) holds
+    for name in ("collated_sft", "collated_preference", "collated_sdpo", "collate_quarantine"):
+        assert one.summary.tables[name].xxh3_128 == two.summary.tables[name].xxh3_128, name
+
+
+def test_results_come_in_order_with_a_bounded_window_read_ahead() -> None:
+    """The parent reads jobs only a window ahead of the results it has handed on (its
+    memory does not grow with the export), and hands them on in job order whatever
+    order the units finish in."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.collate.jobs import _windowed
+
+    pulled = []
+
+    def chunks() -> Any:
+        for i in range(40):
+            pulled.append(i)
+            yield [i]
+
+    def unit(chunk: list[int]) -> list[int]:
+        time.sleep(0.002 * (5 - chunk[0] % 5))  # later units often finish first
+        return [chunk[0] * 10]
+
+    with ThreadPoolExecutor(4) as pool:
+        seen = []
+        for value in _windowed(lambda chunk: pool.submit(unit, chunk), chunks(), window=3):
+            seen.append(value)
+            assert len(pulled) <= len(seen) + 3
+    assert seen == [i * 10 for i in range(40)]
 
 
 def test_rows_turned_into_arrow_in_chunks_give_the_same_tables(tmp_path: Path,
