@@ -9,6 +9,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.runner import Runner, RunOptions
 from pipeline.stages.collate import STAGE as COLLATE
@@ -197,3 +199,23 @@ def test_rows_turned_into_arrow_in_chunks_give_the_same_tables(tmp_path: Path,
     assert whole.summary.tables["collated_sft"].rows > 1  # so there are several chunks
     for name in ("collated_sft", "collated_preference", "collated_sdpo", "collate_quarantine"):
         assert whole.summary.tables[name].xxh3_128 == chunked.summary.tables[name].xxh3_128, name
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "ab", "é", "Z", ""]), st.text(max_size=5)), max_size=60))
+@settings(max_examples=30, deadline=None)
+def test_rows_sorted_out_of_core_are_the_stable_arrow_sort(rows: list[tuple[str, str]]) -> None:
+    """A table stored in another order (preference, by task ids) is sorted by DuckDB
+    within a memory limit: the very order of Arrow's stable sort, ties included."""
+    import tempfile
+
+    import pyarrow as pa
+
+    from pipeline.stages import collate
+
+    table = pa.table({"key": [k for k, _ in rows], "value": [v for _, v in rows]},
+                     schema=pa.schema([("key", pa.string()), ("value", pa.string())]))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "t.parquet"
+        pq.write_table(table, path, row_group_size=7)
+        got = list(collate._canonical_rows(path, ["key", "value"], ("key",), ("value",), Path(folder) / "scratch"))
+    assert got == table.sort_by([("key", "ascending")]).to_pylist()
