@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -150,42 +151,21 @@ def _stored_rows(path: Path, columns: list[str]) -> Iterator[dict[str, Any]]:
             yield from batch.to_pylist()
 
 
-def _canonical_rows(path: Path, columns: list[str], keys: tuple[str, ...], stored: tuple[str, ...],
-                    scratch: Path) -> Iterator[dict[str, Any]]:
-    """A stored table's rows in the order of a table sorted on ``keys`` (a stable sort:
-    ties keep their stored order), a batch at a time. A table stored sorted on ``keys``
-    already is read as it lies; otherwise DuckDB sorts it within a memory limit,
-    spilling to ``scratch`` (a preference table is hundreds of MB of text on a big run)."""
+def _canonical_rows(path: Path, columns: list[str], keys: tuple[str, ...], stored: tuple[str, ...]
+                    ) -> Iterator[dict[str, Any]]:
+    """A stored table's rows in the order of a table sorted on ``keys`` (the same stable
+    Arrow sort), a batch at a time. A table stored sorted on ``keys`` already is read as
+    it lies; otherwise its Arrow form is sorted and taken from a batch at a time (Arrow
+    text, not Python objects, is what stays in memory). DuckDB's bounded sort was tried
+    for this and failed with its own out-of-memory error on the 500 MB corpus's
+    preference table (wide JSON strings): a stage must not fail on data it can hold."""
     if tuple(stored) == tuple(keys):
         yield from _stored_rows(path, columns)
         return
-    import duckdb
-
-    scratch.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect()
-    try:
-        con.execute(f"SET memory_limit = '{_SORT_MEMORY}'")
-        con.execute(f"SET temp_directory = '{_sql_text(str(scratch / 'sort'))}'")
-        order = ", ".join(f"{_sql_name(key)} ASC NULLS LAST" for key in keys)
-        reader = con.sql(
-            f"SELECT {', '.join(_sql_name(c) for c in columns)} "
-            f"FROM read_parquet('{_sql_text(str(path))}', file_row_number = true) ORDER BY {order}, file_row_number"
-        ).to_arrow_reader(_READ_ROWS)
-        for batch in reader:
-            yield from batch.to_pylist()
-    finally:
-        con.close()
-
-
-_SORT_MEMORY = "256MB"
-
-
-def _sql_name(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")
+    table = pq.read_table(path, columns=columns)
+    order = pc.sort_indices(table.select(list(keys)), sort_keys=[(key, "ascending") for key in keys])
+    for start in range(0, len(order), _READ_ROWS):
+        yield from table.take(order[start:start + _READ_ROWS]).to_pylist()
 
 
 def _task_key(row: dict[str, Any]) -> tuple[str, str, str]:
@@ -210,16 +190,16 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
 
     def jobs() -> Iterator[Job]:
         """In the order of the tables they make (_Rows streams them out in it)."""
-        for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys, ctx.scratch):
+        for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys):
             yield Job("sft", row)
         for row in _canonical_rows(preference_path, ["pair_id", "prompt", "chosen", "rejected", "tools"],
-                                   COLLATED_PREFERENCE.sort_keys, PREFERENCE.sort_keys, ctx.scratch):
+                                   COLLATED_PREFERENCE.sort_keys, PREFERENCE.sort_keys):
             yield Job("preference", row)
         if not sites:
             return
         hints = {**DEFAULT_HINTS, **config.hints}
         # SFT's order is (split, session_id, task_id), the SDPO table's that and the failing index.
-        for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys, ctx.scratch):
+        for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys):
             for site in sites.get(_task_key(row), ()):
                 yield Job("sdpo", {"task_id": row["task_id"], "session_id": row["session_id"],
                                    "split": row["split"], "messages": row["messages"], "tools": row["tools"],
