@@ -297,6 +297,12 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("cli_secret", f"curl -s --user deploy:{SYM_PW} https://api.acme.io", SYM_PW, " https://api.acme.io"),
     ("cli_secret", f'dotnet user-secrets set "Api:Key" "{CLI_TOKEN}"', CLI_TOKEN, 'set "Api:Key" "'),
     ("high_entropy_assignment", f"API_SECRET={SYM_PW}", SYM_PW, "API_SECRET="),
+    ("cli_secret", f"echo '{SYM_PW}' | htpasswd -i -c /etc/nginx/.htpasswd admin", SYM_PW, " | htpasswd -i"),
+    ("cli_secret", f"echo 'deploy:{SYM_PW}' | sudo chpasswd", SYM_PW, "echo 'deploy:"),
+    ("cli_secret", f'useradd -m -p "$(openssl passwd -6 -salt x1 {SYM_PW})" bob', SYM_PW, "openssl passwd -6 -salt x1 "),
+    ("cli_secret", f"security add-generic-password -a bob -s api -w {SYM_PW} -U", SYM_PW, " -U"),
+    ("password_value", f"binddn cn=reader,dc=acme\nbindpw {SYM_PW}\n", SYM_PW, "bindpw "),
+    ("password_value", f'network={{\n  ssid="home"\n  psk="{SYM_PW}"\n}}', SYM_PW, 'psk="'),
     ("config_secret", f"db.internal:5432:shop:app:{CLI_PW}\n", CLI_PW, "db.internal:5432:shop:app:"),
     ("aws_secret_key", f"ci-bot,,{AWS_ID},{AWS_PAIR_SECRET},https://acme.signin.aws.amazon.com",
      AWS_PAIR_SECRET, ",https://acme.signin"),
@@ -431,6 +437,8 @@ NEGATIVES = [
     "echo hello | grep secret; echo $TOKEN | gh secret set API_TOKEN; ALTER ROLE app PASSWORD NULL;",
     "secret_name=prod-db; API_SECRET=changeme; curl -u $USER:$PASS https://x; mc alias set local http://h:9000 minioadmin minioadmin",
     'os.environ.get("DB_PASSWORD", ""); props.put("db.password", System.getenv("DB_PASSWORD"));',
+    "openssl passwd -help; security find-generic-password -s api -w; psk=$WIFI_PSK; bindpw changeme",
+    "echo $LINE | chpasswd; echo hello | htpasswd -v .htpasswd bob",
 ]
 
 

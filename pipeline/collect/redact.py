@@ -960,7 +960,8 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(  # {"name": "password", "value": "..."} (form fields, env lists) as text
         "password_value",
         r"\"name\\?\"[ \t]*:[ \t]*\\?\"[a-z0-9_.-]{0,40}(?:password|passwd|pwd|passphrase|secret|token)\\?\"[ \t]*,"
-        r"[ \t]*\\?\"value\\?\"[ \t]*:[ \t]*\\?\"([^\"\\\r\n]{6,})",
+        # (a value cut before its closing quote does not take the blanks or quote after it)
+        r"[ \t]*\\?\"value\\?\"[ \t]*:[ \t]*\\?\"([^\"\\\r\n]{5,}[^\"\\\r\n \t'])",
         low=True, group=1, check=_password,
     ),
     _Detector(  # ALTER ROLE app PASSWORD '...', CREATE USER app LOGIN PASSWORD '...' (PostgreSQL, no WITH)
@@ -984,7 +985,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         "cli_secret",
         r"(?:echo|printf)[ \t]+(?:-[ne]+[ \t]+|'%s(?:\\n)?'[ \t]+|\"%s(?:\\n)?\"[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})"
         r"[\"']?[ \t]*\|[^\n|;&]{0,200}?(?:secrets?[ \t]+(?:set|put|add|create|import)|create[ \t]+secret"
-        r"|env[ \t]+add|env:(?:add|set))",
+        r"|env[ \t]+add|env:(?:add|set)|htpasswd[ \t][^\n|;&]{0,100}?-[a-z]*i)",
         low=True, group=1, check=_password,
     ),
     _Detector(  # read -s DB_PASSWORD <<< '...'
@@ -1012,6 +1013,28 @@ _DETECTORS: tuple[_Detector, ...] = (
             lead="u", low=True, group=1, check=_named_setting,
         )
         for value in (r"\"([^\"\r\n]{8,})", r"'([^'\r\n]{8,})", r"([^ \t\r\n\"'`;|&]{8,})")
+    ),
+    _Detector(  # echo 'user:PASSWORD' | chpasswd
+        "cli_secret",
+        r"(?:echo|printf)[ \t]+(?:-[ne]+[ \t]+)?[\"']?[^ \t\r\n:\"'|]{1,64}:([^ \t\r\n\"'`|]{6,})[\"']?[ \t]*\|"
+        r"[ \t]*(?:sudo[ \t]+)?chpasswd",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # openssl passwd -6 [-salt S] PASSWORD (hashes it: the argument is the password)
+        "cli_secret",
+        r"penssl[ \t]+passwd(?:[ \t]+-(?:1|5|6|apr1|crypt|aixmd5|noverify|quiet|table|salt[ \t]+[^ \t\r\n]+))*"
+        r"[ \t]+[\"']?([^ \t\r\n\"'`;|)]{6,})",
+        lead="o", low=True, group=1, check=_password,
+    ),
+    _Detector(  # macOS keychain: security add-generic-password ... -w PASSWORD
+        "cli_secret",
+        r"ecurity[ \t]+add-(?:generic|internet)-password[^\n|;&]{0,300}?[ \t]-w[ \t]+[\"']?([^ \t\r\n\"'`;|]{6,})",
+        lead="s", low=True, group=1, check=_password,
+    ),
+    _Detector(  # config keywords that hold a password: bindpw/rootpw (LDAP), psk= (wpa_supplicant), wpa_passphrase=
+        "password_value",
+        r"(?:bindpw|rootpw|psk|wpa_passphrase|sae_password)(?:[ \t]*=[ \t]*|[ \t]+)[\"']?([^ \t\r\n\"'`;]{8,})",
+        boundary=True, low=True, group=1, check=_password,
     ),
     _Detector(  # MinIO client: mc alias set NAME URL ACCESS_KEY SECRET_KEY
         "cli_secret",
