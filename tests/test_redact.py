@@ -303,6 +303,18 @@ POSITIVES: list[tuple[str, str, str, str]] = [
     ("cli_secret", f"security add-generic-password -a bob -s api -w {SYM_PW} -U", SYM_PW, " -U"),
     ("password_value", f"binddn cn=reader,dc=acme\nbindpw {SYM_PW}\n", SYM_PW, "bindpw "),
     ("password_value", f'network={{\n  ssid="home"\n  psk="{SYM_PW}"\n}}', SYM_PW, 'psk="'),
+    ("cli_secret", f"psexec \\\\srv01 -u ACME\\bob -p {SYM_PW} cmd /c whoami", SYM_PW, " cmd /c whoami"),
+    ("cli_secret", f"rabbitmqadmin -u admin -p {SYM_PW} list queues", SYM_PW, "rabbitmqadmin -u admin -p "),
+    ("cli_secret", f"net user svc_backup {SYM_PW} /add /y", SYM_PW, " /add /y"),
+    ("cli_secret", f"xfreerdp /v:10.0.0.5 /u:bob /p:{SYM_PW} /cert:ignore", SYM_PW, " /cert:ignore"),
+    ("cli_secret", f"sqlplus scott/{SYM_PW}@orcl @report.sql", SYM_PW, "@orcl @report.sql"),
+    ("cli_secret", f"lftp -u deploy,{SYM_PW} sftp://files.acme.io", SYM_PW, "lftp -u deploy,"),
+    ("cli_secret", f"ftp> user deploy {SYM_PW}\n230 Login successful.", SYM_PW, "ftp> user deploy "),
+    ("cli_secret", f"npm config set //registry.npmjs.org/:_authToken {CLI_TOKEN}", CLI_TOKEN, ":_authToken "),
+    ("cli_secret", f"composer config --global http-basic.repo.acme.io deploy {SYM_PW}", SYM_PW, " deploy "),
+    ("cli_secret", f"bundle config set --global gems.acme.io deploy:{SYM_PW}", SYM_PW, " deploy:"),
+    ("cli_secret", f"cargo login {CLI_TOKEN}", CLI_TOKEN, "cargo login "),
+    ("password_value", f'expect "password:"; send "{SYM_PW}\\r"', SYM_PW, 'expect "password:"; send "'),
     ("config_secret", f"db.internal:5432:shop:app:{CLI_PW}\n", CLI_PW, "db.internal:5432:shop:app:"),
     ("aws_secret_key", f"ci-bot,,{AWS_ID},{AWS_PAIR_SECRET},https://acme.signin.aws.amazon.com",
      AWS_PAIR_SECRET, ",https://acme.signin"),
@@ -439,6 +451,9 @@ NEGATIVES = [
     'os.environ.get("DB_PASSWORD", ""); props.put("db.password", System.getenv("DB_PASSWORD"));',
     "openssl passwd -help; security find-generic-password -s api -w; psk=$WIFI_PSK; bindpw changeme",
     "echo $LINE | chpasswd; echo hello | htpasswd -v .htpasswd bob",
+    "git push -u origin main && ssh -p 2222 host; docker run -u 1000 -p 8080:8080 img; mysql -u root -p my_database",
+    "python -u train.py --epochs 3 -p checkpoints/run1; net user bob * /add; net user guest /active:no",
+    "sqlplus / as sysdba; cargo login --help; expect \"password:\"; send \"$env(PASS)\\r\"",
 ]
 
 

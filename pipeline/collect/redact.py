@@ -312,6 +312,12 @@ def _netrc(text: str, at: int) -> bool:
     return "machine " in before and "login " in before
 
 
+def _dash_p_password(text: str, m: re.Match[str]) -> bool:
+    """`-p VALUE` after `-u USER`: a password, unless a path (`-u train.py ... -p runs/1`:
+    python's -u, then a profile or output folder)."""
+    return "/" not in m.group(1) and _password(text, m)
+
+
 def _secret_value(text: str, m: re.Match[str]) -> bool:
     """What follows a name or flag that says secret: a password check where the name
     says password, the machine-made-value check otherwise."""
@@ -1035,6 +1041,55 @@ _DETECTORS: tuple[_Detector, ...] = (
         "password_value",
         r"(?:bindpw|rootpw|psk|wpa_passphrase|sae_password)(?:[ \t]*=[ \t]*|[ \t]+)[\"']?([^ \t\r\n\"'`;]{8,})",
         boundary=True, low=True, group=1, check=_password,
+    ),
+    _Detector(  # -u USER [up to 4 words] -p PASSWORD (psexec, rdesktop, rabbitmqadmin, twine...)
+        "cli_secret",
+        r"-u[ \t]+[\"']?[^ \t\r\n\"'-][^ \t\r\n\"']{0,63}[\"']?(?:[ \t]+[^ \t\r\n]{1,100}){0,4}?[ \t]+-p[ \t]+"
+        r"[\"']?([^ \t\r\n\"'`;|]{6,})",
+        boundary=True, group=1, check=_dash_p_password,
+    ),
+    _Detector(  # Windows: net user NAME PASSWORD [/add]
+        "cli_secret", r"et[ \t]+user[ \t]+[^ \t\r\n/]+[ \t]+[\"']?([^ \t\r\n\"'/]{6,})[\"']?(?:[ \t]+/|[ \t]*$)",
+        lead="n", low=True, group=1, check=_password,
+    ),
+    _Detector(  # RDP clients: /u:USER ... /p:PASSWORD (xfreerdp, wfreerdp)
+        "cli_secret", r"/u:[^ \t\r\n]{1,64}(?:[ \t]+/[^ \t\r\n]{1,200}){0,6}?[ \t]+/p:[\"']?([^ \t\r\n\"']{6,})",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # Oracle: sqlplus USER/PASSWORD@DB (sqlldr, expdp, impdp alike)
+        "cli_secret",
+        r"(?:sqlplus|sqlldr|expdp|impdp)[ \t]+(?:-[a-z]+[ \t]+)*[\"']?[a-z0-9_$#]{1,30}/([^ \t\r\n@\"'/]{6,})(?:@|[ \t\"']|$)",
+        low=True, group=1, check=_password,
+    ),
+    _Detector(  # lftp -u USER,PASSWORD
+        "cli_secret", r"ftp[ \t][^\n|;&]{0,100}?-u[ \t]+[\"']?[^ \t\r\n,\"']{1,64},([^ \t\r\n\"']{6,})",
+        lead="l", low=True, group=1, check=_password,
+    ),
+    _Detector(  # an ftp session: ftp> user NAME PASSWORD
+        "cli_secret", r"tp>[ \t]*user[ \t]+[^ \t\r\n]+[ \t]+([^ \t\r\n]{6,})",
+        lead="f", low=True, group=1, check=_password,
+    ),
+    _Detector(  # npm config set //registry/:_authToken TOKEN (a space, not `=`)
+        "cli_secret", r":_(?:authtoken|auth|password)[ \t]+[\"']?([^ \t\r\n\"']{8,})",
+        low=True, group=1, check=_named_setting,
+    ),
+    _Detector(  # composer config http-basic.HOST USER PASSWORD
+        "cli_secret", r"ttp-basic\.[^ \t\r\n]+[ \t]+[^ \t\r\n]+[ \t]+[\"']?([^ \t\r\n\"']{6,})",
+        lead="h", low=True, group=1, check=_password,
+    ),
+    _Detector(  # bundle config [set] [--global] HOST USER:PASSWORD
+        "cli_secret",
+        r"undle[ \t]+config[ \t]+(?:set[ \t]+)?(?:--[a-z]+[ \t]+)*[^ \t\r\n]+[ \t]+[\"']?[^ \t\r\n:\"']{1,64}:"
+        r"([^ \t\r\n\"']{6,})",
+        lead="b", low=True, group=1, check=_password,
+    ),
+    _Detector(  # cargo login TOKEN
+        "cli_secret", r"argo[ \t]+login[ \t]+(?:--registry[ \t=]+[^ \t\r\n]+[ \t]+)?([a-z0-9_-]{20,})",
+        lead="c", low=True, group=1, check=_named_setting,
+    ),
+    _Detector(  # expect: a password prompt, then send "PASSWORD\r"
+        "password_value", r"assword[^\n]{0,60}?send[ \t]+(?:--[ \t]+)?[\"']([^\"'\\\r\n]{6,})",
+        lead="p", low=True, group=1, check=_password,
     ),
     _Detector(  # MinIO client: mc alias set NAME URL ACCESS_KEY SECRET_KEY
         "cli_secret",
