@@ -219,10 +219,6 @@ def _chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
         yield chunk
 
 
-def _in_worker_chunk(jobs: Sequence[Job]) -> list[Done]:
-    return [_in_worker(job) for job in jobs]
-
-
 def collate_all(renderer: Renderer, jobs: Iterable[Job], total: int, setup: WorkerSetup, workers: int,
                 track: Callable[[Iterator[Done], int], Iterator[Done]], pool: WorkPool | None = None) -> Iterator[Done]:
     """Each job's result, in job order, as it comes. ``jobs`` is read as the work goes
@@ -244,7 +240,7 @@ def collate_all(renderer: Renderer, jobs: Iterable[Job], total: int, setup: Work
                              initializer=_start_worker, initargs=(setup,)) as processes:
         try:
             def submit(chunk: list[Job]) -> Future[list[Done]]:
-                return processes.submit(_in_worker_chunk, chunk)
+                return processes.submit(collate_chunk, setup, chunk)
 
             yield from track(_windowed(submit, _chunks(jobs, POOL_CHUNK), workers * WINDOW_PER_WORKER), total)
         finally:  # a consumer that stops early: the queued jobs are dropped, not computed

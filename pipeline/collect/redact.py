@@ -640,6 +640,9 @@ _ENV_SECRET_NAME = r"[a-z0-9_]*(?:token|key|secret|password|passwd|pass|pwd)[a-z
 # A name that ends in a secret's word (`setPassword(`, `"db.password"`; not `setTokenizer(`).
 _SECRET_WORD = (r"(?:password|passwd|passphrase|secret|token|apikey|api_key|api-key|accesskey|access_key|secretkey"
                 r"|secret_key|private_key|privatekey|credentials?)")
+# A value echoed or printf'd (the secret's group), before the pipe that feeds it to a command.
+_ECHOED = (r"(?:echo|printf)[ \t]+(?:-[ne]+[ \t]+|'%s(?:\\n)?'[ \t]+|\"%s(?:\\n)?\"[ \t]+)?[\"']?"
+           r"([^ \t\r\n\f\v\"'`;|]{6,})[\"']?")
 _NET_KEY = r"key=[\"'][a-z0-9_.:-]{0,40}(?:password|passwd|secret|token|apikey|api_key|key)[a-z0-9_.:-]{0,40}[\"']"
 
 _DETECTORS: tuple[_Detector, ...] = (
@@ -877,8 +880,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(  # echo PASSWORD | sudo -S ...
         "cli_secret",
-        r"(?:echo|printf)[ \t]+(?:-[ne]+[ \t]+|'%s(?:\\n)?'[ \t]+|\"%s(?:\\n)?\"[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})[\"']?"
-        r"[ \t]*\|[ \t]*sudo[ \t]+(?:-[a-z]+[ \t]+)*-[a-z]*s[a-z]*(?:[ \t]|$)",
+        _ECHOED + r"[ \t]*\|[ \t]*sudo[ \t]+(?:-[a-z]+[ \t]+)*-[a-z]*s[a-z]*(?:[ \t]|$)",
         low=True, group=1, check=_password,
     ),
     _Detector(  # vault login TOKEN
@@ -989,8 +991,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(  # echo TOKEN | wrangler secret put NAME, | gh secret set, | vercel env add, | docker secret create
         "cli_secret",
-        r"(?:echo|printf)[ \t]+(?:-[ne]+[ \t]+|'%s(?:\\n)?'[ \t]+|\"%s(?:\\n)?\"[ \t]+)?[\"']?([^ \t\r\n\f\v\"'`;|]{6,})"
-        r"[\"']?[ \t]*\|[^\n|;&]{0,200}?(?:secrets?[ \t]+(?:set|put|add|create|import)|create[ \t]+secret"
+        _ECHOED + r"[ \t]*\|[^\n|;&]{0,200}?(?:secrets?[ \t]+(?:set|put|add|create|import)|create[ \t]+secret"
         r"|env[ \t]+add|env:(?:add|set)|htpasswd[ \t][^\n|;&]{0,100}?-[a-z]*i)",
         low=True, group=1, check=_password,
     ),

@@ -188,23 +188,22 @@ def run(ctx: StageContext[CollateConfig]) -> StageResult:
     sites, sdpo_yield, filtered = _sdpo_sites(ctx, sft_path) if config.sdpo else ({}, {}, {})
     total = _num_rows(sft_path) + _num_rows(preference_path) + sum(len(found) for found in sites.values())
 
+    hints = {**DEFAULT_HINTS, **config.hints}
+
     def jobs() -> Iterator[Job]:
-        """In the order of the tables they make (_Rows streams them out in it)."""
+        """Each kind in the order of the table it makes (_Rows keeps the kinds apart): a
+        task's SDPO sites follow its SFT row, so one pass over SFT makes both, in SDPO's
+        order (SFT's keys, then the failing index)."""
         for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys):
             yield Job("sft", row)
-        for row in _canonical_rows(preference_path, ["pair_id", "prompt", "chosen", "rejected", "tools"],
-                                   COLLATED_PREFERENCE.sort_keys, PREFERENCE.sort_keys):
-            yield Job("preference", row)
-        if not sites:
-            return
-        hints = {**DEFAULT_HINTS, **config.hints}
-        # SFT's order is (split, session_id, task_id), the SDPO table's that and the failing index.
-        for row in _canonical_rows(sft_path, _SFT_COLUMNS, COLLATED_SFT.sort_keys, SFT.sort_keys):
             for site in sites.get(_task_key(row), ()):
                 yield Job("sdpo", {"task_id": row["task_id"], "session_id": row["session_id"],
                                    "split": row["split"], "messages": row["messages"], "tools": row["tools"],
                                    "strip_thinking": config.strip_thinking, "site": site,
                                    "hint": hints[site.error_kind], "hint_role": config.hint_role})
+        for row in _canonical_rows(preference_path, ["pair_id", "prompt", "chosen", "rejected", "tools"],
+                                   COLLATED_PREFERENCE.sort_keys, PREFERENCE.sort_keys):
+            yield Job("preference", row)
 
     setup = WorkerSetup(
         folder=str(folder), template=template, kwargs=dict(config.template_kwargs),
