@@ -32,8 +32,15 @@ def _raise_exception(message: str) -> None:
     raise ValueError(message)
 
 
+# json.dumps builds a new encoder for every call with a non-default argument; the
+# filter's usual call (only ensure_ascii off) reuses this one, which gives the same text.
+_PLAIN_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
             separators: Any = None, sort_keys: bool = False) -> str:
+    if not ensure_ascii and indent is None and separators is None and not sort_keys:
+        return _PLAIN_JSON.encode(value)
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
                       separators=tuple(separators) if separators is not None else None, sort_keys=sort_keys)
 
@@ -42,11 +49,40 @@ def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
+class _JsonMemo:
+    """``tojson`` for one conversation's renders. Every prefix render serialises again
+    the tool calls of every message before it; minijinja hands the filter the very
+    objects ``prepare`` made (nothing mutates them while rendering), so each is
+    serialised once, keyed by identity and held so that its identity stays its own."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, tuple[Any, str]] = {}
+
+    def __call__(self, value: Any, ensure_ascii: bool = False, indent: int | None = None,
+                 separators: Any = None, sort_keys: bool = False) -> str:
+        if ensure_ascii or indent is not None or separators is not None or sort_keys:
+            return _tojson(value, ensure_ascii, indent, separators, sort_keys)
+        held = self.texts.get(id(value))
+        if held is not None and held[0] is value:
+            return held[1]
+        text = _tojson(value)
+        if isinstance(value, dict | list):  # a str or a number may be a fresh object per call
+            if len(self.texts) >= 65536:  # a caller that never calls begin()
+                self.texts.clear()
+            self.texts[id(value)] = (value, text)
+        return text
+
+
 class FastTemplate:
     """One chat template compiled with minijinja; ``None`` from ``compile`` when it cannot be."""
 
-    def __init__(self, environment: Any) -> None:
+    def __init__(self, environment: Any, memo: _JsonMemo) -> None:
         self._environment = environment
+        self._memo = memo
+
+    def begin(self) -> None:
+        """A new conversation: forget the last one's serialised objects."""
+        self._memo.texts.clear()
 
     @classmethod
     def compile(cls, template: str) -> FastTemplate | None:
@@ -61,12 +97,13 @@ class FastTemplate:
             environment.lstrip_blocks = True
             environment.add_function("raise_exception", _raise_exception)
             environment.add_function("strftime_now", _strftime_now)
-            environment.add_filter("tojson", _tojson)
+            memo = _JsonMemo()
+            environment.add_filter("tojson", memo)
             environment.render_template("chat", messages=[{"role": "user", "content": "x"}], tools=None,
                                         add_generation_prompt=False)
         except Exception:  # a construct minijinja does not know (it parses on first use)
             return None
-        return cls(environment)
+        return cls(environment, memo)
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Any, generation_prompt: bool,
                variables: Mapping[str, Any]) -> str:
@@ -76,18 +113,34 @@ class FastTemplate:
             add_generation_prompt=generation_prompt))
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+def _plain(value: Any) -> Any:
+    """transformers' ``_plain_template_data``: a fresh copy in plain JSON types. Data
+    that is JSON already (what collate reads) takes a round trip through the C codec,
+    which gives the same copy several times faster; anything else goes the slow way.
+    (Where the two could part, a tuple or a non-string key, minijinja's whole render
+    then differs from transformers' and the example is rendered by transformers.)"""
+    from transformers.utils.chat_template_utils import _plain_template_data
+
+    try:
+        return json.loads(json.dumps(value, ensure_ascii=False, default=_not_json))
+    except (TypeError, ValueError, RecursionError):
+        return _plain_template_data(value)
+
+
 def prepare(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The conversation as ``apply_chat_template`` hands it to the template."""
-    from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
+    from transformers.utils.chat_template_utils import _alias_reasoning_fields
 
-    plain = _plain_template_data([{k: v for k, v in m.items() if v is not None} for m in messages])
+    plain = _plain([{k: v for k, v in m.items() if v is not None} for m in messages])
     return list(_alias_reasoning_fields(plain))
 
 
 def prepare_tools(tools: Any) -> Any:
-    from transformers.utils.chat_template_utils import _plain_template_data
-
-    return _plain_template_data(tools)
+    return _plain(tools)
 
 
 def prepare_variables(tokenizer: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:

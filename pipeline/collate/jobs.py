@@ -1,19 +1,26 @@
 """One example in, one proven row or one refusal out; run here or in worker processes.
 
 The stage hands every SFT row and preference pair to ``collate_all``. Below
-``PARALLEL_MIN_EXAMPLES`` (or with one worker) they run in this process; above, in
-``workers`` spawned processes that each load the tokenizer from the same folder and
-check its digest again after loading, so a folder swapped mid-run fails the stage
-instead of collating with what the receipt does not name. Results come back in input
-order: the output is the same whatever the worker count (tested).
+``parallel_min_examples()`` (or with one worker) they run in this process; above, in
+``workers`` processes. On Linux they are forked from this one and use its renderer as
+it is (a worker is ready at once, and the tokenizer's memory is shared); elsewhere, or
+with ``TRACELAKE_COLLATE_START=spawn``, they are spawned and each loads the tokenizer
+from the same folder and checks its digest again after loading, so a folder swapped
+mid-run fails the stage instead of collating with what the receipt does not name.
+Results come back in input order: the output is the same whatever the worker count and
+start method (tested).
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import json
 import multiprocessing
+import multiprocessing.context
+import os
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,9 +37,11 @@ from pipeline.core.workpool import Failed, WorkPool
 C = TypeVar("C")
 R = TypeVar("R")
 
-# Below this many examples one process does it all: a worker first imports transformers
-# and loads the tokenizer (3-4 s), more than it saves on a small export.
+# Below this many examples one process does it all: a spawned worker first imports
+# transformers and loads the tokenizer (about 2 s), more than it saves on a small
+# export. A forked one starts in milliseconds: a few units of work pay for it.
 PARALLEL_MIN_EXAMPLES = 1000
+PARALLEL_MIN_EXAMPLES_FORKED = 256
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ def _collate_job(renderer: Renderer, job: Job, max_length: int) -> Done:
         done.masks.append(_size(masked))
         done.row = {
             "task_id": row["task_id"], "session_id": row["session_id"], "split": row["split"],
-            "input_ids": masked.input_ids, "attention_mask": [1] * len(masked.input_ids),
+            "input_ids": masked.input_ids,  # (the stage adds the attention mask, all ones)
             "labels": masked.labels, "n_tokens": len(masked.input_ids), "n_trained": masked.trained,
             "assistant_turns": masked.assistant_turns, "dropped_turns": masked.dropped_turns,
             "template": renderer.template.name,
@@ -184,6 +193,30 @@ def _start_worker(setup: WorkerSetup) -> None:
     _WORKER_KEY = _key(setup)
 
 
+def _adopt_renderer(renderer: Renderer, setup: WorkerSetup) -> None:
+    """A forked worker's start: the parent's renderer, built and checked there, as is."""
+    global _WORKER, _WORKER_KEY
+    _WORKER = (renderer, setup.max_length)
+    _WORKER_KEY = _key(setup)
+
+
+def start_method() -> str:
+    """``fork`` on Linux: a collate worker runs only the renderer (the tokenizer, jinja,
+    minijinja, numpy) and none of the thread pools the parent may have run (DuckDB,
+    Arrow, the progress display), so no lock another thread held at the fork is ever
+    taken in the child; tokenizers disables its own thread pool in a forked child.
+    ``spawn`` elsewhere (macOS's system libraries are not fork-safe), and
+    ``TRACELAKE_COLLATE_START`` (fork or spawn) overrides the choice."""
+    chosen = os.environ.get("TRACELAKE_COLLATE_START") or ("fork" if sys.platform == "linux" else "spawn")
+    if chosen not in ("fork", "spawn"):
+        raise TracelakeError(f"TRACELAKE_COLLATE_START must be fork or spawn, not {chosen!r}")
+    return chosen
+
+
+def parallel_min_examples() -> int:
+    return PARALLEL_MIN_EXAMPLES_FORKED if start_method() == "fork" else PARALLEL_MIN_EXAMPLES
+
+
 def _in_worker(job: Job) -> Done:
     assert _WORKER is not None
     renderer, max_length = _WORKER
@@ -201,6 +234,9 @@ def collate_chunk(setup: WorkerSetup, jobs: Sequence[Job]) -> list[Done]:
 # Examples per unit of work (an executor's task, a worker process's chunk): enough that
 # a unit's overhead vanishes, few enough to balance the workers.
 POOL_CHUNK = 64
+# A worker process's chunk: small, so that the last chunks leave neither process idle
+# for long (a unit here costs only its pickling).
+PROCESS_CHUNK = 16
 # Units in flight at once: the parent holds only these jobs and their results (the rest
 # are still unread rows), so its memory does not grow with the export.
 WINDOW_PER_WORKER = 4
@@ -233,18 +269,39 @@ def collate_all(renderer: Renderer, jobs: Iterable[Job], total: int, setup: Work
                     raise TracelakeError(f"collate: a chunk of examples failed on every attempt: {outcome.error}")
                 yield from outcome
         return
-    if workers <= 1 or total < PARALLEL_MIN_EXAMPLES:
+    if workers <= 1 or total < parallel_min_examples():
         yield from track((collate_job(renderer, job, setup.max_length) for job in jobs), total)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker, initargs=(setup,)) as processes:
+    method = start_method()
+    context = multiprocessing.get_context(method)
+    start: tuple[Callable[..., None], tuple[Any, ...]] = (
+        (_adopt_renderer, (renderer, setup)) if method == "fork" else (_start_worker, (setup,)))
+    with _pool(workers, context, *start) as processes:
         try:
             def submit(chunk: list[Job]) -> Future[list[Done]]:
                 return processes.submit(collate_chunk, setup, chunk)
 
-            yield from track(_windowed(submit, _chunks(jobs, POOL_CHUNK), workers * WINDOW_PER_WORKER), total)
+            yield from track(_windowed(submit, _chunks(jobs, PROCESS_CHUNK), workers * WINDOW_PER_WORKER), total)
         finally:  # a consumer that stops early: the queued jobs are dropped, not computed
             processes.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool(workers: int, context: multiprocessing.context.BaseContext, initializer: Callable[..., None],
+          initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+    """The worker processes, all started now (a fork context starts them at once, from
+    this thread). What this process holds is frozen out of the collector while they
+    fork: a child's garbage collection would otherwise write to every inherited object's
+    header and copy the pages the parent shares with it."""
+    processes = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer,
+                                    initargs=initargs)
+    if context.get_start_method() != "fork":
+        return processes
+    gc.freeze()
+    try:
+        processes.submit(int).result()  # the pool forks every worker on its first submission
+    finally:
+        gc.unfreeze()
+    return processes
 
 
 def _windowed(submit: Callable[[C], Future[list[R]]], chunks: Iterator[C], window: int) -> Iterator[R]:

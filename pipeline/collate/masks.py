@@ -25,6 +25,7 @@ Truncation to ``max_length`` comes after masking, by whole assistant turns.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -76,10 +77,7 @@ class Masked:
     dropped_turns: int = 0  # by truncation
     dropped_tokens: int = 0
     spans: list[tuple[int, int]] = field(default_factory=list)  # token ranges [start, end) trained
-
-    @property
-    def trained(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+    trained: int = 0  # tokens whose label is not IGNORE
 
 
 @dataclass
@@ -139,17 +137,21 @@ class Renderer:
             raise Refused("template_error", f"{type(exc).__name__}: {str(exc)[:200]}") from None
         return str(rendered[0]), [(int(a), int(b)) for a, b in (indices[0] if indices else [])]
 
-    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids and offsets of a render, tokenised as ``apply_chat_template`` does."""
+    def encode(self, text: str) -> tuple[list[int], np.ndarray]:
+        """Ids and offsets (an ``(n, 2)`` array) of a render, tokenised as
+        ``apply_chat_template`` does."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         try:
             if backend is not None:  # what a fast tokenizer's __call__ runs, without its conversions
                 encoding = backend.encode(text, add_special_tokens=False)
-                return list(encoding.ids), list(encoding.offsets)
-            out = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ids, offsets = encoding.ids, encoding.offsets
+            else:
+                out = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ids, offsets = out["input_ids"], out["offset_mapping"]
         except (TypeError, ValueError) as exc:  # a lone surrogate, say
             raise Refused("bad_messages", f"cannot tokenise: {str(exc)[:200]}") from None
-        return list(out["input_ids"]), [(int(a), int(b)) for a, b in out["offset_mapping"]]
+        flat = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))
+        return ids if isinstance(ids, list) else list(ids), flat.reshape(-1, 2)
 
     def prefix_renderer(self, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None,
                         full: str) -> Callable[[int, bool], str] | None:
@@ -170,6 +172,7 @@ class Renderer:
             if self._variables is None:
                 self._variables = prepare_variables(self.tokenizer, self.kwargs)
             variables = self._variables
+            fast.begin()
             agrees = fast.render(prepared, plain_tools, False, variables) == full
         except Exception:  # minijinja refuses what jinja2 took: this example goes the exact way
             agrees = False
@@ -311,8 +314,7 @@ def _turn_spans(renderer: Renderer, messages: Sequence[Mapping[str, Any]], tools
 def _token_masks(renderer: Renderer, full: str, generation_spans: list[tuple[int, int]],
                  spans: list[tuple[int, int]], prompts: list[tuple[int, int]], train_from: int,
                  max_length: int | None) -> Masked:
-    ids, offset_list = renderer.encode(full)
-    raw = np.array(offset_list, dtype=np.int64).reshape(-1, 2)
+    ids, raw = renderer.encode(full)
     offsets = _check_offsets(raw, len(full))
     mask, token_spans = _token_mask(offsets, spans)
     if renderer.template.generation_tags:
@@ -429,6 +431,7 @@ def _truncated(ids: list[int], mask: np.ndarray, token_spans: list[tuple[int, in
         if not kept:
             raise Refused("too_long", f"{len(ids)} tokens, the first turn ends at {token_spans[0][1]}")
         cut = kept[-1][1]
-    labels = np.where(mask[:cut] == 1, np.asarray(ids[:cut], dtype=np.int64), IGNORE).tolist()
+    trained = mask[:cut] == 1
+    labels = np.where(trained, np.asarray(ids[:cut], dtype=np.int64), IGNORE).tolist()
     return Masked(ids[:cut], labels, len(kept), dropped_turns=len(token_spans) - len(kept),
-                  dropped_tokens=len(ids) - cut, spans=kept)
+                  dropped_tokens=len(ids) - cut, spans=kept, trained=int(trained.sum()))

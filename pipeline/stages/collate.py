@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -116,7 +117,8 @@ class _Rows:
     def _flush(self, kind: str) -> None:
         if not self.pending[kind]:
             return
-        chunk = from_rows(self.SPECS[kind], self.pending[kind])
+        chunk = _with_attention_mask(self.SPECS[kind], self.pending[kind]) if kind == "sft" else \
+            from_rows(self.SPECS[kind], self.pending[kind])
         self.pending[kind] = []
         if kind not in self.writers:
             self.scratch.mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,18 @@ class _Rows:
                 yield from pa.ipc.open_stream(handle)
 
         return TableStream(schema, batches(), self.counts[kind])
+
+
+def _with_attention_mask(spec: Any, rows: list[dict[str, Any]]) -> pa.Table:
+    """SFT rows, whose attention mask is all ones (a row is one example, unpadded): made
+    here in Arrow from the ids' offsets, not carried back from a worker as a list."""
+    fields = [field for field in spec.schema if field.name != "attention_mask"]
+    table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
+    ids = table.column("input_ids").combine_chunks()
+    ones = pa.array(np.ones(len(ids.values), dtype=np.int64))
+    mask = pa.LargeListArray.from_arrays(ids.offsets, ones)
+    position = spec.schema.get_field_index("attention_mask")
+    return table.add_column(position, spec.schema.field(position), mask).cast(spec.schema)
 
 
 _READ_ROWS = 256  # rows turned into Python objects at a time

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.collate.fast_render import FastTemplate, prepare, prepare_tools, prepare_variables
 from pipeline.collate.masks import Renderer, mask_conversation
@@ -96,3 +97,67 @@ def test_a_prefix_the_engines_render_differently_is_redone_the_exact_way(qwen_fo
     fast, exact = Renderer(tokenizer, template), Renderer(tokenizer, template, fast=False)
     assert mask_conversation(fast, messages, None) == mask_conversation(exact, messages, None)
     assert fast.renders == {"jinja2": 1}
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_JSON)
+def test_the_plain_copy_is_transformers_copy_on_json_data(value: Any) -> None:
+    """The C round trip ``prepare`` takes gives what transformers' own conversion gives,
+    as a fresh copy."""
+    from transformers.utils.chat_template_utils import _plain_template_data
+
+    from pipeline.collate.fast_render import _plain
+
+    copied = _plain(value)
+    assert copied == _plain_template_data(value)
+    assert type(copied) is type(_plain_template_data(value))
+    if isinstance(value, dict | list) and value:
+        assert copied is not value
+
+
+def test_data_that_is_not_json_takes_transformers_conversion() -> None:
+    from dataclasses import dataclass
+
+    from transformers.utils.chat_template_utils import _plain_template_data
+
+    from pipeline.collate.fast_render import _plain
+
+    @dataclass
+    class Call:
+        name: str
+
+    value = {"calls": [Call("bash")], "pair": (1, 2), 3: "int key"}
+    assert _plain(value) == _plain_template_data(value)  # tuple, int key and dataclass kept as transformers keeps them
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_JSON)
+def test_the_tojson_memo_gives_json_dumps_text(value: Any) -> None:
+    import json
+
+    from pipeline.collate.fast_render import _JsonMemo
+
+    memo = _JsonMemo()
+    expected = json.dumps(value, ensure_ascii=False)
+    assert memo(value) == expected
+    assert memo(value) == expected  # the second time from the memo
+    assert memo(value, indent=2) == json.dumps(value, ensure_ascii=False, indent=2)  # other arguments: never memoised
+
+
+def test_the_tojson_memo_is_keyed_by_identity_and_forgotten_per_conversation() -> None:
+    from pipeline.collate.fast_render import _JsonMemo
+
+    memo = _JsonMemo()
+    first, twin = {"command": "ls"}, {"command": "ls"}
+    assert memo(first) == memo(twin) == '{"command": "ls"}'
+    assert len(memo.texts) == 2  # equal but distinct objects: two entries, each held
+    first["command"] = "rm"  # nothing mutates data while it renders; a new conversation starts afresh
+    memo.texts.clear()
+    assert memo(first) == '{"command": "rm"}'

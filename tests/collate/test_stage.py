@@ -138,16 +138,20 @@ def test_a_pair_with_one_side_cut_is_refused(qwen_folder: Path) -> None:
     assert preference_row(renderer, row, 4096, [])["chosen_mask"].count(1) > 0
 
 
-def test_worker_processes_give_the_same_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same tables whether the examples run here or in two spawned workers (which
-    load the tokenizer themselves and check its digest again)."""
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_worker_processes_give_the_same_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: str) -> None:
+    """The same tables whether the examples run here or in two workers, forked (the
+    parent's renderer as is) or spawned (which load the tokenizer themselves and check
+    its digest again)."""
     from pipeline.collate import jobs
     from pipeline.stages import collate
 
     one = _run(tmp_path / "one")
+    monkeypatch.setenv("TRACELAKE_COLLATE_START", start)
+    assert jobs.start_method() == start
     monkeypatch.setattr(jobs, "PARALLEL_MIN_EXAMPLES", 1)
     # small units, one in flight per worker, rows read one at a time: the windows turn over
-    monkeypatch.setattr(jobs, "POOL_CHUNK", 1)
+    monkeypatch.setattr(jobs, "PROCESS_CHUNK", 1)
     monkeypatch.setattr(jobs, "WINDOW_PER_WORKER", 1)
     monkeypatch.setattr(collate, "_READ_ROWS", 1)
     two = _run(tmp_path / "two")
@@ -223,3 +227,12 @@ def test_rows_of_a_table_stored_in_another_order_come_in_the_stable_sort(rows: l
         pq.write_table(table, path, row_group_size=7)
         got = list(collate._canonical_rows(path, ["key", "value"], ("key",), ("value",)))
     assert got == table.sort_by([("key", "ascending")]).to_pylist()
+
+
+def test_an_unknown_collate_start_method_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.collate import jobs
+    from pipeline.core.errors import TracelakeError
+
+    monkeypatch.setenv("TRACELAKE_COLLATE_START", "forkserver")
+    with pytest.raises(TracelakeError, match="fork or spawn"):
+        jobs.start_method()
