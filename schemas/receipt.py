@@ -114,6 +114,8 @@ class Execution(_Model):
     unit_s: float = Field(default=0.0, ge=0, description="The units' own run time, summed over workers.")
     map_s: float = Field(default=0.0, ge=0, description="Wall time the stage waited on its units; the rest of its "
                          "duration is its reduce (merge, sort, write) and set-up.")
+    gpus: int = Field(default=0, ge=0, description="GPUs each task held: a stage that wants one (train) runs whole "
+                      "as one task on a GPU node when the Ray cluster has one; 0 elsewhere.")
 
 
 class StageReceipt(_Model):

@@ -21,6 +21,7 @@ executor is asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import time
@@ -60,6 +61,7 @@ class RayExecutor:
 
     address: str | None = None  # None: a local cluster with ``num_cpus`` CPUs
     num_cpus: int | None = None
+    num_gpus: int | None = None  # a local cluster's GPUs; None: the ones Ray finds here
     retries: int = RETRIES
     runtime_env: dict[str, Any] | None = None  # passed to ray.init (env vars, setup hooks)
     name: str = "ray"
@@ -68,6 +70,7 @@ class RayExecutor:
     # records what its units did.
     stats: PoolStats | None = field(default=None, init=False)
     _started: bool = field(default=False, init=False)
+    _node_versions: dict[str, str] = field(default_factory=dict, init=False)  # stage -> its GPU node's version
 
     @classmethod
     def parse(cls, name: str, workers: int) -> RayExecutor:
@@ -90,6 +93,7 @@ class RayExecutor:
                 context = ray.init(
                     # "local": a new cluster here even when RAY_ADDRESS names another one
                     address=self.address or "local", num_cpus=self.num_cpus if self.address is None else None,
+                    num_gpus=self.num_gpus if self.address is None else None,
                     include_dashboard=False if self.address is None else None,
                     log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
                     runtime_env=self.runtime_env,
@@ -101,17 +105,65 @@ class RayExecutor:
             self.dashboard = f"http://{url}" if url and not str(url).startswith("http") else url or None
         return ray
 
+    def placed(self, stage: Any) -> Any:
+        """The stage as the node that will run it sees it. A stage that wants a GPU runs
+        on a GPU node when the cluster has one, and its version (so its cache key and
+        its receipt) names that node's engines and device class, not this machine's:
+        an adapter trained in bf16 on a GPU is not filed under a CPU's key. Asked once
+        per stage of a run, by one small task holding the GPU."""
+        gpus = stage.resources.gpu
+        if not gpus or _cluster_gpus(self.connect()) < gpus:
+            return stage
+        version = self._node_versions.get(stage.name)
+        if version is None:
+            version = self._node_versions[stage.name] = self._node_version(stage, gpus)
+        if version == stage.full_version:
+            return stage
+        moved = dataclasses.replace(stage)
+        moved.__dict__["full_version"] = version  # the cached property, as the node computes it
+        return moved
+
+    def _node_version(self, stage: Any, gpus: int) -> str:
+        ray = self.connect()
+        probe: Any = ray.remote(_installed_version).options(num_cpus=stage.resources.cpu, num_gpus=gpus,
+                                                             max_retries=self.retries)
+        try:
+            return str(ray.get(probe.remote(stage)))
+        except ray.exceptions.RayError as error:
+            raise TracelakeError(f"{stage.name}: cannot reach a GPU node of {self.name}: {_cause(error)}") from None
+
     def run(self, task: Any, tracker: Tracker) -> Any:
         from pipeline.core.execute import execute_task
 
         self.stats = None
-        self.connect()
+        ray = self.connect()
+        gpus = task.stage.resources.gpu
+        if gpus and _cluster_gpus(ray) >= gpus:
+            return self._run_whole(task, tracker, gpus)
         pool = RayPool(self.retries, tracker, self.name, expected_code=task.stage.full_version,
                        stage=task.stage, dashboard=self.dashboard)
         self.stats = pool.stats
         done = execute_task(task, tracker, pool=pool)
         done.pool = pool.stats
         return done
+
+    def _run_whole(self, task: Any, tracker: Tracker, gpus: int) -> Any:
+        """A stage that wants a GPU (train) on a cluster that has one: the whole stage as
+        one task holding it, retried like any unit, writing its outputs to the root
+        (which every node sees, as for every other unit); it answers what the driver
+        would have, so the receipt is written here."""
+        from pipeline.core.execute import execute_task
+
+        pool = RayPool(self.retries, tracker, self.name, expected_code=task.stage.full_version,
+                       stage=task.stage, dashboard=self.dashboard, num_cpus=task.stage.resources.cpu,
+                       num_gpus=gpus)
+        pool.stats.gpus = gpus
+        self.stats = pool.stats
+        [outcome] = list(pool.map(execute_task, [task], f"{task.stage.name} (one task, {gpus} GPU)"))
+        if isinstance(outcome, Failed):
+            raise TracelakeError(f"{task.stage.name} failed on the GPU node on every attempt: {outcome.error}")
+        outcome.pool = pool.stats
+        return outcome
 
     def close(self) -> None:
         if self._started:
@@ -150,11 +202,13 @@ class RayPool:
     stage: Any = None
     dashboard: str | None = None  # shown beside the progress, where the cluster has one
     stats: PoolStats = field(default_factory=PoolStats)
+    num_cpus: float = 1.0  # what each unit holds while it runs
+    num_gpus: int = 0
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], description: str) -> Iterator[R | Failed]:
         import ray
 
-        remote: Any = ray.remote(_run_unit).options(max_retries=0, num_cpus=1)
+        remote: Any = ray.remote(_run_unit).options(max_retries=0, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
         fn_ref = ray.put(fn)
         stage_ref = ray.put(self.stage)
         # Enough in flight to keep every CPU busy with the next unit queued; bounded,
@@ -213,6 +267,15 @@ class RayPool:
                         ray.cancel(ref, force=True)
                     except Exception:  # the cluster is already gone: nothing left to stop
                         pass
+
+
+def _installed_version(stage: Any) -> str:
+    return str(stage.installed_version())
+
+
+def _cluster_gpus(ray: Any) -> float:
+    resources: dict[str, float] = ray.cluster_resources()
+    return float(resources.get("GPU", 0))
 
 
 # A failure with no exception of the unit's own: said the same way every time (Ray's

@@ -275,7 +275,7 @@ class Runner:
         if pool is None:
             return Execution(executor=name)
         return Execution(executor=name, tasks=pool.tasks, retries=pool.retries, failed=pool.failed,
-                         unit_s=round(pool.unit_s, 3), map_s=round(pool.map_s, 3))
+                         unit_s=round(pool.unit_s, 3), map_s=round(pool.map_s, 3), gpus=pool.gpus)
 
     def _export(self, stage: Stage, config: BaseModel, run: _Execution) -> None:
         """Materialise and validate a fresh execution's exports into
@@ -335,6 +335,11 @@ class Runner:
 
     def run_stage(self, stage: Stage) -> StageOutcome:
         started_wall, started = utc_now(), time.perf_counter()
+        # Where the executor will run it may change its version (a GPU node's device
+        # class): the key, the lookup and the receipt all take the version it gives.
+        placed = getattr(self.options.executor, "placed", None)
+        if placed is not None:
+            stage = placed(stage)
         config = build_config(stage, self.options)
         config_json = key_config(stage, config)
         try:

@@ -41,6 +41,7 @@ class PoolStats:
     failed: int = 0  # units handed back as ``Failed``
     unit_s: float = 0.0  # the units' own run time, summed over workers (successful attempts)
     map_s: float = 0.0  # wall time the stage spent waiting on the pool (the rest is its reduce)
+    gpus: int = 0  # GPUs each unit held (a stage run whole on a GPU node: train)
 
 
 class WorkPool(Protocol):

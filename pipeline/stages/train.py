@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
-from pipeline.core.stage import ExternalInput, Stage, StageContext, StageResult, Traits
+from pipeline.core.stage import ExternalInput, Resources, Stage, StageContext, StageResult, Traits
 from pipeline.train.loop import (
     Step,
     TrainSettings,
@@ -273,5 +273,8 @@ STAGE = Stage(
         ArtifactSpec("loss_curve", "the loss curve as a PNG", optional=True),
     ),
     externals=(ExternalInput("model", "model", "model", default=default_model),),
+    # On a Ray cluster with a GPU, the whole stage runs as one task holding one
+    # (pipeline.core.ray_executor); elsewhere ``device = "auto"`` picks what is there.
+    resources=Resources(cpu=1.0, memory_gb=4.0, gpu=1),
 )
 

@@ -39,7 +39,8 @@ def cluster(faults: Path) -> Iterator[None]:
     ray = pytest.importorskip("ray")  # the ray extra is in the dev lock: this never skips in CI
     from tests.core import ray_faults
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    # One logical GPU (Ray schedules by it; torch, CPU-only here, still trains on the CPU).
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {FAULTS_ENV: str(faults), "PYTHONPATH": str(REPO)},
                           "worker_process_setup_hook": ray_faults.install})
     yield
@@ -115,6 +116,48 @@ def test_ray_gives_the_local_digests_for_any_workers_and_completion_order(
         assert collect.execution.retries == collect.execution.failed == 0
     assert _receipt(local, "collect").execution.executor == "local"
     assert _receipt(local, "collect").execution.tasks == 0
+
+
+def test_train_runs_whole_as_one_task_holding_the_clusters_gpu(cluster: None, tmp_path: Path) -> None:
+    """Train wants a GPU: on a cluster with one, the stage runs as one task holding it
+    (the receipt says so), and trains on the same rows to the same losses as here."""
+    import pyarrow.compute as pc
+
+    synthesize(tmp_path / "corpus", sessions=8, seed=5)
+    sources = [SourceSpec("claude-code", tmp_path / "corpus")]
+    local = _run(tmp_path / "local", sources, ["train"], workers=1)
+    on_ray = _run(tmp_path / "ray", sources, ["train"], executor=RayExecutor())
+    train = _receipt(on_ray, "train")
+    assert (train.execution.executor, train.execution.tasks, train.execution.gpus) == ("ray", 1, 1)
+    assert train.execution.retries == train.execution.failed == 0
+    assert _receipt(on_ray, "collect").execution.gpus == 0  # the other stages' units hold none
+    assert _receipt(local, "train").execution.gpus == 0
+    digests = {name: _digests(result) for name, result in (("local", local), ("ray", on_ray))}
+    assert {k: v for k, v in digests["ray"].items() if k != "train_steps"} == \
+           {k: v for k, v in digests["local"].items() if k != "train_steps"}
+    steps = [pq.read_table(root / result.summary.tables["train_steps"].path)
+             for result, root in ((local, tmp_path / "local"), (on_ray, tmp_path / "ray"))]
+    assert steps[0].num_rows == steps[1].num_rows > 0
+    # A task's threads differ from this process's: float sums may differ in the last bits.
+    difference = pc.max(pc.abs(pc.subtract(steps[0]["loss"], steps[1]["loss"]))).as_py()
+    assert difference <= 1e-5
+
+
+def test_a_stage_run_on_a_gpu_node_is_keyed_by_that_nodes_version(cluster: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache key and the receipt name the engines and device class of the node that
+    trains, asked of that node: a GPU node's adapter is never filed under this
+    machine's CPU key (nor the reverse)."""
+    stages = {stage.name: stage for stage in load_stages(["train"])}
+    train, collect = stages["train"], stages["collect"]
+    executor = RayExecutor()
+    assert executor.placed(train) is train  # the cluster's GPU node is this machine: the same version
+    assert executor.placed(collect) is collect  # wants no GPU: never asked
+    monkeypatch.setattr(RayExecutor, "_node_version", lambda self, stage, gpus: f"{stage.version}+gpu-node")
+    executor = RayExecutor()
+    moved = executor.placed(train)
+    assert moved.full_version == f"{train.version}+gpu-node" != train.full_version
+    assert (moved.name, moved.outputs, moved.resources) == (train.name, train.outputs, train.resources)
 
 
 def test_real_sessions_give_the_local_digests(cluster: None, teich_examples: Path, tmp_path: Path) -> None:
