@@ -26,6 +26,12 @@ from datetime import datetime
 from typing import Any
 
 GENERATION_TAGS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+# minijinja's Python compatibility calls the real methods of the objects it renders:
+# ``.append(`` or ``.update(`` in a template would change the prepared conversation
+# (transformers' immutable sandbox refuses them), and with it every later prefix render
+# and the ``tojson`` memo. A template that names one renders through transformers only.
+MUTATING_CALL = re.compile(r"\.\s*(?:append|extend|insert|pop|popitem|remove|clear|update|setdefault|sort|reverse"
+                           r"|add|discard|difference_update|intersection_update|symmetric_difference_update)\s*\(")
 
 
 def _raise_exception(message: str) -> None:
@@ -86,6 +92,8 @@ class FastTemplate:
 
     @classmethod
     def compile(cls, template: str) -> FastTemplate | None:
+        if MUTATING_CALL.search(template):
+            return None
         try:
             from minijinja import Environment
         except ImportError:

@@ -13,6 +13,7 @@ start method (tested).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import itertools
@@ -32,6 +33,7 @@ from pipeline.collate.masks import IGNORE, Masked, Refused, Renderer, mask_conve
 from pipeline.collate.sdpo import sdpo_row, strip_thinking_from
 from pipeline.collate.tokenizer import ChatTemplate, load_tokenizer
 from pipeline.core.errors import TracelakeError
+from pipeline.core.lock import drop_inherited_locks
 from pipeline.core.workpool import Failed, WorkPool
 
 C = TypeVar("C")
@@ -193,20 +195,63 @@ def _start_worker(setup: WorkerSetup) -> None:
     _WORKER_KEY = _key(setup)
 
 
-def _adopt_renderer(renderer: Renderer, setup: WorkerSetup) -> None:
-    """A forked worker's start: the parent's renderer, built and checked there, as is."""
+def _adopt_renderer(renderer: Renderer, setup: WorkerSetup, parent: int) -> None:
+    """A forked worker's start: the parent's renderer, built and checked there, as is.
+
+    What the child inherits and must not use is replaced first: the standard streams
+    (another thread, the progress display, may have held their buffers' locks at the
+    fork) and the parent's writer-lock descriptors (a collate worker never writes the
+    root). The child dies with the parent: an orphan would wait on its queue forever."""
     global _WORKER, _WORKER_KEY
+    _die_with_parent(parent)
+    _fresh_standard_streams()
+    drop_inherited_locks()
     _WORKER = (renderer, setup.max_length)
     _WORKER_KEY = _key(setup)
 
 
+def _die_with_parent(parent: int) -> None:
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # linux/prctl.h
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
+def _fresh_standard_streams() -> None:
+    """New stream objects on the same descriptors (new buffers, new locks), and every
+    logging handler that wrote to the old ones pointed at them."""
+    import logging
+
+    replaced: dict[int, Any] = {}
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        fresh = open(fd, "w", encoding=getattr(old, "encoding", None) or "utf-8", errors="backslashreplace",
+                     buffering=1, closefd=False)
+        replaced[id(old)] = fresh
+        replaced[id(getattr(sys, f"__{name}__"))] = fresh
+        setattr(sys, name, fresh)
+        setattr(sys, f"__{name}__", fresh)
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and id(stream) in replaced:
+                handler.setStream(replaced[id(stream)])
+
+
 def start_method() -> str:
     """``fork`` on Linux: a collate worker runs only the renderer (the tokenizer, jinja,
-    minijinja, numpy) and none of the thread pools the parent may have run (DuckDB,
-    Arrow, the progress display), so no lock another thread held at the fork is ever
-    taken in the child; tokenizers disables its own thread pool in a forked child.
-    ``spawn`` elsewhere (macOS's system libraries are not fork-safe), and
-    ``TRACELAKE_COLLATE_START`` (fork or spawn) overrides the choice."""
+    minijinja, numpy), never the parent's DuckDB, Arrow or polars pools, whose threads
+    are idle at the fork; tokenizers disables its own thread pool in a forked child. What
+    the child could share with a live thread, the standard streams and the writer lock,
+    it replaces or drops (``_adopt_renderer``). ``spawn`` elsewhere (macOS's system
+    libraries are not fork-safe), and ``TRACELAKE_COLLATE_START`` (fork or spawn)
+    overrides the choice."""
     chosen = os.environ.get("TRACELAKE_COLLATE_START") or ("fork" if sys.platform == "linux" else "spawn")
     if chosen not in ("fork", "spawn"):
         raise TracelakeError(f"TRACELAKE_COLLATE_START must be fork or spawn, not {chosen!r}")
@@ -274,8 +319,10 @@ def collate_all(renderer: Renderer, jobs: Iterable[Job], total: int, setup: Work
         return
     method = start_method()
     context = multiprocessing.get_context(method)
+    if method == "fork":  # as a spawned worker does after loading: the folder was read since the stage checked it
+        setup.recheck()
     start: tuple[Callable[..., None], tuple[Any, ...]] = (
-        (_adopt_renderer, (renderer, setup)) if method == "fork" else (_start_worker, (setup,)))
+        (_adopt_renderer, (renderer, setup, os.getpid())) if method == "fork" else (_start_worker, (setup,)))
     with _pool(workers, context, *start) as processes:
         try:
             def submit(chunk: list[Job]) -> Future[list[Done]]:
@@ -296,11 +343,16 @@ def _pool(workers: int, context: multiprocessing.context.BaseContext, initialize
                                     initargs=initargs)
     if context.get_start_method() != "fork":
         return processes
+    frozen_here = gc.get_freeze_count() == 0  # a caller's own freeze is left as it was
     gc.freeze()
     try:
         processes.submit(int).result()  # the pool forks every worker on its first submission
+    except BaseException:
+        processes.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
-        gc.unfreeze()
+        if frozen_here:
+            gc.unfreeze()
     return processes
 
 

@@ -74,10 +74,10 @@ class Masked:
     input_ids: list[int]
     labels: list[int]  # IGNORE where not trained
     assistant_turns: int  # trained turns kept
+    trained: int  # tokens whose label is not IGNORE
     dropped_turns: int = 0  # by truncation
     dropped_tokens: int = 0
     spans: list[tuple[int, int]] = field(default_factory=list)  # token ranges [start, end) trained
-    trained: int = 0  # tokens whose label is not IGNORE
 
 
 @dataclass
@@ -433,5 +433,5 @@ def _truncated(ids: list[int], mask: np.ndarray, token_spans: list[tuple[int, in
         cut = kept[-1][1]
     trained = mask[:cut] == 1
     labels = np.where(trained, np.asarray(ids[:cut], dtype=np.int64), IGNORE).tolist()
-    return Masked(ids[:cut], labels, len(kept), dropped_turns=len(token_spans) - len(kept),
-                  dropped_tokens=len(ids) - cut, spans=kept, trained=int(trained.sum()))
+    return Masked(ids[:cut], labels, len(kept), int(trained.sum()), dropped_turns=len(token_spans) - len(kept),
+                  dropped_tokens=len(ids) - cut, spans=kept)

@@ -34,7 +34,19 @@ class RootBusy(TracelakeError):
 
 
 _HELD: dict[str, int] = {}  # resolved root -> depth, for this process
+_FDS: dict[str, int] = {}  # resolved root -> the descriptor holding its flock
 _GUARD = threading.Lock()
+
+
+def drop_inherited_locks() -> None:
+    """In a forked child that never writes the root (a collate worker): close the
+    descriptors that hold the parent's locks, so that only the parent (and the children
+    that do write) keep the root locked. The lock itself stays the parent's."""
+    for fd in _FDS.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _FDS.clear()
+    _HELD.clear()
 
 
 def _holder(layout: LakeLayout) -> str:
@@ -84,11 +96,13 @@ def writer_lock(
             layout.lock_file.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
         with _GUARD:
             _HELD[key] = 1
+            _FDS[key] = fd
         try:
             yield
         finally:
             with _GUARD:
                 _HELD.pop(key, None)
+                _FDS.pop(key, None)
             with contextlib.suppress(OSError):
                 layout.lock_file.write_text("")
     finally:

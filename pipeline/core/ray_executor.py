@@ -21,6 +21,7 @@ executor is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -37,6 +38,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 RETRIES = 3  # attempts after the first, per unit
+PROBE_TIMEOUT_S = 300  # how long a GPU stage waits for a GPU of the cluster to come free
 _WAIT_S = 0.2  # how often progress is refreshed while tasks run
 
 
@@ -70,7 +72,7 @@ class RayExecutor:
     # records what its units did.
     stats: PoolStats | None = field(default=None, init=False)
     _started: bool = field(default=False, init=False)
-    _node_versions: dict[str, str] = field(default_factory=dict, init=False)  # stage -> its GPU node's version
+    _placement: dict[str, str] = field(default_factory=dict, init=False)  # stage -> the GPU node it runs on
 
     @classmethod
     def parse(cls, name: str, workers: int) -> RayExecutor:
@@ -107,39 +109,48 @@ class RayExecutor:
 
     def placed(self, stage: Any) -> Any:
         """The stage as the node that will run it sees it. A stage that wants a GPU runs
-        on a GPU node when the cluster has one, and its version (so its cache key and
-        its receipt) names that node's engines and device class, not this machine's:
-        an adapter trained in bf16 on a GPU is not filed under a CPU's key. Asked once
-        per stage of a run, by one small task holding the GPU."""
+        on a GPU node when the cluster has one: one small task holding a GPU names the
+        node and its engines (device class included), the stage will run pinned to that
+        node, and its version (so its cache key and its receipt) names those engines with
+        this driver's code: an adapter trained in bf16 on a GPU is not filed under a
+        CPU's key, and a node running other code still fails the stage (``_run_unit``).
+        Decided once per stage of a run; ``run`` follows the decision."""
+        self._placement.pop(stage.name, None)
         gpus = stage.resources.gpu
         if not gpus or _cluster_gpus(self.connect()) < gpus:
             return stage
-        version = self._node_versions.get(stage.name)
-        if version is None:
-            version = self._node_versions[stage.name] = self._node_version(stage, gpus)
+        node_id, engines = self._probe(stage, gpus)
+        version = stage.version_with(engines)
+        self._placement[stage.name] = node_id
         if version == stage.full_version:
             return stage
         moved = dataclasses.replace(stage)
         moved.__dict__["full_version"] = version  # the cached property, as the node computes it
         return moved
 
-    def _node_version(self, stage: Any, gpus: int) -> str:
+    def _probe(self, stage: Any, gpus: int) -> tuple[str, str | None]:
         ray = self.connect()
-        probe: Any = ray.remote(_installed_version).options(num_cpus=stage.resources.cpu, num_gpus=gpus,
-                                                             max_retries=self.retries)
+        probe: Any = ray.remote(_node_engines).options(num_cpus=0, num_gpus=gpus, max_retries=self.retries)
+        ref = probe.remote(stage)
         try:
-            return str(ray.get(probe.remote(stage)))
+            node_id, engines = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            raise TracelakeError(f"{stage.name}: no GPU of the cluster {self.name} came free within "
+                                 f"{PROBE_TIMEOUT_S} s") from None
         except ray.exceptions.RayError as error:
             raise TracelakeError(f"{stage.name}: cannot reach a GPU node of {self.name}: {_cause(error)}") from None
+        return str(node_id), None if engines is None else str(engines)
 
     def run(self, task: Any, tracker: Tracker) -> Any:
         from pipeline.core.execute import execute_task
 
         self.stats = None
-        ray = self.connect()
-        gpus = task.stage.resources.gpu
-        if gpus and _cluster_gpus(ray) >= gpus:
-            return self._run_whole(task, tracker, gpus)
+        self.connect()
+        node_id = self._placement.get(task.stage.name)
+        if node_id is not None:
+            return self._run_whole(task, tracker, task.stage.resources.gpu, node_id)
         pool = RayPool(self.retries, tracker, self.name, expected_code=task.stage.full_version,
                        stage=task.stage, dashboard=self.dashboard)
         self.stats = pool.stats
@@ -147,21 +158,24 @@ class RayExecutor:
         done.pool = pool.stats
         return done
 
-    def _run_whole(self, task: Any, tracker: Tracker, gpus: int) -> Any:
-        """A stage that wants a GPU (train) on a cluster that has one: the whole stage as
-        one task holding it, retried like any unit, writing its outputs to the root
-        (which every node sees, as for every other unit); it answers what the driver
-        would have, so the receipt is written here."""
+    def _run_whole(self, task: Any, tracker: Tracker, gpus: int, node_id: str) -> Any:
+        """A stage placed on a GPU node: the whole stage as one task holding the GPU on
+        that node, writing its outputs to the root (which every node sees, as for every
+        other unit). A lost worker or node is retried; the stage's own error is not (a
+        deterministic failure would burn GPU hours three more times)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         from pipeline.core.execute import execute_task
 
         pool = RayPool(self.retries, tracker, self.name, expected_code=task.stage.full_version,
                        stage=task.stage, dashboard=self.dashboard, num_cpus=task.stage.resources.cpu,
-                       num_gpus=gpus)
+                       num_gpus=gpus, scheduling=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                       retry_own_errors=False)
         pool.stats.gpus = gpus
         self.stats = pool.stats
         [outcome] = list(pool.map(execute_task, [task], f"{task.stage.name} (one task, {gpus} GPU)"))
         if isinstance(outcome, Failed):
-            raise TracelakeError(f"{task.stage.name} failed on the GPU node on every attempt: {outcome.error}")
+            raise TracelakeError(f"{task.stage.name} failed on its GPU node: {outcome.error}")
         outcome.pool = pool.stats
         return outcome
 
@@ -204,11 +218,14 @@ class RayPool:
     stats: PoolStats = field(default_factory=PoolStats)
     num_cpus: float = 1.0  # what each unit holds while it runs
     num_gpus: int = 0
+    scheduling: Any = None  # a Ray scheduling strategy (a node to pin to), None: Ray's choice
+    retry_own_errors: bool = True  # False: only a lost worker or node is retried
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], description: str) -> Iterator[R | Failed]:
         import ray
 
-        remote: Any = ray.remote(_run_unit).options(max_retries=0, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+        remote: Any = ray.remote(_run_unit).options(max_retries=0, num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                                    scheduling_strategy=self.scheduling)
         fn_ref = ray.put(fn)
         stage_ref = ray.put(self.stage)
         # Enough in flight to keep every CPU busy with the next unit queued; bounded,
@@ -242,7 +259,8 @@ class RayPool:
                             cause = getattr(error, "cause", None)
                             if isinstance(cause, OtherCode):
                                 raise cause from None
-                            if attempt <= self.retries:
+                            own = isinstance(cause, BaseException)  # the unit's exception, not a lost worker
+                            if attempt <= self.retries and (self.retry_own_errors or not own):
                                 self.stats.retries += 1
                                 submit(index, attempt + 1)
                                 continue
@@ -269,8 +287,11 @@ class RayPool:
                         pass
 
 
-def _installed_version(stage: Any) -> str:
-    return str(stage.installed_version())
+def _node_engines(stage: Any) -> tuple[str, str | None]:
+    """On the node: its id and the stage's engines as installed there."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id()), None if stage.engines is None else str(stage.engines())
 
 
 def _cluster_gpus(ray: Any) -> float:

@@ -335,16 +335,16 @@ class Runner:
 
     def run_stage(self, stage: Stage) -> StageOutcome:
         started_wall, started = utc_now(), time.perf_counter()
-        # Where the executor will run it may change its version (a GPU node's device
-        # class): the key, the lookup and the receipt all take the version it gives.
-        placed = getattr(self.options.executor, "placed", None)
-        if placed is not None:
-            stage = placed(stage)
         config = build_config(stage, self.options)
         config_json = key_config(stage, config)
+        placed = getattr(self.options.executor, "placed", None)
         try:
+            # Where the executor will run it may change its version (a GPU node's device
+            # class): the key, the lookup and the receipt all take the version it gives.
+            if placed is not None:
+                stage = placed(stage)
             inputs, unresolved = self._inputs(stage, config), None
-        except TracelakeError as exc:  # an external input that is not there: this stage fails
+        except TracelakeError as exc:  # an external input that is not there, no GPU free: this stage fails
             inputs, unresolved = [], str(exc)
         run = _Execution(inputs=inputs, key=cache_key(stage.name, stage.full_version, config_json, inputs))
         found = Lookup(None)

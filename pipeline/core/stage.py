@@ -288,9 +288,13 @@ class Stage(Generic[C]):
         """``full_version`` as this process's installed code and engines give it, never
         a value cached on the object (a stage pickled to another machine carries its
         cached ``full_version`` with it)."""
+        return self.version_with(None if self.engines is None else self.engines())
+
+    def version_with(self, engines: str | None) -> str:
+        """The version with these engines (another node's) and this process's code."""
         from pipeline.core.code import code_digest
 
-        version = self.version if self.engines is None else f"{self.version}+{self.engines()}"
+        version = self.version if engines is None else f"{self.version}+{engines}"
         return f"{version}+code.{code_digest(self.run.__module__)}"
 
     @property

@@ -150,11 +150,21 @@ def test_worker_processes_give_the_same_rows(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("TRACELAKE_COLLATE_START", start)
     assert jobs.start_method() == start
     monkeypatch.setattr(jobs, "PARALLEL_MIN_EXAMPLES", 1)
+    monkeypatch.setattr(jobs, "PARALLEL_MIN_EXAMPLES_FORKED", 1)
+    pools: list[str] = []
+    real_pool = jobs._pool
+
+    def counted(workers: int, context: Any, initializer: Any, initargs: Any) -> Any:
+        pools.append(context.get_start_method())
+        return real_pool(workers, context, initializer, initargs)
+
+    monkeypatch.setattr(jobs, "_pool", counted)
     # small units, one in flight per worker, rows read one at a time: the windows turn over
     monkeypatch.setattr(jobs, "PROCESS_CHUNK", 1)
     monkeypatch.setattr(jobs, "WINDOW_PER_WORKER", 1)
     monkeypatch.setattr(collate, "_READ_ROWS", 1)
     two = _run(tmp_path / "two")
+    assert pools == [start]  # the workers really ran, started this way
     assert receipt(two, "collate").status == "ok"
     assert receipt(two, "collate").records_in > 2  # more examples than one window (2 workers x 1) holds
     for name in ("collated_sft", "collated_preference", "collated_sdpo", "collate_quarantine"):
@@ -236,3 +246,62 @@ def test_an_unknown_collate_start_method_is_one_clear_error(monkeypatch: pytest.
     monkeypatch.setenv("TRACELAKE_COLLATE_START", "forkserver")
     with pytest.raises(TracelakeError, match="fork or spawn"):
         jobs.start_method()
+
+
+_ORPHAN_PARENT = """
+import os, sys, time, multiprocessing
+from pathlib import Path
+from pipeline.collate import jobs
+from pipeline.collate.tokenizer import ChatTemplate
+from pipeline.core.lock import writer_lock
+from pipeline.core.store import LakeLayout
+
+layout = LakeLayout(Path(sys.argv[1]))
+setup = jobs.WorkerSetup("unused", ChatTemplate("t", "", False), {}, lambda: Path("."), 16)
+with writer_lock(layout):
+    pool = jobs._pool(2, multiprocessing.get_context("fork"), jobs._adopt_renderer, (None, setup, os.getpid()))
+    print(" ".join(str(p) for p in pool._processes), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_forked_workers_leave_with_their_parent_and_never_hold_its_lock(tmp_path: Path) -> None:
+    """A collate run killed outright (an out-of-memory kill) must not leave its forked
+    workers behind holding the root's writer lock: they die with the parent and never
+    kept the lock's descriptor."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.core.lock import writer_active
+    from pipeline.core.store import LakeLayout
+
+    layout = LakeLayout(tmp_path / "root")
+    layout.data.mkdir(parents=True)
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT, str(layout.root)], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[2])
+    assert parent.stdout is not None
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2 and writer_active(layout)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (writer_active(layout) or any(_alive(pid) for pid in workers)):
+        time.sleep(0.1)
+    assert not writer_active(layout)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its new parent) is gone for our purpose
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

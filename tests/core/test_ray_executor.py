@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.collate import jobs
+from pipeline.core.errors import TracelakeError
 from pipeline.core.progress import Tracker
 from pipeline.core.ray_executor import RayExecutor
 from pipeline.core.runner import Runner, RunOptions
@@ -143,21 +144,53 @@ def test_train_runs_whole_as_one_task_holding_the_clusters_gpu(cluster: None, tm
     assert difference <= 1e-5
 
 
-def test_a_stage_run_on_a_gpu_node_is_keyed_by_that_nodes_version(cluster: None,
+def test_a_stage_run_on_a_gpu_node_is_keyed_by_that_nodes_engines(cluster: None,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cache key and the receipt name the engines and device class of the node that
-    trains, asked of that node: a GPU node's adapter is never filed under this
-    machine's CPU key (nor the reverse)."""
+    """The cache key and the receipt name the engines (device class included) of the
+    node that trains, asked of that node, with the driver's code: a GPU node's adapter
+    is never filed under this machine's CPU key (nor the reverse)."""
     stages = {stage.name: stage for stage in load_stages(["train"])}
     train, collect = stages["train"], stages["collect"]
     executor = RayExecutor()
     assert executor.placed(train) is train  # the cluster's GPU node is this machine: the same version
     assert executor.placed(collect) is collect  # wants no GPU: never asked
-    monkeypatch.setattr(RayExecutor, "_node_version", lambda self, stage, gpus: f"{stage.version}+gpu-node")
-    executor = RayExecutor()
+    node, _ = executor._probe(train, 1)
+    monkeypatch.setattr(RayExecutor, "_probe", lambda self, stage, gpus: (node, "torch-9+cuda"))
     moved = executor.placed(train)
-    assert moved.full_version == f"{train.version}+gpu-node" != train.full_version
+    assert moved.full_version == train.version_with("torch-9+cuda") != train.full_version
+    assert moved.full_version.endswith(train.full_version.rsplit("+", 1)[1])  # the driver's code digest
     assert (moved.name, moved.outputs, moved.resources) == (train.name, train.outputs, train.resources)
+
+
+def test_a_gpu_node_that_differs_from_its_probe_fails_the_stage_with_a_receipt(
+        cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the node runs is checked against the version the key was made with: a node
+    whose engines are not the ones its probe reported fails the stage (a failed receipt,
+    the run goes on to write its statement), and so does a GPU that never comes free."""
+    synthesize(tmp_path / "corpus", sessions=6, seed=5)
+    sources = [SourceSpec("claude-code", tmp_path / "corpus")]
+    real_probe = RayExecutor._probe
+    monkeypatch.setattr(RayExecutor, "_probe", lambda self, stage, gpus: (real_probe(self, stage, gpus)[0], "other"))
+    options = RunOptions(root=tmp_path / "ray", sources=sources, workers=2, recorded_at="2026-01-01T00:00:00Z",
+                         executor=RayExecutor(retries=1))
+    result = Runner(load_stages(["train"]), options).run(["train"])
+    train = _receipt(result, "train")
+    expected = next(stage for stage in load_stages(["train"]) if stage.name == "train").version_with("other")
+    assert train.status == "failed" and train.stage_version == expected
+    assert "other tracelake code" in (next(o.error for o in result.outcomes if o.stage == "train") or "")
+    assert train.execution.gpus == 1 and train.execution.retries == 0  # refused at once, never retried
+
+    def busy(self: RayExecutor, stage: Any, gpus: int) -> tuple[str, str | None]:
+        raise TracelakeError("train: no GPU of the cluster ray came free within 300 s")
+
+    monkeypatch.setattr(RayExecutor, "_probe", busy)
+    result = Runner(load_stages(["train"]), RunOptions(root=tmp_path / "busy", sources=sources, workers=2,
+                                                       recorded_at="2026-01-01T00:00:00Z",
+                                                       executor=RayExecutor())).run(["train"])
+    outcome = next(o for o in result.outcomes if o.stage == "train")
+    assert outcome.receipt is not None and outcome.receipt.status == "failed"
+    assert "came free" in (outcome.error or "")
+    assert (tmp_path / "busy" / "receipts").is_dir() and result.summary.run_hash
 
 
 def test_real_sessions_give_the_local_digests(cluster: None, teich_examples: Path, tmp_path: Path) -> None:
