@@ -983,3 +983,28 @@ def test_a_password_with_symbols_under_its_key_goes_whole() -> None:
     out = Redactor(fold_home=False).redact_obj({"password": "9k;Xm2P@qL7z(a", "auth": ["bob", CLI_PW]})
     assert out == {"password": placeholder("high_entropy_assignment"),
                    "auth": ["bob", placeholder("high_entropy_assignment")]}
+
+
+def test_an_ftp_session_password_ends_before_a_quote() -> None:
+    """Found by the short/long path property: the value ran on through a quote that
+    followed it, so a string cut before the quote and the whole one disagreed."""
+    text = "ftp> user deploy DcOrP#7!gmt6%&"
+    pad = "'" + " " * 300
+    assert Redactor().redact(text) + pad == Redactor().redact(text + pad)
+    assert "DcOrP#7" not in Redactor().redact(text + pad)
+
+
+@pytest.mark.parametrize("prefix", ["", "0" * 12, "System.setProperty", "x" * 50 + "DEFINE", " " * 20 + "props.put"])
+@pytest.mark.parametrize("name", ["PASSWD", "password", "x.keyStorePassword", "api_key", "Token"])
+def test_the_screen_fires_for_a_secret_named_in_a_call_wherever_it_starts(prefix: str, name: str) -> None:
+    """Hyperscan (0.9.1) compiled the call detector's whole pattern so that it missed
+    `System.setProperty('password','...` (found by the short/long path property): the
+    screen would say no family may match and the value passed unredacted."""
+    from pipeline.collect import redact as module
+
+    for quote, blank in (("'", ""), ('"', " ")):
+        text = f"{prefix}({quote}{name}{quote},{blank}{quote}Zq9x#Lm2Pw{quote})"
+        found = {hit[2] for hit in module._own_hits(text, None)}
+        fired = module._SECRET_SCREEN.which(text)
+        assert found and (fired is None or found <= fired), text
+        assert "Zq9x#Lm2Pw" not in Redactor().redact(text)

@@ -980,13 +980,17 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     _Detector(  # a setter named for a secret: ds.setPassword("..."), setClientSecret("...")
         "config_secret",
-        rf"set_?[a-z0-9_]{{0,40}}?{_SECRET_WORD}\([ \t]*[\"']([^\"'\r\n]{{6,}})[\"']",
+        rf"set_?[a-z0-9_]{{0,40}}?{_SECRET_WORD}\([ \t]*[\"']([^\"'\r\n]{{6,}})",
         low=True, group=1, check=_named_setting,
     ),
     _Detector(  # a call given a secret's name, then its value: System.setProperty("x.keyStorePassword", "..."),
         # props.put("db.password", "..."), os.environ.get("DB_PASSWORD", "...") (a default is a value too)
         "config_secret",
-        rf"\([ \t]*[\"'][a-z0-9_.:-]{{0,60}}{_SECRET_WORD}[\"'][ \t]*,[ \t]*[\"']([^\"' \t\r\n]{{6,}})[\"']",
+        rf"\([ \t]*[\"'][a-z0-9_.:-]{{0,60}}{_SECRET_WORD}[\"'][ \t]*,[ \t]*[\"']([^\"' \t\r\n]{{6,}})",
+        # The screen is the quoted name and its comma, without the `(` and blanks before:
+        # Hyperscan (0.9.1) compiles `(?i:\([ \t]*["'][a-z0-9_.:-]*(?:password|...)["']`
+        # so that it misses `System.setProperty('password', ...` (tests/test_redact.py).
+        re2=rf"[\"'][a-z0-9_.:-]{{0,60}}{_SECRET_WORD}[\"'][ \t]*,",
         low=True, group=1, check=_named_setting,
     ),
     _Detector(  # echo TOKEN | wrangler secret put NAME, | gh secret set, | vercel env add, | docker secret create
@@ -1019,7 +1023,9 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"ser-secrets[ \t]+set[ \t]+(?:\"[^\"\r\n]{1,100}\"|'[^'\r\n]{1,100}'|[^ \t\r\n\"']{1,100})[ \t]+" + value,
             lead="u", low=True, group=1, check=_named_setting,
         )
-        for value in (r"\"([^\"\r\n]{8,})", r"'([^'\r\n]{8,})", r"([^ \t\r\n\"'`;|&]{8,})")
+        # (a double-quoted value may hold spaces and single quotes: it is taken only with
+        # its closing quote, or an unclosed one would run on through whatever follows)
+        for value in (r"\"([^\"\r\n]{8,})\"", r"'([^'\r\n]{8,})", r"([^ \t\r\n\"'`;|&]{8,})")
     ),
     _Detector(  # echo 'user:PASSWORD' | chpasswd
         "cli_secret",
@@ -1067,7 +1073,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         lead="l", low=True, group=1, check=_password,
     ),
     _Detector(  # an ftp session: ftp> user NAME PASSWORD
-        "cli_secret", r"tp>[ \t]*user[ \t]+[^ \t\r\n]+[ \t]+([^ \t\r\n]{6,})",
+        "cli_secret", r"tp>[ \t]*user[ \t]+[^ \t\r\n]+[ \t]+([^ \t\r\n\"']{6,})",
         lead="f", low=True, group=1, check=_password,
     ),
     _Detector(  # npm config set //registry/:_authToken TOKEN (a space, not `=`)
@@ -1101,7 +1107,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(  # PHP: define('DB_PASSWORD', '...'); (wp-config.php)
         "config_secret",
         r"define\([ \t]*['\"][a-z0-9_]{0,40}(?:password|passwd|secret|token|key|salt)[a-z0-9_]{0,40}['\"]"
-        r"[ \t]*,[ \t]*['\"]([^'\"\r\n]{8,})['\"]",
+        r"[ \t]*,[ \t]*['\"]([^'\"\r\n]{8,})",  # (the value stops at a quote: no closing one needed)
         low=True, group=1, check=_secret_value,
     ),
     _Detector(  # ~/.pgpass: host:port:database:user:password (the host checked after)
