@@ -304,7 +304,11 @@ def collate_all(renderer: Renderer, jobs: Iterable[Job], total: int, setup: Work
                 track: Callable[[Iterator[Done], int], Iterator[Done]], pool: WorkPool | None = None) -> Iterator[Done]:
     """Each job's result, in job order, as it comes. ``jobs`` is read as the work goes
     (``total`` of them), a bounded window ahead: the caller turns rows into Arrow as
-    they come, so a run never holds every example, nor every result, in memory."""
+    they come, so a run never holds every example, nor every result, in memory. Each call
+    starts with no encoded pieces cached (a run's cost and memory never depend on what
+    ran before it in the process)."""
+    if renderer.pieces is not None:
+        renderer.pieces.clear()
     if pool is not None and total >= PARALLEL_MIN_EXAMPLES:
         unit = functools.partial(collate_chunk, setup)
         chunks = _chunks(jobs, POOL_CHUNK)

@@ -12,8 +12,10 @@ with a reason, never repaired, unless all of these hold:
 - no token straddles a span edge;
 - each span ends on the template's turn terminator;
 - the ids are ``apply_chat_template(tokenize=True)``'s: the full render comes from the
-  function it renders with, given what it gives it, tokenised with the call it makes
-  (tests hold both to ``apply_chat_template`` itself), and the offsets tile the render;
+  function it renders with, given what it gives it, tokenised with the call it makes,
+  piece by piece between added tokens where the tokenizer cuts there itself
+  (``pipeline.collate.pieces``; tests hold all of it to ``apply_chat_template`` and the
+  whole encode), and the offsets tile the render;
 - with ``{% generation %}`` tags, the mask equals the template's ``assistant_masks``;
 - no token of any generation prompt (an empty think block included) is trained;
 - no message smuggles a control token (``<|im_end|>`` typed as text would become a
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.collate.pieces import PieceEncoder
 from pipeline.collate.tokenizer import ChatTemplate
 
 IGNORE = -100
@@ -95,6 +98,8 @@ class Renderer:
     _generation: str | None = field(default=None, repr=False)
     _compiled: Any = field(default=None, repr=False)  # FastTemplate, False when minijinja cannot take it
     _variables: dict[str, Any] | None = field(default=None, repr=False)
+    # Renders encoded piece by piece, recurring pieces once (None: encoded whole).
+    pieces: PieceEncoder | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.terminator:
@@ -106,6 +111,8 @@ class Renderer:
             special |= {str(t.content) for t in self.tokenizer.added_tokens_decoder.values() if t.special}
             ordered = sorted(special, key=len, reverse=True)
             self.control = re.compile("|".join(re.escape(t) for t in ordered)) if ordered else None
+        if self.pieces is None:
+            self.pieces = PieceEncoder.of(getattr(self.tokenizer, "backend_tokenizer", None))
 
     def text(self, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None,
              generation_prompt: bool) -> str:
@@ -142,6 +149,8 @@ class Renderer:
         ``apply_chat_template`` does."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         try:
+            if self.pieces is not None:
+                return self.pieces.encode(text)
             if backend is not None:  # what a fast tokenizer's __call__ runs, without its conversions
                 encoding = backend.encode(text, add_special_tokens=False)
                 ids, offsets = encoding.ids, encoding.offsets
