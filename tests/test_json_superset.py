@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.collect import redact
-from pipeline.collect.json_superset import json_superset
+from pipeline.collect.json_superset import json_superset, python_syntax, text_superset
 from pipeline.secrets import catalogue
 
 # Every pattern the record screen rewrites: this package's detectors, then the catalogue's.
@@ -35,9 +35,11 @@ def _generator_form(pattern: str) -> re.Pattern[str]:
     """What hypothesis generates matches from (Python's parser: a ``(?i)`` in
     mid-pattern taken as caseless throughout)."""
     flags = re.ASCII | (re.IGNORECASE if "(?i)" in pattern else 0)
+    translated = python_syntax(pattern.replace("(?i)", ""))  # Rust's POSIX classes, `\z`
+    assert translated is not None, pattern
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # Rust's `[[` is not a nested set
-        return re.compile(pattern.replace("(?i)", "").replace(r"\z", r"\Z"), flags)
+        warnings.simplefilter("ignore", FutureWarning)
+        return re.compile(translated, flags)
 
 
 @cache
@@ -120,6 +122,74 @@ def test_a_match_in_a_string_is_a_match_in_its_json_text(data: st.DataObject) ->
         return
     for encoded in _encodings(text):
         assert _rewrite_fires(index, encoded), (pattern, text, encoded)
+
+
+# Any character but a lone surrogate: Japanese, accents, emoji where a pattern admits any.
+_UNICODE = st.characters(codec="utf-8", exclude_categories=("Cs",))
+_DETECTOR_COUNT = len(redact._DETECTORS)  # PATTERNS opens with this package's detectors
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_a_match_with_characters_beyond_ascii_fires_every_screen(data: st.DataObject) -> None:
+    """Hyperscan counts bytes where ``re`` (the detectors) and RE2 count characters: a
+    match holding several-byte characters where a pattern admits any (``[^"']{0,40}``)
+    fires the record screen on its JSON text and, for a detector, the text screens
+    (``_SECRET_SCREEN``'s family and the redactor's own) on the string."""
+    index = data.draw(st.integers(0, len(PATTERNS) - 1), label="pattern")
+    pattern = PATTERNS[index]
+    found = data.draw(st.from_regex(_generator_form(pattern), alphabet=_UNICODE), label="match")
+    text = data.draw(_CONTEXT, label="before") + found + data.draw(_CONTEXT, label="after")
+    if _text_form(pattern).search(text) is None:
+        return
+    for encoded in _encodings(text):
+        assert _rewrite_fires(index, encoded), (pattern, text, encoded)
+    if index < _DETECTOR_COUNT:
+        fired = redact._SECRET_SCREEN.which(text)
+        assert fired is None or index in fired, (pattern, text)
+        assert redact.Redactor()._screen.hit(text), (pattern, text)
+
+
+def test_a_password_behind_a_japanese_label_is_redacted() -> None:
+    """Found by generating matches beyond ASCII: 14 characters between the name and the
+    quote are 40 bytes, and the screen (counting bytes) let the password through."""
+    text = "await page.getByLabel('Password (パスワード / 密码 / 비밀번호)').fill('Tr0ub4dor&3xyz')"
+    assert "Tr0ub4dor" not in redact.Redactor().redact(text)
+    record, encoded = redact.Redactor().redact_json({"message": {"content": text}})
+    assert "Tr0ub4dor" not in orjson.dumps(record).decode()
+
+
+def test_an_airtable_token_in_a_record_is_redacted() -> None:
+    """The catalogue's ``pat[[:alnum:]]{14}`` is Rust's POSIX class: Python's parser read
+    ``[:alnu`` then fourteen ``]``, and the record screen never fired on a real token."""
+    token = "patR4nd0mL3tt3rs9." + "0123456789abcdef" * 4
+    record = {"type": "user", "message": {"content": f"the token {token} works"}}
+    redacted, _ = redact.Redactor().redact_json(record)
+    assert token not in orjson.dumps(redacted).decode()
+
+
+@pytest.mark.parametrize(("rust", "python"), [
+    ("pat[[:alnum:]]{14}", "pat[0-9A-Za-z]{14}"),
+    (r"[[:xdigit:]_-]\z", r"[0-9A-Fa-f_-]\Z"),
+    (r"[\[:alpha:]]", r"[\[:alpha:]]"),  # an escaped bracket opens nothing
+    ("[]a]", "[]a]"),  # a bracket first in a class is a member
+])
+def test_rust_syntax_is_read_as_rust_reads_it(rust: str, python: str) -> None:
+    assert python_syntax(rust) == python
+
+
+@pytest.mark.parametrize("rust", ["[a[bc]]", "[a-z&&[^aeiou]]", "[a-z--b]", "[[:^alpha:]]", "[[:nosuch:]]"])
+def test_rust_classes_python_reads_otherwise_are_not_rewritten(rust: str) -> None:
+    assert python_syntax(rust) is None
+    assert json_superset(rust) is None and text_superset(rust) is None
+
+
+def test_a_counted_class_beyond_ascii_counts_characters() -> None:
+    rewritten = text_superset(r"pw[^'\n]{0,10}'x")
+    assert rewritten is not None
+    assert re.search(rewritten.encode(), "pwパスワードパスワ'x".encode())  # 7 characters, 21 bytes
+    assert not re.search(rewritten.encode(), ("pw" + "a" * 41 + "'x").encode())  # still bounded
+    assert text_superset(r"c=[^;]{0,4096};") == r"c\x3d[\x00-\x3a\x3c-\xff]*\x3b"  # past the largest bound: any
 
 
 @pytest.mark.parametrize(("text", "pattern"), [

@@ -128,7 +128,7 @@ def test_the_build_precompiles_the_redaction_screens(tmp_path: Path) -> None:
     for built in (redact._SECRET_SCREEN, redact._catalogue_screen(), redact._secrets_screen(),
                   *redact._json_secrets().screens(), redactor._screen, redactor._json_screen):
         # fresh: the module's own screens may be compiled already
-        screen = redact._Screen(built.pattern, built.extra)
+        screen = redact._Screen(built.pattern, built.extra, built.in_bytes)
         screen.prepare(tmp_path / "default")
         assert screen.engine == "hyperscan"
     assert not (tmp_path / "default").exists()

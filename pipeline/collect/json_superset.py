@@ -21,6 +21,9 @@ backslashes and ``"\\/bfnrt`` or ``u`` and four hex digits. So:
 - a word boundary stays where the character before it cannot be escapable (then it
   reads the same in JSON text); at the start of the pattern it also accepts an escape
   just before (``\\nghp_``: the ``n`` of ``\\n`` is a word character); elsewhere it goes;
+- an atom admitting every character beyond ASCII (``.``, ``[^"]``, ``\\S``) stands for
+  one to four bytes, and a counted repeat of it for four times as many: the text is
+  UTF-8 and Hyperscan counts bytes where ``re`` counts characters;
 - other anchors go; a case-insensitive part anywhere makes the whole pattern so; groups
   lose their captures; lazy repeats become greedy.
 
@@ -66,9 +69,25 @@ _UNSAFE = 2  # a character that may be escapable
 def json_superset(pattern: str) -> str | None:
     """The rewrite of ``pattern`` (see the module docstring), or None where it holds a
     construct this does not rewrite."""
+    return _rewrite(pattern, json=True)
+
+
+def text_superset(pattern: str) -> str | None:
+    """``pattern`` for Hyperscan's byte mode on plain UTF-8 text, where it must match
+    wherever Python's ``re`` matches the decoded string. An atom that admits every
+    character beyond ASCII may take up to four bytes for one, and a counted repeat of
+    it four times its bound: ``re`` counts characters, Hyperscan bytes
+    (``[^"']{0,40}`` once let 14 characters of Japanese, 40 bytes, hide a password).
+    None where the pattern holds a construct this does not rewrite."""
+    return _rewrite(pattern, json=False)
+
+
+def _rewrite(pattern: str, json: bool) -> str | None:
     if not pattern.isascii():  # a literal character is its UTF-8 bytes to Hyperscan
         return None
-    text = pattern.replace("(?i)", "").replace(r"\z", r"\Z")  # Rust syntax Python lacks
+    text = python_syntax(pattern.replace("(?i)", ""))
+    if text is None:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -76,7 +95,7 @@ def json_superset(pattern: str) -> str | None:
     except (re.error, OverflowError, RecursionError):
         return None
     caseless = "(?i)" in pattern or bool(parsed.state.flags & C.SRE_FLAG_IGNORECASE)
-    state = _State(caseless)
+    state = _State(caseless, json)
     try:
         body = _sequence(list(parsed), state, _START).text
     except _Unsupported:
@@ -91,8 +110,54 @@ class _Unsupported(Exception):
 
 
 class _State:
-    def __init__(self, caseless: bool) -> None:
+    def __init__(self, caseless: bool, json: bool) -> None:
         self.caseless = caseless
+        self.json = json  # escapes admitted (JSON text), or plain text
+
+
+# POSIX classes (Rust's syntax, the catalogue's) as the ASCII ranges they stand for.
+_POSIX = {
+    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": r"\x00-\x7f", "blank": r"\t ", "cntrl": r"\x00-\x1f\x7f",
+    "digit": "0-9", "graph": "!-~", "lower": "a-z", "print": " -~", "punct": r"!-/:-@\[-`{-~",
+    "space": r"\t\n\x0b\x0c\r ", "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
+}
+_POSIX_CLASS = re.compile(r"\[:([a-z]+):\]")
+
+
+def python_syntax(pattern: str) -> str | None:
+    """A pattern in Rust's syntax (the catalogue's) as Python's ``re`` reads it the same
+    way: ``\\z`` is ``\\Z`` and a POSIX class its ranges. Python would read
+    ``[[:alnum:]]{14}`` as one of ``[:alnu`` then fourteen ``]``, and the screen would
+    never fire on an Airtable token. None for what Python reads otherwise and this does
+    not translate: a class inside a class (a union in Rust), a set operation (``&&``,
+    ``--``, ``~~``), a negated POSIX class."""
+    out: list[str] = []
+    i, in_class, first = 0, False, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            pair = pattern[i : i + 2]
+            out.append(r"\Z" if pair == r"\z" else pair)
+            i += 2
+            continue
+        if in_class:
+            if char == "[":
+                posix = _POSIX_CLASS.match(pattern, i)
+                if posix is None or posix.group(1) not in _POSIX:
+                    return None
+                out.append(_POSIX[posix.group(1)])
+                i = posix.end()
+                continue
+            if char == "]" and i > first:
+                in_class = False
+            elif pattern.startswith(("&&", "--", "~~"), i):
+                return None
+        elif char == "[":
+            in_class = True
+            first = i + 2 if pattern.startswith("[^", i) else i + 1
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -125,15 +190,17 @@ def _after(before: int, escapable: bool, empty: bool) -> int:
 
 def _item(op: Any, av: Any, state: _State, before: int) -> _Part:
     if op is C.AT:
+        if av is C.AT_BOUNDARY and not state.json:  # plain text reads as the pattern does
+            return _Part(r"\b", False, True, before)
         if av is C.AT_BOUNDARY and before == _SAFE:
             return _Part(r"\b", False, True, before)
         if av is C.AT_BOUNDARY and before == _START:
             return _Part(_START_BOUNDARY, False, True, before)
         return _Part("", False, True, before)  # anchors, and boundaries it cannot keep
-    atom = _atom(op, av)
+    atom = _atom(op, av, state.json)
     if atom is not None:
-        cls, escapable = atom
-        return _Part(cls, escapable, False, _after(before, escapable, False))
+        cls, escapable, wide = atom
+        return _Part(cls + (_bound(1, _UTF8_MAX) if wide else ""), escapable, False, _after(before, escapable, False))
     if op is C.BRANCH:
         branches = [_sequence(list(b), state, before) for b in av[1]]
         escapable = any(b.escapable for b in branches)
@@ -160,9 +227,13 @@ def _grouped(inner: _Part) -> _Part:
 def _repeat(av: Any, state: _State, before: int) -> _Part:
     low, high, items = av
     items = list(items)
-    if len(items) == 1 and (atom := _atom(*items[0])) is not None:
-        cls, escapable = atom
-        text = cls + (_bound(low, C.MAXREPEAT) if escapable else _bound(low, high))
+    if len(items) == 1 and (atom := _atom(items[0][0], items[0][1], state.json)) is not None:
+        cls, escapable, wide = atom
+        # n characters are at most four times as many bytes, each one the class admits;
+        # past Hyperscan's largest bounded repeat, any number
+        wide_high = high * _UTF8_MAX if wide and high != C.MAXREPEAT else high
+        unbounded = escapable or high == C.MAXREPEAT or wide_high > _MAX_BOUND
+        text = cls + _bound(low, C.MAXREPEAT if unbounded else wide_high)
         return _Part(text, escapable, low == 0, _after(before, escapable, low == 0))
     # A later pass over the body follows its earlier pass: boundaries inside see that.
     first = _sequence(items, state, before)
@@ -182,17 +253,27 @@ def _bound(low: int, high: int) -> str:
     return f"{{{low},{high}}}"
 
 
-def _atom(op: Any, av: Any) -> tuple[str, bool] | None:
-    """A one-character atom as a class, and whether it admits an escapable character
-    (then as an alternation: the character itself, or its escapes)."""
+def _atom(op: Any, av: Any, json: bool) -> tuple[str, bool, bool] | None:
+    """A one-character atom as a class; whether it admits an escapable character (then,
+    in JSON text, as an alternation: the character itself, or its escapes); whether it
+    admits every byte beyond ASCII, so that one character of it may be up to four bytes
+    of UTF-8 (the caller counts it so). An atom admitting only some of those bytes is
+    not rewritten: a byte is not a character there."""
     codes = _atom_codes(op, av)
     if codes is None:
         return None
+    wide = _HIGH <= codes
+    if codes & _HIGH and not wide:
+        raise _Unsupported("a class holding some characters beyond ASCII")
     if op is C.LITERAL and not codes & _ESCAPABLE_CODES:
-        return _char(av), False
-    if not codes & _ESCAPABLE_CODES:
-        return _listed(codes), False
-    return _escaped(codes), True
+        return _char(av), False, wide
+    escapable = bool(codes & _ESCAPABLE_CODES)
+    return (_escaped(codes) if escapable and json else _listed(codes)), escapable and json, wide
+
+
+_HIGH = frozenset(range(0x80, 0x100))
+_UTF8_MAX = 4  # bytes of one character
+_MAX_BOUND = 4096  # a counted repeat of a wide class above this has no bound (Hyperscan refuses 16384)
 
 
 # The one-letter escape of a character, where JSON has one.

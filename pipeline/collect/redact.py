@@ -52,7 +52,7 @@ from pipeline.collect import json_superset as json_superset_module
 
 # A compiled module's __file__ is not its path: the package's folder comes from here.
 from pipeline.collect._compiled import HERE as PACKAGE_DIR
-from pipeline.collect.json_superset import json_superset
+from pipeline.collect.json_superset import json_superset, text_superset
 from pipeline.collect.lines import check_depth
 from pipeline.core.hashing import CacheMac
 from pipeline.secrets import catalogue
@@ -1274,6 +1274,25 @@ def _alternative(det: _Detector, relax_counts: bool) -> str:
 _SECRET_RE2 = "|".join(_re2_alternative(d) for d in _DETECTORS)
 
 
+def _in_bytes(pattern: str) -> str:
+    """A detector's screen pattern as Hyperscan's byte mode must read it on UTF-8 text,
+    where the detector reads characters (``text_superset``)."""
+    return text_superset(pattern) or pattern
+
+
+# The detectors' text screens: RE2's forms, and Hyperscan's (counts as written, in bytes).
+_SECRET_RE2_FORMS = tuple(_re2_alternative(d) for d in _DETECTORS)
+_SECRET_IN_BYTES = tuple(_in_bytes(_hyperscan_alternative(d)) for d in _DETECTORS)
+
+
+def _secret_text_screen(home_patterns: Sequence[str], extra: tuple[str, ...]) -> _Screen:
+    """A home, a detector (each its own expression: their bytes forms are too long to
+    join into one) or an ``extra`` expression (the catalogue's rules, read as they
+    are by both engines)."""
+    homes = "|".join(home_patterns) or NEVER
+    return _Screen(homes, (*_SECRET_RE2_FORMS, *extra), (homes, *_SECRET_IN_BYTES, *extra))
+
+
 
 # `-` does not glue: Claude Code names a project folder by its path with `/` as `-`, so a
 # token that was a path segment follows a `-` (`-home-alice-hf_...`).
@@ -1557,12 +1576,17 @@ class _Screen:
     works on bytes without Unicode case folding, so any character that folds to ASCII
     fires it too. RE2 otherwise, or for a pattern Hyperscan refuses. ``extra`` holds
     more expressions (the catalogue's rule patterns), each its own Hyperscan expression
-    and a branch of the RE2 union.
+    and a branch of the RE2 union. ``in_bytes`` holds the same expressions (``pattern``
+    first) as Hyperscan's byte mode must read them where that differs (this module's
+    detectors count characters: ``text_superset``); RE2 always takes the others.
     """
 
-    def __init__(self, pattern: str, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, pattern: str, extra: tuple[str, ...] = (), in_bytes: tuple[str, ...] | None = None) -> None:
         self.pattern = pattern
         self.extra = extra
+        if in_bytes is not None and len(in_bytes) != 1 + len(extra):
+            raise ValueError("in_bytes holds the pattern and every extra expression")
+        self.in_bytes = in_bytes if in_bytes is not None else (pattern, *extra)
         self._ready = False
         self._database: Any = None
         self._local = threading.local()
@@ -1585,7 +1609,7 @@ class _Screen:
         if self._ready:
             return
         if _hyperscan is not None:
-            self._database = _hyperscan_database((self.pattern, *self.extra), cache_dir, mac)
+            self._database = _hyperscan_database(self.in_bytes, cache_dir, mac)
         if self._database is None:
             self._compile_re2()
         self._ready = True
@@ -1688,7 +1712,7 @@ class _Screen:
 
     def reference(self) -> _Screen:
         """The same screen on RE2 alone (what the Hyperscan screen must cover)."""
-        twin = _Screen(self.pattern, self.extra)
+        twin = _Screen(self.pattern, self.extra)  # RE2 reads characters: the forms as written
         twin._compile_re2()
         twin._ready = True
         return twin
@@ -1765,7 +1789,7 @@ def _stop(*_args: Any) -> bool:
 
 
 # One expression per detector (its rank is its id): ``which`` tells the families to run.
-_SECRET_SCREEN = _Screen(NEVER, tuple(_hyperscan_alternative(d) for d in _DETECTORS))
+_SECRET_SCREEN = _Screen(NEVER, _SECRET_RE2_FORMS, (NEVER, *_SECRET_IN_BYTES))
 _CLEAN_MAX_LEN = 64
 _CLEAN_MAX_SIZE = 1 << 16
 
@@ -1787,7 +1811,7 @@ def _screen_for(home_marks: tuple[str, ...], json: bool = False) -> _Screen:
     if json:
         marks = [re.escape(orjson.dumps(m).decode("utf-8")[1:-1]) for m in home_marks]
         return _Screen("|".join(marks) if marks else NEVER, _json_secrets().rewritten.extra)
-    return _Screen("|".join([_SECRET_RE2, *(re.escape(m) for m in home_marks)]), _catalogue_patterns())
+    return _secret_text_screen([re.escape(m) for m in home_marks], _catalogue_patterns())
 
 
 class _JsonSecrets:
@@ -1934,7 +1958,7 @@ _HEX4 = re.compile(r"[0-9a-fA-F]{4}", re.ASCII)
 @lru_cache(maxsize=1)
 def _secrets_screen() -> _Screen:
     """This module's detectors and the catalogue, no home marks: one pass."""
-    return _Screen(_SECRET_RE2, _catalogue_patterns())
+    return _secret_text_screen([], _catalogue_patterns())
 
 
 def hyperscan_available() -> bool:
