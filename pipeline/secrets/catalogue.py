@@ -187,7 +187,7 @@ def find(text: str) -> list[Finding]:
         if ascii_only:
             out.append(Finding(kind_of(f.rule_id), f.rule_id, start, end))
         else:
-            out.append(Finding(kind_of(f.rule_id), f.rule_id, _chars(data, start), _chars(data, end)))
+            out.append(Finding(kind_of(f.rule_id), f.rule_id, _chars(data, start, forward=False), _chars(data, end, forward=True)))
     return out
 
 
@@ -204,5 +204,10 @@ def _span(data: bytes, finding: Any) -> tuple[int, int]:
     return start, end
 
 
-def _chars(data: bytes, offset: int) -> int:
+def _chars(data: bytes, offset: int, forward: bool) -> int:
+    """The character offset of a byte offset. The engine reads bytes, so a match may
+    start or end inside a character (a ``.`` took one byte of an emoji): a span's start
+    moves back and its end forward to whole characters, the safe side for a redaction."""
+    while 0 < offset < len(data) and 0x80 <= data[offset] < 0xC0:  # a continuation byte
+        offset += 1 if forward else -1
     return len(data[:offset].decode("utf-8", "surrogatepass"))
