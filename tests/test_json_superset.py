@@ -151,8 +151,8 @@ def test_a_match_with_characters_beyond_ascii_fires_every_screen(data: st.DataOb
 
 
 def test_a_password_behind_a_japanese_label_is_redacted() -> None:
-    """Found by generating matches beyond ASCII: 14 characters between the name and the
-    quote are 40 bytes, and the screen (counting bytes) let the password through."""
+    """Found by generating matches beyond ASCII: 20 characters between the name and the
+    quote are 42 bytes, and the screen (counting bytes, up to 40) let the password through."""
     text = "await page.getByLabel('Password (パスワード / 密码 / 비밀번호)').fill('Tr0ub4dor&3xyz')"
     assert "Tr0ub4dor" not in redact.Redactor().redact(text)
     record, encoded = redact.Redactor().redact_json({"message": {"content": text}})
