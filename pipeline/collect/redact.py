@@ -294,6 +294,18 @@ def _password(text: str, m: re.Match[str]) -> bool:
     return _entropy(value) >= 2.5
 
 
+def _curl_password(text: str, m: re.Match[str]) -> bool:
+    """The password of ``curl -u USER:PASSWORD``: whatever stands there, unless a
+    variable, a template or a placeholder. The place says it is a password, so neither
+    its length nor its look is asked (`_password` would let `hunter2hunter` in code, or
+    a seven-letter one, through; a string cut after two letters of it keeps those two)."""
+    value = m.group(1)
+    if value.startswith(_NOT_SECRET_PREFIXES) or value.startswith(("<", "{")):
+        return False
+    low = value.lower()
+    return not any(word in low for word in _PLACEHOLDER_WORDS)
+
+
 def _random_part(value: str) -> bool:
     """Digits and both cases, or a random-looking piece (`zqclZXPNkn` of
     `zqclZXPNkn.V2UNN`): where a password goes, that is a password with a dot in it,
@@ -1010,11 +1022,12 @@ _DETECTORS: tuple[_Detector, ...] = (
         r"[a-z_]{0,30}(?:secret|pass|password|token|key)[ \t=]+[\"']?([^ \t\r\n\"'`;|]{8,})",
         lead="r", low=True, group=1, check=_named_setting,
     ),
-    _Detector(  # curl -u USER:PASSWORD, --user (the catalogue's rule stops at `&`, `%` or `!`)
+    _Detector(  # curl -u USER:PASSWORD, --user (the catalogue's rule stops at `&`, `%` or `!`,
+        # and needs a space or the end after it: a command in quotes, `run('curl -u ci:...')`)
         "cli_secret",
         r"curl[ \t](?:[^\n|;&]{0,300}?[ \t])??(?:-u|--user)(?:[ \t]+|=)[\"']?[^ \t\r\n:\"'$]{1,100}:"
-        r"([^ \t\r\n\"'`]{6,})",
-        low=True, group=1, check=_password,
+        r"([^ \t\r\n\"'`]+)",
+        low=True, group=1, check=_curl_password,
     ),
     # dotnet user-secrets set NAME VALUE: a user secret by definition (quoted, it may hold spaces)
     *(
