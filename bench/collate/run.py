@@ -48,8 +48,11 @@ def _rows(work: Path, sessions: int) -> list[dict[str, Any]]:
 def _real_rows(work: Path, copies: int) -> list[dict[str, Any]]:
     """export-sft's rows of teich's real Claude Code session (fetched at bench time, never
     committed: it holds real paths and names), repeated ``copies`` times. Copies with
-    fresh ids would be deduplicated by export-sft; collate's cost per row does not depend
-    on ids, so the rows themselves are repeated."""
+    fresh ids would be deduplicated by export-sft, so the rows themselves are repeated,
+    each copy's messages marked with its number (every text, every tool call's
+    arguments): collate encodes a recurring piece of a render once per worker, so
+    identical copies would measure a cache. The tool list stays the same in every copy,
+    as it does across a user's real sessions."""
     from bench.secrets.run import teich_session
     from pipeline.core.runner import Runner, RunOptions
     from pipeline.core.sources import SourceSpec
@@ -66,7 +69,20 @@ def _real_rows(work: Path, copies: int) -> list[dict[str, Any]]:
                                                             stage_config=config)).run(["export-sft"])
     columns = ["task_id", "session_id", "split", "messages", "tools"]
     rows = list(pq.read_table(root / result.summary.tables["sft"].path, columns=columns).to_pylist())
-    return rows * copies
+    return [{**row, "messages": _marked(row["messages"], copy)} for copy in range(copies) for row in rows]
+
+
+def _marked(messages_json: str, copy: int) -> str:
+    messages = json.loads(messages_json)
+    for message in messages:
+        for key in ("content", "reasoning_content"):
+            if isinstance(message.get(key), str) and message[key]:
+                message[key] += f" [{copy}]"
+        for call in message.get("tool_calls") or []:
+            arguments = call.get("function", {}).get("arguments")
+            if isinstance(arguments, dict):
+                arguments["copy"] = copy
+    return json.dumps(messages, ensure_ascii=False)
 
 
 def main() -> None:
