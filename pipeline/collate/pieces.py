@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +30,10 @@ import numpy as np
 # A piece this long is looked up on its own; shorter ones (a role name, a newline) are
 # encoded with their neighbours in one call, which costs less than a lookup each.
 MIN_CACHED_CHARS = 64
-# Characters of cached pieces a worker keeps (about 4 bytes of memory each, ids and
+# Characters of cached pieces a worker keeps (about 7 bytes of memory each, ids and
 # offsets included); past it the cache starts over.
-MAX_CACHED_CHARS = 16 << 20
+MAX_CACHED_CHARS = 8 << 20
+MAX_SEEN = 1 << 18  # pieces met once that are remembered (by hash: a few MB)
 _SAFE_POST_PROCESSORS = {"ByteLevel", "TemplateProcessing", "RobertaProcessing", "BertProcessing"}
 
 
@@ -41,6 +43,9 @@ class PieceEncoder:
     added: re.Pattern[str]  # every added token, longest first: leftmost-longest, as tokenizers matches
     _cache: dict[str, tuple[list[int], np.ndarray]] = field(default_factory=dict, repr=False)
     _cached_chars: int = 0
+    # Hashes of long pieces met once: a piece is cached the second time it comes (most
+    # pieces of a corpus come once; keeping each would cost more than it saves).
+    _seen: set[int] = field(default_factory=set, repr=False)
 
     @classmethod
     def of(cls, backend: Any) -> PieceEncoder | None:
@@ -63,46 +68,65 @@ class PieceEncoder:
 
     def clear(self) -> None:
         self._cache.clear()
+        self._seen.clear()
         self._cached_chars = 0
 
     def encode(self, text: str) -> tuple[list[int], np.ndarray]:
         """Ids and ``(n, 2)`` offsets of ``text``, as ``backend.encode(text,
-        add_special_tokens=False)`` gives them."""
+        add_special_tokens=False)`` gives them. Each long piece found in the cache is
+        taken from there; the text between them is encoded in one call, and the long
+        pieces inside it are cut out of that call's result into the cache (their tokens
+        are those starting inside them: nothing crosses an added token)."""
         ids: list[int] = []
         offsets: list[np.ndarray] = []
         run_start = 0  # the text not yet encoded starts here
-        piece_start = 0
-        for match in self.added.finditer(text):
-            if match.start() - piece_start >= MIN_CACHED_CHARS:
-                self._take_run(text, run_start, piece_start, ids, offsets)
-                self._take_piece(text, piece_start, match.start(), ids, offsets)
-                run_start = match.start()
-            piece_start = match.end()
-        if len(text) - piece_start >= MIN_CACHED_CHARS:
-            self._take_run(text, run_start, piece_start, ids, offsets)
-            self._take_piece(text, piece_start, len(text), ids, offsets)
-        else:
-            self._take_run(text, run_start, len(text), ids, offsets)
+        missing: list[tuple[int, int]] = []  # long pieces in that text, to cache
+        for start, end in self._long_pieces(text):
+            piece = text[start:end]
+            found = self._cache.get(piece)
+            if found is None:
+                if hash(piece) in self._seen:  # a second sight: worth keeping from now on
+                    missing.append((start, end))
+                else:
+                    if len(self._seen) >= MAX_SEEN:
+                        self._seen.clear()
+                    self._seen.add(hash(piece))
+                continue
+            self._take_run(text, run_start, start, missing, ids, offsets)
+            missing = []
+            ids.extend(found[0])
+            offsets.append(found[1] + start)
+            run_start = end
+        self._take_run(text, run_start, len(text), missing, ids, offsets)
         merged = np.concatenate(offsets) if offsets else np.zeros((0, 2), dtype=np.int64)
         return ids, merged
 
-    def _take_run(self, text: str, start: int, end: int, ids: list[int], offsets: list[np.ndarray]) -> None:
-        if end > start:
-            piece_ids, piece_offsets = _encode(self.backend, text[start:end])
-            ids.extend(piece_ids)
-            offsets.append(piece_offsets + start)
+    def _long_pieces(self, text: str) -> Iterator[tuple[int, int]]:
+        piece_start = 0
+        for match in self.added.finditer(text):
+            if match.start() - piece_start >= MIN_CACHED_CHARS:
+                yield piece_start, match.start()
+            piece_start = match.end()
+        if len(text) - piece_start >= MIN_CACHED_CHARS:
+            yield piece_start, len(text)
 
-    def _take_piece(self, text: str, start: int, end: int, ids: list[int], offsets: list[np.ndarray]) -> None:
-        piece = text[start:end]
-        found = self._cache.get(piece)
-        if found is None:
-            found = _encode(self.backend, piece)
+    def _take_run(self, text: str, start: int, end: int, missing: list[tuple[int, int]], ids: list[int],
+                  offsets: list[np.ndarray]) -> None:
+        if end <= start:
+            return
+        run_ids, run_offsets = _encode(self.backend, text[start:end])
+        ids.extend(run_ids)
+        offsets.append(run_offsets + start if start else run_offsets)
+        if not missing:
+            return
+        token_starts = run_offsets[:, 0]
+        for piece_start, piece_end in missing:
+            first, stop = np.searchsorted(token_starts, [piece_start - start, piece_end - start], side="left")
+            piece = text[piece_start:piece_end]
             if self._cached_chars + len(piece) > MAX_CACHED_CHARS:
                 self.clear()
-            self._cache[piece] = found
+            self._cache[piece] = (run_ids[first:stop], run_offsets[first:stop] - (piece_start - start))
             self._cached_chars += len(piece)
-        ids.extend(found[0])
-        offsets.append(found[1] + start)
 
 
 def _encode(backend: Any, text: str) -> tuple[list[int], np.ndarray]:

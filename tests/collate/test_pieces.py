@@ -26,7 +26,7 @@ def _whole(backend: Any, text: str) -> tuple[list[int], np.ndarray]:
 
 def _assert_same(pieces: PieceEncoder, text: str) -> None:
     ids, offsets = _whole(pieces.backend, text)
-    for _ in range(2):  # cold, then every long piece from the cache
+    for _ in range(3):  # cold; each long piece cut into the cache; each from the cache
         got_ids, got_offsets = pieces.encode(text)
         assert got_ids == ids
         assert np.array_equal(got_offsets, offsets)
@@ -93,13 +93,17 @@ def test_a_cached_piece_is_reused_and_the_cache_is_bounded(renderer: Renderer, m
     real = pieces_module._encode
     monkeypatch.setattr(pieces_module, "_encode", lambda backend, text: calls.append(text) or real(backend, text))
     system = "You are a careful agent. " * 10
-    encoder.encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n")
-    encoder.encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n")
-    assert calls.count(f"system\n{system}") == 1  # the second render took it from the cache
-    monkeypatch.setattr(pieces_module, "MAX_CACHED_CHARS", len(system) + 10)
+    for user in ("hi", "bye", "again"):
+        encoder.encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n")
+    # met once (remembered), met twice (kept), then taken from the cache
+    assert sum(system in text for text in calls) == 2
+    assert len(calls) == 4  # two renders in one call each; around the cached piece, two
+    monkeypatch.setattr(pieces_module, "MAX_CACHED_CHARS", 2 * len(system) + 10)
     encoder.clear()
-    encoder.encode(f"<|im_start|>a{system}<|im_end|><|im_start|>b{system}<|im_end|>")
-    assert encoder._cached_chars <= len(system) + 10
+    other = system.upper()
+    for _ in range(2):
+        encoder.encode(f"<|im_start|>a{system}<|im_end|><|im_start|>b{system}<|im_end|><|im_start|>c{other}<|im_end|>")
+    assert 0 < encoder._cached_chars <= 2 * len(system) + 10
 
 
 def test_tokenizers_whose_pieces_would_not_add_up_are_encoded_whole(qwen_folder: Path) -> None:
