@@ -178,10 +178,30 @@ def test_rust_syntax_is_read_as_rust_reads_it(rust: str, python: str) -> None:
     assert python_syntax(rust) == python
 
 
-@pytest.mark.parametrize("rust", ["[a[bc]]", "[a-z&&[^aeiou]]", "[a-z--b]", "[[:^alpha:]]", "[[:nosuch:]]"])
+@pytest.mark.parametrize("rust", ["[a[bc]]", "[a-z&&[^aeiou]]", "[a-z--b]", "[[:^alpha:]]", "[[:nosuch:]]",
+                                  r"\b{start}key", r"\<key\>"])
 def test_rust_classes_python_reads_otherwise_are_not_rewritten(rust: str) -> None:
     assert python_syntax(rust) is None
     assert json_superset(rust) is None and text_superset(rust) is None
+
+
+def test_every_detector_has_its_bytes_form() -> None:
+    """A detector ``text_superset`` could not rewrite would be screened as written,
+    counting bytes: none may be."""
+    assert [d.kind for d in redact._DETECTORS if text_superset(redact._hyperscan_alternative(d)) is None] == []
+
+
+def test_without_hyperscan_the_record_screen_reads_bytes_too() -> None:
+    """Where Hyperscan is missing (its wheel is x86-64 only) or refuses a database, RE2
+    screens; the rewrite's classes list bytes, so RE2 reads the JSON text as Latin-1
+    (in UTF-8, ``[\x00-\xff]`` would not match a Japanese character)."""
+    text = "await page.getByLabel('Password (パスワード / 密码 / 비밀번호)').fill('Tr0ub4dor&3xyz')"
+    record = orjson.dumps({"message": {"content": text}})
+    fallback = redact._json_secrets().rewritten.reference()
+    assert fallback.engine == "re2" and fallback.hit_bytes(record)
+    assert redact.Redactor()._json_screen.reference().verdict(record) == redact.EXTRA
+    assert not fallback.hit_bytes(orjson.dumps({"message": {"content": "ただのテキスト hello"}}))
+    assert redact._SECRET_SCREEN.reference().hit(text) and redact.Redactor()._screen.reference().hit(text)
 
 
 def test_a_counted_class_beyond_ascii_counts_characters() -> None:

@@ -371,6 +371,9 @@ def test_all_kinds_covered_and_placeholders_typed() -> None:
     ('subprocess.run("curl -u deploy:hunter2hunter")', "hunter2hunter"),  # code around it, no symbol
     ("os.system('curl -fsS -u ci:Xk29fPq')", "Xk29fPq"),  # seven characters, a quote after
     ("curl -s --user deploy:Dc'", "Dc"),  # a string cut two letters into it
+    ("os.system('curl -fsS -u $USER:Xk29fPq')", "Xk29fPq"),  # the user a variable
+    ("curl -u ${CI_USER}:Xk29fPq https://x", "Xk29fPq"),
+    ("curl -u ci:Xsecret29 https://x", "Xsecret29"),  # a placeholder word inside a password
 ])
 def test_curl_passwords_are_redacted_whatever_their_look(text: str, password: str) -> None:
     """The place (`curl -u USER:`) says it is a password; the catalogue's rule wants a
@@ -380,7 +383,8 @@ def test_curl_passwords_are_redacted_whatever_their_look(text: str, password: st
 
 
 @pytest.mark.parametrize("text", ["curl -u $USER:$PASS https://x", "curl -u user:password", "curl -u admin:<password>",
-                                  'curl -u "$U:$P"', "curl -u sk_test_abc: https://api", "curl -u me:{{ secrets.X }}"])
+                                  'curl -u "$U:$P"', "curl -u sk_test_abc: https://api", "curl -u me:{{ secrets.X }}",
+                                  "curl -u %USER%:%PASS% https://x"])
 def test_curl_variables_and_placeholders_are_left_alone(text: str) -> None:
     assert Redactor().redact(text) == text
 

@@ -130,13 +130,15 @@ def python_syntax(pattern: str) -> str | None:
     ``[[:alnum:]]{14}`` as one of ``[:alnu`` then fourteen ``]``, and the screen would
     never fire on an Airtable token. None for what Python reads otherwise and this does
     not translate: a class inside a class (a union in Rust), a set operation (``&&``,
-    ``--``, ``~~``), a negated POSIX class."""
+    ``--``, ``~~``), a negated POSIX class, a word edge (``\\b{start}``, ``\\<``)."""
     out: list[str] = []
     i, in_class, first = 0, False, 0
     while i < len(pattern):
         char = pattern[i]
         if char == "\\":
             pair = pattern[i : i + 2]
+            if pair in (r"\<", r"\>") or pattern.startswith(r"\b{", i):  # Rust's word edges: literals to Python
+                return None
             out.append(r"\Z" if pair == r"\z" else pair)
             i += 2
             continue

@@ -295,15 +295,20 @@ def _password(text: str, m: re.Match[str]) -> bool:
 
 
 def _curl_password(text: str, m: re.Match[str]) -> bool:
-    """The password of ``curl -u USER:PASSWORD``: whatever stands there, unless a
-    variable, a template or a placeholder. The place says it is a password, so neither
-    its length nor its look is asked (`_password` would let `hunter2hunter` in code, or
-    a seven-letter one, through; a string cut after two letters of it keeps those two)."""
+    """The password of ``curl -u USER:PASSWORD`` (the user may be a variable): whatever
+    stands there, unless a variable, a template or a placeholder as a whole. The place
+    says it is a password, so neither its length nor its look is asked (`_password`
+    would let `hunter2hunter` in code, or a seven-letter one, through; a string cut after
+    two letters of it keeps those two), and a word inside it is not a placeholder
+    (`Xsecret29`)."""
     value = m.group(1)
-    if value.startswith(_NOT_SECRET_PREFIXES) or value.startswith(("<", "{")):
-        return False
     low = value.lower()
-    return not any(word in low for word in _PLACEHOLDER_WORDS)
+    if low.startswith(("$", "<", "{", "your")) or (len(value) > 1 and value[0] == value[-1] == "%"):
+        return False
+    return low not in _CURL_PLACEHOLDERS and not any(mark in low for mark in ("xxxx", "****", "redacted"))
+
+
+_CURL_PLACEHOLDERS = frozenset({"password", "passwd", "pass", "secret", "token", "changeme", "example", "pwd"})
 
 
 def _random_part(value: str) -> bool:
@@ -1025,7 +1030,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(  # curl -u USER:PASSWORD, --user (the catalogue's rule stops at `&`, `%` or `!`,
         # and needs a space or the end after it: a command in quotes, `run('curl -u ci:...')`)
         "cli_secret",
-        r"curl[ \t](?:[^\n|;&]{0,300}?[ \t])??(?:-u|--user)(?:[ \t]+|=)[\"']?[^ \t\r\n:\"'$]{1,100}:"
+        r"curl[ \t](?:[^\n|;&]{0,300}?[ \t])??(?:-u|--user)(?:[ \t]+|=)[\"']?[^ \t\r\n:\"']{1,100}:"
         r"([^ \t\r\n\"'`]+)",
         low=True, group=1, check=_curl_password,
     ),
@@ -1594,9 +1599,14 @@ class _Screen:
     detectors count characters: ``text_superset``); RE2 always takes the others.
     """
 
-    def __init__(self, pattern: str, extra: tuple[str, ...] = (), in_bytes: tuple[str, ...] | None = None) -> None:
+    def __init__(self, pattern: str, extra: tuple[str, ...] = (), in_bytes: tuple[str, ...] | None = None,
+                 byte_classes: bool = False) -> None:
         self.pattern = pattern
         self.extra = extra
+        # Every expression is written for bytes (the JSON rewrite's classes list bytes up
+        # to \xff): RE2 then reads the text as Latin-1, one character per byte, as
+        # Hyperscan does; in UTF-8, [\x00-\xff] would not match a Japanese character.
+        self.byte_classes = byte_classes
         if in_bytes is not None and len(in_bytes) != 1 + len(extra):
             raise ValueError("in_bytes holds the pattern and every extra expression")
         self.in_bytes = in_bytes if in_bytes is not None else (pattern, *extra)
@@ -1634,7 +1644,11 @@ class _Screen:
         options.max_mem = 256 << 20  # room for the union's DFA; RE2 falls back to its NFA, never to "no"
         options.log_errors = False
         options.never_capture = True
-        self._compiled = re2.compile(_re2_union(self.pattern, self.extra, options), options)
+        if self.byte_classes:
+            options.encoding = re2.Options.Encoding.LATIN1
+            self._compiled = re2.compile(_re2_union(self.pattern, self.extra, options, True).encode("utf-8"), options)
+        else:
+            self._compiled = re2.compile(_re2_union(self.pattern, self.extra, options), options)
         # The public search() spends ~1.5 µs of Python per call (offset bookkeeping for
         # match objects); the wrapped RE2 object answers the yes/no question directly.
         # Kept behind a fallback so a google-re2 without it still works, only slower.
@@ -1725,7 +1739,7 @@ class _Screen:
 
     def reference(self) -> _Screen:
         """The same screen on RE2 alone (what the Hyperscan screen must cover)."""
-        twin = _Screen(self.pattern, self.extra)  # RE2 reads characters: the forms as written
+        twin = _Screen(self.pattern, self.extra, byte_classes=self.byte_classes)  # the forms RE2 takes
         twin._compile_re2()
         twin._ready = True
         return twin
@@ -1737,13 +1751,13 @@ NEVER = "(?!)"
 CLEAN, PATTERN_ONLY, EXTRA = 0, 1, 2
 
 
-def _re2_union(pattern: str, extra: tuple[str, ...], options: Any) -> str:
+def _re2_union(pattern: str, extra: tuple[str, ...], options: Any, as_bytes: bool = False) -> str:
     """``pattern`` and every extra expression RE2 takes (one catalogue pattern of 488
     uses a construct RE2 lacks: RE2 screens only where Hyperscan is not installed)."""
     parts = [pattern] if pattern != NEVER else []
     for expression in extra:
         try:
-            re2.compile(expression, options)
+            re2.compile(expression.encode("utf-8") if as_bytes else expression, options)
         except Exception:  # google-re2 raises its own error type
             continue
         parts.append(f"(?:{expression})")
@@ -1823,7 +1837,7 @@ def _screen_for(home_marks: tuple[str, ...], json: bool = False) -> _Screen:
     """
     if json:
         marks = [re.escape(orjson.dumps(m).decode("utf-8")[1:-1]) for m in home_marks]
-        return _Screen("|".join(marks) if marks else NEVER, _json_secrets().rewritten.extra)
+        return _Screen("|".join(marks) if marks else NEVER, _json_secrets().rewritten.extra, byte_classes=True)
     return _secret_text_screen([re.escape(m) for m in home_marks], _catalogue_patterns())
 
 
@@ -1835,7 +1849,7 @@ class _JsonSecrets:
     """
 
     def __init__(self, rewritten: Sequence[str], left: Sequence[str]) -> None:
-        self.rewritten = _Screen(NEVER, tuple(rewritten))
+        self.rewritten = _Screen(NEVER, tuple(rewritten), byte_classes=True)
         self.left = _Screen(NEVER, tuple(left)) if left else None
 
     @classmethod
