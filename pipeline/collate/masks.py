@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.collate.pieces import PieceEncoder
+from pipeline.collate.pieces import PieceEncoder, encode_whole
 from pipeline.collate.tokenizer import ChatTemplate
 
 IGNORE = -100
@@ -151,12 +151,10 @@ class Renderer:
         try:
             if self.pieces is not None:
                 return self.pieces.encode(text)
-            if backend is not None:  # what a fast tokenizer's __call__ runs, without its conversions
-                encoding = backend.encode(text, add_special_tokens=False)
-                ids, offsets = encoding.ids, encoding.offsets
-            else:
-                out = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                ids, offsets = out["input_ids"], out["offset_mapping"]
+            if backend is not None:
+                return encode_whole(backend, text)
+            out = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = out["input_ids"], out["offset_mapping"]
         except (TypeError, ValueError) as exc:  # a lone surrogate, say
             raise Refused("bad_messages", f"cannot tokenise: {str(exc)[:200]}") from None
         flat = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))

@@ -85,12 +85,13 @@ class PieceEncoder:
             piece = text[start:end]
             found = self._cache.get(piece)
             if found is None:
-                if hash(piece) in self._seen:  # a second sight: worth keeping from now on
+                key = hash(piece)
+                if key in self._seen:  # a second sight: worth keeping from now on
                     missing.append((start, end))
                 else:
                     if len(self._seen) >= MAX_SEEN:
                         self._seen.clear()
-                    self._seen.add(hash(piece))
+                    self._seen.add(key)
                 continue
             self._take_run(text, run_start, start, missing, ids, offsets)
             missing = []
@@ -114,7 +115,7 @@ class PieceEncoder:
                   offsets: list[np.ndarray]) -> None:
         if end <= start:
             return
-        run_ids, run_offsets = _encode(self.backend, text[start:end])
+        run_ids, run_offsets = encode_whole(self.backend, text[start:end])
         ids.extend(run_ids)
         offsets.append(run_offsets + start if start else run_offsets)
         if not missing:
@@ -129,7 +130,9 @@ class PieceEncoder:
             self._cached_chars += len(piece)
 
 
-def _encode(backend: Any, text: str) -> tuple[list[int], np.ndarray]:
+def encode_whole(backend: Any, text: str) -> tuple[list[int], np.ndarray]:
+    """What a fast tokenizer's ``__call__`` runs, without its conversions: ids, and
+    offsets as an ``(n, 2)`` array."""
     encoding = backend.encode(text, add_special_tokens=False)
     pairs = encoding.offsets
     flat = np.fromiter(itertools.chain.from_iterable(pairs), dtype=np.int64, count=2 * len(pairs))

@@ -90,8 +90,8 @@ def test_a_cached_piece_is_reused_and_the_cache_is_bounded(renderer: Renderer, m
     encoder = PieceEncoder.of(renderer.tokenizer.backend_tokenizer)
     assert encoder is not None
     calls: list[str] = []
-    real = pieces_module._encode
-    monkeypatch.setattr(pieces_module, "_encode", lambda backend, text: calls.append(text) or real(backend, text))
+    real = pieces_module.encode_whole
+    monkeypatch.setattr(pieces_module, "encode_whole", lambda backend, text: calls.append(text) or real(backend, text))
     system = "You are a careful agent. " * 10
     for user in ("hi", "bye", "again"):
         encoder.encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n")
